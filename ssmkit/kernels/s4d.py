@@ -1,0 +1,181 @@
+"""S4D: diagonal state spaces (Gu, Gupta, Goel, Re 2022, "On the Parameterization and Initialization
+of Diagonal State Space Models").
+
+Continuous SSM x' = A x + B u, y = C x with diagonal complex A. Discretised with step size dt (ZOH or
+bilinear), its convolution kernel is a Vandermonde product (S4D, eq. 6):
+
+    K[c, h, l] = s * Re( sum_n C[c, h, n] * dB[h, n] * dA[h, n]^l )
+
+where s = 2 for complex A (the N/2 stored states stand for N states in conjugate pairs) and s = 1 for
+S4D-Real. ZOH: dA = exp(dt A), dB = (exp(dt A) - 1)/A B. Bilinear: dA = (1 + dt A/2)/(1 - dt A/2),
+dB = dt/(1 - dt A/2) B.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ssmkit.kernels.base import Kernel, log_uniform
+from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
+from ssmkit.ops.vandermonde import log_vandermonde, log_vandermonde_transpose
+
+INITS = ("legs", "lin", "inv", "real")
+DISCS = ("zoh", "bilinear")
+REAL_TRANSFORMS = ("exp", "relu", "none")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def s4d_init(init: str, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) complex128 of the stored states: N/2 for complex inits, N for ``real``."""
+    _check_choice("init", init, INITS)
+    if init == "real":
+        n = torch.arange(N, dtype=torch.float64)
+        return (-(n + 1)).to(torch.complex128), torch.ones(N, dtype=torch.complex128)
+    if N % 2:
+        raise ValueError(f"d_state must be even for init={init!r} (states come in conjugate pairs), got {N}")
+    if init == "legs":
+        return legs_diagonal(N)
+    n = torch.arange(N // 2, dtype=torch.float64)
+    imag = math.pi * n if init == "lin" else s4d_inverse_imag(N)
+    return torch.complex(torch.full_like(imag, -0.5), imag), torch.ones(N // 2, dtype=torch.complex128)
+
+
+def _phi1(z: torch.Tensor) -> torch.Tensor:
+    """(exp(z) - 1)/z, equal to 1 at z = 0."""
+    small = z.abs() < 1e-6
+    safe = torch.where(small, torch.ones_like(z), z)
+    return torch.where(small, 1 + z / 2, (torch.exp(safe) - 1) / safe)
+
+
+class S4DKernel(Kernel):
+    """The S4D convolution kernel and its recurrence.
+
+    Args:
+        d_model: H, the number of independent SSMs (one per feature).
+        d_state: N, the state size (N/2 complex states are stored for the complex inits).
+        channels: C, output channels per feature (doubled by ``SequenceLayer`` when bidirectional).
+        init: ``legs`` (diagonal of HiPPO-LegS), ``lin`` (S4D-Lin), ``inv`` (S4D-Inv), ``real`` (S4D-Real).
+        disc: ``zoh`` or ``bilinear``.
+        real_transform: how the stored parameter becomes Re(A) <= 0: ``exp`` (-exp(p)), ``relu``
+            (-relu(p)), ``none`` (-p, unconstrained).
+        dt_min, dt_max: the step sizes are drawn log-uniformly from [dt_min, dt_max], one per feature.
+        lr, wd: per-parameter learning rate / weight decay, a float or a dict with keys A, B, C, dt.
+            lr 0 (or null in the dict) freezes that parameter.
+        backend: Vandermonde backend (see ``ssmkit.ops.vandermonde``).
+    """
+
+    has_state = True
+    param_keys = ("A", "B", "C", "dt")
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        channels: int = 1,
+        init: str = "legs",
+        disc: str = "zoh",
+        real_transform: str = "exp",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        lr=None,
+        wd=None,
+        backend: str = "auto",
+    ):
+        super().__init__(d_model, channels, lr, wd)
+        _check_choice("disc", disc, DISCS)
+        _check_choice("real_transform", real_transform, REAL_TRANSFORMS)
+        if d_state <= 0:
+            raise ValueError(f"d_state must be positive, got {d_state}")
+        self.N, self.init, self.disc, self.real_transform, self.backend = d_state, init, disc, real_transform, backend
+        self.is_real = init == "real"
+        self.scale = 1.0 if self.is_real else 2.0
+
+        A, B = s4d_init(init, d_state)  # (n,)
+        n = A.shape[0]
+        H = d_model
+        A, B = A.expand(H, n), B.expand(H, n)
+        minus_re = (-A.real).float()  # > 0
+        if real_transform == "exp":
+            a_real = torch.log(minus_re)
+        else:
+            a_real = minus_re.clone()
+        self.register("A_real", a_real.contiguous(), "A")
+        if not self.is_real:
+            self.register("A_imag", A.imag.float().contiguous(), "A")
+        self.register("log_dt", torch.log(log_uniform((H,), dt_min, dt_max)), "dt")
+        if self.is_real:
+            self.register("B", B.real.float().contiguous(), "B")
+            C = torch.randn(channels, H, n)
+        else:
+            self.register("B", torch.view_as_real(B.to(torch.complex64)).contiguous(), "B")
+            C = torch.view_as_real(torch.randn(channels, H, n, dtype=torch.complex64))  # E|C|^2 = 1
+        self.register("C", C.contiguous(), "C", ssm=False)
+        self._step = None
+
+    # --- parameters -> continuous and discrete SSM ---
+    def _complex(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.complex(t, torch.zeros_like(t)) if self.is_real else torch.view_as_complex(t)
+
+    def ssm(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The continuous (dt (H,), A (H, n), B (H, n), C (C, H, n)), complex where complex."""
+        if self.real_transform == "exp":
+            re = -torch.exp(self.A_real)
+        elif self.real_transform == "relu":
+            re = -torch.relu(self.A_real)
+        else:
+            re = -self.A_real
+        im = torch.zeros_like(re) if self.is_real else self.A_imag
+        return torch.exp(self.log_dt), torch.complex(re, im), self._complex(self.B), self._complex(self.C)
+
+    def discretize(self, rate: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log dA, dB, C): dA = exp(log dA), with step size rate * dt."""
+        dt, A, B, C = self.ssm()
+        dtA = (dt * rate).unsqueeze(-1) * A  # (H, n)
+        if self.disc == "zoh":
+            log_dA = dtA
+            dB = (dt * rate).unsqueeze(-1) * _phi1(dtA) * B
+        else:
+            log_dA = torch.log((1 + dtA / 2) / (1 - dtA / 2))
+            dB = (dt * rate).unsqueeze(-1) / (1 - dtA / 2) * B
+        return log_dA, dB, C
+
+    # --- convolution mode ---
+    def forward(self, L: int, rate: float = 1.0, state: torch.Tensor | None = None):
+        """K (C, H, L); and, given a state (B, H, n), K_state (B, C, H, L): the free response to it."""
+        log_dA, dB, C = self.discretize(rate)
+        K = self.scale * log_vandermonde(C * dB, log_dA, L, self.backend).real  # (C, H, L)
+        K_state = None
+        if state is not None:
+            v = C.unsqueeze(0) * (torch.exp(log_dA) * state).unsqueeze(1)  # (B, C, H, n)
+            K_state = self.scale * log_vandermonde(v, log_dA, L, self.backend).real  # (B, C, H, L)
+        return K, K_state
+
+    def forward_state(self, u: torch.Tensor, state: torch.Tensor, rate: float = 1.0) -> torch.Tensor:
+        """The state after reading u (B, H, L) from ``state`` (B, H, n): dA^L s + sum_l dA^(L-1-l) dB u_l."""
+        log_dA, dB, _ = self.discretize(rate)
+        L = u.shape[-1]
+        return torch.exp(log_dA * L) * state + log_vandermonde_transpose(u, dB, log_dA, L)
+
+    # --- recurrent mode ---
+    def default_state(self, *batch_shape: int, device=None) -> torch.Tensor:
+        ref = self.A_real
+        dtype = torch.complex128 if ref.dtype == torch.float64 else torch.complex64
+        return torch.zeros(*batch_shape, self.H, ref.shape[-1], dtype=dtype, device=device or ref.device)
+
+    def setup_step(self, rate: float = 1.0) -> None:
+        log_dA, dB, C = self.discretize(rate)
+        self._step = (torch.exp(log_dA).detach(), dB.detach(), C.detach())
+
+    def step(self, u: torch.Tensor, state: torch.Tensor):
+        """u (B, H), state (B, H, n) -> y (B, C, H), next state."""
+        if getattr(self, "_step", None) is None:
+            self.setup_step()
+        dA, dB, C = self._step
+        state = dA * state + dB * u.unsqueeze(-1)
+        y = self.scale * torch.einsum("chn,bhn->bch", C, state).real
+        return y.to(u.dtype), state

@@ -1,0 +1,216 @@
+"""SequenceLayer: a token mixer by name, plus the position-wise parts around it.
+
+    u (B, H, L) -> kernel K (C, H, L) -> FFT convolution -> + D u -> activation -> output linear/GLU -> dropout
+
+Recurrent kernels also run token by token (``step``) and from/to a state (``forward(..., state=...)``);
+both give the same numbers as the convolution.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssmkit.kernels import KERNELS
+from ssmkit.ops.fftconv import fftconv
+from ssmkit.registry import check_options, did_you_mean
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "id": nn.Identity,
+    None: nn.Identity,
+    "glu": None,  # halves the (doubled) channels: GLU over the kernel's channel axis
+}
+OUTPUTS = ("glu", "linear", None)
+
+
+class SequenceLayer(nn.Module):
+    """A sequence-to-sequence layer around a named kernel.
+
+    Args:
+        d_model: H, the number of features.
+        kernel: a name from ``ssmkit.kernels.KERNELS`` (``s4d``, ...).
+        channels: C, kernels per feature; the output linear maps C*H back to H.
+        bidirectional: add an anticausal kernel so position t also sees the inputs after t.
+        activation: after the convolution and skip: gelu, silu, relu, tanh, sigmoid, id, or glu
+            (the kernel makes 2C channels and a GLU halves them).
+        output: position-wise output map: ``glu`` (Linear C*H -> 2H, then GLU), ``linear``, or None
+            (only when C == 1).
+        dropout: dropout after the activation and after the output map; ``tie_dropout`` shares the mask
+            over the sequence (Dropout1d).
+        transposed: inputs and outputs are (B, H, L) if True, (B, L, H) if False.
+        D: learn the skip term y += D u.
+        rate: default sampling-rate factor: the step size of every discretised kernel is multiplied by it.
+        max_kernel_length: compute the kernel only up to this length (the convolution still covers the input).
+        **kernel_options: passed to the kernel (d_state, init, lr, ...); unknown names are errors.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        kernel: str = "s4d",
+        channels: int = 1,
+        bidirectional: bool = False,
+        activation: str | None = "gelu",
+        output: str | None = "glu",
+        dropout: float = 0.0,
+        tie_dropout: bool = False,
+        transposed: bool = True,
+        D: bool = True,
+        rate: float = 1.0,
+        max_kernel_length: int | None = None,
+        **kernel_options,
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}{did_you_mean(activation, [a for a in ACTIVATIONS if a])}; "
+                f"choose one of {', '.join(str(a) for a in ACTIVATIONS)}"
+            )
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; choose one of glu, linear, None")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if max_kernel_length is not None and max_kernel_length <= 0:
+            raise ValueError(f"max_kernel_length must be positive or null, got {max_kernel_length}")
+        cls = KERNELS.get(kernel)
+        self.kind = KERNELS.meta(kernel)["kind"]
+        self.d_model, self.kernel_name, self.channels = d_model, kernel, channels
+        self.bidirectional, self.transposed, self.rate = bidirectional, transposed, rate
+        self.max_kernel_length = max_kernel_length
+        self.activation_name = activation
+
+        if self.kind == "mixer":
+            check_options(cls, kernel_options, f"kernel {kernel!r}", skip=("d_model",))
+            self.mixer = cls(d_model, bidirectional=bidirectional, **kernel_options)
+            self.kernel = None
+            d_mixed = d_model
+        else:
+            # Channels the kernel makes: C, doubled for GLU activation, doubled again for the reverse direction.
+            self.kernel_channels = channels * (2 if activation == "glu" else 1)
+            n_kernel = self.kernel_channels * (2 if bidirectional else 1)
+            check_options(cls, kernel_options, f"kernel {kernel!r}", skip=("d_model", "channels"))
+            self.kernel = cls(d_model, channels=n_kernel, **kernel_options)
+            self.D = nn.Parameter(torch.randn(self.kernel_channels, d_model)) if D else None
+            d_mixed = channels * d_model
+
+        self.act = nn.Identity() if activation == "glu" or self.kind == "mixer" else ACTIVATIONS[activation]()
+        if output is None and d_mixed != d_model:
+            raise ValueError(f"output=None needs channels=1 (the output map folds C*H={d_mixed} back to H={d_model})")
+        if output == "glu":
+            self.out = nn.Sequential(nn.Linear(d_mixed, 2 * d_model), nn.GLU(dim=-1))
+        elif output == "linear":
+            self.out = nn.Linear(d_mixed, d_model)
+        else:
+            self.out = nn.Identity()
+        drop = nn.Dropout1d if tie_dropout else nn.Dropout
+        self.dropout = drop(dropout) if dropout > 0 else nn.Identity()
+        self._step_key = None
+
+    @property
+    def has_state(self) -> bool:
+        core = self.mixer if self.kernel is None else self.kernel
+        return bool(core.has_state) and not (self.bidirectional and self.kernel is not None)
+
+    def kernel_fn(self, L: int, rate: float | None = None) -> torch.Tensor:
+        """The real convolution kernel (C, H, L) (for bidirectional layers: causal half first)."""
+        if self.kernel is None:
+            raise TypeError(f"kernel {self.kernel_name!r} is a token mixer, it has no convolution kernel")
+        rate = self.rate if rate is None else rate
+        return self.kernel(self._kernel_length(L, rate), rate=rate)[0]
+
+    def _kernel_length(self, L: int, rate: float) -> int:
+        if self.max_kernel_length is None:
+            return L
+        return max(1, min(L, round(self.max_kernel_length / rate)))
+
+    def _mix(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, C', H, ...) after conv + skip -> activation -> (B, C*H, ...)."""
+        if self.activation_name == "glu":
+            y = F.glu(y, dim=1)
+        else:
+            y = self.act(y)
+        return y.flatten(1, 2)
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, C*H, L) -> dropout -> output map -> (B, L, H)."""
+        y = self.dropout(y).transpose(-1, -2)
+        return self.out(y)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor | None = None,
+        return_state: bool = False,
+        rate: float | None = None,
+    ):
+        """x: (B, H, L) if transposed else (B, L, H). With ``return_state``, also the final state."""
+        if x.dim() != 3:
+            raise ValueError(f"SequenceLayer expects a 3-d input, got shape {tuple(x.shape)}")
+        rate = self.rate if rate is None else rate
+        u = x if self.transposed else x.transpose(-1, -2)  # (B, H, L)
+        if u.shape[1] != self.d_model:
+            raise ValueError(f"expected {self.d_model} features, got input of shape {tuple(x.shape)} (transposed={self.transposed})")
+        if (state is not None or return_state) and not self.has_state:
+            raise ValueError(
+                f"kernel {self.kernel_name!r} (bidirectional={self.bidirectional}) has no recurrent state; "
+                "use a causal recurrent kernel or drop state/return_state"
+            )
+        if self.kernel is None:
+            y, next_state = self.mixer(u, state=state, return_state=return_state)  # (B, H, L)
+            y = self.dropout(y).transpose(-1, -2)
+            y = self.out(y)
+        else:
+            L = u.shape[-1]
+            if return_state and state is None:
+                state = self.default_state(u.shape[0], device=u.device)
+            k, k_state = self.kernel(self._kernel_length(L, rate), rate=rate, state=state)  # (C', H, Lk)
+            if self.bidirectional:
+                k_fwd, k_bwd = k.chunk(2, dim=0)
+                y = fftconv(u, k_fwd, k_bwd)
+            else:
+                y = fftconv(u, k)  # (B, C', H, L)
+            if k_state is not None:
+                y = y + k_state.to(y.dtype)
+            if self.D is not None:
+                y = y + u.unsqueeze(1) * self.D.unsqueeze(-1).to(u.dtype)
+            y = self._output(self._mix(y))  # (B, L, H)
+            next_state = self.kernel.forward_state(u, state, rate=rate) if return_state else None
+        y = y.transpose(-1, -2) if self.transposed else y
+        return (y, next_state) if return_state else y
+
+    # --- recurrent mode ---
+    def default_state(self, *batch_shape: int, device=None):
+        if not self.has_state:
+            raise ValueError(f"kernel {self.kernel_name!r} (bidirectional={self.bidirectional}) has no recurrent state")
+        core = self.mixer if self.kernel is None else self.kernel
+        return core.default_state(*batch_shape, device=device)
+
+    def setup_step(self, rate: float | None = None) -> None:
+        """Precomputes the discrete recurrence (done on demand by ``step``; redone when parameters change)."""
+        rate = self.rate if rate is None else rate
+        core = self.mixer if self.kernel is None else self.kernel
+        if hasattr(core, "cache_key"):
+            key = core.cache_key(rate)
+            if key == self._step_key:
+                return
+            self._step_key = key
+        core.setup_step(rate=rate)
+
+    def step(self, x: torch.Tensor, state, rate: float | None = None):
+        """One token: x (B, H) -> y (B, H), next state. Equals the convolution mode, token by token."""
+        if not self.has_state:
+            raise ValueError(f"kernel {self.kernel_name!r} (bidirectional={self.bidirectional}) has no recurrent step")
+        self.setup_step(rate)
+        if self.kernel is None:
+            y, state = self.mixer.step(x, state)  # (B, H)
+            return self.out(self.dropout(y)), state
+        y, state = self.kernel.step(x, state)  # (B, C', H)
+        if self.D is not None:
+            y = y + x.unsqueeze(1) * self.D.to(x.dtype)
+        y = self._mix(y.unsqueeze(-1))  # (B, C*H, 1)
+        return self._output(y).squeeze(-2), state

@@ -1,0 +1,187 @@
+"""SequenceModel: encoder -> N residual blocks -> pooling -> decoder.
+
+Each block is norm -> SequenceLayer -> dropout -> residual (prenorm), or
+SequenceLayer -> dropout -> residual -> norm (postnorm), optionally followed by a position-wise MLP
+sub-block with its own residual. The model works on (B, L, d_input) features or (B, L) token ids.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from ssmkit.layers.sequence import SequenceLayer
+
+NORMS = ("layer", "batch", None)
+POOLS = ("mean", "last", None)
+ENCODERS = ("linear", "embedding")
+
+
+class _Norm(nn.Module):
+    """LayerNorm or BatchNorm over the feature axis of (B, L, H) or (B, H) inputs."""
+
+    def __init__(self, kind: str | None, d: int):
+        super().__init__()
+        if kind not in NORMS:
+            raise ValueError(f"unknown norm {kind!r}; choose one of layer, batch, None")
+        self.kind = kind
+        self.norm = {"layer": nn.LayerNorm(d), "batch": nn.BatchNorm1d(d), None: nn.Identity()}[kind]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "batch" and x.dim() == 3:
+            return self.norm(x.transpose(-1, -2)).transpose(-1, -2)
+        return self.norm(x)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, d_model: int, layer: dict, prenorm: bool, norm: str | None, dropout: float, mlp_ratio: float = 0):
+        super().__init__()
+        self.prenorm = prenorm
+        self.norm = _Norm(norm, d_model)
+        self.layer = SequenceLayer(d_model, transposed=False, **layer)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.mlp = None
+        if mlp_ratio:
+            hidden = int(mlp_ratio * d_model)
+            self.mlp_norm = _Norm(norm, d_model)
+            self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model), self.drop)
+
+    def _sub(self, x, fn, norm):
+        if self.prenorm:
+            return x + fn(norm(x))
+        return norm(x + fn(x))
+
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
+        next_state = None
+
+        def mix(z):
+            nonlocal next_state
+            if return_state:
+                z, next_state = self.layer(z, state=state, return_state=True)
+            else:
+                z = self.layer(z)
+            return self.drop(z)
+
+        x = self._sub(x, mix, self.norm)
+        if self.mlp is not None:
+            x = self._sub(x, self.mlp, self.mlp_norm)
+        return (x, next_state) if return_state else x
+
+    def step(self, x: torch.Tensor, state):
+        def mix(z):
+            nonlocal state
+            z, state = self.layer.step(z, state)
+            return self.drop(z)
+
+        x = self._sub(x, mix, self.norm)
+        if self.mlp is not None:
+            x = self._sub(x, self.mlp, self.mlp_norm)
+        return x, state
+
+
+class SequenceModel(nn.Module):
+    """A stack of residual SequenceLayer blocks with an encoder, pooling and a decoder.
+
+    Args:
+        d_input: input features (encoder ``linear``) or vocabulary size (encoder ``embedding``).
+        d_output: outputs per position (pool None) or per sequence (pool mean/last).
+        d_model, n_layers: width and depth.
+        layer: options of every ``SequenceLayer`` (kernel, d_state, ...).
+        prenorm: normalise before each sub-block (True) or after the residual sum (False).
+        norm: ``layer``, ``batch`` or None.
+        dropout: after each sub-block, before the residual sum.
+        pool: ``mean``, ``last`` or None (a prediction per position).
+        encoder: ``linear`` or ``embedding``.
+        mlp_ratio: if > 0, each block also has a position-wise MLP of width mlp_ratio * d_model.
+        checkpoint: recompute each block's activations in the backward pass (saves memory).
+    """
+
+    def __init__(
+        self,
+        d_input: int,
+        d_output: int,
+        d_model: int = 128,
+        n_layers: int = 4,
+        layer: dict | None = None,
+        prenorm: bool = True,
+        norm: str | None = "layer",
+        dropout: float = 0.0,
+        pool: str | None = "mean",
+        encoder: str = "linear",
+        mlp_ratio: float = 0,
+        checkpoint: bool = False,
+    ):
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose one of mean, last, None")
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+        if n_layers < 1 or d_model < 1:
+            raise ValueError(f"n_layers and d_model must be positive, got {n_layers}, {d_model}")
+        layer = dict(layer or {})
+        self.pool, self.encoder_kind, self.use_checkpoint = pool, encoder, checkpoint
+        self.encoder = nn.Embedding(d_input, d_model) if encoder == "embedding" else nn.Linear(d_input, d_model)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(d_model, layer, prenorm, norm, dropout, mlp_ratio) for _ in range(n_layers)
+        )
+        self.final_norm = _Norm(norm, d_model) if prenorm else nn.Identity()
+        self.decoder = nn.Linear(d_model, d_output)
+
+    @property
+    def layers(self) -> list[SequenceLayer]:
+        return [b.layer for b in self.blocks]
+
+    def set_rate(self, rate: float) -> None:
+        """Sets the sampling-rate factor of every layer (e.g. 2.0 for inputs at half the training rate)."""
+        for layer in self.layers:
+            layer.rate = rate
+
+    def _pool(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if self.pool is None:
+            return x
+        if lengths is None:
+            return x.mean(dim=1) if self.pool == "mean" else x[:, -1]
+        lengths = lengths.to(x.device)
+        if self.pool == "last":
+            return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+        return (x * mask.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, state=None, return_state: bool = False):
+        """x: (B, L, d_input) floats or (B, L) token ids -> (B, d_output) or (B, L, d_output).
+
+        ``lengths`` (B,) marks suffix padding for pooling. ``state``/``return_state`` pass each layer's
+        recurrent state (a list, one per block), for causal recurrent kernels.
+        """
+        x = self.encoder(x)  # (B, L, H)
+        states = []
+        for i, block in enumerate(self.blocks):
+            if return_state or state is not None:
+                x, s = block(x, state=None if state is None else state[i], return_state=True)
+                states.append(s)
+            elif self.use_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.decoder(self._pool(self.final_norm(x), lengths))
+        return (x, states) if return_state else x
+
+    def default_state(self, *batch_shape: int, device=None) -> list:
+        return [b.layer.default_state(*batch_shape, device=device) for b in self.blocks]
+
+    def setup_step(self) -> None:
+        for layer in self.layers:
+            layer.setup_step()
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, state: list):
+        """One token through the whole model: x (B, d_input) or (B,) ids -> (B, d_output), next states.
+
+        The decoder is applied to each position's features (pooling is a whole-sequence operation).
+        """
+        x = self.encoder(x)
+        next_states = []
+        for block, s in zip(self.blocks, state):
+            x, s = block.step(x, s)
+            next_states.append(s)
+        return self.decoder(self.final_norm(x)), next_states

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from ssmkit import SequenceModel
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("prenorm", [True, False])
+@pytest.mark.parametrize("norm", ["layer", "batch", None])
+@pytest.mark.parametrize("mlp_ratio", [0, 2])
+def test_step_equals_forward(prenorm, norm, mlp_ratio):
+    torch.manual_seed(0)
+    m = SequenceModel(3, 5, d_model=8, n_layers=2, layer=dict(d_state=8), prenorm=prenorm, norm=norm,
+                      pool=None, mlp_ratio=mlp_ratio).eval()
+    x = torch.randn(2, 30, 3)
+    y = m(x)  # (B, L, d_output)
+    state = m.default_state(2)
+    m.setup_step()
+    outs = []
+    for t in range(30):
+        o, state = m.step(x[:, t], state)
+        outs.append(o)
+    assert rel(torch.stack(outs, 1), y) < 1e-4
+
+
+def test_forward_state_two_halves():
+    torch.manual_seed(0)
+    m = SequenceModel(3, 2, d_model=8, n_layers=3, layer=dict(d_state=8), pool=None).eval()
+    x = torch.randn(2, 40, 3)
+    y1, s = m(x[:, :15], return_state=True)
+    y2, _ = m(x[:, 15:], state=s, return_state=True)
+    assert rel(torch.cat([y1, y2], 1), m(x)) < 1e-4
+
+
+def test_embedding_encoder_and_pooling():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 11, (4, 20))
+    for pool, shape in [("mean", (4, 3)), ("last", (4, 3)), (None, (4, 20, 3))]:
+        m = SequenceModel(11, 3, d_model=8, n_layers=1, encoder="embedding", pool=pool, layer=dict(d_state=4))
+        assert m(ids).shape == shape
+
+
+def test_pooling_respects_lengths():
+    torch.manual_seed(0)
+    m = SequenceModel(2, 3, d_model=8, n_layers=1, pool="mean", layer=dict(d_state=4)).eval()
+    x = torch.randn(1, 12, 2)
+    padded = torch.cat([x, torch.randn(1, 5, 2)], 1)
+    # causal layers: positions < 12 do not see the padding, so masked mean pooling ignores it exactly
+    torch.testing.assert_close(m(padded, lengths=torch.tensor([12])), m(x), rtol=1e-5, atol=1e-5)
+    m.pool = "last"
+    torch.testing.assert_close(m(padded, lengths=torch.tensor([12])), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    kw = dict(d_model=8, n_layers=2, layer=dict(d_state=8), pool="mean")
+    a = SequenceModel(3, 2, **kw)
+    b = SequenceModel(3, 2, checkpoint=True, **kw)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 16, 3)
+    a(x).square().sum().backward()
+    b(x).square().sum().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+def test_set_rate_reaches_every_layer():
+    m = SequenceModel(1, 1, d_model=4, n_layers=3, layer=dict(d_state=4))
+    m.set_rate(2.0)
+    assert all(layer.rate == 2.0 for layer in m.layers)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(pool="max"), "unknown pool"),
+        (dict(norm="rms"), "unknown norm"),
+        (dict(encoder="conv"), "unknown encoder"),
+        (dict(n_layers=0), "must be positive"),
+        (dict(layer=dict(kernel="nope")), "unknown kernel"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SequenceModel(2, 2, **kwargs)

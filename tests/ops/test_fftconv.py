@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from ssmkit.ops.fftconv import _fft_len, fftconv
+
+
+def direct_conv(u, k, k_rev=None):
+    """Explicit float64 double loop over positions."""
+    B, H, L = u.shape
+    C, Lk = k.shape[0], k.shape[-1]
+    y = torch.zeros(B, C, H, L, dtype=torch.float64)
+    u, k = u.double(), k.double()
+    for t in range(L):
+        for s in range(L):
+            if s <= t and t - s < Lk:
+                y[..., t] += k[None, :, :, t - s] * u[:, None, :, s]
+            if k_rev is not None and s > t and s - t - 1 < Lk:
+                y[..., t] += k_rev.double()[None, :, :, s - t - 1] * u[:, None, :, s]
+    return y
+
+
+@pytest.mark.parametrize("L,Lk", [(1, 1), (7, 7), (16, 5), (33, 33)])
+def test_causal_matches_direct(L, Lk):
+    u, k = torch.randn(2, 3, L), torch.randn(2, 3, Lk)
+    torch.testing.assert_close(fftconv(u, k).double(), direct_conv(u, k), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("L,Lk", [(7, 7), (12, 4)])
+def test_bidirectional_matches_direct(L, Lk):
+    u, k, kr = torch.randn(2, 3, L), torch.randn(1, 3, Lk), torch.randn(1, 3, Lk)
+    torch.testing.assert_close(fftconv(u, k, kr).double(), direct_conv(u, k, kr), rtol=1e-5, atol=1e-5)
+
+
+def test_float64_stays_float64():
+    u, k = torch.randn(1, 2, 9, dtype=torch.float64), torch.randn(1, 2, 9, dtype=torch.float64)
+    y = fftconv(u, k)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, direct_conv(u, k), rtol=1e-10, atol=1e-10)
+
+
+def test_bf16_input_is_convolved_in_float32():
+    u, k = torch.randn(2, 4, 64), torch.randn(1, 4, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fftconv(u.bfloat16(), k)
+    assert y.dtype == torch.bfloat16
+    ref = direct_conv(u.bfloat16().float(), k)
+    # Only the final cast to bf16 loses precision: relative error at bf16's resolution.
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_fft_len_is_smooth_and_large_enough():
+    for n in [1, 2, 7, 100, 1000, 4097, 65537]:
+        m = _fft_len(n)
+        assert m >= n
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        assert r == 1
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="expects u"):
+        fftconv(torch.randn(3, 4), torch.randn(1, 3, 4))

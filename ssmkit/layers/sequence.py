@@ -110,6 +110,7 @@ class SequenceLayer(nn.Module):
         drop = nn.Dropout1d if tie_dropout else nn.Dropout
         self.dropout = drop(dropout) if dropout > 0 else nn.Identity()
         self._step_key = None
+        self._kernel_cache = None
 
     @property
     def has_state(self) -> bool:
@@ -122,6 +123,17 @@ class SequenceLayer(nn.Module):
             raise TypeError(f"kernel {self.kernel_name!r} is a token mixer, it has no convolution kernel")
         rate = self.rate if rate is None else rate
         return self.kernel(self._kernel_length(L, rate), rate=rate)[0]
+
+    def _kernel(self, L: int, rate: float, state):
+        """The kernel, computed once and reused while nothing needs its gradient (eval, no_grad) and its
+        parameters, length and rate are unchanged (the key follows in-place parameter updates)."""
+        if state is not None or torch.is_grad_enabled():
+            self._kernel_cache = None
+            return self.kernel(L, rate=rate, state=state)
+        key = self.kernel.cache_key(L, rate)
+        if self._kernel_cache is None or self._kernel_cache[0] != key:
+            self._kernel_cache = (key, self.kernel(L, rate=rate)[0])
+        return self._kernel_cache[1], None
 
     def _kernel_length(self, L: int, rate: float) -> int:
         if self.max_kernel_length is None:
@@ -168,7 +180,7 @@ class SequenceLayer(nn.Module):
             L = u.shape[-1]
             if return_state and state is None:
                 state = self.default_state(u.shape[0], device=u.device)
-            k, k_state = self.kernel(self._kernel_length(L, rate), rate=rate, state=state)  # (C', H, Lk)
+            k, k_state = self._kernel(self._kernel_length(L, rate), rate, state)  # (C', H, Lk)
             if self.bidirectional:
                 k_fwd, k_bwd = k.chunk(2, dim=0)
                 y = fftconv(u, k_fwd, k_bwd)

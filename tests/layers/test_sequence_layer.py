@@ -110,3 +110,23 @@ def test_frozen_parameters_get_no_gradient():
     assert {"A_real", "A_imag", "B"} <= set(dict(layer.kernel.named_buffers()))
     layer(torch.randn(2, 4, 16)).sum().backward()
     assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_eval_kernel_is_cached_until_parameters_change(monkeypatch):
+    torch.manual_seed(0)
+    layer = SequenceLayer(4, d_state=8).eval()
+    calls = []
+    original = layer.kernel.forward
+    monkeypatch.setattr(layer.kernel, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = torch.randn(2, 4, 16)
+    with torch.no_grad():
+        y1 = layer(x)
+        y2 = layer(x)
+        assert len(calls) == 1 and torch.equal(y1, y2)
+        layer.kernel.log_dt.add_(0.3)  # a parameter update invalidates the cache
+        y3 = layer(x)
+        assert len(calls) == 2 and not torch.allclose(y1, y3)
+        layer(torch.randn(2, 4, 20))  # a new length too
+        assert len(calls) == 3
+    layer(x)  # with autograd on, the kernel is always computed (its graph is needed)
+    assert len(calls) == 4

@@ -6,9 +6,16 @@ are whole token mixers (attention) that map (B, H, L) to (B, H, L) themselves.
 """
 from ssmkit.kernels.base import Kernel
 from ssmkit.kernels.s4d import S4DKernel
+from ssmkit.kernels.sgconv import SGConvKernel
 from ssmkit.registry import Registry
 
 KERNELS = Registry("kernel")
 KERNELS.register("s4d", kind="conv", description="S4D: diagonal SSM (legs/lin/inv/real inits, zoh/bilinear)")(S4DKernel)
+KERNELS.register("sgconv", kind="conv", description="SGConv: multi-scale global convolution (cat/sum, randn/cos, decay)")(SGConvKernel)
 
-__all__ = ["KERNELS", "Kernel", "S4DKernel"]
+# After KERNELS exists: ssmkit.layers imports KERNELS back (SequenceLayer).
+from ssmkit.layers.attention import Attention  # noqa: E402
+
+KERNELS.register("attn", kind="mixer", description="attention: multi-head, rotary, full or local (chunk_size), KV-cache step")(Attention)
+
+__all__ = ["KERNELS", "Attention", "SGConvKernel", "Kernel", "S4DKernel"]

@@ -86,6 +86,8 @@ class SequenceLayer(nn.Module):
 
         if self.kind == "mixer":
             check_options(cls, kernel_options, f"kernel {kernel!r}", skip=("d_model",))
+            if channels != 1:
+                raise ValueError(f"kernel {kernel!r} is a token mixer: it has no channels, set channels=1 (got {channels})")
             self.mixer = cls(d_model, bidirectional=bidirectional, **kernel_options)
             self.kernel = None
             d_mixed = d_model

@@ -1,4 +1,12 @@
 """Tasks by name: data, the model's input/output shape, loss and metrics."""
+from ssmkit.tasks import (  # noqa: F401  (register the real-data tasks)
+    images,
+    listops,
+    lra_text,
+    pathfinder,
+    speech,
+    synthetic,  # noqa: F401  (registers the synthetic tasks)
+)
 from ssmkit.tasks.base import TASKS, Task, data_root
 
 __all__ = ["TASKS", "Task", "data_root"]

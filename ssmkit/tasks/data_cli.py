@@ -1,0 +1,120 @@
+"""``ssmkit data generate ...`` and ``ssmkit data check TASK``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ssmkit.errors import DataError, UserError
+
+GENERATORS = ("listops", "listops-subtrees", "pathfinder", "pathfinder-segmentation")
+
+
+def generate_data(kind: str, n: int | None = None, resolution: int | None = None, out: Path | None = None,
+                  seed: int = 0, workers: int = 1, val: int | None = None, test: int | None = None,
+                  min_length: int | None = None, max_length: int | None = None) -> Path:
+    """Generates a dataset with the published settings; returns the folder written."""
+    from ssmkit.tasks import listops, pathfinder
+    from ssmkit.tasks.base import data_root
+
+    if kind not in GENERATORS:
+        raise UserError(f"unknown dataset {kind!r} to generate; choose one of {', '.join(GENERATORS)}")
+    if kind.startswith("listops"):
+        if resolution is not None:
+            raise UserError("--resolution is for pathfinder only")
+        sub = kind == "listops-subtrees"
+        # LRA: 96k/2k/2k, lengths 500..2000, depth 10, args 10. DLR: lengths 7000..8180, depth 15, args 9.
+        n = n or 100_000
+        val = 2000 if val is None else val
+        test = 2000 if test is None else test
+        if n <= val + test:
+            raise UserError(f"--n {n} must exceed --val {val} + --test {test}")
+        cfg = dict(max_depth=15, max_args=9, min_length=7000, max_length=8180) if sub else \
+            dict(max_depth=10, max_args=10, min_length=500, max_length=2000)
+        if min_length is not None:
+            cfg["min_length"] = min_length
+        if max_length is not None:
+            cfg["max_length"] = max_length
+        try:
+            exprs = listops.generate(n, seed=seed, progress=True, **cfg)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        folder = Path(out) if out else data_root() / ("listops-subtrees" if sub else "listops")
+        (listops.write_subtrees if sub else listops.write_listops)(folder, exprs, val, test)
+        return folder
+    if min_length is not None or max_length is not None or val is not None or test is not None:
+        raise UserError("--min-length/--max-length/--val/--test are for listops only (pathfinder splits 80/10/10)")
+    resolution = resolution or (128 if kind == "pathfinder-segmentation" else 32)
+    if resolution not in pathfinder.RESOLUTIONS:
+        raise UserError(f"--resolution {resolution} is not allowed; choose one of {', '.join(map(str, pathfinder.RESOLUTIONS))}")
+    return pathfinder.generate(n or 100_000, resolution=resolution, out=out, seed=seed,
+                               segmentation=kind == "pathfinder-segmentation", workers=workers)
+
+
+def check_task(name: str, options: dict | None = None) -> list[str]:
+    """Lines saying what is present for each split; raises DataError when something is missing or broken."""
+    from ssmkit.tasks import TASKS
+
+    try:
+        task = TASKS.get(name)(**(options or {}))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"task {name!r}: {e}") from None
+    task.check_data()
+    lines = []
+    for split in ("train", "val", "test"):
+        ds = task.dataset(split)
+        n = len(ds)
+        if n == 0:
+            raise DataError(f"{name}: the {split} split is empty")
+        ds[0]  # reads one sample, so a broken file format shows here
+        ds[n - 1]
+        lines.append(f"{name} {split}: {n} samples")
+    return lines
+
+
+def _parse_options(items: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"task option {item!r} must look like key=value, e.g. resolution=64")
+        key, value = item.split("=", 1)
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Generate or check datasets under $SSMKIT_DATA (default ./data).", no_args_is_help=True)
+
+    @data_app.command("generate")
+    def generate_cmd(
+        kind: str = typer.Argument(..., help=f"one of {', '.join(GENERATORS)}"),
+        n: int = typer.Option(None, "--n", help="number of samples (default 100000, as published)"),
+        resolution: int = typer.Option(None, "--resolution", help="pathfinder image size: 32, 64, 128, 256 or 512"),
+        out: Path = typer.Option(None, "--out", help="output folder (default: where the task looks for it)"),
+        seed: int = typer.Option(0, "--seed", help="random seed; output is deterministic in it"),
+        workers: int = typer.Option(1, "--workers", help="worker processes (pathfinder)"),
+        val: int = typer.Option(None, "--val", help="listops: validation samples (default 2000)"),
+        test: int = typer.Option(None, "--test", help="listops: test samples (default 2000)"),
+        min_length: int = typer.Option(None, "--min-length", help="listops: fewest tokens (exclusive)"),
+        max_length: int = typer.Option(None, "--max-length", help="listops: most tokens (exclusive)"),
+    ) -> None:
+        """Writes a generated dataset in the official file layout."""
+        from rich.console import Console
+
+        folder = generate_data(kind, n, resolution, out, seed, workers, val, test, min_length, max_length)
+        Console().print(f"[green]wrote[/green] {kind} data to {folder}")
+
+    @data_app.command("check")
+    def check_cmd(
+        task: str = typer.Argument(..., help="task name, e.g. listops, pathfinder, sc10"),
+        option: list[str] = typer.Option([], "--option", "-o", help="task option key=value (repeatable)"),
+    ) -> None:
+        """Says whether TASK's files are present and readable, with the sample count per split."""
+        from rich.console import Console
+
+        for line in check_task(task, _parse_options(option)):
+            Console().print(f"[green]ok[/green] {line}")
+
+    app.add_typer(data_app, name="data")

@@ -6,6 +6,10 @@ its weight decay, and norms, biases and skip terms (1-d tensors) get none.
 """
 from __future__ import annotations
 
+import functools
+import math
+
+import torch
 import torch.nn as nn
 
 
@@ -39,3 +43,43 @@ def describe_groups(groups: list[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
+    """AdamW or SGD over :func:`param_groups` (``config`` is a recipe's ``OptimizerConfig``)."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, config.lr, config.weight_decay)]
+    if config.name == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    if config.name == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    raise ValueError(f"unknown optimizer {config.name!r}; choose one of adamw, sgd")
+
+
+def lr_factor(step: int, name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """The multiplier of every group's lr after ``step`` optimizer steps.
+
+    Linear warmup from 0 over ``warmup_steps``, then ``constant``; ``cosine`` decay to ``min_lr_ratio``
+    at ``total_steps`` (and held there, it does not rise again); ``linear`` decay likewise.
+    """
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if name == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if name == "cosine":
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if name == "linear":
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress)
+    raise ValueError(f"unknown schedule {name!r}; choose one of constant, cosine, linear, plateau")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config, total_steps: int, mode: str = "min"):
+    """A ``LambdaLR`` stepped once per optimizer step (whatever the number of processes), or
+    ``ReduceLROnPlateau`` stepped once per evaluation with the task's main metric."""
+    if config.name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=config.factor, patience=config.patience)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        functools.partial(lr_factor, name=config.name, warmup_steps=config.warmup_steps,
+                          total_steps=total_steps, min_lr_ratio=config.min_lr_ratio),
+    )

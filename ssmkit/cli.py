@@ -1,0 +1,225 @@
+"""The ``ssmkit`` command line: thin; parse, call the library, print.
+
+    ssmkit train RECIPE [key.sub=value ...] [--name N | --run-dir D] [--max-steps N] [--dry-run]
+    ssmkit train --resume RUN_DIR [train.key=value ...]
+    ssmkit eval RUN_DIR_OR_CHECKPOINT [--split val|test] [--checkpoint latest|best] [key.sub=value ...]
+    ssmkit recipes | recipes show NAME | recipes cp NAME PATH
+
+Every :class:`~ssmkit.errors.UserError` (and every usage error) becomes one line on stderr and exit
+code 2, without a traceback. Other modules add commands through ``COMMAND_MODULES``: each exposes
+``register(app: typer.Typer) -> None``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from ssmkit.errors import UserError
+
+#: Modules that add commands; a missing one is an ImportError (fix it, do not skip it).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _fail(message: str, code: int = 2):
+    click.echo(f"error: {message}".replace("\n", " "), err=True)
+    sys.exit(code)
+
+
+class _Group(TyperGroup):
+    """Turns user and usage errors into one line on stderr and exit code 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except UserError as e:
+            _fail(str(e), e.exit_code)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help(), err=True)
+            sys.exit(2)
+        except click.UsageError as e:
+            hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+            _fail(f"{e.format_message()}{hint}", 2)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", 130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="State-space and global-convolution sequence models: train, evaluate, and explore recipes.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+recipes_app = typer.Typer(help="List, show and copy the shipped recipes.", invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+def _console(err: bool = False) -> Console:
+    return Console(stderr=err, highlight=False, markup=False)
+
+
+@app.command()
+def train(
+    recipe: str = typer.Argument(None, help="recipe YAML file or shipped recipe name (see: ssmkit recipes)"),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. optimizer.lr=1e-3"),
+    name: str = typer.Option(None, "--name", help="run name: the run goes to <train.runs_dir>/<name>"),
+    run_dir: Path = typer.Option(None, "--run-dir", help="exact run directory (must not exist yet)"),
+    max_steps: int = typer.Option(None, "--max-steps", min=1, help="stop after this many optimizer steps"),
+    resume: Path = typer.Option(None, "--resume", help="continue this run directory from its latest checkpoint"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate, build, show the model, run one batch, exit"),
+):
+    """Train a model from a recipe."""
+    from ssmkit.recipe import load_recipe, validate
+    from ssmkit.train.loop import load_run_recipe
+    from ssmkit.train.loop import train as run_training
+
+    overrides = list(overrides or [])
+    if resume is not None:
+        if recipe is not None and "=" not in recipe:
+            raise UserError(f"--resume takes the recipe from {resume}; drop {recipe!r} (only train.* overrides are allowed)")
+        if recipe is not None:
+            overrides.insert(0, recipe)
+        bad = [o for o in overrides if not o.startswith("train.")]
+        if bad:
+            raise UserError(f"on --resume only train.* keys may change (the run must continue the same experiment), got {bad[0]!r}")
+        if name or run_dir:
+            raise UserError("--resume continues the run in place; drop --name/--run-dir")
+        parsed, _ = load_run_recipe(resume, overrides)
+    else:
+        if recipe is None:
+            raise UserError("missing RECIPE: give a YAML file or a shipped recipe name (list them with: ssmkit recipes)")
+        if name is not None and run_dir is not None:
+            raise UserError("give --name or --run-dir, not both")
+        parsed = load_recipe(recipe, overrides)
+        if name is not None:
+            parsed = validate({**parsed.to_dict(), "name": name}, parsed.source)
+    console = _console(err=False)
+    summary = run_training(parsed, run_dir=run_dir, resume=resume, max_steps=max_steps, dry_run=dry_run, console=console)
+    if dry_run or not _is_main():
+        return
+    final = summary["final"]
+    metric = f"val/{summary['main_metric']}"
+    status = "finished" if summary["status"] == "finished" else "stopped (resume with: ssmkit train --resume " + summary["run_dir"] + ")"
+    console.print(f"{status}: {summary['step']} steps in {summary['time_s']:.1f}s; {metric} = {_fmt(final.get(metric))}")
+    console.print(f"run directory: {summary['run_dir']}")
+    console.print(f"evaluate it:   ssmkit eval {summary['run_dir']}")
+
+
+@app.command("eval")
+def eval_command(
+    path: Path = typer.Argument(..., help="a run directory or one of its checkpoints"),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. task.L=512"),
+    split: str = typer.Option("val", "--split", help="val or test"),
+    checkpoint: str = typer.Option("latest", "--checkpoint", help="latest or best (for a run directory)"),
+):
+    """Evaluate a run's checkpoint: a table, then one JSON line."""
+    from ssmkit.train.loop import evaluate_run
+
+    if split not in ("val", "test"):
+        raise UserError(f"unknown --split {split!r}; choose val or test")
+    if checkpoint not in ("latest", "best"):
+        raise UserError(f"unknown --checkpoint {checkpoint!r}; choose latest or best")
+    result = evaluate_run(path, split, list(overrides or []), which=checkpoint)
+    if not _is_main():
+        return
+    table = Table(title=f"{split} metrics of {result['checkpoint']} (step {result['step']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("split", "checkpoint", "step"):
+        result.setdefault(key, None)
+    for key, value in result.items():
+        if key not in ("split", "checkpoint", "step"):
+            table.add_row(key, _fmt(value))
+    _console(err=True).print(table)
+    click.echo(json.dumps(result))
+
+
+@recipes_app.callback()
+def recipes_list(ctx: typer.Context):
+    """List the shipped recipes (group, name, description)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ssmkit.recipe import recipe_description, shipped_recipes
+
+    shipped = shipped_recipes()
+    if not shipped:
+        raise UserError("no shipped recipes found (the package was installed without its recipes folder)")
+    console = _console()
+    groups: dict[str, list[str]] = {}
+    for key in shipped:
+        groups.setdefault(key.rsplit("/", 1)[0] if "/" in key else "", []).append(key)
+    for group, keys in groups.items():
+        table = Table(title=group or "recipes", title_justify="left", show_header=False, box=None)
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for key in keys:
+            table.add_row(key, recipe_description(shipped[key]))
+        console.print(table)
+    console.print("train one: ssmkit train NAME [key=value ...]; copy one: ssmkit recipes cp NAME my.yaml")
+
+
+def _shipped(name: str) -> Path:
+    from ssmkit.recipe import resolve_recipe_path, shipped_recipes
+
+    key = name.removesuffix(".yaml").removeprefix("recipes/")
+    if key in shipped_recipes():
+        return shipped_recipes()[key]
+    return resolve_recipe_path(name)
+
+
+@recipes_app.command("show")
+def recipes_show(name: str = typer.Argument(..., help="shipped recipe name, e.g. quick/s4d-shift")):
+    """Print a recipe's YAML."""
+    click.echo(_shipped(name).read_text(), nl=False)
+
+
+@recipes_app.command("cp")
+def recipes_cp(
+    name: str = typer.Argument(..., help="shipped recipe name"),
+    dest: Path = typer.Argument(..., help="where to write the copy (a file or an existing folder)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+):
+    """Copy a shipped recipe to start your own."""
+    src = _shipped(name)
+    target = dest / src.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise UserError(f"{target} already exists; pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise UserError(f"folder {target.parent} does not exist")
+    shutil.copyfile(src, target)
+    click.echo(f"copied {name} to {target}; train it with: ssmkit train {target}")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "-" if value is None else str(value)
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,467 @@
+"""Recipes: a YAML file plus ``key.sub=value`` overrides become a typed, validated :class:`Recipe`.
+
+A recipe has five sections (``task``, ``model``, ``optimizer``, ``scheduler``, ``train``) and an optional
+``name`` and ``description``. It names only registered things (``TASKS``, ``KERNELS``); it cannot import
+code. Every key is checked: an unknown key, a wrong type or an impossible value raises
+:class:`~ssmkit.errors.RecipeError` naming the file, the key, the bad value and the allowed ones.
+
+Task options are checked against the task class's signature, layer options against ``SequenceLayer`` and
+the named kernel's signature (the types come from their defaults), and the values by building them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssmkit.errors import RecipeError
+from ssmkit.registry import did_you_mean
+
+SECTIONS = ("name", "description", "task", "model", "optimizer", "scheduler", "train")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("constant", "cosine", "linear", "plateau")
+TRACKERS = ("tensorboard", "wandb")
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _meta(help: str, choices: tuple | None = None, low: float | None = None, low_open: bool = False,
+          high: float | None = None, high_open: bool = False) -> dict:
+    return {"help": help, "choices": choices, "low": low, "low_open": low_open, "high": high, "high_open": high_open}
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=_meta(help, **kw))
+    return field(default=default, metadata=_meta(help, **kw))
+
+
+@dataclass
+class ModelConfig:
+    """The backbone; the task decides the encoder, pooling and output size."""
+
+    d_model: int = _f(128, "width H of every layer", low=1)
+    n_layers: int = _f(4, "number of residual blocks", low=1)
+    prenorm: bool = _f(True, "normalise before each sub-block (else after the residual sum)")
+    norm: str | None = _f("layer", "layer, batch or null", choices=("layer", "batch", None))
+    dropout: float = _f(0.0, "dropout after each sub-block", low=0.0, high=1.0, high_open=True)
+    mlp_ratio: float = _f(0.0, "width of a position-wise MLP per block (0: none)", low=0.0)
+    checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
+    layer: dict = _f({"kernel": "s4d"}, "SequenceLayer options: kernel name plus its options")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = _f("adamw", "adamw or sgd", choices=OPTIMIZERS)
+    lr: float = _f(1e-3, "learning rate (kernels may set their own per parameter)", low=0.0, low_open=True)
+    weight_decay: float = _f(0.0, "decoupled weight decay (AdamW) / L2 (SGD) of weight matrices", low=0.0)
+    betas: list = _f([0.9, 0.999], "AdamW betas")
+    eps: float = _f(1e-8, "AdamW epsilon", low=0.0, low_open=True)
+    momentum: float = _f(0.9, "SGD momentum", low=0.0, high=1.0, high_open=True)
+    nesterov: bool = _f(False, "SGD Nesterov momentum")
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = _f("constant", "constant, cosine, linear (all with warmup) or plateau", choices=SCHEDULERS)
+    warmup_steps: int = _f(0, "linear warmup from 0 over this many optimizer steps", low=0)
+    min_lr_ratio: float = _f(0.0, "cosine/linear decay ends at lr * min_lr_ratio", low=0.0, high=1.0)
+    factor: float = _f(0.5, "plateau: multiply lr by this when the metric stalls", low=0.0, low_open=True, high=1.0, high_open=True)
+    patience: int = _f(5, "plateau: evaluations without improvement before reducing lr", low=0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(10, "passes over the training set", low=1)
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs for the schedule)", low=1)
+    batch_size: int = _f(32, "samples per process per forward pass", low=1)
+    eval_batch_size: int | None = _f(None, "default: batch_size", low=1)
+    grad_accum: int = _f(1, "forward passes per optimizer step", low=1)
+    mixed_precision: str = _f("no", "no, bf16 or fp16 (fp16 needs a GPU)", choices=MIXED_PRECISION)
+    grad_clip: float | None = _f(None, "clip the global gradient norm to this (null: off)", low=0.0, low_open=True)
+    seed: int = _f(0, "seed of model initialisation, shuffling and dropout", low=0)
+    eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of each epoch)", low=0)
+    log_every: int = _f(50, "write a metrics.jsonl line every N optimizer steps", low=1)
+    save_every: int = _f(0, "also checkpoint every N optimizer steps (0: only at evaluations)", low=0)
+    keep_checkpoints: int = _f(1, "newest step checkpoints kept besides the best one", low=1)
+    num_workers: int = _f(0, "DataLoader worker processes per process", low=0)
+    log_with: list = _f([], "trackers through Accelerate: tensorboard, wandb")
+    runs_dir: str = _f("runs", "where new run directories are made")
+
+
+@dataclass
+class Recipe:
+    name: str
+    task: dict
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    train: TrainConfig
+    description: str = ""
+    source: str = "<recipe>"
+
+    def to_dict(self) -> dict:
+        """The resolved recipe as plain data (what ``recipe.yaml`` in a run directory holds)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "task": copy.deepcopy(self.task),
+            "model": dataclasses.asdict(self.model),
+            "optimizer": dataclasses.asdict(self.optimizer),
+            "scheduler": dataclasses.asdict(self.scheduler),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+# --- shipped recipes ---
+def recipes_root() -> Path:
+    """The folder of shipped recipes: ``ssmkit/recipes`` (inside the installed package)."""
+    return Path(__file__).resolve().parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """``group/name`` -> path of every shipped recipe."""
+    root = recipes_root()
+    if not root.is_dir():
+        return {}
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A path to an existing file, or the name of a shipped recipe (``quick/s4d-shift``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    key = name_or_path.removesuffix(".yaml").removesuffix(".yml").removeprefix("recipes/")
+    if key in shipped:
+        return shipped[key]
+    if path.exists():
+        raise RecipeError(f"recipe {name_or_path!r} is a directory, not a YAML file")
+    raise RecipeError(
+        f"no recipe file {name_or_path!r}{did_you_mean(key, shipped)}; give a path to a YAML file or a shipped "
+        f"recipe name (list them with: ssmkit recipes)"
+    )
+
+
+def recipe_description(path: Path) -> str:
+    """The ``description:`` key, else the first line of the header comment."""
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("description"), str) and data["description"].strip():
+        return data["description"].strip().splitlines()[0]
+    for line in text.splitlines():
+        if line.startswith("#"):
+            stripped = line.lstrip("#").strip()
+            if stripped:
+                return stripped
+        elif line.strip():
+            break
+    return ""
+
+
+# --- parsing ---
+def parse_value(text: str):
+    """An override value: YAML scalars/lists/dicts, plus floats like ``1e-3`` that YAML 1.1 reads as strings."""
+    if _FLOAT_RE.match(text.strip()):
+        return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else float(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
+    """Sets ``a.b.c=value`` in a nested dict (creating dicts on the way)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} is not of the form key.sub=value (e.g. optimizer.lr=1e-3)")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise RecipeError(f"override {item!r}: empty key part in {key!r}")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise RecipeError(f"{source}: override {item!r}: {'.'.join(parts[: i + 1])} is {nxt!r}, not a section")
+            node = nxt
+        node[parts[-1]] = parse_value(text)
+    return data
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{path}: malformed YAML at{where}: {problem}") from None
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe {path}: {e.strerror}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with keys {', '.join(SECTIONS)}; got a {type(data).__name__}")
+    return data
+
+
+# --- validation ---
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, expected: tuple, where: str, source: str):
+    """Checks/coerces ``value`` to one of the ``expected`` python types."""
+    if value is None and type(None) in expected:
+        return None
+    if float in expected and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        value = float(value)
+    if float in expected and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if int in expected and isinstance(value, float) and value.is_integer() and float not in expected:
+        return int(value)
+    for tp in expected:
+        if tp is type(None):
+            continue
+        if tp is int and isinstance(value, bool):
+            continue
+        if isinstance(value, tp):
+            return value
+    names = " or ".join("null" if t is type(None) else _type_name(t) for t in expected)
+    raise RecipeError(f"{source}: {where} must be {names}, got {value!r}")
+
+
+def _field_types(cls) -> dict[str, tuple]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = f.type if not isinstance(f.type, str) else f.type
+        parts = [p.strip() for p in str(tp).split("|")]
+        names = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None), "list": list, "dict": dict}
+        out[f.name] = tuple(names[p] for p in parts)
+    return out
+
+
+def _check_range(value, meta: dict, where: str, source: str) -> None:
+    if meta["choices"] is not None and value not in meta["choices"]:
+        allowed = ", ".join("null" if c is None else str(c) for c in meta["choices"])
+        raise RecipeError(f"{source}: {where}={value!r} is not allowed{did_you_mean(value, [c for c in meta['choices'] if c])}; choose one of {allowed}")
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{source}: {where} must be finite, got {value}")
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        raise RecipeError(f"{source}: {where} must be {'>' if meta['low_open'] else '>='} {low}, got {value}")
+    if high is not None and (value > high or (meta["high_open"] and value == high)):
+        raise RecipeError(f"{source}: {where} must be {'<' if meta['high_open'] else '<='} {high}, got {value}")
+
+
+def _build_section(cls, data, section: str, source: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: {section} must be a mapping of options, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise RecipeError(
+                f"{source}: unknown key {section}.{key}{did_you_mean(key, fields)}; allowed: {', '.join(fields)}"
+            )
+    types = _field_types(cls)
+    values = {}
+    for key, value in data.items():
+        where = f"{section}.{key}"
+        value = _coerce(value, types[key], where, source)
+        _check_range(value, fields[key].metadata, where, source)
+        values[key] = value
+    return cls(**values)
+
+
+def _accepted_params(fn) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of ``fn``; for a class whose ``__init__`` takes ``**options``, also its bases'."""
+    out: dict[str, inspect.Parameter] = {}
+    chain = [c.__init__ for c in fn.__mro__ if "__init__" in vars(c)] if inspect.isclass(fn) else [fn]
+    for f in chain:
+        params = inspect.signature(f).parameters
+        more = False
+        for name, p in params.items():
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                more = True
+            elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
+                out.setdefault(name, p)
+        if not more:
+            break
+    return out
+
+
+def _check_signature_options(fn, options: dict, prefix: str, what: str, source: str, skip: tuple = ()) -> None:
+    """Unknown keyword -> error; a value whose type differs from the keyword's default -> error."""
+    params = _accepted_params(fn)
+    allowed = [p for p in params if p not in ("self", *skip)]
+    for key, value in options.items():
+        if key not in allowed:
+            raise RecipeError(
+                f"{source}: unknown option {prefix}.{key} for {what}{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}"
+            )
+        default = params[key].default
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            expected: tuple = (bool,)
+        elif isinstance(default, int):
+            expected = (int,)
+        elif isinstance(default, float):
+            expected = (float,)
+        elif isinstance(default, str):
+            expected = (str,)
+        else:
+            continue
+        options[key] = _coerce(value, expected, f"{prefix}.{key}", source)
+
+
+def _check_task(task, source: str) -> dict:
+    from ssmkit.tasks import TASKS
+
+    if isinstance(task, str):
+        task = {"name": task}
+    if not isinstance(task, dict) or "name" not in task:
+        raise RecipeError(f"{source}: task must be a mapping with a name, e.g. task: {{name: shift, L: 256}}; choose a name from {', '.join(TASKS.names())}")
+    task = dict(task)
+    name = task["name"]
+    if name not in TASKS:
+        raise RecipeError(f"{source}: unknown task.name {name!r}{did_you_mean(name, TASKS.names())}; choose one of {', '.join(TASKS.names())}")
+    options = {k: v for k, v in task.items() if k != "name"}
+    _check_signature_options(TASKS.get(name), options, "task", f"task {name!r}", source)
+    return {"name": name, **options}
+
+
+def _check_layer(layer, source: str) -> dict:
+    from ssmkit.kernels import KERNELS
+    from ssmkit.layers.sequence import SequenceLayer
+
+    if not isinstance(layer, dict):
+        raise RecipeError(f"{source}: model.layer must be a mapping such as {{kernel: s4d, d_state: 64}}, got {layer!r}")
+    layer = dict(layer)
+    kernel = layer.setdefault("kernel", "s4d")
+    if kernel not in KERNELS:
+        raise RecipeError(
+            f"{source}: unknown model.layer.kernel {kernel!r}{did_you_mean(kernel, KERNELS.names())}; choose one of {', '.join(KERNELS.names())}"
+        )
+    layer_params = inspect.signature(SequenceLayer.__init__).parameters
+    own = {k: v for k, v in layer.items() if k in layer_params and k not in ("self", "d_model", "transposed", "kernel")}
+    rest = {k: v for k, v in layer.items() if k not in own and k != "kernel"}
+    if "d_model" in layer or "transposed" in layer:
+        bad = "d_model" if "d_model" in layer else "transposed"
+        raise RecipeError(f"{source}: model.layer.{bad} is set by the model; use model.d_model (transposed is internal)")
+    _check_signature_options(SequenceLayer.__init__, own, "model.layer", "SequenceLayer", source, skip=("d_model", "transposed", "kernel"))
+    cls = KERNELS.get(kernel)
+    allowed_layer = [p for p in layer_params if p not in ("self", "d_model", "transposed", "kernel_options")]
+    try:
+        _check_signature_options(cls, rest, "model.layer", f"kernel {kernel!r}", source, skip=("d_model", "channels"))
+    except RecipeError as e:
+        if "unknown option" in str(e):
+            raise RecipeError(f"{e}; layer options: {', '.join(allowed_layer)}") from None
+        raise
+    return {"kernel": kernel, **own, **rest}
+
+
+def validate(data: dict, source: str = "<recipe>") -> Recipe:
+    """Checks plain recipe data and returns the typed :class:`Recipe`."""
+    for key in data:
+        if key not in SECTIONS:
+            raise RecipeError(f"{source}: unknown top-level key {key!r}{did_you_mean(key, SECTIONS)}; allowed: {', '.join(SECTIONS)}")
+    if "task" not in data:
+        raise RecipeError(f"{source}: missing the task section, e.g. task: {{name: shift, L: 256}}")
+    name = data.get("name") or Path(source).stem
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise RecipeError(f"{source}: name must be letters, digits and _ . + - (it names the run directory), got {name!r}")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise RecipeError(f"{source}: description must be a string, got {description!r}")
+    task = _check_task(data["task"], source)
+    model_data = data.get("model") or {}
+    if isinstance(model_data, dict) and "layer" in model_data:
+        model_data = {**model_data, "layer": _check_layer(model_data["layer"], source)}
+    model = _build_section(ModelConfig, model_data, "model", source)
+    if "layer" not in (data.get("model") or {}):
+        model.layer = _check_layer(model.layer, source)
+    optimizer = _build_section(OptimizerConfig, data.get("optimizer"), "optimizer", source)
+    if len(optimizer.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in optimizer.betas):
+        raise RecipeError(f"{source}: optimizer.betas must be two numbers in [0, 1), got {optimizer.betas!r}")
+    scheduler = _build_section(SchedulerConfig, data.get("scheduler"), "scheduler", source)
+    if scheduler.name == "plateau" and scheduler.warmup_steps:
+        raise RecipeError(f"{source}: scheduler.warmup_steps is not supported with scheduler.name=plateau; set it to 0 or pick cosine/linear/constant")
+    train = _build_section(TrainConfig, data.get("train"), "train", source)
+    for tracker in train.log_with:
+        if tracker not in TRACKERS:
+            raise RecipeError(f"{source}: train.log_with has {tracker!r}{did_you_mean(tracker, TRACKERS)}; allowed: {', '.join(TRACKERS)}")
+    return Recipe(name=name, description=description, task=task, model=model, optimizer=optimizer,
+                  scheduler=scheduler, train=train, source=source)
+
+
+def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Reads a YAML file (or a shipped recipe by name), applies ``key.sub=value`` overrides, validates."""
+    path = resolve_recipe_path(str(path_or_name))
+    data = load_yaml(path)
+    data = apply_overrides(data, list(overrides), str(path))
+    if "name" not in data:
+        data["name"] = path.stem
+    return validate(data, str(path))
+
+
+def build_task(recipe: Recipe):
+    """The task object; its own value checks become ``RecipeError``s naming the recipe."""
+    from ssmkit.tasks import TASKS
+
+    options = {k: v for k, v in recipe.task.items() if k != "name"}
+    try:
+        return TASKS.get(recipe.task["name"])(**options)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, RecipeError):
+            raise
+        raise RecipeError(f"{recipe.source}: task {recipe.task['name']!r}: {e}") from None
+
+
+def build_model(recipe: Recipe, task):
+    """The SequenceModel for ``task``; bad layer/kernel values become ``RecipeError``s."""
+    from ssmkit.models import SequenceModel
+
+    m = recipe.model
+    try:
+        return SequenceModel(
+            d_input=task.d_input, d_output=task.d_output, d_model=m.d_model, n_layers=m.n_layers,
+            layer=dict(m.layer), prenorm=m.prenorm, norm=m.norm, dropout=m.dropout, pool=task.pool,
+            encoder=task.encoder, mlp_ratio=m.mlp_ratio, checkpoint=m.checkpoint,
+        )
+    except (ValueError, TypeError) as e:
+        raise RecipeError(f"{recipe.source}: model: {e}") from None
+
+
+def schema() -> dict[str, list[tuple[str, str, Any]]]:
+    """Every section's keys with help and default (for docs and ``ssmkit recipes show``)."""
+    out = {}
+    for section, cls in (("model", ModelConfig), ("optimizer", OptimizerConfig), ("scheduler", SchedulerConfig), ("train", TrainConfig)):
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f.name, f.metadata["help"], default))
+        out[section] = rows
+    return out

@@ -1,0 +1,140 @@
+"""Checkpoints that are written atomically and load without running any code.
+
+A checkpoint is a directory ``checkpoints/step-00001200/`` holding
+
+- ``model.safetensors``: the weights,
+- ``optimizer.pt``: the optimizer state (tensors and numbers only; loaded with ``weights_only=True``),
+- ``rng.pt``: the torch RNG state (a byte tensor; ``weights_only=True``),
+- ``state.json``: step, epoch, batches done in the epoch, best metric, scheduler state, Python/NumPy RNG,
+- ``recipe.yaml``: the resolved recipe.
+
+It is written into ``.tmp-step-.../`` and renamed into place, then the ``latest`` pointer file (and
+``best`` when it is the best so far) is replaced atomically. A run killed at any moment leaves either
+the previous complete checkpoint or the new one, never half of one. Checkpoints are named by global
+step and found through our own pointers (Accelerate's automatic naming restarts its counter on resume).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ssmkit.errors import UserError
+
+
+def _fsync_write(path: Path, data: bytes | str) -> None:
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(path, mode) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_pointer(directory: Path, name: str, content: dict) -> None:
+    tmp = directory / f".{name}.tmp"
+    _fsync_write(tmp, json.dumps(content))
+    os.replace(tmp, directory / name)
+
+
+def rng_state() -> tuple[dict, torch.Tensor]:
+    """(JSON-able Python and NumPy states, torch CPU state)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    json_state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return json_state, torch.get_rng_state()
+
+
+def set_rng_state(json_state: dict, torch_state: torch.Tensor) -> None:
+    version, internal, gauss = json_state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = json_state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch_state)
+
+
+def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, state: dict, recipe_yaml: str,
+                    best: bool = False, keep: int = 1) -> Path:
+    """Writes ``checkpoints/step-XXXXXXXX`` atomically, moves the pointers, prunes old step checkpoints."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['step']:08d}"
+    final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state["step"])})
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    rng_json, rng_torch = rng_state()
+    torch.save({"torch": rng_torch}, tmp / "rng.pt")
+    _fsync_write(tmp / "state.json", json.dumps({**state, "rng": rng_json}))
+    _fsync_write(tmp / "recipe.yaml", recipe_yaml)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = {"checkpoint": name, "step": state["step"], "metric": state.get("metric")}
+    _replace_pointer(ckpt_root, "latest", pointer)
+    if best:
+        _replace_pointer(ckpt_root, "best", pointer)
+    _prune(ckpt_root, keep)
+    return final
+
+
+def _read_pointer(ckpt_root: Path, name: str) -> str | None:
+    try:
+        return json.loads((ckpt_root / name).read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _prune(ckpt_root: Path, keep: int) -> None:
+    """Keeps the ``keep`` newest step checkpoints plus the ones ``latest`` and ``best`` point at."""
+    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    protected = {_read_pointer(ckpt_root, "latest"), _read_pointer(ckpt_root, "best")}
+    for p in steps[:-keep]:
+        if p.name not in protected:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
+    """A checkpoint directory from a run directory (its ``latest`` or ``best``) or a checkpoint directory."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    ckpt_root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not path.exists():
+        raise UserError(f"no run directory or checkpoint at {path}")
+    name = _read_pointer(ckpt_root, which)
+    if name is not None and (ckpt_root / name / "model.safetensors").is_file():
+        return ckpt_root / name
+    # The pointer is missing or points at a pruned checkpoint: take the newest complete one.
+    complete = sorted(p for p in ckpt_root.glob("step-*") if (p / "state.json").is_file())
+    if which == "latest" and complete:
+        return complete[-1]
+    raise UserError(f"no {which} checkpoint in {path} (expected {ckpt_root}/step-XXXXXXXX/model.safetensors)")
+
+
+def load_checkpoint(ckpt: Path) -> dict:
+    """Reads a checkpoint without unpickling code: safetensors, ``weights_only`` torch files, JSON."""
+    ckpt = Path(ckpt)
+    try:
+        return {
+            "model": load_file(str(ckpt / "model.safetensors")),
+            "optimizer": torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True),
+            "rng_torch": torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)["torch"],
+            "state": json.loads((ckpt / "state.json").read_text()),
+            "recipe_yaml": (ckpt / "recipe.yaml").read_text(),
+        }
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None

@@ -1,0 +1,390 @@
+"""The training loop: one readable PyTorch loop on Hugging Face Accelerate.
+
+    set-up (seed, task, model, data, optimizer, schedule, accelerator.prepare, resume)
+    for each epoch: for each batch: forward, loss, backward (accumulated), clip, step, schedule
+        every log_every steps: a metrics.jsonl line; every eval_every steps (or each epoch): evaluate,
+        checkpoint (best and last)
+    end: final evaluation and checkpoint, summary.json
+
+Conventions:
+- A *step* is an optimizer step (``grad_accum`` forward passes on every process). Schedules count steps,
+  whatever the number of processes; the scheduler is not passed through ``accelerator.prepare``.
+- Metrics are exact across processes: each batch's per-sample statistics go through
+  ``gather_for_metrics`` (which drops the padding duplicates), are summed, and the task turns the sums into
+  numbers.
+- Only the main process writes files and prints.
+- SIGINT/SIGTERM finish the current step, save a checkpoint and return with status ``interrupted``.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+
+from ssmkit.errors import RecipeError, UserError
+from ssmkit.recipe import Recipe, build_model, build_task, validate
+from ssmkit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from ssmkit.train.optim import build_optimizer, build_scheduler, describe_groups, param_groups
+from ssmkit.train.progress import Progress
+from ssmkit.train.rundir import append_metrics, new_run_dir, truncate_metrics, write_json
+
+
+def make_accelerator(recipe: Recipe, run_dir: Path | None = None, trackers: bool = True) -> Accelerator:
+    """An Accelerator for this recipe (CPU when no GPU is visible; fp16 on CPU is refused)."""
+    on_cpu = not torch.cuda.is_available()
+    if recipe.train.mixed_precision == "fp16" and on_cpu:
+        raise RecipeError(
+            f"{recipe.source}: train.mixed_precision=fp16 needs a GPU (on the CPU it would be silently ignored); use bf16 or no"
+        )
+    log_with = list(recipe.train.log_with) if trackers else []
+    return Accelerator(
+        cpu=on_cpu,
+        mixed_precision=recipe.train.mixed_precision,
+        gradient_accumulation_steps=recipe.train.grad_accum,
+        log_with=log_with or None,
+        project_dir=str(run_dir) if run_dir is not None and log_with else None,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.train.seed),
+    )
+
+
+def make_loader(task, split: str, recipe: Recipe, seed: int) -> torch.utils.data.DataLoader:
+    train = split == "train"
+    batch = recipe.train.batch_size if train else (recipe.train.eval_batch_size or recipe.train.batch_size)
+    dataset = task.dataset(split, seed=seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=train, drop_last=train, num_workers=recipe.train.num_workers,
+        generator=torch.Generator().manual_seed(seed) if train else None,
+    )
+
+
+@torch.no_grad()
+def evaluate(model, loader, task, accelerator: Accelerator) -> dict[str, float]:
+    """The task's metrics over the whole split, exact across processes; also ``samples`` counted."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, torch.Tensor] = {}
+    samples = 0
+    for x, y in loader:
+        stats = accelerator.gather_for_metrics(task.metric_stats(model(x), y))  # each (B_all,)
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0) + value.double().sum(0)
+        samples += next(iter(stats.values())).shape[0]
+    model.train(was_training)
+    metrics = task.compute_metrics({k: v.cpu() for k, v in totals.items()})
+    return {**metrics, "samples": samples}
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _print(accelerator: Accelerator, console, *args) -> None:
+    if accelerator.is_main_process and console is not None:
+        console.print(*args)
+
+
+def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path | None = None,
+          max_steps: int | None = None, dry_run: bool = False, console=None) -> dict:
+    """Trains ``recipe``; returns the summary (also written to ``summary.json``).
+
+    ``resume``: a run directory (or checkpoint) to continue; ``recipe`` must then be the run's recipe.
+    ``max_steps`` overrides ``train.max_steps``. ``dry_run``: build everything, run one batch, write nothing.
+    """
+    cfg = recipe.train
+    if max_steps is not None:
+        cfg.max_steps = max_steps
+    accelerator = make_accelerator(recipe, trackers=not dry_run)
+    set_seed(cfg.seed)
+
+    # --- task, model, data, optimizer, schedule ---
+    task = build_task(recipe)
+    task.check_data()
+    model = build_model(recipe, task)
+    groups = param_groups(model, recipe.optimizer.lr, recipe.optimizer.weight_decay)
+    optimizer = build_optimizer(model, recipe.optimizer)
+    train_loader = make_loader(task, "train", recipe, cfg.seed)
+    val_loader = make_loader(task, "val", recipe, cfg.seed)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    batches_per_epoch = len(train_loader)  # this process's share
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, recipe.scheduler, total_steps, mode=task.main_mode)
+    if batches_per_epoch == 0:
+        raise RecipeError(
+            f"{recipe.source}: train.batch_size={cfg.batch_size} x {accelerator.num_processes} process(es) is larger "
+            f"than the training set ({len(train_loader.dataset)} samples); lower it or raise task.samples_per_epoch"
+        )
+
+    if dry_run:
+        return _dry_run(recipe, model, groups, task, train_loader, accelerator, console)
+
+    # --- run directory (made by the main process, shared with the others) ---
+    if resume is not None:
+        ckpt = find_checkpoint(resume)
+        run_path = ckpt.parent.parent
+    else:
+        made = [str(new_run_dir(cfg.runs_dir, recipe.name, run_dir)) if accelerator.is_main_process else None]
+        run_path = Path(broadcast_object_list(made)[0])
+    if accelerator.is_main_process:
+        (run_path / "recipe.yaml").write_text(recipe.to_yaml())
+    if cfg.log_with:
+        accelerator.init_trackers(recipe.name, config=_flat(recipe.to_dict()))
+
+    # --- resume: weights, optimizer, schedule, RNG, position in the data ---
+    step, epoch, batch_in_epoch, best = 0, 0, 0, None
+    if resume is not None:
+        saved = load_checkpoint(ckpt)
+        accelerator.unwrap_model(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], saved["rng_torch"])
+        step, epoch, batch_in_epoch, best = state["step"], state["epoch"], state["batch_in_epoch"], state.get("best")
+        if accelerator.is_main_process:
+            truncate_metrics(run_path, step)
+        _print(accelerator, console, f"resuming {run_path} from step {step} (epoch {epoch})")
+
+    def checkpoint(metric: float | None = None, is_best: bool = False) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": best,
+                     "metric": metric, "main_metric": task.main_metric, "scheduler": scheduler.state_dict()}
+            save_checkpoint(run_path, accelerator.unwrap_model(model).state_dict(), optimizer.state_dict(),
+                            state, recipe.to_yaml(), best=is_best, keep=cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    def run_eval() -> dict:
+        nonlocal best
+        metrics = evaluate(model, val_loader, task, accelerator)
+        value = metrics.get(task.main_metric)
+        improved = _is_better(value, best, task.main_mode)
+        if improved:
+            best = value
+        if recipe.scheduler.name == "plateau" and value is not None:
+            scheduler.step(value)
+        record = {"step": step, "epoch": epoch, "lr": _lr(optimizer), "loss": None,
+                  "metrics": {f"val/{k}": v for k, v in metrics.items()}, "tokens_per_s": None}
+        if accelerator.is_main_process:
+            append_metrics(run_path, record)
+            progress.eval_line(step, total_steps, epoch, metrics, task.main_metric)
+        accelerator.log(record["metrics"], step=step)
+        checkpoint(value, improved)
+        return metrics
+
+    # --- the loop ---
+    model.train()
+    start_time = time.time()
+    window_loss, window_batches, window_tokens, window_start = torch.zeros((), device=accelerator.device), 0, 0, time.time()
+    last_metrics: dict = {}
+    evaluated_at = -1
+    status = "finished"
+    progress = Progress(accelerator.is_main_process, total_steps, step, console)
+    with _StopFlag() as stop, progress:
+        while step < total_steps and (cfg.max_steps or epoch < cfg.epochs):
+            # A new shuffle, and fresh data for datasets with set_epoch (Accelerate skips the dataset's
+            # set_epoch when the sampler has one, so call both).
+            loader = accelerator.skip_first_batches(train_loader, batch_in_epoch) if batch_in_epoch else train_loader
+            loader.set_epoch(epoch)
+            if hasattr(train_loader.dataset, "set_epoch"):
+                train_loader.dataset.set_epoch(epoch)
+            for x, y in loader:
+                with accelerator.accumulate(model):
+                    loss = task.loss(model(x), y)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.grad_clip:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                batch_in_epoch += 1
+                window_loss += loss.detach().float()
+                window_batches += 1
+                window_tokens += x.shape[0] * x.shape[1] * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                if recipe.scheduler.name != "plateau" and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+
+                if step % cfg.log_every == 0 or step == total_steps:
+                    mean_loss = accelerator.reduce(window_loss / window_batches, "mean").item()
+                    rate = window_tokens / max(time.time() - window_start, 1e-9)
+                    record = {"step": step, "epoch": epoch, "lr": _lr(optimizer), "loss": mean_loss,
+                              "metrics": {}, "tokens_per_s": rate}
+                    if accelerator.is_main_process:
+                        append_metrics(run_path, record)
+                    accelerator.log({"train/loss": mean_loss, "lr": record["lr"]}, step=step)
+                    progress.update(step, loss=mean_loss, lr=record["lr"], tokens_per_s=rate)
+                    window_loss.zero_()
+                    window_batches, window_tokens, window_start = 0, 0, time.time()
+                else:
+                    progress.update(step)
+
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    last_metrics, evaluated_at = run_eval(), step
+                elif cfg.save_every and step % cfg.save_every == 0:
+                    checkpoint()
+                if _should_stop(stop, accelerator):
+                    status = "interrupted"
+                    break
+                if step >= total_steps:
+                    break
+            if status == "interrupted":
+                break
+            if batch_in_epoch >= batches_per_epoch:  # the epoch is complete
+                epoch += 1
+                batch_in_epoch = 0
+                if not cfg.eval_every and evaluated_at != step:
+                    last_metrics, evaluated_at = run_eval(), step
+                    if _should_stop(stop, accelerator):
+                        status = "interrupted"
+                        break
+
+        if status == "finished" and evaluated_at != step:
+            last_metrics, evaluated_at = run_eval(), step
+        elif status == "interrupted":
+            checkpoint()
+            sig = signal.Signals(stop.signal).name if stop.signal else "a signal"
+            _print(accelerator, console, f"stopped by {sig} at step {step}; checkpoint saved. Continue with: "
+                   f"ssmkit train --resume {run_path}")
+
+    summary = {
+        "name": recipe.name, "run_dir": str(run_path), "status": status, "step": step, "epoch": epoch,
+        "total_steps": total_steps, "main_metric": task.main_metric, "best": best,
+        "final": {f"val/{k}": v for k, v in last_metrics.items()}, "time_s": time.time() - start_time,
+        "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
+        "processes": accelerator.num_processes,
+    }
+    if accelerator.is_main_process:
+        write_json(run_path / "summary.json", summary)
+    accelerator.end_training()
+    return summary
+
+
+def _should_stop(stop: _StopFlag, accelerator: Accelerator) -> bool:
+    """All processes stop together if any of them got a signal."""
+    flag = stop.signal is not None
+    if accelerator.num_processes > 1:
+        t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+        flag = bool(accelerator.reduce(t, "sum").item() > 0)
+    return flag
+
+
+def _lr(optimizer) -> float:
+    """The largest group lr (the optimizer's base lr; kernels' own lrs may be lower)."""
+    return max(g["lr"] for g in optimizer.param_groups)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out
+
+
+def _dry_run(recipe, model, groups, task, loader, accelerator, console) -> dict:
+    """Prints the model and its parameter groups, runs one batch forward and backward."""
+    from rich.table import Table
+
+    x, y = next(iter(loader))
+    loss = task.loss(model(x), y)
+    accelerator.backward(loss)
+    n_params = sum(p.numel() for p in model.parameters())
+    if accelerator.is_main_process and console is not None:
+        console.print(f"recipe {recipe.name} ({recipe.source}): task {recipe.task['name']}, "
+                      f"kernel {recipe.model.layer['kernel']}, {recipe.model.n_layers} x d_model {recipe.model.d_model}")
+        console.print(f"model: {n_params:,} parameters; input {tuple(x.shape)} -> target {tuple(y.shape)}")
+        table = Table(title="parameter groups")
+        columns = ("lr", "weight_decay", "tensors", "elements", "names")
+        for col in columns:
+            table.add_column(col)
+        for row in describe_groups(groups):
+            table.add_row(*(f"{row[c]:g}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+        console.print(table)
+        console.print(f"one batch: loss {loss.item():.4g}, gradients finite: "
+                      f"{all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)}")
+    return {"status": "dry-run", "parameters": n_params, "loss": loss.item()}
+
+
+# --- evaluation of a finished (or running) run ---
+def load_run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), which: str = "latest"):
+    """(recipe, checkpoint dir) of a run directory or checkpoint, with ``overrides`` applied."""
+    from ssmkit.recipe import apply_overrides
+
+    ckpt = find_checkpoint(path, which)
+    source = str(ckpt / "recipe.yaml")
+    try:
+        data = yaml.safe_load((ckpt / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read the recipe of {ckpt}: {e}") from None
+    data = apply_overrides(data, list(overrides), source)
+    return validate(data, source), ckpt
+
+
+def evaluate_run(path: str | Path, split: str = "val", overrides: list[str] | tuple[str, ...] = (),
+                 which: str = "latest") -> dict:
+    """Loads a run's recipe and checkpoint and evaluates it on ``split``: {metrics..., samples, step, checkpoint}."""
+    if split not in ("val", "test"):
+        raise UserError(f"unknown split {split!r}; choose val or test")
+    recipe, ckpt = load_run_recipe(path, overrides, which)
+    accelerator = make_accelerator(recipe, trackers=False)
+    task = build_task(recipe)
+    task.check_data()
+    model = build_model(recipe, task)
+    saved = load_checkpoint(ckpt)
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UserError(f"checkpoint {ckpt} does not fit the recipe's model: {first[1].strip() if len(first) > 1 else first[0]}") from None
+    loader = make_loader(task, split, recipe, recipe.train.seed)
+    model, loader = accelerator.prepare(model, loader)
+    metrics = evaluate(model, loader, task, accelerator)
+    return {"split": split, "checkpoint": str(ckpt), "step": saved["state"]["step"], **metrics}
+
+
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def eprint(*args) -> None:
+    print(*args, file=sys.stderr)

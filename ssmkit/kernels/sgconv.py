@@ -162,14 +162,17 @@ class SGConvKernel(Kernel):
         self.register_buffer("kernel_norm", norm)
         self._warned_short = False
 
-    def _scale_weights(self) -> list[torch.Tensor]:
-        """The factor of each sub-kernel: (H, 1) fixed decay m^(n-1-i), (C, H, 1) alpha^i, or 1."""
+    def _scale_weights(self, norm: torch.Tensor | None) -> list[torch.Tensor]:
+        """The factor of each sub-kernel, (C, H, 1) or (H, 1): the fixed decay m^(n-1-i), alpha^i, or 1,
+        divided by ``norm``. Applied to the d taps before upsampling (which is linear), never to the L taps."""
         n = self.n_scales
         if self.use_alpha:
-            return [self.alpha.unsqueeze(-1) ** i for i in range(n)]
-        if self.options["learnable"]:
-            return [None] * n
-        return [(self.multiplier ** (n - 1 - i)).unsqueeze(-1) for i in range(n)]
+            factors = [self.alpha.unsqueeze(-1) ** i for i in range(n)]
+        elif self.options["learnable"]:
+            factors = [torch.ones((), dtype=self.kernel_0.dtype, device=self.kernel_0.device)] * n
+        else:
+            factors = [(self.multiplier ** (n - 1 - i)).unsqueeze(-1) for i in range(n)]
+        return factors if norm is None else [f / norm for f in factors]
 
     def _up(self, w: torch.Tensor, factor: int, taps: int) -> torch.Tensor:
         """The first ``taps`` samples of w (C, H, d) upsampled by ``factor``, reading only the taps needed."""
@@ -179,10 +182,10 @@ class SGConvKernel(Kernel):
             w = F.interpolate(w, scale_factor=float(factor), mode=self.options["interpolation"])
         return w[..., :taps]
 
-    def _taps(self, taps: int) -> torch.Tensor:
-        """The first ``taps`` (<= self.length) taps of the unnormalised kernel, (C, H, taps)."""
+    def _taps(self, taps: int, norm: torch.Tensor | None = None) -> torch.Tensor:
+        """The first ``taps`` (<= self.length) taps of the kernel divided by ``norm`` (C, H, 1), (C, H, taps)."""
         s = self.init_scale
-        factors = self._scale_weights()
+        factors = self._scale_weights(norm)
         weights = [getattr(self, f"kernel_{i}") for i in range(self.n_scales)]
         if self.options["combine"] == "cat":
             segments, offset = [], 0
@@ -191,16 +194,14 @@ class SGConvKernel(Kernel):
                     break
                 factor = 2 ** (max(0, i - 1) + s)
                 seg_len = min(taps - offset, self.kernel_dim * factor)
-                seg = self._up(w, factor, seg_len)  # (C, H, seg_len)
-                segments.append(seg if factors[i] is None else seg * factors[i])
+                segments.append(self._up(w * factors[i], factor, seg_len))  # (C, H, seg_len)
                 offset += seg_len
             k = torch.cat(segments, dim=-1)
         else:
             k = None
             for i, w in enumerate(weights):
                 factor = 2 ** (i + s)
-                seg = self._up(w, factor, min(taps, self.kernel_dim * factor))
-                seg = seg if factors[i] is None else seg * factors[i]
+                seg = self._up(w * factors[i], factor, min(taps, self.kernel_dim * factor))  # (C, H, <= taps)
                 seg = F.pad(seg, (0, taps - seg.shape[-1]))
                 k = seg if k is None else k + seg
         if self.options["learnable"]:
@@ -219,7 +220,7 @@ class SGConvKernel(Kernel):
         if rate != 1.0:
             raise ValueError(f"sgconv has no step size to rescale; rate must be 1.0, got {rate}")
         taps = min(L, self.length)
-        k = self._taps(taps) / self.kernel_norm  # (C, H, taps)
+        k = self._taps(taps, self.kernel_norm)  # (C, H, taps)
         if L > self.length:
             if not self._warned_short:
                 warnings.warn(

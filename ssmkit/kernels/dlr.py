@@ -30,7 +30,7 @@ import math
 import torch
 
 from ssmkit.kernels.base import Kernel, log_uniform
-from ssmkit.ops.vandermonde import log_vandermonde, log_vandermonde_transpose
+from ssmkit.ops.vandermonde import BACKENDS, log_vandermonde, log_vandermonde_transpose
 
 LAMBDA_INITS = ("omega", "randn")
 VERSIONS = ("", "Lambda_imag", "Lambda_imag_W_real", "Lambda_real_W_real")
@@ -108,6 +108,7 @@ class DLRKernel(Kernel):
         _check_choice("Lambda_init", Lambda_init, LAMBDA_INITS)
         _check_choice("version", version, VERSIONS)
         _check_choice("kernel_to_real", kernel_to_real, KERNEL_TO_REAL)
+        _check_choice("Vandermonde backend", backend, BACKENDS)
         if d_state <= 0:
             raise ValueError(f"d_state must be positive, got {d_state}")
         if max_kernel_length is not None and max_kernel_length <= 0:

@@ -30,7 +30,7 @@ import torch
 
 from ssmkit.kernels.base import Kernel, log_uniform
 from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
-from ssmkit.ops.vandermonde import log_vandermonde, log_vandermonde_transpose
+from ssmkit.ops.vandermonde import BACKENDS, log_vandermonde, log_vandermonde_transpose
 
 VERSIONS = ("exp", "softmax")
 LAMBDA_INITS = ("hippo", "lin", "inv", "randn")
@@ -124,6 +124,7 @@ class DSSKernel(Kernel):
         super().__init__(d_model, channels, lr, wd)
         _check_choice("version", version, VERSIONS)
         _check_choice("Lambda_init", Lambda_init, LAMBDA_INITS)
+        _check_choice("Vandermonde backend", backend, BACKENDS)
         if d_state <= 0:
             raise ValueError(f"d_state must be positive, got {d_state}")
         if softmax_length is not None:

@@ -10,10 +10,13 @@ from ssmkit import KERNELS, SequenceLayer
 
 H, L = 4, 24
 
+# Sizes that make every part of each kernel matter at length L (e.g. all of SGConv's scales).
+SMALL = {"sgconv": dict(l_max=L, kernel_dim=4)}
+
 
 def make(kernel: str, **kw) -> SequenceLayer:
     torch.manual_seed(0)
-    return SequenceLayer(H, kernel=kernel, **kw)
+    return SequenceLayer(H, kernel=kernel, **{**SMALL.get(kernel, {}), **kw})
 
 
 def recurrent(kernel: str) -> bool:

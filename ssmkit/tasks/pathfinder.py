@@ -402,8 +402,10 @@ class PathfinderSegmentation(_PathfinderBase, Task):
         return {"confusion": conf, "loss": loss.detach(), "count": torch.full_like(loss, target.shape[1])}
 
     def compute_metrics(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        conf = totals["confusion"]
+        conf = conf.sum(0) if conf.dim() == 2 else conf  # (9,): summed over samples (the loop may have done it)
         return {"loss": float(totals["loss"].sum() / totals["count"].sum()),
-                **confusion_metrics(totals["confusion"].sum(0).reshape(N_SEG_CLASSES, N_SEG_CLASSES))}
+                **confusion_metrics(conf.reshape(N_SEG_CLASSES, N_SEG_CLASSES))}
 
 
 def confusion_metrics(conf: torch.Tensor) -> dict[str, float]:

@@ -125,6 +125,7 @@ def test_segmentation_loss_and_metrics():
     stats = task.metric_stats(out, target)
     assert stats["confusion"].shape == (2, 9)
     m = task.compute_metrics({k: v for k, v in stats.items()})
+    assert task.compute_metrics({k: v.sum(0) for k, v in stats.items()}) == m  # as the loop sums them
     # by hand: class 0: tp 7 of 8 true, 7 predicted -> f1 14/15; class 1: tp 2, true 3, pred 3 -> 2/3; class 2: tp 1, true 1, pred 2 -> 2/3
     assert m["f1_macro"] == pytest.approx((14 / 15 + 2 / 3 + 2 / 3) / 3)
     assert m["balanced_accuracy"] == pytest.approx((7 / 8 + 2 / 3 + 1) / 3)

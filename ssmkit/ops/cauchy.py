@@ -1,24 +1,198 @@
 """Cauchy products: r[..., l] = sum_n v[..., n] / (z[l] - w[..., n]).
 
-The inner product of the S4 (DPLR) kernel. With ``conj=True`` the conjugate pairs are added too,
-sum_n v_n/(z - w_n) + conj(v_n)/(z - conj(w_n)), so N/2 stored states stand for N.
+The inner product of the S4 (DPLR) kernel (S4 paper, Gu et al. 2022, Lemma C.3 / eq. 6: the
+generating function evaluated at the roots of unity). With ``conj=True`` the conjugate pairs are
+added too, sum_n v_n/(z - w_n) + conj(v_n)/(z - conj(w_n)), so N/2 stored states stand for N.
+
+Backends, all with the same value and gradient (the tests check it):
+
+* ``torch``: materialises the (..., N, L) matrix; the reference.
+* ``chunked``: plain torch over blocks of L sized so that no more than ``CHUNK_ELEMENTS`` N x L
+  entries exist at once, in forward and in backward (backward recomputes each block).
+* ``keops``: pykeops ``Genred`` on the tensors' device (CPU tensors run on the CPU).
+* ``extension``: the compiled ``ssmkit_cauchy`` (C++ / CUDA); no gradient for z.
+* ``auto``: the extension when it runs here, else ``torch`` for small and ``chunked`` for large problems.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-BACKENDS = ("auto", "torch")
+from ssmkit.ops import backends as _b
+
+BACKENDS = ("auto", "torch", "chunked", "keops", "extension")
+# Above this many batch x N x L elements ``auto`` stops materialising; also the chunk budget.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _check(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> None:
+    if z.dim() != 1:
+        raise ValueError(f"cauchy: z must be 1-D (L,), got shape {tuple(z.shape)}")
+    if v.shape[-1] != w.shape[-1]:
+        raise ValueError(f"cauchy: v and w need the same last dim N, got {tuple(v.shape)} and {tuple(w.shape)}")
+
+
+def _terms(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool) -> torch.Tensor:
+    """(..., L) by materialising (..., N, L)."""
+    zz = z.unsqueeze(-2)  # (1, L)
+    r = (v.unsqueeze(-1) / (zz - w.unsqueeze(-1))).sum(dim=-2)  # (..., L)
+    if conj:
+        r = r + (v.conj().unsqueeze(-1) / (zz - w.conj().unsqueeze(-1))).sum(dim=-2)
+    return r
 
 
 def cauchy_torch(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool = True) -> torch.Tensor:
     """Materialises the (..., N, L) matrix. v, w: (..., N) complex; z: (L,) complex -> (..., L)."""
+    _check(v, z, w)
+    return _terms(v, z, w, conj)
+
+
+def cauchy_chunked(
+    v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool = True, budget: int = CHUNK_ELEMENTS
+) -> torch.Tensor:
+    """Like :func:`cauchy_torch` in blocks of L holding at most ``budget`` N x L elements (and its grad)."""
+    _check(v, z, w)
+    rows = math.prod(torch.broadcast_shapes(v.shape, w.shape)[:-1]) * v.shape[-1]
+    chunk = max(1, min(z.shape[0], budget // max(rows, 1)))
+
+    def block(l0: int, n: int, v_, z_, w_):
+        return _terms(v_, z_[l0 : l0 + n], w_, conj)
+
+    return _b.chunked_positions(block, z.shape[0], chunk, v, z, w)
+
+
+_keops_fns: dict = {}
+
+
+def cauchy_keops(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool = True) -> torch.Tensor:
+    """pykeops reduction over N without materialising; complex numbers as real 2-vectors.
+
+    conj=True uses v/(z-w) + conj(v)/(z-conj(w)) = 2 (Re(v) z - Re(v conj(w))) / ((z-w)(z-conj(w))).
+    """
+    _check(v, z, w)
+    probe = _b.probe_keops()
+    if not probe.ok:
+        raise _b.BackendUnavailable(probe.reason)
+    shape = torch.broadcast_shapes(v.shape, w.shape)
+    batch = math.prod(shape[:-1])
+    N, L = shape[-1], z.shape[0]
+    vr = torch.view_as_real(v.expand(shape).reshape(batch, N, 1).resolve_conj())  # (batch, N, 1, 2)
+    wr = torch.view_as_real(w.expand(shape).reshape(batch, N, 1).resolve_conj())
+    zr = torch.view_as_real(z.resolve_conj()).unsqueeze(0).expand(batch, L, 2).contiguous()  # (batch, L, 2)
+    if conj not in _keops_fns:
+        if conj:
+            formula = "ComplexDivide(ComplexRealScal(z, ComplexReal(v)) - Real2Complex(v | w), ComplexMult(z - w, z - Conj(w)))"
+        else:
+            formula = "ComplexDivide(v, z - w)"
+        _keops_fns[conj] = probe.module.Genred(
+            formula, ["v = Vj(2)", "z = Vi(2)", "w = Vj(2)"], reduction_op="Sum", axis=1
+        )
+    backend = "GPU" if v.is_cuda else "CPU"
+    r = _keops_fns[conj](vr.reshape(batch, N, 2), zr, wr.reshape(batch, N, 2), backend=backend)  # (batch, L, 2)
     if conj:
-        v = torch.cat([v, v.conj()], dim=-1)
-        w = torch.cat([w, w.conj()], dim=-1)
-    return (v.unsqueeze(-1) / (z - w.unsqueeze(-1))).sum(dim=-2)
+        r = 2 * r
+    return torch.view_as_complex(r.contiguous()).reshape(*shape[:-1], L)
+
+
+class _ExtensionCauchy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, z, w, conj):
+        ext = _b.probe_extension().module
+        shape = torch.broadcast_shapes(v.shape, w.shape)
+        batch, N = math.prod(shape[:-1]), shape[-1]
+        v2 = v.expand(shape).reshape(batch, N).resolve_conj().contiguous()
+        w2 = w.expand(shape).reshape(batch, N).resolve_conj().contiguous()
+        z2 = z.resolve_conj().contiguous()
+        ctx.save_for_backward(v2, z2, w2)
+        ctx.conj, ctx.shape, ctx.v_shape, ctx.w_shape = conj, shape, v.shape, w.shape
+        return ext.cauchy_fwd(v2, z2, w2, conj).reshape(*shape[:-1], z.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        ext = _b.probe_extension().module
+        v2, z2, w2 = ctx.saved_tensors
+        g = grad.reshape(v2.shape[0], z2.shape[0]).resolve_conj().contiguous()
+        dv, dw = ext.cauchy_bwd(v2, z2, w2, g, ctx.conj)
+        dv = dv.reshape(ctx.shape).sum_to_size(ctx.v_shape) if ctx.needs_input_grad[0] else None
+        dw = dw.reshape(ctx.shape).sum_to_size(ctx.w_shape) if ctx.needs_input_grad[2] else None
+        return dv, None, dw, None
+
+
+def _extension_supports(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> str | None:
+    """None if the extension can run these inputs, else the reason it cannot."""
+    probe = _b.probe_extension()
+    if not probe.ok:
+        return probe.reason
+    if v.is_cuda and not probe.module.has_cuda():
+        return "ssmkit_cauchy was built without its CUDA part (nvcc or a CUDA torch missing at build time)"
+    if v.device.type not in ("cpu", "cuda"):
+        return f"no kernel for device {v.device.type}"
+    dtypes = {v.dtype, z.dtype, w.dtype}
+    if len(dtypes) != 1 or dtypes - {torch.complex64, torch.complex128}:
+        return f"needs one complex64/complex128 dtype, got {sorted(map(str, dtypes))}"
+    if z.requires_grad:
+        return "it has no gradient with respect to z"
+    return None
+
+
+def cauchy_extension(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool = True) -> torch.Tensor:
+    """The compiled kernel (O(N + L) memory, gradient for v and w)."""
+    _check(v, z, w)
+    why = _extension_supports(v, z, w)
+    if why:
+        raise _b.BackendUnavailable(why)
+    return _ExtensionCauchy.apply(v, z, w, conj)
+
+
+_IMPLS = {"torch": cauchy_torch, "chunked": cauchy_chunked, "keops": cauchy_keops, "extension": cauchy_extension}
+
+
+def _self_test_error(backend: str, device: torch.device) -> float:
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 7, dtype=torch.complex64, generator=g).to(device)
+    w = torch.complex(-torch.rand(3, 7, generator=g), torch.randn(3, 7, generator=g)).to(device)
+    z = torch.exp(2j * math.pi * torch.arange(11) / 20).to(torch.complex64).to(device)
+    ref = cauchy_torch(v, z, w, True)
+    out = _IMPLS[backend](v, z, w, True)
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+def _usable(backend: str, v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> str | None:
+    """None if ``backend`` can run these inputs (self-testing it once per device), else why not."""
+    if backend == "extension":
+        why = _extension_supports(v, z, w)
+    elif backend == "keops":
+        probe = _b.probe_keops()
+        why = None if probe.ok else probe.reason
+    else:
+        return None
+    if why:
+        return why
+    test = _b.self_test("cauchy", backend, v.device, lambda: _self_test_error(backend, v.device), 1e-4)
+    return None if test.ok else test.reason
+
+
+def choose_backend(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> str:
+    """The backend :func:`cauchy` will run for these inputs (warns once when it must fall back)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown Cauchy backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    size = math.prod(torch.broadcast_shapes(v.shape, w.shape)) * z.shape[-1]
+    plain = "torch" if size <= CHUNK_ELEMENTS else "chunked"
+    if backend == "auto":
+        why = _usable("extension", v, z, w)
+        if why is None:
+            _b.log_choice("cauchy", v.device, "extension", "compiled kernel, self-test passed")
+            return "extension"
+        _b.log_choice("cauchy", v.device, plain, f"extension not used: {why}")
+        return plain
+    why = _usable(backend, v, z, w)
+    if why is None:
+        return backend
+    _b.warn_fallback("cauchy", backend, plain, why)
+    return plain
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool = True, backend: str = "auto") -> torch.Tensor:
-    if backend in ("auto", "torch"):
-        return cauchy_torch(v, z, w, conj)
-    raise ValueError(f"unknown Cauchy backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    """sum_n v_n/(z_l - w_n) [+ conj(v_n)/(z_l - conj(w_n))]; v, w (..., N), z (L,) -> (..., L)."""
+    return _IMPLS[choose_backend(v, z, w, backend)](v, z, w, conj)

@@ -1,17 +1,36 @@
 """(Log-)Vandermonde products: K[..., l] = sum_n v[..., n] * exp(x[..., n] * l), l = 0..L-1.
 
-This is the inner product of every diagonal SSM kernel (S4D, DSS, DLR). Backends:
-``torch`` materialises the (..., N, L) matrix; ``chunked`` walks L in blocks so memory stays bounded.
+The inner product of every diagonal SSM kernel (S4D paper, Gu et al. 2022, eq. 6: K = (C dB) . V_L(dA)
+with dA = exp(x)). Backends, all with the same value and gradient (the tests check it):
+
+* ``torch``: materialises the (..., N, L) matrix exp(x l); the reference.
+* ``chunked``: factorises l = l0 + j c + m, so a block of positions is one matrix product
+  (v exp(x (l0 + j c)))_{j n} @ (exp(x m))_{n m}: O(N sqrt(L)) intermediates instead of O(N L), and
+  GEMM speed. Blocks are sized so that no more than ``CHUNK_ELEMENTS`` intermediates exist at once,
+  in forward and in backward (backward recomputes each block).
+* ``keops``: pykeops ``Genred`` on the tensors' device (CPU tensors run on the CPU).
+* ``extension``: accepted (S4 passes one backend name to both ops) and falls back to ``chunked``.
+* ``auto``: ``chunked`` (the fastest here at every size measured, see docs/performance.md), except
+  ``torch`` for tiny problems where one einsum beats the block bookkeeping.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-BACKENDS = ("auto", "torch", "chunked")
+from ssmkit.ops import backends as _b
 
-# Above this many N*L elements per batch row the auto choice stops materialising.
-_MATERIALISE_LIMIT = 1 << 22
-_CHUNK = 1 << 12
+BACKENDS = ("auto", "torch", "chunked", "keops", "extension")
+# The most batch x N x (J + c) intermediate elements a ``chunked`` block may hold.
+CHUNK_ELEMENTS = 1 << 22
+# Below this many batch x N x L elements ``auto`` materialises.
+_TINY = 1 << 14
+
+
+def _rows(v: torch.Tensor, x: torch.Tensor) -> tuple[torch.Size, int]:
+    shape = torch.broadcast_shapes(v.shape, x.shape)
+    return shape, math.prod(shape[:-1]) * shape[-1]
 
 
 def log_vandermonde_torch(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
@@ -20,36 +39,112 @@ def log_vandermonde_torch(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Ten
     return torch.einsum("...n,...nl->...l", v, torch.exp(x.unsqueeze(-1) * ell))  # (..., L)
 
 
-def log_vandermonde_chunked(v: torch.Tensor, x: torch.Tensor, L: int, chunk: int = _CHUNK) -> torch.Tensor:
-    """Same as :func:`log_vandermonde_torch`, computed in blocks of ``chunk`` positions.
+def _block(l0: int, n: int, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Positions l0 .. l0+n-1 as (..., J, N) @ (..., N, c) with J c >= n, c ~ sqrt(n)."""
+    c = max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
+    J = -(-n // c)
+    real = x.real.dtype
+    starts = l0 + c * torch.arange(J, device=x.device, dtype=real)  # (J,)
+    m = torch.arange(c, device=x.device, dtype=real)  # (c,)
+    left = v.unsqueeze(-2) * torch.exp(x.unsqueeze(-2) * starts.unsqueeze(-1))  # (..., J, N)
+    right = torch.exp(x.unsqueeze(-1) * m)  # (..., N, c)
+    out = torch.matmul(left, right)  # (..., J, c)
+    return out.flatten(-2)[..., :n]
 
-    Block j starts at l0 = j*chunk: sum_n (v_n exp(x_n l0)) exp(x_n m), m = 0..chunk-1.
-    """
-    outs = []
-    ell = torch.arange(min(chunk, L), device=x.device, dtype=x.real.dtype)
-    basis = torch.exp(x.unsqueeze(-1) * ell)  # (..., N, chunk)
-    for l0 in range(0, L, chunk):
-        n = min(chunk, L - l0)
-        v0 = v * torch.exp(x * l0)  # (..., N)
-        outs.append(torch.einsum("...n,...nl->...l", v0, basis[..., :n]))
-    return torch.cat(outs, dim=-1)
+
+def log_vandermonde_chunked(v: torch.Tensor, x: torch.Tensor, L: int, budget: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """Same as :func:`log_vandermonde_torch`, by blocked matrix products with bounded memory."""
+    _, rows = _rows(v, x)
+    # A block of S positions holds about 2 rows sqrt(S) intermediates.
+    side = max(1, budget // (2 * max(rows, 1)))
+    S = min(L, side * side)
+    if S >= L:
+        return _block(0, L, v, x)
+    return _b.chunked_positions(_block, L, S, v, x)
+
+
+_keops_fn: list = []
+
+
+def log_vandermonde_keops(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
+    """pykeops reduction over N of v_n exp(x_n l); complex numbers as real 2-vectors."""
+    probe = _b.probe_keops()
+    if not probe.ok:
+        raise _b.BackendUnavailable(probe.reason)
+    shape, _ = _rows(v, x)
+    batch, N = math.prod(shape[:-1]), shape[-1]
+    vr = torch.view_as_real(v.expand(shape).reshape(batch, N).resolve_conj())  # (batch, N, 2)
+    xr = torch.view_as_real(x.expand(shape).reshape(batch, N).resolve_conj())
+    ell = torch.arange(L, device=x.device, dtype=x.real.dtype).view(1, L, 1).expand(batch, L, 1).contiguous()
+    if not _keops_fn:
+        _keops_fn.append(
+            probe.module.Genred(
+                "ComplexMult(v, ComplexExp(ComplexRealScal(l, x)))",
+                ["v = Vj(2)", "x = Vj(2)", "l = Vi(1)"],
+                reduction_op="Sum",
+                axis=1,
+            )
+        )
+    backend = "GPU" if v.is_cuda else "CPU"
+    r = _keops_fn[0](vr.contiguous(), xr.contiguous(), ell, backend=backend)  # (batch, L, 2)
+    return torch.view_as_complex(r.contiguous()).reshape(*shape[:-1], L)
+
+
+_IMPLS = {"torch": log_vandermonde_torch, "chunked": log_vandermonde_chunked, "keops": log_vandermonde_keops}
+
+
+def _self_test_error(backend: str, device: torch.device) -> float:
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 5, dtype=torch.complex64, generator=g).to(device)
+    x = torch.complex(-torch.rand(3, 5, generator=g) * 0.1, torch.randn(3, 5, generator=g)).to(device)
+    ref = log_vandermonde_torch(v, x, 13)
+    return ((_IMPLS[backend](v, x, 13) - ref).abs().max() / ref.abs().max()).item()
+
+
+def choose_backend(v: torch.Tensor, x: torch.Tensor, L: int, backend: str = "auto") -> str:
+    """The backend :func:`log_vandermonde` runs for these inputs (warns once when it must fall back)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown Vandermonde backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    _, rows = _rows(v, x)
+    if backend == "auto":
+        pick = "torch" if rows * L <= _TINY else "chunked"
+        _b.log_choice("log_vandermonde", v.device, pick, "tiny problem" if pick == "torch" else "blocked GEMM")
+        return pick
+    if backend == "extension":
+        _b.warn_fallback("log_vandermonde", "extension", "chunked", "the compiled extension is Cauchy-only")
+        return "chunked"
+    if backend == "keops":
+        probe = _b.probe_keops()
+        why = probe.reason if not probe.ok else None
+        if why is None:
+            test = _b.self_test(
+                "log_vandermonde", "keops", v.device, lambda: _self_test_error("keops", v.device), 1e-4
+            )
+            why = None if test.ok else test.reason
+        if why:
+            _b.warn_fallback("log_vandermonde", "keops", "chunked", why)
+            return "chunked"
+    return backend
 
 
 def log_vandermonde(v: torch.Tensor, x: torch.Tensor, L: int, backend: str = "auto") -> torch.Tensor:
-    """Dispatch to a backend; ``auto`` materialises small problems and chunks large ones."""
-    if backend == "auto":
-        backend = "torch" if x.shape[-1] * L <= _MATERIALISE_LIMIT else "chunked"
-    if backend == "torch":
-        return log_vandermonde_torch(v, x, L)
-    if backend == "chunked":
-        return log_vandermonde_chunked(v, x, L)
-    raise ValueError(f"unknown Vandermonde backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    """sum_n v[..., n] exp(x[..., n] l) for l = 0..L-1; v, x (..., N) complex -> (..., L)."""
+    return _IMPLS[choose_backend(v, x, L, backend)](v, x, L)
 
 
 def log_vandermonde_transpose(u: torch.Tensor, v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
     """sum_l u[..., l] * v[..., n] * exp(x[..., n] * (L - 1 - l)) -> (..., N).
 
-    The state reached after feeding u through x_{k} = exp(x) x_{k-1} + v u_k from a zero state.
+    The state reached after feeding u through s_k = exp(x) s_{k-1} + v u_k from a zero state (S4D
+    eq. 5 unrolled). Computed blocked like ``chunked``: with l' = L-1-l = j c + m,
+    sum_j exp(x j c) sum_m u'[j c + m] exp(x m), so nothing of size N x L is materialised.
     """
-    ell = torch.arange(L - 1, -1, -1, device=x.device, dtype=x.real.dtype)
-    return v * torch.einsum("...l,...nl->...n", u.to(x.dtype), torch.exp(x.unsqueeze(-1) * ell))
+    c = max(1, math.isqrt(max(L - 1, 0)) + 1)
+    J = -(-L // c)
+    real = x.real.dtype
+    u_rev = torch.nn.functional.pad(u.flip(-1), (0, J * c - L)).to(x.dtype)  # (..., J*c)
+    u_blocks = u_rev.unflatten(-1, (J, c))  # (..., J, c)
+    right = torch.exp(x.unsqueeze(-1) * torch.arange(c, device=x.device, dtype=real))  # (..., N, c)
+    inner = torch.matmul(u_blocks, right.transpose(-1, -2))  # (..., J, N)
+    outer = torch.exp(x.unsqueeze(-2) * (c * torch.arange(J, device=x.device, dtype=real)).unsqueeze(-1))  # (..., J, N)
+    return v * (inner * outer).sum(dim=-2)  # (..., N)

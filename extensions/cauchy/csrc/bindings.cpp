@@ -1,0 +1,67 @@
+// Python bindings: checks the arguments and dispatches on the device.
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "cauchy.h"
+
+namespace {
+
+void check_args(const at::Tensor& v, const at::Tensor& z, const at::Tensor& w) {
+  TORCH_CHECK(v.dim() == 2 && w.dim() == 2, "cauchy: v and w must be (batch, N), got ", v.sizes(), " and ", w.sizes());
+  TORCH_CHECK(v.sizes() == w.sizes(), "cauchy: v and w must have the same shape, got ", v.sizes(), " and ", w.sizes());
+  TORCH_CHECK(z.dim() == 1, "cauchy: z must be (L,), got ", z.sizes());
+  TORCH_CHECK(v.scalar_type() == z.scalar_type() && v.scalar_type() == w.scalar_type(),
+              "cauchy: v, z, w must share one dtype");
+  TORCH_CHECK(v.scalar_type() == at::kComplexFloat || v.scalar_type() == at::kComplexDouble,
+              "cauchy: complex64 or complex128 expected, got ", v.scalar_type());
+  TORCH_CHECK(v.device() == z.device() && v.device() == w.device(), "cauchy: v, z, w must be on one device");
+}
+
+bool is_cuda(const at::Tensor& t) { return t.device().is_cuda(); }
+
+}  // namespace
+
+at::Tensor cauchy_fwd(const at::Tensor& v, const at::Tensor& z, const at::Tensor& w, bool symmetric) {
+  check_args(v, z, w);
+  if (is_cuda(v)) {
+#ifdef SSMKIT_WITH_CUDA
+    return cauchy_fwd_cuda(v.contiguous(), z.contiguous(), w.contiguous(), symmetric);
+#else
+    TORCH_CHECK(false, "cauchy: this build of ssmkit_cauchy has no CUDA part");
+#endif
+  }
+  return cauchy_fwd_cpu(v, z, w, symmetric);
+}
+
+std::vector<at::Tensor> cauchy_bwd(const at::Tensor& v, const at::Tensor& z, const at::Tensor& w,
+                                   const at::Tensor& grad, bool symmetric) {
+  check_args(v, z, w);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == v.size(0) && grad.size(1) == z.size(0),
+              "cauchy: grad must be (batch, L)");
+  if (is_cuda(v)) {
+#ifdef SSMKIT_WITH_CUDA
+    return cauchy_bwd_cuda(v.contiguous(), z.contiguous(), w.contiguous(), grad.contiguous(), symmetric);
+#else
+    TORCH_CHECK(false, "cauchy: this build of ssmkit_cauchy has no CUDA part");
+#endif
+  }
+  return cauchy_bwd_cpu(v, z, w, grad, symmetric);
+}
+
+bool has_cuda() {
+#ifdef SSMKIT_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "ssmkit Cauchy product kernels (CPU and, when built, CUDA)";
+  m.def("cauchy_fwd", &cauchy_fwd, "Cauchy product forward", py::arg("v"), py::arg("z"), py::arg("w"),
+        py::arg("symmetric"));
+  m.def("cauchy_bwd", &cauchy_bwd, "Cauchy product backward -> (dv, dw)", py::arg("v"), py::arg("z"),
+        py::arg("w"), py::arg("grad"), py::arg("symmetric"));
+  m.def("has_cuda", &has_cuda, "whether the CUDA part was compiled");
+}

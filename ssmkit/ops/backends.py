@@ -1,0 +1,147 @@
+"""Which Cauchy / Vandermonde backend runs, and why.
+
+Every optional backend (``keops``: pykeops; ``extension``: the compiled ``ssmkit_cauchy``) is probed
+once: its import is guarded by the exceptions an import can really raise (never a bare ``except``)
+and the reason for a failure is kept, so that ``ssmkit doctor`` can print it. Before its first use on a
+device, a backend is self-tested against the ``torch`` backend on a tiny problem. ``auto`` choices are
+logged once per (op, device, backend); a backend that is asked for but cannot run falls back with a
+one-line warning that says why.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger("ssmkit.ops")
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here (not installed, failed its self-test, or unsupported size/dtype)."""
+
+
+@dataclass
+class Probe:
+    ok: bool
+    reason: str = ""
+    module: object = None
+
+
+_probes: dict[str, Probe] = {}
+_self_tests: dict[tuple[str, str, str], Probe] = {}
+_logged: set[tuple] = set()
+_warned: set[tuple] = set()
+
+
+def probe_extension() -> Probe:
+    """Imports ``ssmkit_cauchy`` once; ``Probe.reason`` says why it is missing."""
+    if "extension" not in _probes:
+        try:
+            mod = importlib.import_module("ssmkit_cauchy")
+            _probes["extension"] = Probe(True, "CUDA part built" if mod.has_cuda() else "CPU part only", mod)
+        except ImportError as e:  # not installed, or an ABI/undefined-symbol mismatch with this torch
+            _probes["extension"] = Probe(
+                False,
+                f"ssmkit_cauchy does not import ({type(e).__name__}: {e}); build it with "
+                "`pip install --no-build-isolation ./extensions/cauchy` (or `make extension`)",
+            )
+        except OSError as e:  # a shared library it links to is missing
+            _probes["extension"] = Probe(False, f"ssmkit_cauchy failed to load a library: {e}")
+    return _probes["extension"]
+
+
+def probe_keops() -> Probe:
+    """Imports pykeops once (without compiling anything)."""
+    if "keops" not in _probes:
+        try:
+            # pykeops prints its compile banner through its own verbosity flag; keep it quiet.
+            pykeops = importlib.import_module("pykeops")
+            pykeops.set_verbose(False)
+            mod = importlib.import_module("pykeops.torch")
+            _probes["keops"] = Probe(True, f"pykeops {pykeops.__version__}", mod)
+        except ImportError as e:
+            _probes["keops"] = Probe(False, f"pykeops does not import ({e}); install it with `pip install 'ssmkit[keops]'`")
+        except (OSError, RuntimeError) as e:  # keops checks its compiler / CUDA set-up at import
+            _probes["keops"] = Probe(False, f"pykeops failed to initialise: {e}")
+    return _probes["keops"]
+
+
+def self_test(op: str, backend: str, device: torch.device, run: Callable[[], float], tol: float) -> Probe:
+    """Runs ``run()`` (returns the max abs error vs the torch backend) once per (op, backend, device type)."""
+    key = (op, backend, device.type)
+    if key not in _self_tests:
+        try:
+            err = run()
+            ok = err <= tol
+            _self_tests[key] = Probe(ok, f"self-test error {err:.2e}" + ("" if ok else f" > tolerance {tol:.0e}"))
+        except (RuntimeError, ValueError, TypeError, ImportError, OSError) as e:
+            # keops raises plain RuntimeError / ValueError on compile failures; the extension raises
+            # RuntimeError from TORCH_CHECK. Anything else is a bug and should propagate.
+            _self_tests[key] = Probe(False, f"self-test raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return _self_tests[key]
+
+
+def log_choice(op: str, device: torch.device, backend: str, why: str) -> None:
+    key = (op, device.type, backend)
+    if key not in _logged:
+        _logged.add(key)
+        log.info("%s on %s: using the %s backend (%s)", op, device.type, backend, why)
+
+
+def warn_fallback(op: str, wanted: str, got: str, why: str) -> None:
+    key = (op, wanted, got, why)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"{op}: backend {wanted!r} cannot run ({why}); falling back to {got!r}", RuntimeWarning, stacklevel=4)
+
+
+def reset() -> None:
+    """Forget probes, self-tests and the log/warn-once memory (for tests)."""
+    _probes.clear()
+    _self_tests.clear()
+    _logged.clear()
+    _warned.clear()
+
+
+def chunked_positions(fn: Callable[..., torch.Tensor], L: int, chunk: int, *tensors: torch.Tensor) -> torch.Tensor:
+    """Evaluates ``fn(l0, n, *tensors) -> (..., n)`` over l0 = 0, chunk, 2*chunk, ... and concatenates.
+
+    Memory is bounded in backward too: nothing of a chunk's graph is kept; backward recomputes each
+    chunk under autograd, takes its vector-Jacobian product and drops it before the next chunk.
+    """
+    return _Chunked.apply(fn, L, chunk, *tensors)
+
+
+class _Chunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, L, chunk, *tensors):
+        ctx.fn, ctx.L, ctx.chunk = fn, L, chunk
+        ctx.save_for_backward(*tensors)
+        with torch.no_grad():
+            return torch.cat([fn(l0, min(chunk, L - l0), *tensors) for l0 in range(0, L, chunk)], dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:]
+        grads = [None] * len(tensors)
+        inputs = [t.detach().requires_grad_(n) for t, n in zip(tensors, needs)]
+        wrt = [t for t, n in zip(inputs, needs) if n]
+        if not wrt:
+            return (None, None, None, *grads)
+        acc = [torch.zeros_like(t) for t in wrt]
+        for l0 in range(0, ctx.L, ctx.chunk):
+            n = min(ctx.chunk, ctx.L - l0)
+            with torch.enable_grad():
+                out = ctx.fn(l0, n, *inputs)
+                parts = torch.autograd.grad(out, wrt, grad[..., l0 : l0 + n], allow_unused=True)
+            for a, p in zip(acc, parts):
+                if p is not None:
+                    a += p
+        it = iter(acc)
+        grads = [next(it) if n else None for n in needs]
+        return (None, None, None, *grads)

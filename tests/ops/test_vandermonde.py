@@ -1,0 +1,115 @@
+"""Vandermonde backends: each equals an explicit float64 sum, and the torch backend in value and gradient."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ssmkit.ops import backends, vandermonde
+
+
+class MaxTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+SIZES = [(1, 1), (3, 7), (4, 16), (5, 33), (8, 100)]  # (N, L)
+
+
+def explicit(v, x, L):
+    """K[..., l] = sum_n v_n exp(x_n)^l by repeated multiplication, in float64."""
+    out = torch.zeros(*torch.broadcast_shapes(v.shape, x.shape)[:-1], L, dtype=torch.complex128)
+    power = torch.ones_like(x)
+    for l in range(L):
+        out[..., l] = (v * power).sum(-1)
+        power = power * torch.exp(x)
+    return out
+
+
+def problem(N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(2, 3, N, dtype=torch.complex128, generator=g)  # (C, H, N)
+    x = torch.complex(-torch.rand(3, N, dtype=torch.float64, generator=g) * 0.2,
+                      torch.randn(3, N, dtype=torch.float64, generator=g))  # (H, N)
+    return v, x
+
+
+def grads(fn, v, x, L):
+    v, x = v.clone().requires_grad_(), x.clone().requires_grad_()
+    out = fn(v, x, L)
+    g = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    return out.detach(), torch.autograd.grad(out, (v, x), g)
+
+
+@pytest.mark.parametrize("N,L", SIZES)
+def test_torch_backend_matches_explicit_sum(N, L):
+    v, x = problem(N)
+    torch.testing.assert_close(vandermonde.log_vandermonde_torch(v, x, L), explicit(v, x, L))
+
+
+@pytest.mark.parametrize("N,L", SIZES)
+@pytest.mark.parametrize("budget", [vandermonde.CHUNK_ELEMENTS, 6 * 3 * 6])  # one block; blocks of 9
+def test_chunked_equals_torch(N, L, budget):
+    v, x = problem(N)
+    ref, ref_g = grads(vandermonde.log_vandermonde_torch, v, x, L)
+    out, out_g = grads(lambda *a: vandermonde.log_vandermonde_chunked(*a, budget=budget * N), v, x, L)
+    torch.testing.assert_close(out, explicit(v, x, L))
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(out_g, ref_g):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("N,L", [(3, 7), (8, 100)])
+def test_keops_equals_torch_on_cpu(N, L):
+    if not backends.probe_keops().ok:
+        pytest.skip(backends.probe_keops().reason)
+    v, x = problem(N)
+    ref, ref_g = grads(vandermonde.log_vandermonde_torch, v, x, L)
+    out, out_g = grads(vandermonde.log_vandermonde_keops, v, x, L)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(out_g, ref_g):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("N,L", SIZES)
+def test_transpose_is_the_state_of_the_recurrence(N, L):
+    g = torch.Generator().manual_seed(2)
+    v, x = problem(N)
+    v = v[0]  # (H, N)
+    u = torch.randn(4, 3, L, dtype=torch.float64, generator=g)  # (B, H, L)
+    state = torch.zeros(4, 3, N, dtype=torch.complex128)
+    for l in range(L):  # s_l = exp(x) s_{l-1} + v u_l
+        state = torch.exp(x) * state + v * u[..., l : l + 1]
+    torch.testing.assert_close(vandermonde.log_vandermonde_transpose(u, v, x, L), state)
+
+
+def test_chunked_memory_is_bounded_forward_and_backward():
+    H, N, L, budget = 8, 64, 1 << 13, 1 << 14
+    v = torch.randn(H, N, dtype=torch.complex64, requires_grad=True)
+    x = torch.complex(-torch.rand(H, N) * 1e-3, torch.randn(H, N)).requires_grad_()
+    with MaxTensor() as m:
+        vandermonde.log_vandermonde_chunked(v, x, L, budget=budget).real.sum().backward()
+    full = H * N * L  # 4M elements for the torch backend
+    assert m.max_numel <= max(budget, 2 * H * L)  # output-sized tensors (as real pairs) are allowed
+    assert m.max_numel * 16 <= full
+    assert torch.isfinite(x.grad).all()
+
+
+def test_extension_name_falls_back_for_vandermonde():
+    v, x = problem(3)
+    with pytest.warns(RuntimeWarning, match="Cauchy-only"):
+        out = vandermonde.log_vandermonde(v, x, 5, backend="extension")
+    torch.testing.assert_close(out, explicit(v, x, 5))
+
+
+def test_unknown_backend_names_the_choices():
+    v, x = problem(3)
+    with pytest.raises(ValueError, match="chunked"):
+        vandermonde.log_vandermonde(v, x, 5, backend="cuda")

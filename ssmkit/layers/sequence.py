@@ -116,8 +116,23 @@ class SequenceLayer(nn.Module):
 
     @property
     def has_state(self) -> bool:
+        return self._no_state_reason() is None
+
+    def _no_state_reason(self) -> str | None:
         core = self.mixer if self.kernel is None else self.kernel
-        return bool(core.has_state) and not (self.bidirectional and self.kernel is not None)
+        if not core.has_state:
+            return f"kernel {self.kernel_name!r} with these options has no recurrence"
+        if self.kernel is not None and self.bidirectional:
+            return "a bidirectional layer sees the future"
+        if self.kernel is not None and self.max_kernel_length is not None:
+            return f"max_kernel_length={self.max_kernel_length} cuts the kernel, so it is no recurrence"
+        return None
+
+    def _refuse_state(self, what: str = "recurrent state") -> ValueError:
+        return ValueError(
+            f"this {self.kernel_name!r} layer has no {what}: {self._no_state_reason()}; "
+            "use a causal recurrent kernel without max_kernel_length, or drop state/step"
+        )
 
     def kernel_fn(self, L: int, rate: float | None = None) -> torch.Tensor:
         """The real convolution kernel (C, H, L) (for bidirectional layers: causal half first)."""
@@ -170,10 +185,7 @@ class SequenceLayer(nn.Module):
         if u.shape[1] != self.d_model:
             raise ValueError(f"expected {self.d_model} features, got input of shape {tuple(x.shape)} (transposed={self.transposed})")
         if (state is not None or return_state) and not self.has_state:
-            raise ValueError(
-                f"kernel {self.kernel_name!r} (bidirectional={self.bidirectional}) has no recurrent state; "
-                "use a causal recurrent kernel or drop state/return_state"
-            )
+            raise self._refuse_state()
         if self.kernel is None:
             y, next_state = self.mixer(u, state=state, return_state=return_state)  # (B, H, L)
             y = self.dropout(y).transpose(-1, -2)
@@ -200,7 +212,7 @@ class SequenceLayer(nn.Module):
     # --- recurrent mode ---
     def default_state(self, *batch_shape: int, device=None):
         if not self.has_state:
-            raise ValueError(f"kernel {self.kernel_name!r} (bidirectional={self.bidirectional}) has no recurrent state")
+            raise self._refuse_state()
         core = self.mixer if self.kernel is None else self.kernel
         return core.default_state(*batch_shape, device=device)
 
@@ -218,7 +230,7 @@ class SequenceLayer(nn.Module):
     def step(self, x: torch.Tensor, state, rate: float | None = None):
         """One token: x (B, H) -> y (B, H), next state. Equals the convolution mode, token by token."""
         if not self.has_state:
-            raise ValueError(f"kernel {self.kernel_name!r} (bidirectional={self.bidirectional}) has no recurrent step")
+            raise self._refuse_state("recurrent step")
         self.setup_step(rate)
         if self.kernel is None:
             y, state = self.mixer.step(x, state)  # (B, H)

@@ -79,8 +79,15 @@ def test_kernel_fn_shape_and_bidirectional_channels():
 
 def test_bidirectional_state_is_refused():
     layer = SequenceLayer(3, bidirectional=True, d_state=4)
-    with pytest.raises(ValueError, match="no recurrent state"):
+    with pytest.raises(ValueError, match="no recurrent state: a bidirectional layer sees the future"):
         layer.default_state(1)
+
+
+def test_truncated_kernel_has_no_recurrence():
+    layer = SequenceLayer(3, d_state=4, max_kernel_length=8)
+    assert not layer.has_state
+    with pytest.raises(ValueError, match="max_kernel_length=8 cuts the kernel"):
+        layer.step(torch.randn(1, 3), None)
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from ssmkit.errors import UserError
 
 #: Modules that add commands; a missing one is an ImportError (fix it, do not skip it).
-COMMAND_MODULES: tuple[str, ...] = ("ssmkit.tasks.data_cli",)
+COMMAND_MODULES: tuple[str, ...] = ("ssmkit.tasks.data_cli", "ssmkit.doctor", "ssmkit.profile")
 
 
 def _fail(message: str, code: int = 2):

@@ -1,0 +1,148 @@
+"""``ssmkit doctor``: what is installed, what runs, and how to fix what is missing.
+
+Each check returns a row (component, status, detail, fix). Optional parts (pykeops, the compiled
+extension, vision/audio packages) are probed with the exceptions their import really raises, and the
+Cauchy/Vandermonde backends are self-tested against the plain torch backend on a tiny problem.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import platform
+from dataclasses import dataclass
+
+import torch
+
+OK, WARN, MISSING = "ok", "warn", "missing"
+
+
+@dataclass
+class Check:
+    component: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _version(name: str, fix: str) -> Check:
+    try:
+        mod = importlib.import_module(name)
+        return Check(name, OK, getattr(mod, "__version__", "installed"))
+    except ImportError as e:
+        return Check(name, MISSING, str(e), fix)
+    except OSError as e:  # e.g. soundfile without libsndfile, torchaudio without its libraries
+        return Check(name, MISSING, f"imports but a library is missing: {e}", fix)
+
+
+def check_torch() -> list[Check]:
+    rows = [Check("python", OK, platform.python_version()), Check("torch", OK, f"{torch.__version__} "
+            f"(built with CUDA {torch.version.cuda})" if torch.version.cuda else f"{torch.__version__} (CPU build)")]
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        rows.append(Check("CUDA", OK, names))
+    else:
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU visible (runs on CPU)"
+        rows.append(Check("CUDA", WARN, why, "optional: a GPU with a matching CUDA torch wheel speeds training up"))
+    rows.append(Check("CPU threads", OK, str(torch.get_num_threads())))
+    return rows
+
+
+def check_keops() -> Check:
+    from ssmkit.ops import backends, vandermonde
+
+    probe = backends.probe_keops()
+    if not probe.ok:
+        return Check("pykeops", MISSING, probe.reason, "pip install 'ssmkit[keops]' (needs g++; optional)")
+    test = backends.self_test(
+        "log_vandermonde", "keops", torch.device("cpu"), lambda: vandermonde._self_test_error("keops", torch.device("cpu")), 1e-4
+    )
+    if test.ok:
+        return Check("pykeops", OK, f"{probe.reason}; compiles and runs on CPU ({test.reason})")
+    return Check("pykeops", WARN, f"{probe.reason} imports but does not run: {test.reason}",
+                 "check that g++ works and ~/.cache/keops* is writable; `python -c 'import pykeops; pykeops.clean_pykeops()'`")
+
+
+def check_extension() -> list[Check]:
+    from ssmkit.ops import backends, cauchy
+
+    fix = "pip install --no-build-isolation ./extensions/cauchy  (from the ssmkit source tree; needs a C++ compiler)"
+    probe = backends.probe_extension()
+    if not probe.ok:
+        return [Check("extension (CPU)", MISSING, probe.reason, fix)]
+    rows = []
+    test = backends.self_test("cauchy", "extension", torch.device("cpu"),
+                              lambda: cauchy._self_test_error("extension", torch.device("cpu")), 1e-4)
+    rows.append(Check("extension (CPU)", OK if test.ok else WARN, f"ssmkit_cauchy: {test.reason}",
+                      "" if test.ok else f"rebuild it: {fix}"))
+    if probe.module.has_cuda():
+        if torch.cuda.is_available():
+            dev = torch.device("cuda")
+            t = backends.self_test("cauchy", "extension", dev, lambda: cauchy._self_test_error("extension", dev), 1e-4)
+            rows.append(Check("extension (CUDA)", OK if t.ok else WARN, t.reason, "" if t.ok else f"rebuild it: {fix}"))
+        else:
+            rows.append(Check("extension (CUDA)", OK, "compiled; no GPU here to test it"))
+    else:
+        rows.append(Check("extension (CUDA)", WARN if torch.cuda.is_available() else OK,
+                          "not compiled (no nvcc or CPU torch at build time)",
+                          f"with nvcc on PATH (or CUDA_HOME set): {fix}" if torch.cuda.is_available() else ""))
+    return rows
+
+
+def check_auto() -> list[Check]:
+    """What ``backend: auto`` picks for a typical S4 / S4D size (H=256, N=64, L=4096)."""
+    from ssmkit.ops import cauchy, vandermonde
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    H, n, L = 256, 32, 4096
+    v = torch.zeros(H, n, dtype=torch.complex64, device=device)
+    z = torch.zeros(L // 2 + 1, dtype=torch.complex64, device=device)
+    logging.getLogger("ssmkit.ops").setLevel(logging.WARNING)
+    c = cauchy.choose_backend(v, z, v)
+    vd = vandermonde.choose_backend(v, v, L)
+    return [
+        Check("auto: cauchy", OK, f"{c} (S4, H={H}, N={2 * n}, L={L}, {device.type})"),
+        Check("auto: vandermonde", OK, f"{vd} (S4D, H={H}, N={2 * n}, L={L}, {device.type})"),
+    ]
+
+
+def run_checks() -> list[Check]:
+    rows = check_torch()
+    rows.append(_version("accelerate", "pip install accelerate"))
+    rows.append(check_keops())
+    rows.extend(check_extension())
+    rows.append(_version("torchvision", "pip install 'ssmkit[vision]' (image tasks)"))
+    rows.append(_version("torchaudio", "pip install 'ssmkit[audio]' (speech tasks)"))
+    rows.append(_version("soundfile", "pip install 'ssmkit[audio]'; on Linux also `apt-get install libsndfile1`"))
+    rows.append(_version("matplotlib", "pip install 'ssmkit[plot]' (ssmkit profile --plot)"))
+    rows.extend(check_auto())
+    return rows
+
+
+def render(rows: list[Check]):
+    from rich.table import Table
+
+    colour = {OK: "green", WARN: "yellow", MISSING: "red"}
+    table = Table(title="ssmkit doctor")
+    for col in ("component", "status", "detail", "fix"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.component, f"[{colour[r.status]}]{r.status}[/]", r.detail, r.fix)
+    return table
+
+
+def register(app) -> None:
+    """Adds ``ssmkit doctor`` to a Typer app."""
+
+    @app.command("doctor")
+    def doctor() -> None:
+        """Check the installation: torch, CUDA, optional packages, the compiled extension, backends."""
+        from rich.console import Console
+
+        rows = run_checks()
+        console = Console()
+        console.print(render(rows))
+        missing = [r for r in rows if r.status != OK]
+        console.print(f"{len(rows) - len(missing)} ok, {len(missing)} to look at" if missing else "all ok")
+
+
+__all__ = ["Check", "run_checks", "render", "register"]

@@ -1,0 +1,366 @@
+"""``ssmkit profile``: time, peak memory and throughput of each kernel's layer over a sweep of lengths.
+
+One point = one (kernel, length): a ``SequenceLayer`` of that kernel at (B, H, L), run in ``fwd``
+(training forward, grad enabled, no backward), ``fwd+bwd`` (forward and backward, gradient for the
+input and every parameter) or ``step`` (the recurrent step after ``setup_step``; time per token).
+Each point runs in a fresh child process by default, so its peak memory is its own: the CUDA
+allocator's peak on GPU, the RSS high-water mark above the pre-run RSS on CPU. Out-of-memory is
+caught per point. ``floor`` is the bare FFT convolution (``ssmkit.ops.fftconv``) of the same shape and
+mode, so each kernel's overhead over the convolution it feeds is ``ratio = time / floor``.
+"""
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import multiprocessing as mp
+import os
+import re
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ssmkit.errors import UserError
+
+MODES = ("fwd", "fwd+bwd", "step")
+KNOWN_KERNELS = ("s4d", "s4", "dss", "dlr", "sgconv", "attn")
+
+
+@dataclass
+class Point:
+    kernel: str
+    length: int
+    mode: str
+    backend: str
+    batch: int
+    d_model: int
+    d_state: int
+    status: str = "ok"
+    time_ms: float | None = None
+    peak_mb: float | None = None
+    tokens_per_s: float | None = None
+    floor_ms: float | None = None
+    ratio: float | None = None
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'1k,4k,16k,1M,1000' -> [1024, 4096, 16384, 1048576, 1000] (k = 1024, M = 1024^2)."""
+    out = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", part)
+        if not m:
+            raise UserError(f"bad --length entry {part!r}; use integers with an optional k or M suffix, e.g. 1k,4k,1M")
+        n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
+        if n <= 0:
+            raise UserError(f"--length entries must be positive, got {part!r}")
+        out.append(n)
+    return out
+
+
+# --- memory -----------------------------------------------------------------------------------
+def _rss_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak(device: torch.device) -> float:
+    """Resets the peak counter; returns the baseline (MB) the peak is measured above."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:  # Linux: writing 5 resets VmHWM to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _rss_mb("VmRSS") or 0.0
+
+
+def _peak(device: torch.device, baseline: float) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20 - baseline
+    hwm = _rss_mb("VmHWM")
+    if hwm is None:  # no /proc: the process-lifetime high-water mark
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return max(hwm - baseline, 0.0)
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg)
+
+
+# --- one point ----------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, repeat: int) -> float:
+    fn()  # warm-up (allocations, keops/cuFFT plans)
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _build_layer(kernel: str, H: int, N: int, backend: str):
+    from ssmkit.kernels import KERNELS
+    from ssmkit.layers.sequence import SequenceLayer
+
+    cls = KERNELS.get(kernel)
+    params = inspect.signature(cls.__init__).parameters
+    opts = {}
+    if "d_state" in params:
+        opts["d_state"] = N
+    if "backend" in params:
+        opts["backend"] = backend
+    return SequenceLayer(H, kernel=kernel, **opts)
+
+
+def _floor_fn(B: int, H: int, L: int, mode: str, device: torch.device):
+    from ssmkit.ops.fftconv import fftconv
+
+    u = torch.randn(B, H, L, device=device, requires_grad=mode == "fwd+bwd")
+    k = torch.randn(1, H, L, device=device, requires_grad=mode == "fwd+bwd")
+
+    def run():
+        y = fftconv(u, k)
+        if mode == "fwd+bwd":
+            y.sum().backward()
+
+    return run
+
+
+def measure_point(
+    kernel: str, length: int, mode: str, backend: str, batch: int, d_model: int, d_state: int,
+    repeat: int = 3, floor: bool = True, device: str = "cpu", threads: int | None = None, step_tokens: int = 1000,
+) -> dict:
+    """Measures one point in this process; returns a :class:`Point` as a dict."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    pt = Point(kernel, length, mode, backend, batch, d_model, d_state)
+    B, H, L = batch, d_model, length
+    try:
+        if kernel not in _registry():
+            pt.status = f"not registered yet (available: {', '.join(_registry().names())})"
+            return asdict(pt)
+        layer = _build_layer(kernel, H, d_state, backend).to(dev)
+        if mode == "step":
+            if not layer.has_state:
+                pt.status = f"{kernel} has no recurrent step"
+                return asdict(pt)
+            layer.eval()
+            n = min(L, step_tokens)
+            x = torch.randn(n, B, H, device=dev)
+            with torch.no_grad():
+                layer.setup_step()
+
+                def run():
+                    state = layer.default_state(B, device=dev)
+                    for t in range(n):
+                        _, state = layer.step(x[t], state)
+
+                base = _reset_peak(dev)
+                t = _timed(run, dev, repeat) / n
+            pt.time_ms, pt.peak_mb, pt.tokens_per_s = t * 1e3, _peak(dev, base), B / t
+            return asdict(pt)
+        x = torch.randn(B, H, L, device=dev, requires_grad=mode == "fwd+bwd")
+
+        def run():
+            y = layer(x)
+            if mode == "fwd+bwd":
+                y.sum().backward()
+
+        base = _reset_peak(dev)
+        t = _timed(run, dev, repeat)
+        pt.peak_mb = _peak(dev, base)
+        pt.time_ms, pt.tokens_per_s = t * 1e3, B * L / t
+        layer = x = None  # free them before timing the floor
+        if floor:
+            pt.floor_ms = _timed(_floor_fn(B, H, L, mode, dev), dev, repeat) * 1e3
+            pt.ratio = pt.time_ms / pt.floor_ms
+    except Exception as e:  # noqa: BLE001  the point is reported, never the sweep aborted
+        pt.status = "oom" if _is_oom(e) else f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return asdict(pt)
+
+
+def _registry():
+    from ssmkit.kernels import KERNELS
+
+    return KERNELS
+
+
+def _child(spec: dict, conn) -> None:
+    conn.send(measure_point(**spec))
+    conn.close()
+
+
+def run_point(spec: dict, isolate: bool = True) -> dict:
+    """Measures one point, in a fresh (spawned) child process when ``isolate``."""
+    if not isolate:
+        return measure_point(**spec)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(spec, child))
+    proc.start()
+    child.close()
+    result = parent.recv() if parent.poll(None) else None
+    proc.join()
+    if result is None:
+        fields = {k: spec[k] for k in ("kernel", "length", "mode", "backend", "batch", "d_model", "d_state")}
+        status = "oom (killed)" if proc.exitcode in (-9, 137) else f"crashed (exit code {proc.exitcode})"
+        result = asdict(Point(**fields, status=status))
+    return result
+
+
+def sweep(kernels: list[str], lengths: list[int], *, isolate: bool = True, progress=None, **common) -> list[dict]:
+    rows = []
+    for k in kernels:
+        for L in lengths:
+            row = run_point({"kernel": k, "length": L, **common}, isolate=isolate)
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+# --- output --------------------------------------------------------------------------------------
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[dict], title: str = "ssmkit profile"):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("kernel", "L", "mode", "backend", "time ms", "peak MB", "tokens/s", "floor ms", "ratio", "status"):
+        t.add_column(col, justify="right" if col not in ("kernel", "mode", "backend", "status") else "left")
+    for r in rows:
+        t.add_row(r["kernel"], str(r["length"]), r["mode"], r["backend"], _fmt(r["time_ms"], ".2f"),
+                  _fmt(r["peak_mb"], ".0f"), _fmt(r["tokens_per_s"], ".3g"), _fmt(r["floor_ms"], ".2f"),
+                  _fmt(r["ratio"], ".2f"), r["status"])
+    return t
+
+
+def write(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps({"machine": machine(), "points": rows}, indent=2))
+    elif path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(Point.__dataclass_fields__))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        raise UserError(f"--out must end in .json or .csv, got {path}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Log-log time and peak memory against length, one line per kernel (and the FFT floor)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise UserError(f"--plot needs matplotlib ({e}); install it with: pip install 'ssmkit[plot]'") from e
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k in dict.fromkeys(r["kernel"] for r in rows):
+        ok = [r for r in rows if r["kernel"] == k and r["status"] == "ok"]
+        if not ok:
+            continue
+        ax_t.plot([r["length"] for r in ok], [r["time_ms"] for r in ok], "o-", label=k)
+        ax_m.plot([r["length"] for r in ok], [max(r["peak_mb"], 1e-3) for r in ok], "o-", label=k)
+        fl = [r for r in ok if r["floor_ms"] is not None]
+        if fl:
+            ax_t.plot([r["length"] for r in fl], [r["floor_ms"] for r in fl], ":", color="gray")
+    for ax, label in ((ax_t, "time per call (ms); dotted: FFT floor"), (ax_m, "peak memory (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def machine() -> dict:
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def register(app) -> None:
+    """Adds ``ssmkit profile`` to a Typer app."""
+    import typer
+
+    @app.command("profile")
+    def profile(
+        kernel: str = typer.Option("s4d", help="comma-separated kernels: " + ",".join(KNOWN_KERNELS)),
+        length: str = typer.Option("1k,4k,16k", help="comma-separated lengths, k = 1024, M = 1024^2"),
+        d_model: int = typer.Option(128, help="H"),
+        d_state: int = typer.Option(64, help="N"),
+        batch: int = typer.Option(8, help="B"),
+        backend: str = typer.Option("auto", help="Cauchy/Vandermonde backend: auto|torch|chunked|keops|extension"),
+        mode: str = typer.Option("fwd+bwd", help="fwd | fwd+bwd | step"),
+        repeat: int = typer.Option(3, help="timed repetitions per point (median), after one warm-up"),
+        floor: bool = typer.Option(True, help="also time the bare FFT convolution of the same shape"),
+        isolate: bool = typer.Option(True, help="one child process per point (honest peak memory)"),
+        device: str = typer.Option("auto", help="cpu | cuda | auto"),
+        out: Path | None = typer.Option(None, help="write the points to .json or .csv"),
+        plot_path: Path | None = typer.Option(None, "--plot", help="write a log-log plot (PNG) of time and memory"),
+    ) -> None:
+        """Time, peak memory and tokens/s of kernels over a sweep of lengths."""
+        from rich.console import Console
+
+        if mode not in MODES:
+            raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+            raise UserError(f"--device {device!r} is not available here; use cpu" + (" or cuda" if torch.cuda.is_available() else ""))
+        for name, val in (("--d-model", d_model), ("--d-state", d_state), ("--batch", batch), ("--repeat", repeat)):
+            if val <= 0:
+                raise UserError(f"{name} must be positive, got {val}")
+        kernels = [k.strip() for k in kernel.split(",") if k.strip()]
+        lengths = parse_lengths(length)
+        console = Console()
+        console.print(f"profiling {', '.join(kernels)} at L = {', '.join(map(str, lengths))} ({mode}, {device}, "
+                      f"B={batch}, H={d_model}, N={d_state}, {torch.get_num_threads()} threads)")
+        rows = sweep(kernels, lengths, isolate=isolate, mode=mode, backend=backend, batch=batch, d_model=d_model,
+                     d_state=d_state, repeat=repeat, floor=floor and mode != "step", device=device,
+                     threads=torch.get_num_threads(),
+                     progress=lambda r: console.print(f"  {r['kernel']} L={r['length']}: {r['status']}"
+                                                      + (f", {r['time_ms']:.2f} ms" if r["time_ms"] else "")))
+        console.print(table(rows))
+        if out:
+            write(rows, out)
+            console.print(f"wrote {out}")
+        if plot_path:
+            plot(rows, plot_path)
+            console.print(f"wrote {plot_path}")

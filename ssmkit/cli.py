@@ -29,6 +29,23 @@ from ssmkit.errors import UserError
 COMMAND_MODULES: tuple[str, ...] = ("ssmkit.tasks.data_cli", "ssmkit.doctor", "ssmkit.profile")
 
 
+def _click_exceptions() -> list:
+    """click's exception module, and typer's vendored copy of click where this typer has one."""
+    modules = [click.exceptions]
+    try:
+        modules.append(importlib.import_module("typer._click.exceptions"))
+    except ImportError:
+        pass
+    return modules
+
+
+_EXC = _click_exceptions()
+_NO_ARGS = tuple(m.NoArgsIsHelpError for m in _EXC if hasattr(m, "NoArgsIsHelpError"))
+_USAGE = tuple(m.UsageError for m in _EXC if hasattr(m, "UsageError"))
+_CLICK = tuple(m.ClickException for m in _EXC if hasattr(m, "ClickException"))
+_ABORT = tuple(m.Abort for m in _EXC if hasattr(m, "Abort"))
+
+
 def _fail(message: str, code: int = 2):
     click.echo(f"error: {message}".replace("\n", " "), err=True)
     sys.exit(code)
@@ -44,15 +61,15 @@ class _Group(TyperGroup):
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except UserError as e:
             _fail(str(e), e.exit_code)
-        except click.exceptions.NoArgsIsHelpError as e:
+        except _NO_ARGS as e:
             click.echo(e.ctx.get_help(), err=True)
             sys.exit(2)
-        except click.UsageError as e:
+        except _USAGE as e:
             hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
             _fail(f"{e.format_message()}{hint}", 2)
-        except click.ClickException as e:
+        except _CLICK as e:
             _fail(e.format_message(), e.exit_code)
-        except click.exceptions.Abort:
+        except _ABORT:
             _fail("aborted", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
 

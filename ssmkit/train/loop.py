@@ -118,8 +118,9 @@ def _print(accelerator: Accelerator, console, *args) -> None:
 
 
 def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path | None = None,
-          max_steps: int | None = None, dry_run: bool = False, console=None) -> dict:
-    """Trains ``recipe``; returns the summary (also written to ``summary.json``).
+          max_steps: int | None = None, dry_run: bool = False, console=None, return_model: bool = False):
+    """Trains ``recipe``; returns the summary (also written to ``summary.json``), and the prepared
+    model too if ``return_model``.
 
     ``resume``: a run directory (or checkpoint) to continue; ``recipe`` must then be the run's recipe.
     ``max_steps`` overrides ``train.max_steps``. ``dry_run``: build everything, run one batch, write nothing.
@@ -290,8 +291,9 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     }
     if accelerator.is_main_process:
         write_json(run_path / "summary.json", summary)
-    accelerator.end_training()
-    return summary
+    for tracker in accelerator.trackers:  # not end_training(): that also ends the process group
+        tracker.finish()
+    return (summary, model) if return_model else summary
 
 
 def _should_stop(stop: _StopFlag, accelerator: Accelerator) -> bool:

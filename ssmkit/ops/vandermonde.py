@@ -23,7 +23,7 @@ from ssmkit.ops import backends as _b
 
 BACKENDS = ("auto", "torch", "chunked", "keops", "extension")
 # The most batch x N x (J + c) intermediate elements a ``chunked`` block may hold.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 23
 # Below this many batch x N x L elements ``auto`` materialises.
 _TINY = 1 << 14
 
@@ -39,28 +39,40 @@ def log_vandermonde_torch(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Ten
     return torch.einsum("...n,...nl->...l", v, torch.exp(x.unsqueeze(-1) * ell))  # (..., L)
 
 
-def _block(l0: int, n: int, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Positions l0 .. l0+n-1 as (..., J, N) @ (..., N, c) with J c >= n, c ~ sqrt(n)."""
-    c = max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
-    J = -(-n // c)
+def _split(S: int) -> tuple[int, int]:
+    """A block of S positions as J rows of c: J c >= S, c ~ sqrt(S)."""
+    c = math.isqrt(max(S - 1, 0)) + 1
+    return -(-S // c), c
+
+
+def _bases(x: torch.Tensor, J: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(x j c) (..., J, N) and exp(x m) (..., N, c): shared by every block."""
     real = x.real.dtype
-    starts = l0 + c * torch.arange(J, device=x.device, dtype=real)  # (J,)
+    jc = c * torch.arange(J, device=x.device, dtype=real)  # (J,)
     m = torch.arange(c, device=x.device, dtype=real)  # (c,)
-    left = v.unsqueeze(-2) * torch.exp(x.unsqueeze(-2) * starts.unsqueeze(-1))  # (..., J, N)
-    right = torch.exp(x.unsqueeze(-1) * m)  # (..., N, c)
-    out = torch.matmul(left, right)  # (..., J, c)
+    return torch.exp(x.unsqueeze(-2) * jc.unsqueeze(-1)), torch.exp(x.unsqueeze(-1) * m)
+
+
+def _block(l0: int, n: int, v: torch.Tensor, x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Positions l0 .. l0+n-1: (v exp(x l0) exp(x j c))_{j n} @ (exp(x m))_{n m} -> (..., n)."""
+    v0 = v if l0 == 0 else v * torch.exp(x * l0)  # (..., N)
+    out = torch.matmul(v0.unsqueeze(-2) * left, right)  # (..., J, c)
     return out.flatten(-2)[..., :n]
 
 
 def log_vandermonde_chunked(v: torch.Tensor, x: torch.Tensor, L: int, budget: int = CHUNK_ELEMENTS) -> torch.Tensor:
-    """Same as :func:`log_vandermonde_torch`, by blocked matrix products with bounded memory."""
+    """Same as :func:`log_vandermonde_torch`, by blocked matrix products with bounded memory.
+
+    A block of S = J c positions holds rows x (J + c) intermediates (rows = batch x N); S is the
+    largest with rows (J + c) <= budget. The two bases are computed once and shared by all blocks.
+    """
     _, rows = _rows(v, x)
-    # A block of S positions holds about 2 rows sqrt(S) intermediates.
     side = max(1, budget // (2 * max(rows, 1)))
-    S = min(L, side * side)
-    if S >= L:
-        return _block(0, L, v, x)
-    return _b.chunked_positions(_block, L, S, v, x)
+    J, c = _split(min(L, side * side))
+    left, right = _bases(x, J, c)  # (..., J, N), (..., N, c)
+    if J * c >= L:
+        return _block(0, L, v, x, left, right)
+    return _b.chunked_positions(_block, L, J * c, v, x, left, right)
 
 
 _keops_fn: list = []

@@ -43,6 +43,7 @@ def comparable(records):
     return [(r["step"], r["epoch"], r["lr"], r["loss"], r["metrics"]) for r in records]
 
 
+@pytest.mark.slow
 def test_s4d_learns_shift(tmp_path):
     """S4D reaches R^2 >= 0.99 on shift at L=32 in a few hundred steps."""
     recipe = validate({

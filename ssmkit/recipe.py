@@ -29,6 +29,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "linear", "plateau")
 TRACKERS = ("tensorboard", "wandb")
+DISTRIBUTED = ("ddp", "fsdp")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -93,6 +94,8 @@ class TrainConfig:
     keep_checkpoints: int = _f(1, "newest step checkpoints kept besides the best one", low=1)
     num_workers: int = _f(0, "DataLoader worker processes per process", low=0)
     log_with: list = _f([], "trackers through Accelerate: tensorboard, wandb")
+    distributed: str = _f("ddp", "several processes: ddp (replicated model) or fsdp (sharded; GPUs only)", choices=DISTRIBUTED)
+    compile: bool = _f(False, "torch.compile the model (falls back to eager with a warning if it fails)")
     runs_dir: str = _f("runs", "where new run directories are made")
 
 

@@ -13,6 +13,11 @@ Conventions:
   ``gather_for_metrics`` (which drops the padding duplicates), are summed, and the task turns the sums into
   numbers.
 - Only the main process writes files and prints.
+- ``train.batch_size`` is per process: one optimizer step sees ``batch_size * grad_accum * processes``
+  samples. Each process reads its own share of every epoch (Accelerate shards the sampler); the learning
+  rate is not scaled with the number of processes (scale it in the recipe if you want that).
+- Kernels, Cauchy/Vandermonde products and FFTs run in float32/complex64 under bf16/fp16 autocast
+  (``tests/train/test_precision.py`` checks every registered kernel).
 - SIGINT/SIGTERM finish the current step, save a checkpoint and return with status ``interrupted``.
 """
 from __future__ import annotations
@@ -21,11 +26,13 @@ import math
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 
 from ssmkit.errors import RecipeError, UserError
@@ -37,21 +44,97 @@ from ssmkit.train.rundir import append_metrics, new_run_dir, truncate_metrics, w
 
 
 def make_accelerator(recipe: Recipe, run_dir: Path | None = None, trackers: bool = True) -> Accelerator:
-    """An Accelerator for this recipe (CPU when no GPU is visible; fp16 on CPU is refused)."""
+    """An Accelerator for this recipe (CPU when no GPU is visible; fp16 and FSDP on CPU are refused).
+
+    Works unchanged under ``accelerate launch`` and ``torchrun`` (Accelerate reads their environment).
+    """
     on_cpu = not torch.cuda.is_available()
     if recipe.train.mixed_precision == "fp16" and on_cpu:
         raise RecipeError(
             f"{recipe.source}: train.mixed_precision=fp16 needs a GPU (on the CPU it would be silently ignored); use bf16 or no"
         )
+    fsdp_plugin = None
+    if recipe.train.distributed == "fsdp":
+        if on_cpu:
+            raise RecipeError(f"{recipe.source}: train.distributed=fsdp needs GPUs (Accelerate shards only on accelerators; "
+                              "on the CPU it would silently run unsharded); use ddp")
+        fsdp_plugin = _fsdp_plugin()
+    # One process may train several recipes (tests, notebooks): Accelerate's process-wide state keeps the
+    # first mixed precision, so forget it (the process group in PartialState is kept).
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, recipe.train.mixed_precision):
+        AcceleratorState._reset_state()
     log_with = list(recipe.train.log_with) if trackers else []
     return Accelerator(
         cpu=on_cpu,
         mixed_precision=recipe.train.mixed_precision,
+        fsdp_plugin=fsdp_plugin,
         gradient_accumulation_steps=recipe.train.grad_accum,
         log_with=log_with or None,
         project_dir=str(run_dir) if run_dir is not None and log_with else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.train.seed),
     )
+
+
+def _fsdp_plugin():
+    """FSDP through Accelerate: full (unsharded) state dicts gathered on rank 0, so our safetensors
+    checkpoints are ordinary state dicts that load on any number of processes; original parameters kept
+    so per-parameter learning rates (kernel groups) still apply."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    return FullyShardedDataParallelPlugin(
+        state_dict_type="FULL_STATE_DICT", use_orig_params=True, sync_module_states=True,
+        auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=["ResidualBlock"],
+    )
+
+
+def build_loop_model(recipe: Recipe, task) -> torch.nn.Module:
+    """The recipe's SequenceModel, wrapped by the task where it needs a different head (``task.wrap_model``,
+    e.g. AAN's two towers), with every layer's rate set to ``task.rate`` (zero-shot resolution change:
+    speech at 8 kHz with a model whose steps were learned at 16 kHz gives rate 2)."""
+    from ssmkit.models import SequenceModel
+
+    model = build_model(recipe, task)
+    rate = float(getattr(task, "rate", 1.0) or 1.0)
+    if rate != 1.0:
+        model.set_rate(rate)
+    if hasattr(task, "wrap_model"):
+        model = task.wrap_model(model)
+    assert any(isinstance(m, SequenceModel) for m in model.modules())
+    return model
+
+
+def forward(model, task, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, passing ``lengths=task.lengths(x)`` for padded tasks (masked pooling)."""
+    lengths = task.lengths(x) if hasattr(task, "lengths") else None
+    return model(x) if lengths is None else model(x, lengths=lengths)
+
+
+class _Compiled:
+    """``torch.compile`` of the model with a fallback: if compiling (or running the compiled graph) fails,
+    warn once naming the error and use the eager model from then on."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.eager = model
+        self.failed: str | None = None
+        try:
+            self.compiled = torch.compile(model)
+        except Exception as e:  # noqa: BLE001 - any compile failure falls back; the warning names it
+            self._fallback(e)
+
+    def _fallback(self, e: Exception) -> None:
+        self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        self.compiled = None
+        warnings.warn(f"train.compile: torch.compile of the model did not work ({self.failed}); "
+                      "training continues uncompiled", RuntimeWarning, stacklevel=3)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                self._fallback(e)
+        return self.eager(*args, **kwargs)
 
 
 def make_loader(task, split: str, recipe: Recipe, seed: int) -> torch.utils.data.DataLoader:
@@ -72,7 +155,7 @@ def evaluate(model, loader, task, accelerator: Accelerator) -> dict[str, float]:
     totals: dict[str, torch.Tensor] = {}
     samples = 0
     for x, y in loader:
-        stats = accelerator.gather_for_metrics(task.metric_stats(model(x), y))  # each (B_all,)
+        stats = accelerator.gather_for_metrics(task.metric_stats(forward(model, task, x), y))  # each (B_all,)
         for key, value in stats.items():
             totals[key] = totals.get(key, 0) + value.double().sum(0)
         samples += next(iter(stats.values())).shape[0]
@@ -134,12 +217,18 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     # --- task, model, data, optimizer, schedule ---
     task = build_task(recipe)
     task.check_data()
-    model = build_model(recipe, task)
+    model = build_loop_model(recipe, task)
+    saved = None
+    if resume is not None:  # full weights into the unwrapped model, before DDP/FSDP wraps (and shards) it
+        ckpt = find_checkpoint(resume)
+        saved = load_checkpoint(ckpt)
+        _load_weights(model, saved["model"], ckpt)
     groups = param_groups(model, recipe.optimizer.lr, recipe.optimizer.weight_decay)
     optimizer = build_optimizer(model, recipe.optimizer)
     train_loader = make_loader(task, "train", recipe, cfg.seed)
     val_loader = make_loader(task, "val", recipe, cfg.seed)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    net = _Compiled(model) if cfg.compile else model  # what the loop calls; ``model`` is what is saved
     batches_per_epoch = len(train_loader)  # this process's share
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -155,7 +244,6 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
 
     # --- run directory (made by the main process, shared with the others) ---
     if resume is not None:
-        ckpt = find_checkpoint(resume)
         run_path = ckpt.parent.parent
     else:
         made = [str(new_run_dir(cfg.runs_dir, recipe.name, run_dir)) if accelerator.is_main_process else None]
@@ -167,10 +255,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
 
     # --- resume: weights, optimizer, schedule, RNG, position in the data ---
     step, epoch, batch_in_epoch, best = 0, 0, 0, None
-    if resume is not None:
-        saved = load_checkpoint(ckpt)
-        accelerator.unwrap_model(model).load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+    if saved is not None:
+        _load_optimizer(accelerator, model, optimizer, saved["optimizer"])
         state = saved["state"]
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], saved["rng_torch"])
@@ -181,10 +267,12 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
 
     def checkpoint(metric: float | None = None, is_best: bool = False) -> None:
         accelerator.wait_for_everyone()
+        model_state, optimizer_state = _full_states(accelerator, model, optimizer)  # collective under FSDP
         if accelerator.is_main_process:
             state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": best,
-                     "metric": metric, "main_metric": task.main_metric, "scheduler": scheduler.state_dict()}
-            save_checkpoint(run_path, accelerator.unwrap_model(model).state_dict(), optimizer.state_dict(),
+                     "metric": metric, "main_metric": task.main_metric, "scheduler": scheduler.state_dict(),
+                     "processes": accelerator.num_processes}
+            save_checkpoint(run_path, model_state, optimizer_state,
                             state, recipe.to_yaml(), best=is_best, keep=cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
@@ -224,7 +312,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
                 train_loader.dataset.set_epoch(epoch)
             for x, y in loader:
                 with accelerator.accumulate(model):
-                    loss = task.loss(model(x), y)
+                    loss = task.loss(forward(net, task, x), y)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.grad_clip:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -289,11 +377,47 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
         "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         "processes": accelerator.num_processes,
     }
+    if cfg.compile:
+        summary["compiled"] = net.failed is None
+        summary["compile_error"] = net.failed
     if accelerator.is_main_process:
         write_json(run_path / "summary.json", summary)
     for tracker in accelerator.trackers:  # not end_training(): that also ends the process group
         tracker.finish()
     return (summary, model) if return_model else summary
+
+
+def _load_weights(model: torch.nn.Module, weights: dict, ckpt: Path) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UserError(f"checkpoint {ckpt} does not fit the recipe's model: {first[1].strip() if len(first) > 1 else first[0]}") from None
+
+
+def _is_fsdp(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type.name == "FSDP"
+
+
+def _full_states(accelerator: Accelerator, model, optimizer) -> tuple[dict | None, dict | None]:
+    """Full (unsharded) model and optimizer state dicts on the main process (None elsewhere under FSDP).
+    Under FSDP every process must call this: it gathers the shards."""
+    if _is_fsdp(accelerator):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        model_state = accelerator.get_state_dict(model)
+        optimizer_state = FSDP.optim_state_dict(model, optimizer.optimizer)
+        return model_state, optimizer_state
+    return accelerator.unwrap_model(model).state_dict(), optimizer.state_dict()
+
+
+def _load_optimizer(accelerator: Accelerator, model, optimizer, state: dict) -> None:
+    """Loads a full optimizer state dict (any process count) into the (possibly sharded) optimizer."""
+    if _is_fsdp(accelerator):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        state = FSDP.optim_state_dict_to_load(model, optimizer.optimizer, state)
+    optimizer.load_state_dict(state)
 
 
 def _should_stop(stop: _StopFlag, accelerator: Accelerator) -> bool:
@@ -326,7 +450,7 @@ def _dry_run(recipe, model, groups, task, loader, accelerator, console) -> dict:
     from rich.table import Table
 
     x, y = next(iter(loader))
-    loss = task.loss(model(x), y)
+    loss = task.loss(forward(model, task, x), y)
     accelerator.backward(loss)
     n_params = sum(p.numel() for p in model.parameters())
     if accelerator.is_main_process and console is not None:
@@ -369,17 +493,14 @@ def evaluate_run(path: str | Path, split: str = "val", overrides: list[str] | tu
     accelerator = make_accelerator(recipe, trackers=False)
     task = build_task(recipe)
     task.check_data()
-    model = build_model(recipe, task)
+    model = build_loop_model(recipe, task)
     saved = load_checkpoint(ckpt)
-    try:
-        model.load_state_dict(saved["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"checkpoint {ckpt} does not fit the recipe's model: {first[1].strip() if len(first) > 1 else first[0]}") from None
+    _load_weights(model, saved["model"], ckpt)
     loader = make_loader(task, split, recipe, recipe.train.seed)
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate(model, loader, task, accelerator)
-    return {"split": split, "checkpoint": str(ckpt), "step": saved["state"]["step"], **metrics}
+    return {"split": split, "checkpoint": str(ckpt), "step": saved["state"]["step"],
+            "rate": float(getattr(task, "rate", 1.0) or 1.0), **metrics}
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,122 @@
+"""Mixed precision that holds: under bf16 autocast, kernel generation, Cauchy/Vandermonde products and FFTs
+stay in float32/complex64 for every registered kernel; bf16 training of S4D on shift learns like float32."""
+import importlib
+import pkgutil
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ssmkit.kernels
+from ssmkit import KERNELS, SequenceLayer
+from ssmkit.recipe import validate
+from ssmkit.train.loop import train
+
+H, L = 4, 24
+SMALL = {"sgconv": dict(l_max=L, kernel_dim=4)}
+LOW = {torch.bfloat16, torch.float16, torch.complex32}
+FFT_OPS = ("_fft_r2c", "_fft_c2r", "_fft_c2c")
+ENTRY_POINTS = ("cauchy", "log_vandermonde", "log_vandermonde_transpose")
+
+
+class _Recorder(TorchDispatchMode):
+    """Records, after autocast has cast the inputs, every aten op's tensor dtypes: inside the kernel
+    module (``in_kernel``) and for every FFT anywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_kernel = False
+        self.kernel_low: list[str] = []
+        self.fft_low: list[str] = []
+        self.ffts = 0
+        self.any_low = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dtypes = {a.dtype for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+        name = func.__name__ if hasattr(func, "__name__") else str(func)
+        if any(op in str(func) for op in FFT_OPS):
+            self.ffts += 1
+            if dtypes & LOW:
+                self.fft_low.append(f"{func} {sorted(map(str, dtypes))}")
+        self.any_low = self.any_low or bool(dtypes & LOW)
+        if self.in_kernel and dtypes & LOW:
+            self.kernel_low.append(f"{name} {sorted(map(str, dtypes))}")
+        return func(*args, **kwargs)
+
+
+def _patch_entry_points(monkeypatch, seen: list):
+    """Wraps every Cauchy/Vandermonde entry point that a kernel module imported, checking input dtypes."""
+    modules = [importlib.import_module(f"ssmkit.kernels.{m.name}") for m in pkgutil.iter_modules(ssmkit.kernels.__path__)]
+    for module in modules:
+        for name in ENTRY_POINTS:
+            fn = getattr(module, name, None)
+            if fn is None:
+                continue
+
+            def wrapped(*args, _fn=fn, _name=f"{module.__name__}.{name}", **kwargs):
+                seen.append((_name, [a.dtype for a in args if isinstance(a, torch.Tensor)]))
+                return _fn(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, wrapped)
+
+
+@pytest.mark.parametrize("kernel", KERNELS.names())
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_bf16_autocast_keeps_kernel_and_fft_in_float32(kernel, bidirectional, monkeypatch):
+    torch.manual_seed(0)
+    layer = SequenceLayer(H, kernel=kernel, bidirectional=bidirectional, **SMALL.get(kernel, {}))
+    if layer.kernel is None and bidirectional:
+        pytest.skip("token mixers (attention) have no bidirectional kernel to check")
+    seen: list = []
+    _patch_entry_points(monkeypatch, seen)
+    rec = _Recorder()
+    if layer.kernel is not None:
+        layer.kernel.register_forward_pre_hook(lambda *a: setattr(rec, "in_kernel", True))
+        layer.kernel.register_forward_hook(lambda *a: setattr(rec, "in_kernel", False))
+    x = torch.randn(2, H, L, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), rec:
+        y = layer(x)
+        y.float().sum().backward()
+    assert rec.any_low, "autocast did not run any op in bf16: the check would see nothing"
+    assert not rec.kernel_low, f"{kernel}: kernel generation ran in half precision: {rec.kernel_low[:5]}"
+    assert not rec.fft_low, f"{kernel}: FFT in half precision: {rec.fft_low[:5]}"
+    for name, dtypes in seen:
+        assert not set(dtypes) & LOW, f"{name} got {dtypes} under bf16 autocast"
+    if layer.kernel is not None:
+        assert rec.ffts >= 3  # rfft of u and k, irfft (forward), and their backward
+        assert layer.kernel(L)[0].dtype == torch.float32 or layer.kernel(L)[0].is_complex()
+    assert y.dtype in (torch.float32, torch.bfloat16) and torch.isfinite(y.float()).all()
+    assert all(p.grad is None or (p.grad.dtype == p.dtype and torch.isfinite(p.grad).all()) for p in layer.parameters())
+
+
+def test_fp16_without_gpu_is_refused(tmp_path):
+    from ssmkit.errors import RecipeError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: fp16 is allowed there")
+    recipe = validate({"name": "x", "task": {"name": "shift", "L": 8, "samples_per_epoch": 8},
+                       "model": {"d_model": 4, "n_layers": 1}, "train": {"mixed_precision": "fp16", "runs_dir": str(tmp_path)}})
+    with pytest.raises(RecipeError, match="fp16 needs a GPU"):
+        train(recipe)
+
+
+def _shift(tmp_path, precision: str) -> dict:
+    return train(validate({
+        "name": f"shift-{precision}",
+        "task": {"name": "shift", "L": 16, "num_shifts": 4, "samples_per_epoch": 16 * 250, "val_samples": 128},
+        "model": {"d_model": 32, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 32, "lr": 1e-2}},
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "scheduler": {"name": "cosine"},
+        "train": {"epochs": 1, "batch_size": 16, "log_every": 50, "seed": 0, "mixed_precision": precision,
+                  "runs_dir": str(tmp_path)},
+    }))
+
+
+def test_bf16_training_reaches_the_float32_r2_band(tmp_path):
+    """S4D on shift (L=16, 4 shifts, 250 steps): bf16 autocast lands in the same R^2 band as float32."""
+    full = _shift(tmp_path, "no")
+    half = _shift(tmp_path, "bf16")
+    r2_full, r2_half = full["final"]["val/r2"], half["final"]["val/r2"]
+    assert r2_full > 0.9, r2_full
+    assert r2_half > 0.9 and abs(r2_half - r2_full) < 0.03, (r2_half, r2_full)

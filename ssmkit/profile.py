@@ -223,7 +223,10 @@ def run_point(spec: dict, isolate: bool = True) -> dict:
     proc = ctx.Process(target=_child, args=(spec, child))
     proc.start()
     child.close()
-    result = parent.recv() if parent.poll(None) else None
+    try:
+        result = parent.recv()
+    except EOFError:  # the child died before it could answer (killed for memory, or crashed)
+        result = None
     proc.join()
     if result is None:
         fields = {k: spec[k] for k in ("kernel", "length", "mode", "backend", "batch", "d_model", "d_state")}

@@ -19,6 +19,7 @@ TASKS = {
     "lra-image": {},
     "sc10": {"sample_rate": 8000},
     "imdb": {"l_max": 32},
+    "aan": {"l_max": 32},
 }
 
 
@@ -44,6 +45,11 @@ def make_data(name, root):
                 d.mkdir(parents=True)
                 for i in range(2):
                     (d / f"{i}.txt").write_text(f"a {cls} review number {i}")
+    elif name == "aan":  # LRA's new_aan_pairs.*.tsv: label id1 id2 text1 text2, no header
+        (root / "aan").mkdir(parents=True)
+        for split in ("train", "eval", "test"):
+            rows = [f"{i % 2}\tp{i}\tq{i}\tpaper {i} on state spaces\tcited work {i}" for i in range(4)]
+            (root / "aan" / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
 @pytest.mark.parametrize("name", list(TASKS))

@@ -2,6 +2,7 @@
 
     ssmkit train RECIPE [key.sub=value ...] [--name N | --run-dir D] [--max-steps N] [--dry-run]
     ssmkit train --resume RUN_DIR [train.key=value ...]
+    ssmkit train RECIPE --processes N     (N local processes; or: accelerate launch / torchrun -m ssmkit train)
     ssmkit eval RUN_DIR_OR_CHECKPOINT [--split val|test] [--checkpoint latest|best] [key.sub=value ...]
     ssmkit recipes | recipes show NAME | recipes cp NAME PATH
 
@@ -98,6 +99,8 @@ def train(
     max_steps: int = typer.Option(None, "--max-steps", min=1, help="stop after this many optimizer steps"),
     resume: Path = typer.Option(None, "--resume", help="continue this run directory from its latest checkpoint"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, build, show the model, run one batch, exit"),
+    processes: int = typer.Option(1, "--processes", min=1, help="start this many local processes (torchrun-style; "
+                                  "train.batch_size is per process)"),
 ):
     """Train a model from a recipe."""
     from ssmkit.recipe import load_recipe, validate
@@ -105,6 +108,14 @@ def train(
     from ssmkit.train.loop import train as run_training
 
     overrides = list(overrides or [])
+    if processes > 1:
+        from ssmkit.train.launch import launch_local
+
+        args = [a for a in (recipe, *overrides) if a is not None]
+        for flag, value in (("--name", name), ("--run-dir", run_dir), ("--max-steps", max_steps), ("--resume", resume)):
+            if value is not None:
+                args += [flag, str(value)]
+        sys.exit(launch_local(processes, ["train", *args, *(["--dry-run"] if dry_run else [])]))
     if resume is not None:
         if recipe is not None and "=" not in recipe:
             raise UserError(f"--resume takes the recipe from {resume}; drop {recipe!r} (only train.* overrides are allowed)")

@@ -4,7 +4,8 @@ A checkpoint is a directory ``checkpoints/step-00001200/`` holding
 
 - ``model.safetensors``: the weights,
 - ``optimizer.pt``: the optimizer state (tensors and numbers only; loaded with ``weights_only=True``),
-- ``rng.pt``: the torch RNG state (a byte tensor; ``weights_only=True``),
+- ``rng.pt``: the torch RNG state of the main process, and of every process in a multi-process run
+  (byte tensors; ``weights_only=True``),
 - ``state.json``: step, epoch, batches done in the epoch, best metric, scheduler state, Python/NumPy RNG,
 - ``recipe.yaml``: the resolved recipe.
 
@@ -62,8 +63,10 @@ def set_rng_state(json_state: dict, torch_state: torch.Tensor) -> None:
 
 
 def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, state: dict, recipe_yaml: str,
-                    best: bool = False, keep: int = 1) -> Path:
-    """Writes ``checkpoints/step-XXXXXXXX`` atomically, moves the pointers, prunes old step checkpoints."""
+                    best: bool = False, keep: int = 1, rng_by_rank: list[torch.Tensor] | None = None) -> Path:
+    """Writes ``checkpoints/step-XXXXXXXX`` atomically, moves the pointers, prunes old step checkpoints.
+
+    ``rng_by_rank``: every process's torch RNG state (so dropout continues exactly on each of them)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:08d}"
@@ -74,7 +77,7 @@ def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, sta
     save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state["step"])})
     torch.save(optimizer_state, tmp / "optimizer.pt")
     rng_json, rng_torch = rng_state()
-    torch.save({"torch": rng_torch}, tmp / "rng.pt")
+    torch.save({"torch": rng_torch, "by_rank": list(rng_by_rank or [])}, tmp / "rng.pt")
     _fsync_write(tmp / "state.json", json.dumps({**state, "rng": rng_json}))
     _fsync_write(tmp / "recipe.yaml", recipe_yaml)
     for f in tmp.iterdir():
@@ -129,10 +132,12 @@ def load_checkpoint(ckpt: Path) -> dict:
     """Reads a checkpoint without unpickling code: safetensors, ``weights_only`` torch files, JSON."""
     ckpt = Path(ckpt)
     try:
+        rng = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)
         return {
             "model": load_file(str(ckpt / "model.safetensors")),
             "optimizer": torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True),
-            "rng_torch": torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)["torch"],
+            "rng_torch": rng["torch"],
+            "rng_by_rank": rng.get("by_rank") or [],
             "state": json.loads((ckpt / "state.json").read_text()),
             "recipe_yaml": (ckpt / "recipe.yaml").read_text(),
         }

@@ -33,7 +33,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 
 from ssmkit.errors import RecipeError, UserError
 from ssmkit.recipe import Recipe, build_model, build_task, validate
@@ -143,7 +143,9 @@ def make_loader(task, split: str, recipe: Recipe, seed: int) -> torch.utils.data
     dataset = task.dataset(split, seed=seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch, shuffle=train, drop_last=train, num_workers=recipe.train.num_workers,
-        generator=torch.Generator().manual_seed(seed) if train else None,
+        # Every split gets its own generator: a loader without one draws its base seed from the global RNG
+        # at each pass, so an evaluation would shift the dropout stream and a resumed run would diverge.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -259,7 +261,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
         _load_optimizer(accelerator, model, optimizer, saved["optimizer"])
         state = saved["state"]
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], saved["rng_torch"])
+        by_rank = saved["rng_by_rank"]
+        # Each process continues its own dropout stream; on another process count, all take the main one's.
+        same_layout = len(by_rank) == accelerator.num_processes
+        set_rng_state(state["rng"], by_rank[accelerator.process_index] if same_layout else saved["rng_torch"])
         step, epoch, batch_in_epoch, best = state["step"], state["epoch"], state["batch_in_epoch"], state.get("best")
         if accelerator.is_main_process:
             truncate_metrics(run_path, step)
@@ -268,12 +273,13 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     def checkpoint(metric: float | None = None, is_best: bool = False) -> None:
         accelerator.wait_for_everyone()
         model_state, optimizer_state = _full_states(accelerator, model, optimizer)  # collective under FSDP
+        rng_by_rank = gather_object([torch.get_rng_state()]) if accelerator.num_processes > 1 else None
         if accelerator.is_main_process:
             state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": best,
                      "metric": metric, "main_metric": task.main_metric, "scheduler": scheduler.state_dict(),
                      "processes": accelerator.num_processes}
             save_checkpoint(run_path, model_state, optimizer_state,
-                            state, recipe.to_yaml(), best=is_best, keep=cfg.keep_checkpoints)
+                            state, recipe.to_yaml(), best=is_best, keep=cfg.keep_checkpoints, rng_by_rank=rng_by_rank)
         accelerator.wait_for_everyone()
 
     def run_eval() -> dict:

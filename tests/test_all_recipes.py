@@ -1,0 +1,167 @@
+"""Every shipped recipe parses, builds its model and takes one optimizer step on tiny stand-in data, so
+that no recipe can rot; and ``ssmkit recipes`` lists them all, grouped, with their expected result.
+
+Sizes are shrunk by the same ``key=value`` overrides a user would type (d_model, n_layers, d_state,
+lengths, batch size). Real-data tasks read tiny files written here in their real on-disk formats under a
+temporary ``$SSMKIT_DATA`` (the writers of ``tests/tasks``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from ssmkit.recipe import build_model, build_task, load_recipe, load_yaml, recipe_description, shipped_recipes
+from ssmkit.train.loop import make_loader
+from ssmkit.train.optim import build_optimizer
+
+sys.path.insert(0, str(Path(__file__).parent / "tasks"))
+from test_images import write_cifar, write_mnist  # noqa: E402
+from test_speech import write_sc  # noqa: E402
+
+from ssmkit.tasks import listops, pathfinder  # noqa: E402
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = sorted(p.relative_to(RECIPES_DIR).with_suffix("").as_posix() for p in RECIPES_DIR.rglob("*.yaml"))
+SYNTHETIC = {"shift", "cumsum", "cummax", "reverse", "sort", "masked_select", "masked_select_fixed", "solve",
+             "solve_fixed", "context_shift", "mips", "adding"}
+#: Length-type task options and their tiny values.
+TASK_SHRINK = {"L": 16, "M": 4, "l_max": 64, "samples_per_epoch": 4, "val_samples": 2, "test_samples": 2}
+#: Task names whose tiny data is 32 x 32 Pathfinder images (Path-X at its real 128 x 128 would be L = 16K).
+PATHFINDER_32 = {"pathfinder", "pathx", "pathfinder-segmentation"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Tiny datasets in the real formats for every real task; ``$SSMKIT_DATA`` points here."""
+    root = tmp_path_factory.mktemp("data")
+    exprs = listops.generate(12, seed=0, max_depth=5, max_args=4, min_length=5, max_length=60)
+    listops.write_listops(root / "listops", exprs, 2, 2)
+    listops.write_subtrees(root / "listops-subtrees", exprs, 2, 2)
+    pathfinder.generate(10, 32, out=pathfinder.dataset_dir(32, root=root), segmentation=True)
+    write_mnist(root)
+    write_cifar(root)
+    write_sc(root)
+    for split in ("train", "test"):
+        for cls in ("pos", "neg"):
+            d = root / "imdb" / "aclImdb" / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                (d / f"{i}.txt").write_text(f"a {cls} review number {i}")
+    (root / "aan").mkdir()
+    for name in ("train", "eval", "test"):
+        (root / "aan" / f"new_aan_pairs.{name}.tsv").write_text(
+            "1\tP01\tP02\tfirst paper text\tsecond paper\n0\tP03\tP04\tabc\tother text\n")
+    old = os.environ.get("SSMKIT_DATA")
+    os.environ["SSMKIT_DATA"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("SSMKIT_DATA", None)
+    else:
+        os.environ["SSMKIT_DATA"] = old
+
+
+def shrink_overrides(data: dict, runs: Path) -> list[str]:
+    """``key=value`` overrides that keep the recipe's choices but make every size tiny."""
+    task, model = data["task"], data.get("model") or {}
+    layer = model.get("layer") or {}
+    out = [f"train.runs_dir={runs}", "train.batch_size=2", "train.grad_accum=1", "train.num_workers=0",
+           "model.d_model=8", f"model.n_layers={min(int(model.get('n_layers', 4)), 2)}"]
+    for key, value in TASK_SHRINK.items():
+        if key in task:
+            out.append(f"task.{key}={min(int(task[key]), value)}")
+    if task["name"] in SYNTHETIC:
+        out += ["task.samples_per_epoch=4", "task.val_samples=2"]
+        if "L" not in task:
+            out.append("task.L=16")
+    if task["name"] in PATHFINDER_32:
+        out.append("task.resolution=32")
+    if task["name"] in ("sc10", "sc35"):
+        out.append("task.sample_rate=8000")
+    if "d_state" in layer:
+        out.append(f"model.layer.d_state={min(int(layer['d_state']), 8)}")
+    if "n_ssm" in layer:
+        out.append("model.layer.n_ssm=1")
+    if "n_heads" in layer:
+        out.append("model.layer.n_heads=2")
+    if "kernel_dim" in layer:
+        out.append(f"model.layer.kernel_dim={min(int(layer['kernel_dim']), 4)}")
+    if "l_max" in layer:
+        out.append(f"model.layer.l_max={min(int(layer['l_max']), 1024)}")
+    if layer.get("max_kernel_length"):
+        out.append("model.layer.max_kernel_length=512")
+    if layer.get("chunk_size"):
+        out.append("model.layer.chunk_size=8")
+    return out
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_trains_one_step(name, data_root, tmp_path):
+    path = RECIPES_DIR / f"{name}.yaml"
+    data = load_yaml(path)
+    full = load_recipe(str(path))  # the recipe as shipped is valid
+    assert full.name and full.task["name"]
+    recipe = load_recipe(str(path), shrink_overrides(data, tmp_path / "runs"))
+    assert recipe.model.layer["kernel"] == full.model.layer["kernel"]
+    torch.manual_seed(0)
+    task = build_task(recipe)
+    task.check_data()
+    model = build_model(recipe, task)
+    if hasattr(task, "wrap_model"):  # two-tower retrieval (AAN)
+        model = task.wrap_model(model)
+    optimizer = build_optimizer(model, recipe.optimizer)
+    x, y = next(iter(make_loader(task, "train", recipe, recipe.train.seed)))
+    model.train()
+    loss = task.loss(model(x), y)
+    assert torch.isfinite(loss), f"{name}: loss {loss}"
+    before = [p.detach().clone() for p in model.parameters()]
+    loss.backward()
+    optimizer.step()
+    changed = sum(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
+    assert changed > 0, f"{name}: one optimizer step changed no parameter"
+
+
+#: A header names its source (the word, or the reference repository), its result and its hardware.
+HEADER_WORDS = {"source": ("source", "after ", "state-spaces/", "ag1988/", "ctlllll/"),
+                "published": ("published", "expected"), "hardware": ("hardware",)}
+#: Recipes whose header is being rewritten by their owner in a change not yet landed.
+HEADER_PENDING = {"quick/s4d-shift": "its owner is rewriting this recipe (uncommitted); header lines requested"}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_header_and_description(name):
+    """A comment header naming the source, the published/expected result and the hardware; a description
+    (what ``ssmkit recipes`` shows) that states the expected result."""
+    if name in HEADER_PENDING:
+        pytest.skip(HEADER_PENDING[name])
+    text = (RECIPES_DIR / f"{name}.yaml").read_text()
+    header = " ".join(line for line in text.splitlines() if line.startswith("#")).lower()
+    missing = [w for w, markers in HEADER_WORDS.items() if not any(m in header for m in markers)]
+    assert not missing, f"{name}: header comment lacks {missing}"
+    description = yaml.safe_load(text).get("description", "")
+    assert any(w in description.lower() for w in ("published", "expect")), f"{name}: description {description!r} states no expected result"
+
+
+def test_ssmkit_recipes_lists_every_recipe_grouped(monkeypatch):
+    from ssmkit.cli import app
+
+    assert sorted(shipped_recipes()) == RECIPES  # the package's recipes folder is this one
+    monkeypatch.setenv("COLUMNS", "400")
+    result = CliRunner().invoke(app, ["recipes"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    groups = sorted({n.rsplit("/", 1)[0] for n in RECIPES})
+    for group in groups:
+        assert group in [line.strip() for line in lines], f"group title {group!r} missing"
+    for name in RECIPES:
+        row = next((line for line in lines if line.split() and line.split()[0] == name), None)
+        assert row is not None, f"{name} not listed"
+        assert recipe_description(RECIPES_DIR / f"{name}.yaml") in row
+        group = name.rsplit("/", 1)[0]
+        title = next(i for i, line in enumerate(lines) if line.strip() == group)
+        assert lines.index(row) > title

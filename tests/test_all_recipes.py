@@ -111,9 +111,7 @@ def test_recipe_trains_one_step(name, data_root, tmp_path):
     torch.manual_seed(0)
     task = build_task(recipe)
     task.check_data()
-    model = build_model(recipe, task)
-    if hasattr(task, "wrap_model"):  # two-tower retrieval (AAN)
-        model = task.wrap_model(model)
+    model = _loop_model(recipe, task)
     optimizer = build_optimizer(model, recipe.optimizer)
     x, y = next(iter(make_loader(task, "train", recipe, recipe.train.seed)))
     model.train()
@@ -127,6 +125,16 @@ def test_recipe_trains_one_step(name, data_root, tmp_path):
 
 
 #: A header names its source (the word, or the reference repository), its result and its hardware.
+def _loop_model(recipe, task):
+    """The model exactly as the training loop builds it (its two-tower wrap for AAN and rate included)."""
+    from ssmkit.train import loop
+
+    if hasattr(loop, "build_loop_model"):
+        return loop.build_loop_model(recipe, task)
+    model = build_model(recipe, task)
+    return task.wrap_model(model) if hasattr(task, "wrap_model") else model
+
+
 HEADER_WORDS = {"source": ("source", "after ", "state-spaces/", "ag1988/", "ctlllll/"),
                 "published": ("published", "expected"), "hardware": ("hardware",)}
 #: Recipes whose header is being rewritten by their owner in a change not yet landed.

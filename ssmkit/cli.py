@@ -108,14 +108,6 @@ def train(
     from ssmkit.train.loop import train as run_training
 
     overrides = list(overrides or [])
-    if processes > 1:
-        from ssmkit.train.launch import launch_local
-
-        args = [a for a in (recipe, *overrides) if a is not None]
-        for flag, value in (("--name", name), ("--run-dir", run_dir), ("--max-steps", max_steps), ("--resume", resume)):
-            if value is not None:
-                args += [flag, str(value)]
-        sys.exit(launch_local(processes, ["train", *args, *(["--dry-run"] if dry_run else [])]))
     if resume is not None:
         if recipe is not None and "=" not in recipe:
             raise UserError(f"--resume takes the recipe from {resume}; drop {recipe!r} (only train.* overrides are allowed)")
@@ -135,6 +127,14 @@ def train(
         parsed = load_recipe(recipe, overrides)
         if name is not None:
             parsed = validate({**parsed.to_dict(), "name": name}, parsed.source)
+    if processes > 1:  # the recipe is valid (checked above): start the processes
+        from ssmkit.train.launch import launch_local
+
+        args = list(overrides) if resume is not None else [recipe, *overrides]  # on --resume, overrides hold them all
+        for flag, value in (("--name", name), ("--run-dir", run_dir), ("--max-steps", max_steps), ("--resume", resume)):
+            if value is not None:
+                args += [flag, str(value)]
+        sys.exit(launch_local(processes, ["train", *args, *(["--dry-run"] if dry_run else [])]))
     console = _console(err=False)
     summary = run_training(parsed, run_dir=run_dir, resume=resume, max_steps=max_steps, dry_run=dry_run, console=console)
     if dry_run or not _is_main():

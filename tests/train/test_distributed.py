@@ -70,3 +70,17 @@ def test_two_processes_train_resume_and_evaluate_in_one(tmp_path):
     assert single["step"] == 12 and single["samples"] == 37
     for key in ("mse", "r2"):
         assert single[key] == pytest.approx(result["summary"]["final"][f"val/{key}"], rel=1e-6)
+
+
+def test_processes_refuses_bad_recipes_and_nested_launches(tmp_path, monkeypatch):
+    """The recipe is validated before any process starts; --processes inside torchrun is refused."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: {name: cumsum, L: 16}\ntrain: {batch_sise: 4}\n")
+    out = CliRunner().invoke(app, ["train", str(bad), "--processes", "2"])
+    assert out.exit_code == 2 and "unknown key train.batch_sise" in out.output and "batch_size" in out.output
+    good = tmp_path / "good.yaml"
+    good.write_text("task: {name: cumsum, L: 16}\n")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = CliRunner().invoke(app, ["train", str(good), "--processes", "2"])
+    assert out.exit_code == 2 and "already distributed launch" in out.output

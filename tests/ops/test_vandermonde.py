@@ -113,3 +113,21 @@ def test_unknown_backend_names_the_choices():
     v, x = problem(3)
     with pytest.raises(ValueError, match="chunked"):
         vandermonde.log_vandermonde(v, x, 5, backend="cuda")
+
+
+def test_float32_long_kernels_keep_their_phase():
+    """At L = 65536 a float32 phase theta*l loses ~1e-3 rad; the chunked backend forms it in float64."""
+    import math as _math
+
+    N, L = 16, 65536
+    theta = 2 * _math.pi * torch.arange(N) / N
+    x = torch.complex(torch.full((N,), -1e-5), theta.float())
+    v = torch.randn(N, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    ell = torch.arange(L, dtype=torch.float64)
+    ref = (v.to(torch.complex128)[:, None] * torch.exp(x.to(torch.complex128)[:, None] * ell)).sum(0)
+    got = vandermonde.log_vandermonde(v, x, L, backend="chunked")
+    assert ((got - ref).abs().norm() / ref.abs().norm()).item() < 1e-4
+    u = torch.randn(L, generator=torch.Generator().manual_seed(1))
+    ref_state = v.to(torch.complex128) * (u.double() * torch.exp(x.to(torch.complex128)[:, None] * (L - 1 - ell))).sum(1)
+    state = vandermonde.log_vandermonde_transpose(u, v, x, L)
+    assert ((state - ref_state).abs().norm() / ref_state.abs().norm()).item() < 1e-4

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmkit.kernels import KERNELS
+from ssmkit.ops.cache import KernelCache
 from ssmkit.ops.fftconv import fftconv
 from ssmkit.registry import check_options, did_you_mean
 
@@ -112,7 +113,8 @@ class SequenceLayer(nn.Module):
         drop = nn.Dropout1d if tie_dropout else nn.Dropout
         self.dropout = drop(dropout) if dropout > 0 else nn.Identity()
         self._step_key = None
-        self._kernel_cache = None
+        self.kernel_cache = KernelCache()
+        self.cache_in_training = False
 
     @property
     def has_state(self) -> bool:
@@ -142,15 +144,17 @@ class SequenceLayer(nn.Module):
         return self.kernel(self._kernel_length(L, rate), rate=rate)[0]
 
     def _kernel(self, L: int, rate: float, state):
-        """The kernel, computed once and reused while nothing needs its gradient (eval, no_grad) and its
-        parameters, length and rate are unchanged (the key follows in-place parameter updates)."""
-        if state is not None or torch.is_grad_enabled():
-            self._kernel_cache = None
+        """The kernel (C', H, L) and the state's response.
+
+        Without gradients (eval, no_grad) the kernel is computed once and kept while its parameters,
+        length and rate are unchanged (the key follows in-place parameter updates). With
+        ``cache_in_training`` (set by the loop under gradient accumulation) it is computed once per
+        optimizer step and its gradient flushed by ``ssmkit.ops.cache.flush_kernel_caches``.
+        """
+        if state is not None or (torch.is_grad_enabled() and not self.cache_in_training):
             return self.kernel(L, rate=rate, state=state)
         key = self.kernel.cache_key(L, rate)
-        if self._kernel_cache is None or self._kernel_cache[0] != key:
-            self._kernel_cache = (key, self.kernel(L, rate=rate)[0])
-        return self._kernel_cache[1], None
+        return self.kernel_cache.get(key, lambda: self.kernel(L, rate=rate)[0]), None
 
     def _kernel_length(self, L: int, rate: float) -> int:
         if self.max_kernel_length is None:

@@ -73,3 +73,14 @@ def flush_kernel_caches(model: nn.Module) -> int:
         if isinstance(cache, KernelCache) and cache.flush():
             n += 1
     return n
+
+
+def set_kernel_caching(model: nn.Module, on: bool) -> int:
+    """Turns per-step kernel caching in training on or off for every layer that supports it."""
+    n = 0
+    for m in model.modules():
+        if isinstance(getattr(m, "kernel_cache", None), KernelCache) and hasattr(m, "cache_in_training"):
+            m.cache_in_training = on
+            m.kernel_cache.clear()
+            n += 1
+    return n

@@ -36,6 +36,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 
 from ssmkit.errors import RecipeError, UserError
+from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
 from ssmkit.recipe import Recipe, build_model, build_task, validate
 from ssmkit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from ssmkit.train.optim import build_optimizer, build_scheduler, describe_groups, param_groups
@@ -231,6 +232,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     val_loader = make_loader(task, "val", recipe, cfg.seed)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     net = _Compiled(model) if cfg.compile else model  # what the loop calls; ``model`` is what is saved
+    # Under accumulation, compute each kernel once per optimizer step. Single process only: under DDP the
+    # kernel parameters would get their gradient after DDP's all-reduce.
+    cache_kernels = cfg.grad_accum > 1 and accelerator.num_processes == 1
+    set_kernel_caching(model, cache_kernels)
     batches_per_epoch = len(train_loader)  # this process's share
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -320,6 +325,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
                 with accelerator.accumulate(model):
                     loss = task.loss(forward(net, task, x), y)
                     accelerator.backward(loss)
+                    if accelerator.sync_gradients and cache_kernels:
+                        flush_kernel_caches(model)  # the step's one kernel backward
                     if accelerator.sync_gradients and cfg.grad_clip:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()

@@ -137,3 +137,22 @@ def test_eval_kernel_is_cached_until_parameters_change(monkeypatch):
         assert len(calls) == 3
     layer(x)  # with autograd on, the kernel is always computed (its graph is needed)
     assert len(calls) == 4
+
+
+def test_training_cache_computes_once_per_step_with_exact_gradients():
+    from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
+
+    torch.manual_seed(0)
+    a = SequenceLayer(4, d_state=8)
+    b = SequenceLayer(4, d_state=8)
+    b.load_state_dict(a.state_dict())
+    assert set_kernel_caching(b, True) == 1
+    xs = [torch.randn(2, 4, 16) for _ in range(3)]
+    for x in xs:  # three micro-batches of one optimizer step
+        a(x).square().sum().backward()
+        b(x).square().sum().backward()
+    assert b.kernel_cache.computed == 1
+    assert b.kernel.log_dt.grad is None  # the kernel's gradient waits in the cache ...
+    assert flush_kernel_caches(b) == 1  # ... until the step's single flush
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

@@ -61,8 +61,8 @@ def atomic() -> None:
         ("dss-exp-1x4096", "DSS-EXP", 1, 4096, dss_layer(4096, 1e-3), 1e-3, 16, "one GPU (A100-class)"),
         ("attn-1x4096", "attention", 1, 4096, attn_layer(), 1e-3, 16, "one GPU (A100-class; full L x L attention)"),
         ("dlr-6x4096", "DLR", 6, 4096, dlr_layer(4096, 1e-4), 1e-4, 16, "one GPU (A100-class)"),
-        ("dlr-6x512", "DLR", 6, 512, dlr_layer(4096, 5e-5), 5e-5, 64, "one GPU; a CPU run of a few hours"),
-        ("attn-2x512", "attention", 2, 512, attn_layer(), 1e-3, 64, "one GPU; a CPU run of a few hours"),
+        ("dlr-6x512", "DLR", 6, 512, dlr_layer(4096, 5e-5), 5e-5, 64, "one GPU"),
+        ("attn-2x512", "attention", 2, 512, attn_layer(), 1e-3, 64, "one GPU"),
     ]
     for file, words, layers, L, layer, lr, batch, hardware in runs:
         task = {"name": "shift", "L": L, "samples_per_epoch": 16000, "val_samples": 1600}

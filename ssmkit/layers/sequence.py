@@ -199,15 +199,16 @@ class SequenceLayer(nn.Module):
             if return_state and state is None:
                 state = self.default_state(u.shape[0], device=u.device)
             k, k_state = self._kernel(self._kernel_length(L, rate), rate, state)  # (C', H, Lk)
+            k_bwd = None
             if self.bidirectional:
-                k_fwd, k_bwd = k.chunk(2, dim=0)
-                y = fftconv(u, k_fwd, k_bwd)
-            else:
-                y = fftconv(u, k)  # (B, C', H, L)
+                k, k_bwd = k.chunk(2, dim=0)
+            if self.D is not None:
+                # The skip D u is a convolution with D at lag 0: fold it into the kernel's first tap
+                # (a (C, H) add instead of a (B, C, H, L) pass forward and backward).
+                k = torch.cat([k[..., :1] + self.D.unsqueeze(-1).to(k.dtype), k[..., 1:]], dim=-1)
+            y = fftconv(u, k, k_bwd)  # (B, C', H, L)
             if k_state is not None:
                 y = y + k_state.to(y.dtype)
-            if self.D is not None:
-                y = y + u.unsqueeze(1) * self.D.unsqueeze(-1).to(u.dtype)
             y = self._output(self._mix(y))  # (B, L, H)
             next_state = self.kernel.forward_state(u, state, rate=rate) if return_state else None
         y = y.transpose(-1, -2) if self.transposed else y

@@ -70,6 +70,7 @@ class S4DKernel(Kernel):
     """
 
     has_state = True
+    real_step = True  # step() also takes (..., n, 2) real states (see SequenceModel.compile_step)
     param_keys = ("A", "B", "C", "dt")
 
     def __init__(
@@ -169,13 +170,28 @@ class S4DKernel(Kernel):
 
     def setup_step(self, rate: float = 1.0) -> None:
         log_dA, dB, C = self.discretize(rate)
-        self._step = (torch.exp(log_dA).detach(), dB.detach(), C.detach())
+        self._step = (torch.exp(log_dA).detach(), dB.detach(), (self.scale * C).detach())
+        # The same recurrence in real arithmetic, for states given as (..., n, 2) real tensors:
+        # torch.compile cannot generate code for complex tensors, but fuses these into a few loops.
+        self._step_real = tuple(t for z in self._step for t in (z.real.contiguous(), z.imag.contiguous()))
 
     def step(self, u: torch.Tensor, state: torch.Tensor):
-        """u (B, H), state (B, H, n) -> y (B, C, H), next state."""
+        """u (B, H), state (B, H, n) complex -> y (B, C, H), next state.
+
+        A real state (B, H, n, 2) (real and imaginary parts, e.g. ``torch.view_as_real`` of the default
+        state) runs the same recurrence in real arithmetic and returns a real next state.
+        """
         if getattr(self, "_step", None) is None:
             self.setup_step()
+        if not state.is_complex():
+            ar, ai, br, bi, cr, ci = self._step_real
+            sr, si = state[..., 0], state[..., 1]  # (B, H, n)
+            u_ = u.unsqueeze(-1).to(ar.dtype)
+            nr = ar * sr - ai * si + br * u_
+            ni = ai * sr + ar * si + bi * u_
+            y = torch.einsum("chn,bhn->bch", cr, nr) - torch.einsum("chn,bhn->bch", ci, ni)
+            return y.to(u.dtype), torch.stack([nr, ni], dim=-1)
         dA, dB, C = self._step
         state = dA * state + dB * u.unsqueeze(-1)
-        y = self.scale * torch.einsum("chn,bhn->bch", C, state).real
+        y = torch.einsum("chn,bhn->bch", C, state).real
         return y.to(u.dtype), state

@@ -236,7 +236,8 @@ class SequenceLayer(nn.Module):
         """One token: x (B, H) -> y (B, H), next state. Equals the convolution mode, token by token."""
         if not self.has_state:
             raise self._refuse_state("recurrent step")
-        self.setup_step(rate)
+        if not torch.compiler.is_compiling():  # a compiled step is traced after setup (see SequenceModel.compile_step)
+            self.setup_step(rate)
         if self.kernel is None:
             y, state = self.mixer.step(x, state)  # (B, H)
             return self.out(self.dropout(y)), state

@@ -86,3 +86,33 @@ def test_set_rate_reaches_every_layer():
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SequenceModel(2, 2, **kwargs)
+
+
+def test_real_states_step_like_complex_ones():
+    torch.manual_seed(0)
+    m = SequenceModel(2, 3, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None).eval()
+    x = torch.randn(5, 2)
+    s_c, s_r = m.default_state(5), m.default_state(5, real=True)
+    assert all(not s.is_complex() and s.shape[-1] == 2 for s in s_r)
+    for _ in range(4):
+        y_c, s_c = m.step(x, s_c)
+        y_r, s_r = m.step(x, s_r)
+    torch.testing.assert_close(y_r, y_c, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.view_as_complex(s_r[0]), s_c[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_step_equals_eager_and_follows_weight_updates():
+    torch.manual_seed(0)
+    m = SequenceModel(1, 2, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None)
+    step = m.compile_step()
+    x = torch.randn(3, 1)
+    state = m.default_state(3, real=True)
+    y, s = step(x, state)
+    y_eager, s_eager = m.step(x, state)
+    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(1.1)
+    m.setup_step()
+    torch.testing.assert_close(step(x, state)[0], m.step(x, state)[0], rtol=1e-5, atol=1e-6)

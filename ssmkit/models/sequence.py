@@ -182,13 +182,13 @@ class SequenceModel(nn.Module):
 
         Sets up every layer's recurrence from the current weights and puts the model in eval mode. Use it
         with ``default_state(..., real=True)``: complex tensors cannot be compiled, and S4D then steps in
-        real arithmetic that inductor fuses (about 4x the eager steps/s on CPU, see docs/performance.md).
+        real arithmetic that inductor fuses (about 3.4x the eager steps/s on CPU, see docs/performance.md).
         Weights may change later (call ``setup_step()`` again); a structural change (new modules, train
         mode) needs a new ``compile_step()``.
         """
         self.eval()
         self.setup_step()
-        guards = getattr(torch.compiler, "keep_tensor_guards_unsafe", None)
+        guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
         options = {"guard_filter_fn": guards} if guards is not None else {}
         return torch.compile(self.step, dynamic=False, options=options)
 

@@ -1,0 +1,52 @@
+"""Recurrent inference speed: steps/s of a SequenceModel's whole-model step, eager and compiled.
+
+    OMP_NUM_THREADS=1 python scripts/bench_step.py [--kernel s4d] [--layers 6] [--d-model 128] [--d-state 64]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ssmkit import SequenceModel
+
+
+def steps_per_second(step, x, state, n: int = 2000, repeats: int = 3) -> float:
+    best = 0.0
+    with torch.inference_mode():
+        for _ in range(50):
+            _, state = step(x, state)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(n):
+                _, state = step(x, state)
+            best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernel", default="s4d")
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--d-state", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = SequenceModel(1, 1, d_model=args.d_model, n_layers=args.layers, pool=None,
+                          layer={"kernel": args.kernel, "d_state": args.d_state}).eval()
+    model.setup_step()
+    x = torch.randn(args.batch, 1)
+    print(f"eager:    {steps_per_second(model.step, x, model.default_state(args.batch)):,.0f} steps/s")
+    start = time.perf_counter()
+    compiled = model.compile_step()
+    state = model.default_state(args.batch, real=True)
+    with torch.inference_mode():
+        compiled(x, state)
+    print(f"compile:  {time.perf_counter() - start:.1f} s (once)")
+    print(f"compiled: {steps_per_second(compiled, x, state):,.0f} steps/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,8 @@ and in the default layer (GELU, Linear + GLU), forward+backward, B=8, H=128, N=6
 
     OMP_NUM_THREADS=2 python scripts/bench_overhead.py
 """
+from __future__ import annotations
+
 import time
 
 import torch
@@ -10,22 +12,34 @@ import torch
 from ssmkit import SequenceLayer
 from ssmkit.ops.fftconv import fftconv
 
-torch.manual_seed(0)
-B,H,L=8,128,4096
-x = torch.randn(B,H,L, requires_grad=True)
-def timeit(f, n=5):
-    f(); ts=[]
-    for _ in range(n):
-        t=time.perf_counter(); f(); ts.append(time.perf_counter()-t)
-    return sorted(ts)[n//2]*1000
-k = torch.randn(1,H,L, requires_grad=True)
-def floor():
-    fftconv(x, k).sum().backward()
-res = {"floor": timeit(floor)}
-for kern in ["s4d","s4","dss","dlr","sgconv"]:
-    opts = dict(d_state=64) if kern != "sgconv" else dict(l_max=L)
-    bare = SequenceLayer(H, kernel=kern, activation="id", output=None, **opts)
-    full = SequenceLayer(H, kernel=kern, **opts)
-    res[kern+" bare"] = timeit(lambda: bare(x).sum().backward())
-    res[kern+" full"] = timeit(lambda: full(x).sum().backward())
-for k_,v in res.items(): print(f"{k_:12s} {v:7.1f} ms  x{v/res['floor']:.2f}")
+B, H, L = 8, 128, 4096
+
+
+def median_ms(fn, repeats: int = 5) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2] * 1000
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(B, H, L, requires_grad=True)  # (B, H, L)
+    k = torch.randn(1, H, L, requires_grad=True)  # (C, H, L)
+    floor = median_ms(lambda: fftconv(x, k).sum().backward())
+    print(f"{'floor':14s} {floor:7.1f} ms")
+    for kernel in ["s4d", "s4", "dss", "dlr", "sgconv"]:
+        options = {"l_max": L} if kernel == "sgconv" else {"d_state": 64}
+        for name, layer in [
+            ("bare", SequenceLayer(H, kernel=kernel, activation="id", output=None, **options)),
+            ("default", SequenceLayer(H, kernel=kernel, **options)),
+        ]:
+            ms = median_ms(lambda layer=layer: layer(x).sum().backward())
+            print(f"{kernel + ' ' + name:14s} {ms:7.1f} ms  x{ms / floor:.2f}")
+
+
+if __name__ == "__main__":
+    main()

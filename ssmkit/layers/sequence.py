@@ -27,6 +27,7 @@ ACTIVATIONS = {
     "glu": None,  # halves the (doubled) channels: GLU over the kernel's channel axis
 }
 OUTPUTS = ("glu", "linear", None)
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch < 2.3 has none
 
 
 class SequenceLayer(nn.Module):
@@ -236,7 +237,7 @@ class SequenceLayer(nn.Module):
         """One token: x (B, H) -> y (B, H), next state. Equals the convolution mode, token by token."""
         if not self.has_state:
             raise self._refuse_state("recurrent step")
-        if not torch.compiler.is_compiling():  # a compiled step is traced after setup (see SequenceModel.compile_step)
+        if not _is_compiling():  # a compiled step is traced after setup (see SequenceModel.compile_step)
             self.setup_step(rate)
         if self.kernel is None:
             y, state = self.mixer.step(x, state)  # (B, H)

@@ -49,21 +49,37 @@ def append_metrics(run_dir: Path, record: dict) -> None:
         f.write(json.dumps(_clean(record)) + "\n")
 
 
+def _records(path: Path) -> list[dict]:
+    """The JSON lines of ``path``. A last line cut short (the process was killed while writing it) is
+    dropped; a broken line anywhere else is an error naming the file and line."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break  # a torn final write
+            raise UserError(f"{path}:{i + 1}: not a JSON line ({e.msg}); fix or delete that line") from None
+    return records
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _records(path)
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drops the lines logged after ``step`` (a killed run got further than its last checkpoint)."""
+    """Drops the lines logged after ``step`` (a killed run got further than its last checkpoint), and a
+    torn last line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [r for r in _records(path) if r["step"] <= step]
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(tmp, path)
 
 

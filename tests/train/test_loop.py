@@ -145,3 +145,17 @@ def test_new_run_never_overwrites(tmp_path):
     assert b.name == "x-2" and (a / "file").read_text() == "keep"
     with pytest.raises(UserError, match="already exists"):
         new_run_dir(tmp_path, "x", run_dir=a)
+
+
+def test_a_torn_metrics_line_from_a_killed_run_is_dropped(tmp_path):
+    from ssmkit.errors import UserError
+    from ssmkit.train.rundir import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    truncate_metrics(tmp_path, 1)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+    path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
+    with pytest.raises(UserError, match="metrics.jsonl:2: not a JSON line"):
+        read_metrics(tmp_path)

@@ -67,3 +67,5 @@ if acc.is_main_process:
         "half": half,
     }
     (out / "result.json").write_text(json.dumps(result))
+acc.wait_for_everyone()
+torch.distributed.destroy_process_group()  # tear gloo down before exit (as the CLI does)

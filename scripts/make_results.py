@@ -175,6 +175,11 @@ NOTES = """## What these numbers do and do not show
   0.03 as the cosine lr decayed. Neither has *learned* the shift, so this does not reproduce the paper's "perfect shift
   at 0.5M"; it only shows that the recipe trains at those lengths on this CPU.
   L=64K and longer were not run. Validation R^2 is on 16 (L=4096) and 8 (L=16384) fixed samples.
+  Why L=16384 is harder than L=4096 with N=4096: the omega initialisation puts the N eigenvalues on the N-th roots of
+  unity (times a decay of 5e-6 per step), so every channel's kernel repeats with period N=4096 until training moves
+  Im(lambda) off that grid. The shifts of the task are multiples of L/8 = 2048, so at L=16384 the lags 2048, 6144,
+  10240 and 14336 are the same lag modulo 4096: one kernel cannot tell them apart at initialisation. N >= L removes
+  the aliasing but costs 20 s per step here at N=16384 (1.4 s at N=4096), which needs a GPU.
 - Not run here (no GPU was lent to this task): every recipe in recipes/s4, s4d, dss, sgconv, lra, dlr/atomic,
   dlr/long-shift, and the DLR ListOpsSubTrees / PathfinderSegmentation recipes. Their targets are in the catalogue below.
 """

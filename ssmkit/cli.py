@@ -207,7 +207,7 @@ def recipes_list(ctx: typer.Context):
     groups: dict[str, list[str]] = {}
     for key in shipped:
         groups.setdefault(key.rsplit("/", 1)[0] if "/" in key else "", []).append(key)
-    for group, keys in groups.items():
+    for group, keys in sorted(groups.items()):  # a group before its subgroups (dlr, then dlr/atomic)
         table = Table(title=group or "recipes", title_justify="left", show_header=False, box=None)
         table.add_column("name", style="bold")
         table.add_column("description")

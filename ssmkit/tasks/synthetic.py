@@ -361,3 +361,40 @@ class Adding(SyntheticTask):
         marker = torch.zeros(self.L)
         marker[[first, second]] = 1.0
         return torch.stack([values, marker], dim=-1), (values[first] + values[second]).reshape(1, 1)
+
+
+@TASKS.register("copying", description="classic copying memory: recall M symbols after a gap of L")
+class Copying(SyntheticTask):
+    """Hochreiter & Schmidhuber (1997), as in Arjovsky et al. (2016): M symbols drawn from {1..K}, a gap of
+    L-1 blanks, a delimiter, then M blanks during which the model must output the M symbols in order.
+
+    Input (M + L + M, K + 2): one-hot over {blank 0, symbols 1..K, delimiter K+1}. Target (M,): the symbols
+    as classes 0..K-1, read from the last M positions. Loss cross-entropy; metric accuracy per symbol.
+    """
+
+    name = "copying"
+    main_metric = "accuracy"
+
+    def __init__(self, L: int = 256, M: int = 10, K: int = 8, **options):
+        super().__init__(L, **options)
+        if M < 1 or K < 2:
+            raise ValueError(f"copying needs M >= 1 symbols and an alphabet of K >= 2, got M={M}, K={K}")
+        self.M, self.K = M, K
+        self.d_input, self.d_output, self.l_output = K + 2, K, M
+
+    def generate(self, g):
+        symbols = torch.randint(1, self.K + 1, (self.M,), generator=g)
+        tokens = torch.zeros(self.M + self.L + self.M, dtype=torch.long)
+        tokens[: self.M] = symbols
+        tokens[self.M + self.L - 1] = self.K + 1  # the delimiter: "now copy"
+        return torch.nn.functional.one_hot(tokens, self.K + 2).float(), symbols - 1
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self._pred(output).flatten(0, 1), target.flatten())
+
+    def metric_stats(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        correct = (self._pred(output).argmax(-1) == target).float().sum(-1)  # (B,)
+        return {"correct": correct, "count": torch.full_like(correct, float(self.M))}
+
+    def compute_metrics(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"accuracy": float(totals["correct"] / totals["count"])}

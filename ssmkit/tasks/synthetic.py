@@ -1,7 +1,7 @@
 """The atomic synthetic tasks of the DLR paper (Gupta, Mehta, Berant 2022, "Simplifying and Understanding
-State Space Models with Diagonal Linear RNNs", section 4), plus the classic adding problem.
+State Space Models with Diagonal Linear RNNs", section 4), plus the classic adding and copying problems.
 
-Every task is sequence-to-sequence regression: the input is (T, F) features, the target (l_out, d_out)
+Every task but ``copying`` (a classification: cross-entropy and accuracy) is sequence-to-sequence regression: the input is (T, F) features, the target (l_out, d_out)
 is read from the last ``l_out`` positions of the model's output; loss MSE; metrics MSE and
 R^2 = 1 - MSE / Var(y) over the whole evaluated set (exact across processes).
 

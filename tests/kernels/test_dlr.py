@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import run_steps
 
 import ssmkit.kernels.dlr as dlr_module
 from ssmkit import SequenceLayer, param_groups
@@ -202,11 +203,7 @@ def test_layer_conv_equals_step(mode, nonzero_state):
     if nonzero_state:
         s0 = torch.randn_like(s0)
     y, s_end = layer(x, state=s0, return_state=True)
-    state, ys = s0, []
-    for t in range(24):
-        y_t, state = layer.step(x[..., t], state)
-        ys.append(y_t)
-    ys = torch.stack(ys, -1)
+    ys, state = run_steps(layer, x, s0)
     assert ((ys - y).norm() / y.norm()).item() < 1e-4
     assert ((state - s_end).abs().max() / state.abs().max()).item() < 1e-4
 

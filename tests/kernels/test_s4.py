@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import run_steps
 
 from ssmkit import SequenceLayer
 from ssmkit.kernels.s4 import DPLR_INITS, HIPPO_INITS, MODES, PRECISIONS, STEP_MODES, S4Kernel
@@ -122,21 +123,14 @@ def test_conv_equals_step_from_zero_and_nonzero_state(step_mode, kw):
     layer = SequenceLayer(H, kernel="s4", d_state=16, step_mode=step_mode, **kw).eval()
     x = torch.randn(2, H, L)
     y = layer(x)
-    state = layer.default_state(2)
-    ys = []
-    for t in range(L):
-        y_t, state = layer.step(x[..., t], state)
-        ys.append(y_t)
-    assert rel(torch.stack(ys, -1), y.detach().double().numpy()) < 1e-4
+    ys, _ = run_steps(layer, x, layer.default_state(2))
+    assert rel(ys, y.detach().double().numpy()) < 1e-4
     # non-zero state: the first T tokens by convolution, the rest by stepping and by forward-with-state
     y1, s = layer(x[..., :T], return_state=True)
     y2, s_end = layer(x[..., T:], state=s, return_state=True)
-    ys = []
-    for t in range(T, L):
-        y_t, s = layer.step(x[..., t], s)
-        ys.append(y_t)
+    ys, s = run_steps(layer, x[..., T:], s)
     ref = y[..., T:].detach().double().numpy()
-    assert rel(torch.stack(ys, -1), ref) < 1e-4
+    assert rel(ys, ref) < 1e-4
     assert rel(y2, ref) < 1e-4
     assert rel(torch.cat([y1, y2], -1), y.detach().double().numpy()) < 1e-4
     # the final state of forward-with-state equals the stepped one

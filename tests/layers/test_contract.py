@@ -5,6 +5,7 @@ checks the layer-level contract for all of them at once, so that a new kernel ca
 """
 import pytest
 import torch
+from helpers import run_steps
 
 from ssmkit import KERNELS, SequenceLayer
 
@@ -75,12 +76,7 @@ def test_conv_equals_step(kernel):
         pytest.skip(f"{kernel} has no recurrence (a pure convolution), so there is no step mode to compare")
     x = torch.randn(2, H, L)
     y = layer(x)
-    state = layer.default_state(2)
-    ys = []
-    for t in range(L):
-        y_t, state = layer.step(x[..., t], state)
-        ys.append(y_t)
-    ys = torch.stack(ys, dim=-1)
+    ys, _ = run_steps(layer, x, layer.default_state(2))
     assert ((ys - y).norm() / y.norm()).item() < 1e-4
 
 

@@ -1,15 +1,8 @@
 import pytest
 import torch
+from helpers import run_steps
 
 from ssmkit import SequenceLayer
-
-
-def run_steps(layer, x, state, rate=None):
-    ys = []
-    for t in range(x.shape[-1]):
-        y_t, state = layer.step(x[..., t], state, rate=rate)
-        ys.append(y_t)
-    return torch.stack(ys, -1), state
 
 
 def rel(a, b):

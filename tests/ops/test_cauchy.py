@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import MaxTensor
 
 from ssmkit.ops import backends, cauchy
 
@@ -93,19 +93,6 @@ def test_extension_equals_torch(N, L, conj):
     torch.testing.assert_close(dw, ref_g[2])
 
 
-class MaxTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.max_numel = max(self.max_numel, t.numel())
-        return out
 
 
 def test_chunked_memory_is_bounded_forward_and_backward():

@@ -1,24 +1,9 @@
 """Vandermonde backends: each equals an explicit float64 sum, and the torch backend in value and gradient."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import MaxTensor
 
 from ssmkit.ops import backends, vandermonde
-
-
-class MaxTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.max_numel = max(self.max_numel, t.numel())
-        return out
 
 SIZES = [(1, 1), (3, 7), (4, 16), (5, 33), (8, 100)]  # (N, L)
 

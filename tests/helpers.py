@@ -1,0 +1,27 @@
+"""Helpers shared by several test files."""
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def run_steps(layer, x: torch.Tensor, state, rate=None):
+    """Feeds x (B, H, L) through ``layer.step`` token by token: returns (outputs (B, H, L), final state)."""
+    ys = []
+    for t in range(x.shape[-1]):
+        y_t, state = layer.step(x[..., t], state, rate=rate)
+        ys.append(y_t)
+    return torch.stack(ys, -1), state
+
+
+class MaxTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out

@@ -72,6 +72,8 @@ def log_vandermonde_chunked(v: torch.Tensor, x: torch.Tensor, L: int, budget: in
     A block of S = J c positions holds rows x (J + c) intermediates (rows = batch x N); S is the
     largest with rows (J + c) <= budget. The two bases are computed once and shared by all blocks.
     """
+    if x.dim() == 1 and v.dim() > 1:
+        return _SharedNodes.apply(v, x, L, budget)
     _, rows = _rows(v, x)
     side = max(1, budget // (2 * max(rows, 1)))
     J, c = _split(min(L, side * side))
@@ -79,6 +81,66 @@ def log_vandermonde_chunked(v: torch.Tensor, x: torch.Tensor, L: int, budget: in
     if J * c >= L:
         return _block(0, L, v, x, left, right)
     return _b.chunked_positions(_block, L, J * c, v, x, left, right)
+
+
+def _shared_base(x: torch.Tensor, L: int, budget: int) -> torch.Tensor:
+    """exp(x m) (N, S) for m < S = min(L, budget / N), formed in double precision then cast."""
+    S = max(1, min(L, budget // max(x.shape[-1], 1)))
+    wide = torch.complex128 if x.dtype == torch.complex64 else x.dtype
+    m = torch.arange(S, device=x.device, dtype=torch.float64)
+    return torch.exp(x.to(wide).unsqueeze(-1) * m).to(x.dtype)
+
+
+class _SharedNodes(torch.autograd.Function):
+    """The chunked product when every row shares its nodes: x (N,), v (..., N), as in DLR where lambda
+    is shared by all channels. With V[n, l0 + m] = exp(x_n l0) B[n, m], B = exp(x m) (N, S) built once,
+    a block of S positions is one GEMM (v exp(x l0)) @ B, and backward is one GEMM per block too:
+
+        dv[r, n] = conj(e0[n]) (g_blk @ B^H)[r, n]
+        dx[n]    = conj(e0[n]) sum_r conj(v[r, n]) ((l g_blk) @ B^H)[r, n]       (e0 = exp(x l0))
+
+    Nothing of size N x L exists; besides inputs and the (rows, L) output, memory is B (<= budget) and
+    (rows, N)-sized block results. exp(x l0) takes its phase in float64 (see ``_exp_far``)."""
+
+    @staticmethod
+    def forward(ctx, v, x, L, budget):
+        ctx.L, ctx.budget = L, budget
+        ctx.save_for_backward(v, x)
+        rows = v.reshape(-1, v.shape[-1])
+        out = torch.empty(rows.shape[0], L, dtype=torch.promote_types(v.dtype, x.dtype), device=v.device)
+        base = _shared_base(x, L, budget)
+        S = base.shape[-1]
+        for l0 in range(0, L, S):
+            n = min(S, L - l0)
+            scaled = rows if l0 == 0 else rows * _exp_far(x, l0)
+            torch.matmul(scaled, base[:, :n], out=out[:, l0 : l0 + n])
+        return out.reshape(*v.shape[:-1], L)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        v, x = ctx.saved_tensors
+        need_v, need_x = ctx.needs_input_grad[:2]
+        rows = v.reshape(-1, v.shape[-1])
+        R = rows.shape[0]
+        g = grad.reshape(R, ctx.L).to(rows.dtype)
+        base = _shared_base(x, ctx.L, ctx.budget)
+        S = base.shape[-1]
+        base_h = base.conj().transpose(0, 1)  # (S, N)
+        dv = torch.zeros_like(rows)
+        dxr = torch.zeros_like(rows)
+        ell = torch.arange(ctx.L, device=x.device, dtype=x.real.dtype)
+        for l0 in range(0, ctx.L, S):
+            n = min(S, ctx.L - l0)
+            gb = g[:, l0 : l0 + n]
+            both = torch.cat([gb, gb * ell[l0 : l0 + n]]) if need_x else gb  # (R or 2R, n)
+            P = both @ base_h[:n]  # (., N)
+            e0 = 1 if l0 == 0 else _exp_far(x, l0).conj()
+            dv += e0 * P[:R]
+            if need_x:
+                dxr += e0 * P[R:]
+        dx = (rows.conj() * dxr).sum(0) if need_x else None
+        return (dv.reshape(v.shape) if need_v else None), dx, None, None
 
 
 _keops_fn: list = []

@@ -1,4 +1,5 @@
-"""Recurrent inference speed: steps/s of a SequenceModel's whole-model step, eager and compiled.
+"""Recurrent inference speed: steps/s of a SequenceModel's whole-model step, eager and compiled
+(``compile_step('aot')``: AOTInductor; ``compile_step('inductor')``: torch.compile).
 
     OMP_NUM_THREADS=1 python scripts/bench_step.py [--kernel s4d] [--layers 6] [--d-model 128] [--d-state 64]
 """
@@ -32,21 +33,22 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--d-state", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--backends", default="aot,inductor", help="compile_step backends to time")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = SequenceModel(1, 1, d_model=args.d_model, n_layers=args.layers, pool=None,
                           layer={"kernel": args.kernel, "d_state": args.d_state}).eval()
     model.setup_step()
     x = torch.randn(args.batch, 1)
-    print(f"eager:    {steps_per_second(model.step, x, model.default_state(args.batch)):,.0f} steps/s")
-    start = time.perf_counter()
-    compiled = model.compile_step()
-    state = model.default_state(args.batch, real=True)
-    with torch.inference_mode():
-        compiled(x, state)
-    print(f"compile:  {time.perf_counter() - start:.1f} s (once)")
-    print(f"compiled: {steps_per_second(compiled, x, state):,.0f} steps/s")
-
+    print(f"eager:    {steps_per_second(model.step, x, model.default_state(args.batch)):,.0f} steps/s", flush=True)
+    for backend in args.backends.split(","):
+        start = time.perf_counter()
+        fast = model.compile_step(backend)
+        state = model.default_state(args.batch, real=True)
+        with torch.inference_mode():
+            fast(x, state)
+        print(f"{backend}: compile {time.perf_counter() - start:.1f} s (once), "
+              f"{steps_per_second(fast, x, state):,.0f} steps/s", flush=True)
 
 if __name__ == "__main__":
     main()

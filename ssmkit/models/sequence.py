@@ -177,17 +177,32 @@ class SequenceModel(nn.Module):
             ]
         return states
 
-    def compile_step(self):
-        """``step`` compiled with ``torch.compile`` for fast token-by-token inference.
+    def compile_step(self, backend: str = "auto"):
+        """``step`` compiled for fast token-by-token inference: ``y, state = fast(x, state)``.
 
-        Sets up every layer's recurrence from the current weights and puts the model in eval mode. Use it
-        with ``default_state(..., real=True)``: complex tensors cannot be compiled, and S4D then steps in
-        real arithmetic that inductor fuses (about 3.4x the eager steps/s on CPU, see docs/performance.md).
-        Weights may change later (call ``setup_step()`` again); a structural change (new modules, train
-        mode) needs a new ``compile_step()``.
+        Puts the model in eval mode and sets up every layer's recurrence. Use it with
+        ``default_state(..., real=True)``: S4D then steps in real arithmetic, which compiles.
+
+        backend:
+            ``aot``: AOTInductor (:class:`ssmkit.models.fast_step.AOTStep`): the whole step becomes one
+            C++ function with the weights frozen in; fastest (~6x eager on CPU) but 10-30 s to compile per
+            input shape, and after changing the weights call ``fast.refresh()``.
+            ``inductor``: ``torch.compile`` (follows weight changes after ``setup_step()``; ~3.4x eager).
+            ``auto``: ``aot`` on CPU when every layer's state is a real tensor, otherwise ``inductor``
+            (attention caches grow every step; complex states do not compile).
         """
+        from ssmkit.models.fast_step import AOTStep, aot_unsupported
+
+        if backend not in ("auto", "aot", "inductor"):
+            raise ValueError(f"unknown step backend {backend!r}; choose auto, aot or inductor")
         self.eval()
         self.setup_step()
+        if backend == "auto":
+            device = next(self.parameters()).device
+            why = aot_unsupported(self, self.default_state(1, device=device, real=True))
+            backend = "aot" if why is None and device.type == "cpu" else "inductor"
+        if backend == "aot":
+            return AOTStep(self)
         guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
         options = {"guard_filter_fn": guards} if guards is not None else {}
         return torch.compile(self.step, dynamic=False, options=options)

@@ -102,17 +102,42 @@ def test_real_states_step_like_complex_ones():
 
 
 @pytest.mark.slow
-def test_compiled_step_equals_eager_and_follows_weight_updates():
+@pytest.mark.parametrize("backend", ["inductor", "aot"])
+def test_compiled_step_equals_eager_and_follows_weight_updates(backend):
     torch.manual_seed(0)
     m = SequenceModel(1, 2, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None)
-    step = m.compile_step()
+    step = m.compile_step(backend)
     x = torch.randn(3, 1)
     state = m.default_state(3, real=True)
-    y, s = step(x, state)
-    y_eager, s_eager = m.step(x, state)
-    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-6)
+    s_fast, s_eager = state, state
+    for _ in range(3):
+        y, s_fast = step(x, s_fast)
+        y_eager, s_eager = m.step(x, s_eager)
+        torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-6)
+        for a, b in zip(s_fast, s_eager):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         for p in m.parameters():
             p.mul_(1.1)
     m.setup_step()
+    if backend == "aot":
+        assert (step(x, state)[0] - m.step(x, state)[0]).abs().max() > 1e-3  # frozen weights: stale until refresh
+        step.refresh()
     torch.testing.assert_close(step(x, state)[0], m.step(x, state)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_step_auto_picks_aot_only_for_real_states():
+    from ssmkit.models.fast_step import AOTStep, aot_unsupported
+
+    s4d = SequenceModel(1, 2, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None)
+    assert aot_unsupported(s4d, s4d.default_state(1, real=True)) is None
+    assert isinstance(s4d.compile_step(), AOTStep)
+    s4 = SequenceModel(1, 2, d_model=8, n_layers=1, layer=dict(kernel="s4", d_state=8), pool=None)
+    assert "complex" in aot_unsupported(s4, s4.default_state(1, real=True))
+    assert not isinstance(s4.compile_step(), AOTStep)
+    attn = SequenceModel(1, 2, d_model=8, n_layers=1, layer=dict(kernel="attn"), pool=None)
+    assert "attention" in aot_unsupported(attn, attn.default_state(1, real=True))
+    with pytest.raises(ValueError, match="auto, aot or inductor"):
+        s4d.compile_step("fast")
+    with pytest.raises(ValueError, match="complex"):
+        AOTStep(s4)(torch.randn(1, 1), s4.default_state(1))

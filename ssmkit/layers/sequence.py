@@ -171,9 +171,18 @@ class SequenceLayer(nn.Module):
         return y.flatten(1, 2)
 
     def _output(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, C*H, L) -> dropout -> output map -> (B, L, H)."""
-        y = self.dropout(y).transpose(-1, -2)
-        return self.out(y)
+        """(B, C*H, L) -> dropout -> output map -> (B, H, L).
+
+        The output map is applied channels-first as a 1x1 convolution with the ``nn.Linear`` weights
+        (the parameters and state dict are those of ``self.out``): no transposes, and its gradient
+        arrives in the layout the activation saved, which is ~1.5x faster forward+backward on CPU than
+        ``nn.Linear`` on a transposed view (docs/performance.md)."""
+        y = self.dropout(y)
+        linear = self.out[0] if isinstance(self.out, nn.Sequential) else self.out
+        if not isinstance(linear, nn.Linear):
+            return y
+        y = F.conv1d(y, linear.weight.unsqueeze(-1), linear.bias)
+        return F.glu(y, dim=1) if linear is not self.out else y
 
     def forward(
         self,
@@ -210,8 +219,10 @@ class SequenceLayer(nn.Module):
             y = fftconv(u, k, k_bwd)  # (B, C', H, L)
             if k_state is not None:
                 y = y + k_state.to(y.dtype)
-            y = self._output(self._mix(y))  # (B, L, H)
+            y = self._output(self._mix(y))  # (B, H, L)
+            y = y if self.transposed else y.transpose(-1, -2)
             next_state = self.kernel.forward_state(u, state, rate=rate) if return_state else None
+            return (y, next_state) if return_state else y
         y = y.transpose(-1, -2) if self.transposed else y
         return (y, next_state) if return_state else y
 
@@ -246,4 +257,4 @@ class SequenceLayer(nn.Module):
         if self.D is not None:
             y = y + x.unsqueeze(1) * self.D.to(x.dtype)
         y = self._mix(y.unsqueeze(-1))  # (B, C*H, 1)
-        return self._output(y).squeeze(-2), state
+        return self._output(y).squeeze(-1), state

@@ -9,7 +9,9 @@ Sections:
           per point (peak RSS above the pre-run RSS), with the bare FFT convolution of the same shape
           (``floor``) and the kernel generation alone (``kernel ms``: forward+backward of kernel(L)).
   large   DLR N=4096, H=32, L=2^20 and S4D H=256, N=64, L=2^18, forward+backward, B=1 (peak RSS).
-  step    recurrent steps per second of a 6-layer S4D SequenceModel (d_model 128) at batch 1.
+  naive   the FFT convolution written as the reference layers write it (autograd through the FFTs).
+  step    recurrent steps per second of a 6-layer S4D SequenceModel (d_model 128) at batch 1, eager and
+          with ``compile_step()``.
 """
 from __future__ import annotations
 
@@ -48,7 +50,27 @@ def kernel_only_ms(kernel: str, backend: str, H: int, N: int, L: int, repeat: in
     return statistics.median(times) * 1e3
 
 
-def step_rate(n_layers: int = 6, d_model: int = 128, steps: int = 2000) -> float:
+def naive_floor_ms(B: int, H: int, L: int, repeat: int = 3) -> float:
+    """The FFT convolution as the reference layers write it (autograd through rfft, mul, irfft): the
+    floor their times contain. ``floor`` in the table is ssmkit's own ``fftconv`` (hand-written backward)."""
+    u = torch.randn(B, H, L, requires_grad=True)
+    k = torch.randn(H, L, requires_grad=True)
+
+    def run():
+        y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]
+        y.sum().backward()
+
+    run()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def step_rate(n_layers: int = 6, d_model: int = 128, steps: int = 2000) -> dict:
+    """Steps/s of the whole-model recurrent step at batch 1, eager and ``compile_step()`` (AOTInductor)."""
     from ssmkit.models.sequence import SequenceModel
 
     model = SequenceModel(d_model, d_model, d_model=d_model, n_layers=n_layers, layer={"kernel": "s4d", "d_state": 64})
@@ -57,16 +79,22 @@ def step_rate(n_layers: int = 6, d_model: int = 128, steps: int = 2000) -> float
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a step is ~100 tiny ops: extra threads only add synchronisation
     x = torch.randn(steps, 1, d_model)
-    state = model.default_state(1)
-    with torch.no_grad():
-        for t in range(50):  # warm-up
-            _, state = model.step(x[t], state)
-        t0 = time.perf_counter()
-        for t in range(steps):
-            _, state = model.step(x[t], state)
-    rate = steps / (time.perf_counter() - t0)
+    rates = {}
+    t0 = time.perf_counter()
+    fast = model.compile_step("aot")
+    fast(x[0], model.default_state(1, real=True))
+    rates["compile_s"] = time.perf_counter() - t0
+    for name, step, state in (("eager", model.step, model.default_state(1)),
+                              ("aot", fast, model.default_state(1, real=True))):
+        with torch.inference_mode():
+            for t in range(50):  # warm-up
+                _, state = step(x[t], state)
+            t0 = time.perf_counter()
+            for t in range(steps):
+                _, state = step(x[t], state)
+        rates[name] = steps / (time.perf_counter() - t0)
     torch.set_num_threads(threads)
-    return rate
+    return rates
 
 
 def main() -> None:
@@ -94,9 +122,13 @@ def main() -> None:
             continue
         print(f"{kernel:8} {backend:10} {row['time_ms']:9.0f} {row['floor_ms']:9.0f} {row['ratio']:6.2f} "
               f"{row['kernel_ms']:9.1f} {row['peak_mb']:8.0f} {row['speedup_vs_reference']:6.2f}x", flush=True)
-    rate = step_rate()
-    results["step"] = {"model": "6-layer S4D, d_model 128, d_state 64, batch 1", "steps_per_s": rate}
-    print(f"step: 6-layer S4D d_model 128, batch 1: {rate:,.0f} steps/s", flush=True)
+    naive = naive_floor_ms(B, H, L, args.repeat)
+    results["naive_floor_ms"] = naive
+    print(f"reference-style FFT convolution (autograd through rfft/irfft), same shape: {naive:.0f} ms", flush=True)
+    rates = step_rate()
+    results["step"] = {"model": "6-layer S4D, d_model 128, d_state 64, batch 1, 1 thread", "steps_per_s": rates}
+    print(f"step: 6-layer S4D d_model 128, batch 1: eager {rates['eager']:,.0f} steps/s, compile_step() "
+          f"{rates['aot']:,.0f} steps/s (compiled in {rates['compile_s']:.0f} s)", flush=True)
     if args.large:
         for kernel, H_, N_, L_ in (("s4d", 256, 64, 1 << 18), ("dlr", 32, 4096, 1 << 20)):
             spec = dict(common, kernel=kernel, length=L_, backend="auto", batch=1, d_model=H_, d_state=N_, repeat=1,

@@ -4,7 +4,7 @@ A checkpoint is a directory ``checkpoints/step-00001200/`` holding
 
 - ``model.safetensors``: the weights,
 - ``optimizer.pt``: the optimizer state (tensors and numbers only; loaded with ``weights_only=True``),
-- ``rng.pt``: the torch RNG state of the main process, and of every process in a multi-process run
+- ``rng.pt``: the torch RNG state of the main process, and the CPU and GPU generator states of every process
   (byte tensors; ``weights_only=True``),
 - ``state.json``: step, epoch, batches done in the epoch, best metric, scheduler state, Python/NumPy RNG,
 - ``recipe.yaml``: the resolved recipe.
@@ -62,11 +62,25 @@ def set_rng_state(json_state: dict, torch_state: torch.Tensor) -> None:
     torch.set_rng_state(torch_state)
 
 
+def device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The generator state of an accelerator device (dropout on a GPU draws from it), None on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return None
+
+
+def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
+    if state is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+
+
 def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, state: dict, recipe_yaml: str,
-                    best: bool = False, keep: int = 1, rng_by_rank: list[torch.Tensor] | None = None) -> Path:
+                    best: bool = False, keep: int = 1, rng_by_rank: list[torch.Tensor] | None = None,
+                    device_rng_by_rank: list[torch.Tensor | None] | None = None) -> Path:
     """Writes ``checkpoints/step-XXXXXXXX`` atomically, moves the pointers, prunes old step checkpoints.
 
-    ``rng_by_rank``: every process's torch RNG state (so dropout continues exactly on each of them)."""
+    ``rng_by_rank``: every process's torch CPU RNG state, ``device_rng_by_rank`` its GPU generator state
+    (None on CPU), so dropout continues exactly on each of them."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:08d}"
@@ -77,7 +91,8 @@ def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, sta
     save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state["step"])})
     torch.save(optimizer_state, tmp / "optimizer.pt")
     rng_json, rng_torch = rng_state()
-    torch.save({"torch": rng_torch, "by_rank": list(rng_by_rank or [])}, tmp / "rng.pt")
+    torch.save({"torch": rng_torch, "by_rank": list(rng_by_rank or []),
+                "device_by_rank": list(device_rng_by_rank or [])}, tmp / "rng.pt")
     _fsync_write(tmp / "state.json", json.dumps({**state, "rng": rng_json}))
     _fsync_write(tmp / "recipe.yaml", recipe_yaml)
     for f in tmp.iterdir():
@@ -138,6 +153,7 @@ def load_checkpoint(ckpt: Path) -> dict:
             "optimizer": torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True),
             "rng_torch": rng["torch"],
             "rng_by_rank": rng.get("by_rank") or [],
+            "device_rng_by_rank": rng.get("device_by_rank") or [],
             "state": json.loads((ckpt / "state.json").read_text()),
             "recipe_yaml": (ckpt / "recipe.yaml").read_text(),
         }

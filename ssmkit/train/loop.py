@@ -38,7 +38,14 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gat
 from ssmkit.errors import RecipeError, UserError
 from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
 from ssmkit.recipe import Recipe, build_model, build_task, validate
-from ssmkit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from ssmkit.train.checkpoint import (
+    device_rng_state,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_device_rng_state,
+    set_rng_state,
+)
 from ssmkit.train.optim import build_optimizer, build_scheduler, describe_groups, param_groups
 from ssmkit.train.progress import Progress
 from ssmkit.train.rundir import append_metrics, new_run_dir, truncate_metrics, write_json
@@ -270,6 +277,9 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
         # Each process continues its own dropout stream; on another process count, all take the main one's.
         same_layout = len(by_rank) == accelerator.num_processes
         set_rng_state(state["rng"], by_rank[accelerator.process_index] if same_layout else saved["rng_torch"])
+        device_by_rank = saved["device_rng_by_rank"]
+        if same_layout and len(device_by_rank) == accelerator.num_processes:
+            set_device_rng_state(accelerator.device, device_by_rank[accelerator.process_index])
         step, epoch, batch_in_epoch, best = state["step"], state["epoch"], state["batch_in_epoch"], state.get("best")
         if accelerator.is_main_process:
             truncate_metrics(run_path, step)
@@ -278,13 +288,15 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     def checkpoint(metric: float | None = None, is_best: bool = False) -> None:
         accelerator.wait_for_everyone()
         model_state, optimizer_state = _full_states(accelerator, model, optimizer)  # collective under FSDP
-        rng_by_rank = gather_object([torch.get_rng_state()]) if accelerator.num_processes > 1 else None
+        mine = (torch.get_rng_state(), device_rng_state(accelerator.device))
+        pairs = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
         if accelerator.is_main_process:
             state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": best,
                      "metric": metric, "main_metric": task.main_metric, "scheduler": scheduler.state_dict(),
                      "processes": accelerator.num_processes}
             save_checkpoint(run_path, model_state, optimizer_state,
-                            state, recipe.to_yaml(), best=is_best, keep=cfg.keep_checkpoints, rng_by_rank=rng_by_rank)
+                            state, recipe.to_yaml(), best=is_best, keep=cfg.keep_checkpoints,
+                            rng_by_rank=[p[0] for p in pairs], device_rng_by_rank=[p[1] for p in pairs])
         accelerator.wait_for_everyone()
 
     def run_eval() -> dict:

@@ -84,6 +84,23 @@ def test_resume_continues_exactly_and_eval_reproduces(tmp_path):
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
 
 
+def test_gpu_generator_state_is_saved_and_restored(tmp_path, monkeypatch):
+    """Dropout on a GPU draws from the device generator: a checkpoint keeps it and resume puts it back.
+    (No GPU here: the device boundary, ssmkit.train.checkpoint.device_rng_state/set_device_rng_state, is faked.)"""
+    import ssmkit.train.loop as loop
+
+    generator = {"state": torch.tensor([7, 7, 7], dtype=torch.uint8)}
+    monkeypatch.setattr(loop, "device_rng_state", lambda device: generator["state"].clone())
+    monkeypatch.setattr(loop, "set_device_rng_state", lambda device, state: generator.update(state=state))
+    first = train(validate(tiny(tmp_path, max_steps=4)))
+    saved = load_checkpoint(find_checkpoint(first["run_dir"]))
+    assert [t.tolist() for t in saved["device_rng_by_rank"]] == [[7, 7, 7]]
+    generator["state"] = torch.tensor([1, 2, 3], dtype=torch.uint8)  # the generator moved on since
+    train(validate(tiny(tmp_path, max_steps=6)), resume=first["run_dir"])
+    assert load_checkpoint(find_checkpoint(first["run_dir"]))["state"]["step"] == 6
+    assert generator["state"].tolist() == [7, 7, 7]  # resume restored the saved device state
+
+
 def _start(tmp_path, **train_options) -> tuple[subprocess.Popen, Path]:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny(tmp_path, **train_options)))

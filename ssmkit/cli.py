@@ -135,33 +135,25 @@ def train(
             if value is not None:
                 args += [flag, str(value)]
         sys.exit(launch_local(processes, ["train", *args, *(["--dry-run"] if dry_run else [])]))
+    from ssmkit.train.launch import end_distributed_worker, leave_distributed_worker
+
     console = _console(err=False)
     try:
         summary = run_training(parsed, run_dir=run_dir, resume=resume, max_steps=max_steps, dry_run=dry_run,
                                console=console)
     except BaseException:
-        _end_process_group(barrier=False)  # another rank may never reach a barrier
+        end_distributed_worker(barrier=False)  # another rank may never reach a barrier
         raise
-    _end_process_group(barrier=True)
-    if dry_run or not _is_main():
-        return
-    final = summary["final"]
-    metric = f"val/{summary['main_metric']}"
-    status = "finished" if summary["status"] == "finished" else "stopped (resume with: ssmkit train --resume " + summary["run_dir"] + ")"
-    console.print(f"{status}: {summary['step']} steps in {summary['time_s']:.1f}s; {metric} = {_fmt(final.get(metric))}")
-    console.print(f"run directory: {summary['run_dir']}")
-    console.print(f"evaluate it:   ssmkit eval {summary['run_dir']}")
-
-
-def _end_process_group(barrier: bool) -> None:
-    """Ends a distributed run cleanly: all ranks meet, then the process group (and gloo's threads) is torn
-    down before the interpreter exits; exiting with it alive can abort a rank ("terminate called ...")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        if barrier:
-            dist.barrier()
-        dist.destroy_process_group()
+    distributed = end_distributed_worker(barrier=True)
+    if not dry_run and _is_main():
+        final = summary["final"]
+        metric = f"val/{summary['main_metric']}"
+        status = "finished" if summary["status"] == "finished" else "stopped (resume with: ssmkit train --resume " + summary["run_dir"] + ")"
+        console.print(f"{status}: {summary['step']} steps in {summary['time_s']:.1f}s; {metric} = {_fmt(final.get(metric))}")
+        console.print(f"run directory: {summary['run_dir']}")
+        console.print(f"evaluate it:   ssmkit eval {summary['run_dir']}")
+    if distributed:
+        leave_distributed_worker(0)
 
 
 @app.command("eval")

@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from ssmkit.recipe import build_task, validate
+from ssmkit.train.launch import end_distributed_worker, leave_distributed_worker
 from ssmkit.train.loop import evaluate, make_loader, train
 
 out = Path(sys.argv[1])
@@ -67,5 +68,5 @@ if acc.is_main_process:
         "half": half,
     }
     (out / "result.json").write_text(json.dumps(result))
-acc.wait_for_everyone()
-torch.distributed.destroy_process_group()  # tear gloo down before exit (as the CLI does)
+end_distributed_worker(barrier=True)  # as the CLI does: tear gloo down, then leave without finalization
+leave_distributed_worker(0)

@@ -29,6 +29,19 @@ def _lookup(spec, key: str, default):
     return default if spec is None else spec
 
 
+def _dense_grad(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient with the parameter's row-major strides. A (C=1, H, N, 2) parameter read through
+    ``view_as_complex`` gets a gradient whose size-1 dimension has another stride; DDP then warns on every
+    step ("grad strides do not match bucket view strides") and copies it into its bucket the slow way."""
+    expected, step = [], 1
+    for size in reversed(grad.shape):
+        expected.append(step)
+        step *= size
+    if grad.stride() == tuple(reversed(expected)):
+        return grad
+    return grad.new_empty(grad.shape).copy_(grad)
+
+
 class Kernel(nn.Module):
     """Base class: parameter registration with per-parameter lr / weight decay, and the step API.
 
@@ -75,6 +88,7 @@ class Kernel(nn.Module):
             self.register_buffer(name, tensor)
             return
         self.register_parameter(name, nn.Parameter(tensor))
+        getattr(self, name).register_hook(_dense_grad)
         optim = {}
         wd = _lookup(self._wd, key, 0.0 if ssm else None)
         if wd is not None:

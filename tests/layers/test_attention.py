@@ -194,33 +194,6 @@ def test_sequence_model_with_attention_steps_like_its_forward():
     torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-4, atol=1e-5)
 
 
-def test_tiny_model_learns_a_shift():
-    torch.manual_seed(0)
-    L, shift = 16, 3
-    model = SequenceModel(1, 1, d_model=16, n_layers=1, pool=None, layer={"kernel": "attn", "n_heads": 2, "output": "linear"})
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(1)
-
-    def batch():
-        x = torch.randn(32, L, 1, generator=gen)
-        y = torch.zeros_like(x)
-        y[:, shift:] = x[:, :-shift]
-        return x, y
-
-    x_val, y_val = batch()
-    with torch.no_grad():
-        before = (model(x_val) - y_val).square().mean().item()
-    for _ in range(300):
-        x, y = batch()
-        loss = (model(x) - y).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        after = (model(x_val) - y_val).square().mean().item()
-    assert after < 0.1 and after < 0.1 * before, (before, after)
-
-
 def test_layer_refuses_channels_for_a_mixer():
     with pytest.raises(ValueError, match="token mixer: it has no channels"):
         SequenceLayer(8, kernel="attn", channels=2)

@@ -24,7 +24,7 @@ def dlr_layer(d_state: int, lr: float, kernel_to_real: str = "real") -> dict:
 
 def dss_layer(d_state: int, lr: float) -> dict:
     return {"kernel": "dss", "version": "exp", "Lambda_init": "lin", "d_state": d_state, "dt_min": 1.0e-4,
-            "dt_max": 1.0e-2, "activation": "gelu", "output": "linear", "lr": lr}
+            "dt_max": 1.0e-2, "kernel_to_real": "real", "activation": "gelu", "output": "linear", "lr": lr}
 
 
 def attn_layer() -> dict:
@@ -76,8 +76,6 @@ def atomic() -> None:
             f"attention the other way round. {NO_TABLE}.",
             f"Hardware: {hardware}. CPU-scale version measured here: recipes/quick/atomic-*.yaml, docs/results.md.",
         ]
-        if layer["kernel"] == "dss":
-            header.append("Note: ssmkit's DSS takes the real part of the kernel (the README's kernel_to_real=real).")
         write(ROOT / "atomic" / f"{file}.yaml", header, recipe(f"atomic-{file}", desc, task, layers, 128, layer, lr, batch, 12))
     for file, words, layer, lr in (("mips-dlr-1x4096", "DLR", dlr_layer(4096, 1e-4), 1e-4),
                                    ("mips-dss-exp-1x4096", "DSS-EXP", dss_layer(4096, 1e-3), 1e-3),

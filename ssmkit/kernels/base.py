@@ -29,6 +29,32 @@ def _lookup(spec, key: str, default):
     return default if spec is None else spec
 
 
+#: How a complex kernel becomes the real one (DLR paper code, ``cast_kernel``): the real part, the
+#: imaginary part, their sum, their product ("DLR-prod"), or Re for the first half of the features and
+#: Re * Im for the rest. Only the first three are linear in the kernel, so only they keep a recurrence.
+KERNEL_TO_REAL = ("real", "imag", "sum", "prod", "real-prod")
+LINEAR_TO_REAL = ("real", "imag", "sum")
+
+
+def complex_to_real(K: torch.Tensor, mode: str, feature_dim: int = -2) -> torch.Tensor:
+    """Complex kernel or response -> real, by ``mode`` (one of ``KERNEL_TO_REAL``); ``feature_dim`` is
+    the H dimension (used by ``real-prod``)."""
+    if mode == "real":
+        return K.real
+    if mode == "imag":
+        return K.imag
+    if mode == "sum":
+        return K.real + K.imag
+    prod = K.real * K.imag
+    if mode == "prod":
+        return prod
+    if mode != "real-prod":
+        raise ValueError(f"unknown kernel_to_real {mode!r}; choose one of {', '.join(KERNEL_TO_REAL)}")
+    half = K.shape[feature_dim] // 2
+    return torch.cat([K.real.narrow(feature_dim, 0, half), prod.narrow(feature_dim, half, K.shape[feature_dim] - half)],
+                     dim=feature_dim)
+
+
 def _dense_grad(grad: torch.Tensor) -> torch.Tensor:
     """The gradient with the parameter's row-major strides. A (C=1, H, N, 2) parameter read through
     ``view_as_complex`` gets a gradient whose size-1 dimension has another stride; DDP then warns on every

@@ -29,13 +29,12 @@ import math
 
 import torch
 
-from ssmkit.kernels.base import Kernel, log_uniform
+from ssmkit.kernels.base import KERNEL_TO_REAL, LINEAR_TO_REAL, Kernel, complex_to_real, log_uniform
 from ssmkit.ops.vandermonde import BACKENDS, log_vandermonde, log_vandermonde_transpose
 
 LAMBDA_INITS = ("omega", "randn")
 VERSIONS = ("", "Lambda_imag", "Lambda_imag_W_real", "Lambda_real_W_real")
-KERNEL_TO_REAL = ("real", "imag", "sum", "prod", "real-prod")
-_LINEAR_TO_REAL = ("real", "imag", "sum")
+
 _STATE_CHUNK = 1 << 12
 
 
@@ -126,7 +125,7 @@ class DLRKernel(Kernel):
                 setattr(self, attr, {**spec, "Lambda_re": spec["Lambda"]})
         self.N, self.Lambda_init, self.version, self.kernel_to_real = d_state, Lambda_init, version, kernel_to_real
         self.max_kernel_length, self.backend = max_kernel_length, backend
-        self.has_state = kernel_to_real in _LINEAR_TO_REAL and max_kernel_length is None
+        self.has_state = kernel_to_real in LINEAR_TO_REAL and max_kernel_length is None
         self.learn_re = version in ("", "Lambda_real_W_real")
         self.learn_im = version != "Lambda_real_W_real"
         self.complex_W = version in ("", "Lambda_imag")
@@ -161,18 +160,7 @@ class DLRKernel(Kernel):
 
     def to_real(self, K: torch.Tensor) -> torch.Tensor:
         """Complex kernel or response (..., H, L) -> real, by ``kernel_to_real``."""
-        mode = self.kernel_to_real
-        if mode == "real":
-            return K.real
-        if mode == "imag":
-            return K.imag
-        if mode == "sum":
-            return K.real + K.imag
-        prod = K.real * K.imag
-        if mode == "prod":
-            return prod
-        half = self.H // 2  # real-prod: Re for features < H//2, Re * Im for the rest
-        return torch.cat([K.real[..., :half, :], prod[..., half:, :]], dim=-2)
+        return complex_to_real(K, self.kernel_to_real)
 
     def _check_rate(self, rate: float) -> None:
         if rate != 1.0:
@@ -183,7 +171,7 @@ class DLRKernel(Kernel):
     def _no_state(self) -> ValueError:
         why = (
             f"kernel_to_real={self.kernel_to_real!r} multiplies two responses"
-            if self.kernel_to_real not in _LINEAR_TO_REAL
+            if self.kernel_to_real not in LINEAR_TO_REAL
             else f"max_kernel_length={self.max_kernel_length} cuts the kernel"
         )
         return ValueError(f"this DLR kernel has no recurrent state: {why}; use kernel_to_real real/imag/sum "

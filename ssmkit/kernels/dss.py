@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.kernels.base import Kernel, log_uniform
+from ssmkit.kernels.base import KERNEL_TO_REAL, LINEAR_TO_REAL, Kernel, complex_to_real, log_uniform
 from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
 from ssmkit.ops.vandermonde import BACKENDS, log_vandermonde, log_vandermonde_transpose
 
@@ -96,6 +96,9 @@ class DSSKernel(Kernel):
         dt_min, dt_max: the step sizes are log-uniform in [dt_min, dt_max] (stored as log dt).
         softmax_length: version softmax only: normalise over this fixed length S instead of the input
             length; gives the kernel a recurrence (see the module docstring). None: the paper's kernel.
+        kernel_to_real: how the complex sum becomes the real kernel: ``real`` (the paper), ``imag``,
+            ``sum``, ``prod`` (Re * Im) or ``real-prod`` (the DLR repository's options). The products are
+            not linear in the states, so with them the kernel has no recurrence.
         lr, wd: per-parameter learning rate / weight decay, a float or a dict with keys Lambda, W, log_dt
             (the DSS paper's code uses 1e-3 for all three, wd 0). lr 0 (or null in the dict) freezes it.
         backend: Vandermonde backend (see ``ssmkit.ops.vandermonde``).
@@ -117,6 +120,7 @@ class DSSKernel(Kernel):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         softmax_length: int | None = None,
+        kernel_to_real: str = "real",
         lr=None,
         wd=None,
         backend: str = "auto",
@@ -125,6 +129,7 @@ class DSSKernel(Kernel):
         _check_choice("version", version, VERSIONS)
         _check_choice("Lambda_init", Lambda_init, LAMBDA_INITS)
         _check_choice("Vandermonde backend", backend, BACKENDS)
+        _check_choice("kernel_to_real", kernel_to_real, KERNEL_TO_REAL)
         if d_state <= 0:
             raise ValueError(f"d_state must be positive, got {d_state}")
         if softmax_length is not None:
@@ -134,7 +139,8 @@ class DSSKernel(Kernel):
                 raise ValueError(f"softmax_length must be a positive integer or null, got {softmax_length}")
         self.N, self.version, self.Lambda_init, self.backend = d_state, version, Lambda_init, backend
         self.sep_dt_re_im, self.softmax_length = sep_dt_re_im, softmax_length
-        self.has_state = version == "exp" or softmax_length is not None
+        self.kernel_to_real = kernel_to_real
+        self.has_state = (version == "exp" or softmax_length is not None) and kernel_to_real in LINEAR_TO_REAL
 
         Lam = dss_lambda_init(Lambda_init, d_state, version)  # (N,)
         if version == "exp":
@@ -198,33 +204,40 @@ class DSSKernel(Kernel):
     def forward(self, L: int, rate: float = 1.0, state: torch.Tensor | None = None):
         """K (C, H, L); and, given a state (B, H, N), K_state (B, C, H, L): the free response to it."""
         if state is not None and not self.has_state:
-            raise ValueError(_NO_STATE)
+            raise ValueError(self._no_state())
         Lam, z = self._z(rate)
         W = torch.view_as_complex(self.W)  # (C, H, N)
         if self.version == "exp":
-            K = log_vandermonde(W * (_expm1(z) * _reciprocal(Lam)), z, L, self.backend).real  # (C, H, L)
+            K = log_vandermonde(W * (_expm1(z) * _reciprocal(Lam)), z, L, self.backend)  # (C, H, L) complex
         else:
             S = self.softmax_length or L
             flip, w, c = self._softmax_parts(Lam, z, S)
             v = W * c  # (C, H, N)
-            K = torch.zeros(W.shape[0], self.H, L, dtype=W.real.dtype, device=W.device)
+            K = torch.zeros(W.shape[0], self.H, L, dtype=W.dtype, device=W.device)
             if not bool(flip.all()):
-                K = K + log_vandermonde(torch.where(flip, 0, v), w, L, self.backend).real
+                K = K + log_vandermonde(torch.where(flip, 0, v), w, L, self.backend)
             if bool(flip.any()):
                 # c exp(w (S-1-l)) for l < L is, with m = L-1-l, c exp(w (S-L)) exp(w m): reversed in l.
                 v_end = torch.where(flip, v * torch.exp(w * (S - L)), 0)
-                K = K + log_vandermonde(v_end, w, L, self.backend).real.flip(-1)
+                K = K + log_vandermonde(v_end, w, L, self.backend).flip(-1)
+        K = complex_to_real(K, self.kernel_to_real)
         K_state = None
         if state is not None:
             _, _, Wc = self.discretize(rate)
             v = Wc.unsqueeze(0) * (torch.exp(z) * state).unsqueeze(1)  # (B, C, H, N)
-            K_state = log_vandermonde(v, z, L, self.backend).real  # (B, C, H, L)
+            K_state = complex_to_real(log_vandermonde(v, z, L, self.backend), self.kernel_to_real)  # (B, C, H, L)
         return K, K_state
+
+    def _no_state(self) -> str:
+        if self.kernel_to_real not in LINEAR_TO_REAL:
+            return (f"DSS with kernel_to_real={self.kernel_to_real!r} multiplies two responses, so it has no "
+                    "recurrence; use kernel_to_real real/imag/sum for step/state")
+        return _NO_STATE
 
     def forward_state(self, u: torch.Tensor, state: torch.Tensor, rate: float = 1.0) -> torch.Tensor:
         """The state after reading u (B, H, L) from ``state`` (B, H, N): dA^L s + sum_l dA^(L-1-l) dB u_l."""
         if not self.has_state:
-            raise ValueError(_NO_STATE)
+            raise ValueError(self._no_state())
         z, dB, _ = self.discretize(rate)
         L = u.shape[-1]
         return torch.exp(z * L) * state + log_vandermonde_transpose(u, dB, z, L)
@@ -232,14 +245,14 @@ class DSSKernel(Kernel):
     # --- recurrent mode ---
     def default_state(self, *batch_shape: int, device=None) -> torch.Tensor:
         if not self.has_state:
-            raise ValueError(_NO_STATE)
+            raise ValueError(self._no_state())
         ref = self.Lambda_im
         dtype = torch.complex128 if ref.dtype == torch.float64 else torch.complex64
         return torch.zeros(*batch_shape, self.H, self.N, dtype=dtype, device=device or ref.device)
 
     def setup_step(self, rate: float = 1.0) -> None:
         if not self.has_state:
-            raise ValueError(_NO_STATE)
+            raise ValueError(self._no_state())
         z, dB, W = self.discretize(rate)
         self._step = (torch.exp(z).detach(), dB.detach(), W.detach())
 
@@ -249,5 +262,5 @@ class DSSKernel(Kernel):
             self.setup_step()
         dA, dB, W = self._step
         state = dA * state + dB * u.unsqueeze(-1)  # (B, H, N)
-        y = torch.einsum("chn,bhn->bch", W, state).real
+        y = complex_to_real(torch.einsum("chn,bhn->bch", W, state), self.kernel_to_real)
         return y.to(u.dtype), state

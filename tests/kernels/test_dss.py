@@ -8,6 +8,7 @@ import torch
 from helpers import run_steps
 
 from ssmkit import SequenceLayer, param_groups
+from ssmkit.kernels.base import KERNEL_TO_REAL
 from ssmkit.kernels.dss import LAMBDA_INITS, VERSIONS, DSSKernel
 
 
@@ -27,7 +28,7 @@ def reference_kernel(k: DSSKernel, L: int, rate: float = 1.0) -> np.ndarray:
     W = _np(k.W)[..., 0] + 1j * _np(k.W)[..., 1]
     C, H, N = W.shape
     ell = np.arange(L)
-    K = np.zeros((C, H, L))
+    K = np.zeros((C, H, L), dtype=complex)
     for h in range(H):
         for n in range(N):
             if k.sep_dt_re_im:
@@ -41,8 +42,18 @@ def reference_kernel(k: DSSKernel, L: int, rate: float = 1.0) -> np.ndarray:
                 logits = z * np.arange(S)
                 shift = logits.real.max()
                 term = np.exp(z * ell - shift) / np.exp(logits - shift).sum() / Lam[n]
-            K[:, h, :] += np.real(W[:, h, n, None] * term[None, :])
-    return K
+            K[:, h, :] += W[:, h, n, None] * term[None, :]
+    return to_real(K, k.kernel_to_real)
+
+
+def to_real(K: np.ndarray, mode: str, feature_axis: int = -2) -> np.ndarray:
+    """The DLR repository's cast_kernel options, in numpy."""
+    re, im = K.real, K.imag
+    if mode == "real-prod":
+        H = K.shape[feature_axis]
+        keep = (np.arange(H) < H // 2).reshape([-1 if a == feature_axis % K.ndim else 1 for a in range(K.ndim)])
+        return np.where(keep, re, re * im)
+    return {"real": re, "imag": im, "sum": re + im, "prod": re * im}[mode]
 
 
 def rel(a, b) -> float:
@@ -63,6 +74,22 @@ def test_kernel_matches_explicit_sum(version, Lambda_init, sep_dt_re_im):
     K, _ = k(40)
     assert K.shape == (2, 3, 40)
     assert rel(K, reference_kernel(k, 40)) < 1e-9
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("mode", KERNEL_TO_REAL)
+def test_kernel_to_real_matches_explicit_sum(version, mode):
+    torch.manual_seed(0)
+    k = DSSKernel(4, d_state=8, channels=2, version=version, Lambda_init="lin", kernel_to_real=mode).double()
+    assert rel(k(30)[0], reference_kernel(k, 30)) < 1e-9
+    assert k.has_state == (version == "exp" and mode in ("real", "imag", "sum"))
+
+
+def test_product_kernels_have_no_state():
+    layer = SequenceLayer(4, kernel="dss", kernel_to_real="prod")
+    assert not layer.has_state
+    with pytest.raises(ValueError, match="kernel_to_real='prod' multiplies two responses"):
+        layer.kernel.default_state(2)
 
 
 @pytest.mark.parametrize("L", [10, 16, 40])
@@ -152,7 +179,8 @@ def test_gradients_reach_every_parameter(version):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-STEP_CASES = [dict(version="exp"), dict(version="softmax", Lambda_init="randn", softmax_length=20)]
+STEP_CASES = [dict(version="exp"), dict(version="softmax", Lambda_init="randn", softmax_length=20),
+              dict(version="exp", kernel_to_real="sum"), dict(version="exp", kernel_to_real="imag")]
 
 
 def direct_recurrence(k: DSSKernel, u: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +199,7 @@ def direct_recurrence(k: DSSKernel, u: np.ndarray, s0: np.ndarray) -> tuple[np.n
     s, ys = s0, []
     for t in range(u.shape[-1]):
         s = np.exp(z) * s + dB * u[:, :, t, None]
-        ys.append(np.einsum("chn,bhn->bch", W, s).real)
+        ys.append(to_real(np.einsum("chn,bhn->bch", W, s), k.kernel_to_real, feature_axis=-1))
     return np.stack(ys, -1), s
 
 
@@ -243,6 +271,7 @@ OPTION_VALUES = {
     "Lambda_init": list(LAMBDA_INITS),
     "sep_dt_re_im": [False, True],
     "softmax_length": [None, 12],
+    "kernel_to_real": list(KERNEL_TO_REAL),
     "channels": [1, 3],
     "backend": ["auto", "torch", "chunked"],
     "lr": [None, 1e-3, {"Lambda": 1e-3, "W": None, "log_dt": 0.0}],

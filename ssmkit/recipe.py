@@ -74,6 +74,8 @@ class SchedulerConfig:
     name: str = _f("constant", "constant, cosine, linear (all with warmup) or plateau", choices=SCHEDULERS)
     warmup_steps: int = _f(0, "linear warmup from 0 over this many optimizer steps", low=0)
     min_lr_ratio: float = _f(0.0, "cosine/linear decay ends at lr * min_lr_ratio", low=0.0, high=1.0)
+    interval: str = _f("step", "step: the decay moves every optimizer step; epoch: once per epoch (warmup stays per step)",
+                       choices=("step", "epoch"))
     factor: float = _f(0.5, "plateau: multiply lr by this when the metric stalls", low=0.0, low_open=True, high=1.0, high_open=True)
     patience: int = _f(5, "plateau: evaluations without improvement before reducing lr", low=0)
 

@@ -246,7 +246,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     batches_per_epoch = len(train_loader)  # this process's share
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, recipe.scheduler, total_steps, mode=task.main_mode)
+    scheduler = build_scheduler(optimizer, recipe.scheduler, total_steps, mode=task.main_mode, steps_per_epoch=steps_per_epoch)
     if batches_per_epoch == 0:
         raise RecipeError(
             f"{recipe.source}: train.batch_size={cfg.batch_size} x {accelerator.num_processes} process(es) is larger "

@@ -55,16 +55,21 @@ def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {config.name!r}; choose one of adamw, sgd")
 
 
-def lr_factor(step: int, name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+def lr_factor(step: int, name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
+              steps_per_epoch: int | None = None) -> float:
     """The multiplier of every group's lr after ``step`` optimizer steps.
 
     Linear warmup from 0 over ``warmup_steps``, then ``constant``; ``cosine`` decay to ``min_lr_ratio``
-    at ``total_steps`` (and held there, it does not rise again); ``linear`` decay likewise.
+    at ``total_steps`` (and held there, it does not rise again); ``linear`` decay likewise. With
+    ``steps_per_epoch`` the decay moves only at epoch boundaries (the S4 code's ``interval: epoch``, e.g.
+    ``CosineAnnealingLR`` stepped once per epoch in the S4D example); warmup stays per step.
     """
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     if name == "constant":
         return 1.0
+    if steps_per_epoch:
+        step = step // steps_per_epoch * steps_per_epoch
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if name == "cosine":
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -73,13 +78,16 @@ def lr_factor(step: int, name: str, warmup_steps: int, total_steps: int, min_lr_
     raise ValueError(f"unknown schedule {name!r}; choose one of constant, cosine, linear, plateau")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config, total_steps: int, mode: str = "min"):
-    """A ``LambdaLR`` stepped once per optimizer step (whatever the number of processes), or
+def build_scheduler(optimizer: torch.optim.Optimizer, config, total_steps: int, mode: str = "min",
+                    steps_per_epoch: int | None = None):
+    """A ``LambdaLR`` stepped once per optimizer step (whatever the number of processes; with
+    ``config.interval == "epoch"`` its decay changes once per epoch of ``steps_per_epoch``), or
     ``ReduceLROnPlateau`` stepped once per evaluation with the task's main metric."""
     if config.name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=config.factor, patience=config.patience)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         functools.partial(lr_factor, name=config.name, warmup_steps=config.warmup_steps,
-                          total_steps=total_steps, min_lr_ratio=config.min_lr_ratio),
+                          total_steps=total_steps, min_lr_ratio=config.min_lr_ratio,
+                          steps_per_epoch=steps_per_epoch if config.interval == "epoch" else None),
     )

@@ -58,34 +58,68 @@ def fftconv(
     return y.to(dtype)
 
 
+#: Rows (one (b, h) pair each) of length-n FFTs that one block of the convolution handles: blocks of
+#: ~2^19 samples keep the padded input, its spectrum, the product and the inverse in cache.
+BLOCK_SAMPLES = 1 << 19
+
+
+def _blocks(B: int, H: int, n: int):
+    """(batch slice, feature slice) blocks covering the B x H rows, each about ``BLOCK_SAMPLES`` samples
+    (several batch entries per block when one entry's H rows are fewer)."""
+    rows = max(1, BLOCK_SAMPLES // n)
+    if rows >= H:
+        bc = max(1, rows // H)
+        for b0 in range(0, B, bc):
+            yield slice(b0, min(B, b0 + bc)), slice(0, H)
+        return
+    for b in range(B):
+        for h0 in range(0, H, rows):
+            yield slice(b, b + 1), slice(h0, min(H, h0 + rows))
+
+
 class _FFTConv(torch.autograd.Function):
-    """y = irfft(rfft(u, n) rfft(k, n), n)[:L] with a hand-written backward.
+    """y = irfft(rfft(u, n) rfft(k, n), n)[:L], blocked over rows, with a hand-written backward.
 
     The adjoint of a (zero-padded, hence non-wrapping) circular convolution is the circular
     correlation, so with G = rfft(dy, n):  du = irfft(sum_c G conj(K), n)[:L] and
-    dk = irfft(sum_b G conj(U), n)[:Lk]. That is one forward FFT and two inverse FFTs (one of them
-    only C x H), with no zero-padded gradient buffers or Hermitian fix-ups: about 1.6x faster than
-    autograd through the same three FFT calls (docs/performance.md).
+    dk = irfft(sum_b G conj(U), n)[:Lk]: one forward FFT and one inverse FFT per row, plus one inverse
+    FFT per kernel row. Every step runs on blocks of rows small enough to stay in cache (``_blocks``),
+    and writes straight into the contiguous output: no (B, C, H, n) temporaries, no zero-padded gradient
+    buffers. About 2x faster than one big call of each op, and ~4x faster than autograd through the same
+    FFTs at B=8, H=128, L=4096 on 2 CPU cores (docs/performance.md).
     """
 
     @staticmethod
     def forward(ctx, u, k, n):
-        U = torch.fft.rfft(u, n=n)  # (B, H, n/2+1)
+        B, H, L = u.shape
+        C = k.shape[0]
         K = torch.fft.rfft(k, n=n)  # (C, H, n/2+1)
+        U = torch.empty(B, H, n // 2 + 1, dtype=K.dtype, device=u.device)
+        y = torch.empty(B, C, H, L, dtype=u.dtype, device=u.device)
+        for bs, hs in _blocks(B, H, n):
+            Ub = torch.fft.rfft(u[bs, hs], n=n)  # (b, h, n/2+1)
+            U[bs, hs] = Ub
+            y[bs, :, hs] = torch.fft.irfft(Ub.unsqueeze(1) * K[:, hs], n=n)[..., :L]
         ctx.save_for_backward(U, K)
-        ctx.n, ctx.L, ctx.Lk = n, u.shape[-1], k.shape[-1]
-        return torch.fft.irfft(U.unsqueeze(1) * K, n=n)[..., : ctx.L]
+        ctx.n, ctx.L, ctx.Lk = n, L, k.shape[-1]
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         U, K = ctx.saved_tensors
-        n = ctx.n
-        G = torch.fft.rfft(dy, n=n)  # (B, C, H, n/2+1)
-        du = dk = None
-        if ctx.needs_input_grad[0]:
-            GK = G.squeeze(1) * K.squeeze(0).conj() if G.shape[1] == 1 else (G * K.conj()).sum(1)
-            du = torch.fft.irfft(GK, n=n)[..., : ctx.L]
-        if ctx.needs_input_grad[1]:
-            dk = torch.fft.irfft(torch.einsum("bchf,bhf->chf", G, U.conj()), n=n)[..., : ctx.Lk]
+        n, L = ctx.n, ctx.L
+        B, H, _ = U.shape
+        need_u, need_k = ctx.needs_input_grad[:2]
+        du = torch.empty(B, H, L, dtype=dy.dtype, device=dy.device) if need_u else None
+        dK = torch.zeros_like(K) if need_k else None
+        Kc = K.conj()
+        for bs, hs in _blocks(B, H, n):
+            G = torch.fft.rfft(dy[bs, :, hs], n=n)  # (b, C, h, n/2+1)
+            if need_u:
+                GK = (G * Kc[:, hs]).sum(1) if G.shape[1] > 1 else G[:, 0] * Kc[0, hs]
+                du[bs, hs] = torch.fft.irfft(GK, n=n)[..., :L]
+            if need_k:
+                dK[:, hs] += (G * U[bs, hs].conj().unsqueeze(1)).sum(0)
+        dk = torch.fft.irfft(dK, n=n)[..., : ctx.Lk] if need_k else None
         return du, dk, None

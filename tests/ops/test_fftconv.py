@@ -77,3 +77,22 @@ def test_fft_len_is_smooth_and_large_enough():
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="expects u"):
         fftconv(torch.randn(3, 4), torch.randn(1, 3, 4))
+
+
+@pytest.mark.parametrize("block", [32, 64, 7 * 32])  # one row per block; 2 features; 2 whole batch entries
+def test_blocked_convolution_equals_direct_in_value_and_gradient(monkeypatch, block):
+    """Blocks that split features within a batch entry, and blocks that hold several batch entries."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("ssmkit.ops.fftconv"), "BLOCK_SAMPLES", block)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 3, 16, dtype=torch.float64, generator=g, requires_grad=True)  # n = 32
+    k = torch.randn(2, 3, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    kr = torch.randn(2, 3, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    dy = torch.randn(3, 2, 3, 16, dtype=torch.float64, generator=g)
+    y = fftconv(u, k, kr)
+    torch.testing.assert_close(y, direct_conv(u, k, kr))
+    got = torch.autograd.grad(y, (u, k, kr), dy)
+    want = torch.autograd.grad(direct_conv(u, k, kr), (u, k, kr), dy)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

@@ -24,18 +24,20 @@ import torch
 
 from ssmkit import profile
 
-LAYER_POINTS = [  # (kernel, backend)
-    ("s4d", "chunked"), ("s4d", "torch"),
-    ("s4", "extension"), ("s4", "chunked"), ("s4", "torch"),
-    ("dss", "chunked"), ("dss", "torch"),
-    ("dlr", "chunked"), ("dlr", "torch"),
-    ("sgconv", "auto"),
+LAYER_POINTS = [  # (kernel, backend, output map)
+    ("s4d", "chunked", "glu"), ("s4d", "torch", "glu"),
+    ("s4", "extension", "glu"), ("s4", "chunked", "glu"), ("s4", "torch", "glu"),
+    ("dss", "chunked", "glu"), ("dss", "torch", "glu"),
+    ("dlr", "chunked", "glu"), ("dlr", "torch", "glu"),
+    ("sgconv", "auto", "glu"),
+    # the DLR repository's layers (DSS-exp, DLR, SGConv) map C*H -> H with one Linear, no GLU
+    ("dss", "chunked", "linear"), ("dlr", "chunked", "linear"), ("sgconv", "auto", "linear"),
 ]
 REFERENCE = {"s4d": 1.14, "s4": 2.08, "dss": 1.69, "dlr": 0.27, "sgconv": 0.24}  # DESIGN.md, seconds
 
 
 def kernel_only_ms(kernel: str, backend: str, H: int, N: int, L: int, repeat: int = 3) -> float:
-    layer = profile._build_layer(kernel, H, N, backend)
+    layer = profile._build_layer(kernel, H, N, backend, L)
 
     def run():
         K, _ = layer.kernel(L)
@@ -69,30 +71,25 @@ def naive_floor_ms(B: int, H: int, L: int, repeat: int = 3) -> float:
     return statistics.median(times) * 1e3
 
 
-def step_rate(n_layers: int = 6, d_model: int = 128, steps: int = 2000) -> dict:
-    """Steps/s of the whole-model recurrent step at batch 1, eager and ``compile_step()`` (AOTInductor)."""
+def step_rate(n_layers: int = 6, d_model: int = 128) -> dict:
+    """Steps/s of the whole-model recurrent step at batch 1 (features in = out = d_model), eager and
+    ``compile_step()`` (AOTInductor), on one thread; timed like scripts/bench_step.py."""
+    from bench_step import steps_per_second
+
     from ssmkit.models.sequence import SequenceModel
 
-    model = SequenceModel(d_model, d_model, d_model=d_model, n_layers=n_layers, layer={"kernel": "s4d", "d_state": 64})
-    model.eval()
+    model = SequenceModel(d_model, d_model, d_model=d_model, n_layers=n_layers, pool=None,
+                          layer={"kernel": "s4d", "d_state": 64}).eval()
     model.setup_step()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a step is ~100 tiny ops: extra threads only add synchronisation
-    x = torch.randn(steps, 1, d_model)
-    rates = {}
+    x = torch.randn(1, d_model)
+    rates = {"eager": steps_per_second(model.step, x, model.default_state(1))}
     t0 = time.perf_counter()
     fast = model.compile_step("aot")
-    fast(x[0], model.default_state(1, real=True))
+    fast(x, model.default_state(1, real=True))
     rates["compile_s"] = time.perf_counter() - t0
-    for name, step, state in (("eager", model.step, model.default_state(1)),
-                              ("aot", fast, model.default_state(1, real=True))):
-        with torch.inference_mode():
-            for t in range(50):  # warm-up
-                _, state = step(x[t], state)
-            t0 = time.perf_counter()
-            for t in range(steps):
-                _, state = step(x[t], state)
-        rates[name] = steps / (time.perf_counter() - t0)
+    rates["aot"] = steps_per_second(fast, x, model.default_state(1, real=True))
     torch.set_num_threads(threads)
     return rates
 
@@ -110,17 +107,18 @@ def main() -> None:
                   threads=args.threads)
     results = {"machine": profile.machine(), "layer": [], "large": [], "step": None}
     print(f"machine: {results['machine']}")
-    print(f"{'kernel':8} {'backend':10} {'layer ms':>9} {'floor ms':>9} {'ratio':>6} {'kernel ms':>9} "
+    print(f"{'kernel':8} {'backend':10} {'output':7} {'layer ms':>9} {'floor ms':>9} {'ratio':>6} {'kernel ms':>9} "
           f"{'peak MB':>8} {'vs ref':>7}")
-    for kernel, backend in LAYER_POINTS:
-        row = profile.run_point({"kernel": kernel, "length": L, "backend": backend, **common})
+    for kernel, backend, output in LAYER_POINTS:
+        row = profile.run_point({"kernel": kernel, "length": L, "backend": backend, "output": output, **common})
+        row["output"] = output
         row["kernel_ms"] = kernel_only_ms(kernel, backend, H, N, L, args.repeat) if row["status"] == "ok" else None
         row["speedup_vs_reference"] = REFERENCE[kernel] * 1e3 / row["time_ms"] if row["time_ms"] else None
         results["layer"].append(row)
         if row["status"] != "ok":
-            print(f"{kernel:8} {backend:10} {row['status']}")
+            print(f"{kernel:8} {backend:10} {output:7} {row['status']}")
             continue
-        print(f"{kernel:8} {backend:10} {row['time_ms']:9.0f} {row['floor_ms']:9.0f} {row['ratio']:6.2f} "
+        print(f"{kernel:8} {backend:10} {output:7} {row['time_ms']:9.0f} {row['floor_ms']:9.0f} {row['ratio']:6.2f} "
               f"{row['kernel_ms']:9.1f} {row['peak_mb']:8.0f} {row['speedup_vs_reference']:6.2f}x", flush=True)
     naive = naive_floor_ms(B, H, L, args.repeat)
     results["naive_floor_ms"] = naive

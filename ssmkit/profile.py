@@ -121,7 +121,10 @@ def _timed(fn, device: torch.device, repeat: int) -> float:
     return statistics.median(times)
 
 
-def _build_layer(kernel: str, H: int, N: int, backend: str):
+OUTPUTS = ("glu", "linear", "none")
+
+
+def _build_layer(kernel: str, H: int, N: int, backend: str, L: int | None = None, output: str = "glu"):
     from ssmkit.kernels import KERNELS
     from ssmkit.layers.sequence import SequenceLayer
 
@@ -132,7 +135,9 @@ def _build_layer(kernel: str, H: int, N: int, backend: str):
         opts["d_state"] = N
     if "backend" in params:
         opts["backend"] = backend
-    return SequenceLayer(H, kernel=kernel, **opts)
+    if "l_max" in params and L is not None:
+        opts["l_max"] = L  # SGConv: a kernel as long as the input, like the others
+    return SequenceLayer(H, kernel=kernel, output=None if output == "none" else output, **opts)
 
 
 def _floor_fn(B: int, H: int, L: int, mode: str, device: torch.device):
@@ -152,6 +157,7 @@ def _floor_fn(B: int, H: int, L: int, mode: str, device: torch.device):
 def measure_point(
     kernel: str, length: int, mode: str, backend: str, batch: int, d_model: int, d_state: int,
     repeat: int = 3, floor: bool = True, device: str = "cpu", threads: int | None = None, step_tokens: int = 1000,
+    output: str = "glu",
 ) -> dict:
     """Measures one point in this process; returns a :class:`Point` as a dict."""
     if threads:
@@ -163,7 +169,7 @@ def measure_point(
         if kernel not in _registry():
             pt.status = f"not registered yet (available: {', '.join(_registry().names())})"
             return asdict(pt)
-        layer = _build_layer(kernel, H, d_state, backend).to(dev)
+        layer = _build_layer(kernel, H, d_state, backend, L, output).to(dev)
         if mode == "step":
             if not layer.has_state:
                 pt.status = f"{kernel} has no recurrent step"
@@ -331,6 +337,7 @@ def register(app) -> None:
         batch: int = typer.Option(8, help="B"),
         backend: str = typer.Option("auto", help="Cauchy/Vandermonde backend: auto|torch|chunked|keops|extension"),
         mode: str = typer.Option("fwd+bwd", help="fwd | fwd+bwd | step"),
+        output: str = typer.Option("glu", help="the layer's output map: glu (default layer) | linear | none"),
         repeat: int = typer.Option(3, help="timed repetitions per point (median), after one warm-up"),
         floor: bool = typer.Option(True, help="also time the bare FFT convolution of the same shape"),
         isolate: bool = typer.Option(True, help="one child process per point (honest peak memory)"),
@@ -343,6 +350,8 @@ def register(app) -> None:
 
         if mode not in MODES:
             raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
+        if output not in OUTPUTS:
+            raise UserError(f"unknown --output {output!r}; choose one of {', '.join(OUTPUTS)}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
@@ -357,7 +366,7 @@ def register(app) -> None:
                       f"B={batch}, H={d_model}, N={d_state}, {torch.get_num_threads()} threads)")
         rows = sweep(kernels, lengths, isolate=isolate, mode=mode, backend=backend, batch=batch, d_model=d_model,
                      d_state=d_state, repeat=repeat, floor=floor and mode != "step", device=device,
-                     threads=torch.get_num_threads(),
+                     threads=torch.get_num_threads(), output=output,
                      progress=lambda r: console.print(f"  {r['kernel']} L={r['length']}: {r['status']}"
                                                       + (f", {r['time_ms']:.2f} ms" if r["time_ms"] else "")))
         console.print(table(rows))

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 import typer
 from PIL import Image
 from typer.testing import CliRunner
@@ -61,3 +62,14 @@ def test_step_mode_and_bad_mode():
     assert row["status"] == "ok" and row["tokens_per_s"] > 0
     result = CliRunner().invoke(app(), ["profile", "--mode", "backward"])
     assert result.exit_code != 0
+
+
+def test_output_map_is_chosen_and_checked(monkeypatch):
+    built = []
+    real = profile._build_layer
+    monkeypatch.setattr(profile, "_build_layer", lambda *a: built.append(real(*a)) or built[-1])
+    assert profile.measure_point("sgconv", 16, "fwd", "auto", 1, 4, 4, repeat=1, output="linear")["status"] == "ok"
+    layer = built[-1]
+    assert isinstance(layer.out, torch.nn.Linear) and layer.kernel.l_max == 16  # SGConv spans the input
+    result = CliRunner().invoke(app(), ["profile", "--output", "gated"])
+    assert isinstance(result.exception, UserError) and "glu, linear, none" in str(result.exception)

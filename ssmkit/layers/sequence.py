@@ -256,5 +256,5 @@ class SequenceLayer(nn.Module):
         y, state = self.kernel.step(x, state)  # (B, C', H)
         if self.D is not None:
             y = y + x.unsqueeze(1) * self.D.to(x.dtype)
-        y = self._mix(y.unsqueeze(-1))  # (B, C*H, 1)
-        return self._output(y).squeeze(-1), state
+        y = self.dropout(self._mix(y.unsqueeze(-1)).squeeze(-1))  # (B, C*H)
+        return self.out(y), state  # one token: nn.Linear (+ GLU) on (B, C*H) is the cheaper call

@@ -105,11 +105,26 @@ def check_auto() -> list[Check]:
     ]
 
 
+def check_compiled_step() -> Check:
+    """What ``SequenceModel.compile_step()`` can use: AOTInductor needs torch.export and a C++ compiler."""
+    import shutil
+
+    if not hasattr(torch, "export") or not hasattr(torch._inductor, "aoti_compile_and_package"):
+        return Check("compile_step", WARN, f"torch {torch.__version__} has no AOTInductor: torch.compile only",
+                     "torch >= 2.6 for the ahead-of-time compiled step")
+    compiler = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if compiler is None:
+        return Check("compile_step", WARN, "no C++ compiler on PATH: compile_step() cannot build its library",
+                     "install g++ (e.g. apt-get install g++) for the compiled recurrent step")
+    return Check("compile_step", OK, f"AOTInductor with {shutil.which(compiler)} (whole-model step in C++)")
+
+
 def run_checks() -> list[Check]:
     rows = check_torch()
     rows.append(_version("accelerate", "pip install accelerate"))
     rows.append(check_keops())
     rows.extend(check_extension())
+    rows.append(check_compiled_step())
     rows.append(_version("torchvision", "pip install 'ssmkit[vision]' (image tasks)"))
     rows.append(_version("torchaudio", "pip install 'ssmkit[audio]' (speech tasks)"))
     rows.append(_version("soundfile", "pip install 'ssmkit[audio]'; on Linux also `apt-get install libsndfile1`"))

@@ -10,7 +10,7 @@ def test_checks_cover_the_components_and_missing_ones_have_a_fix():
     rows = doctor.run_checks()
     names = {r.component for r in rows}
     for expected in ("torch", "CUDA", "accelerate", "pykeops", "extension (CPU)", "torchvision", "torchaudio",
-                     "soundfile", "auto: cauchy", "auto: vandermonde"):
+                     "soundfile", "auto: cauchy", "auto: vandermonde", "compile_step"):
         assert expected in names
     for r in rows:
         assert r.status in (doctor.OK, doctor.WARN, doctor.MISSING)
@@ -29,6 +29,15 @@ def test_missing_extension_says_why_and_how_to_fix(monkeypatch):
     (row,) = doctor.check_extension()
     assert row.status == doctor.MISSING and "(test)" in row.detail and "./extensions/cauchy" in row.fix
     backends.reset()
+
+
+def test_compiled_step_check_names_the_missing_compiler(monkeypatch):
+    import shutil
+
+    assert doctor.check_compiled_step().status == doctor.OK  # g++ is here (the extension needs it too)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    row = doctor.check_compiled_step()
+    assert row.status == doctor.WARN and "no C++ compiler" in row.detail and "g++" in row.fix
 
 
 def test_doctor_command_prints_a_table():

@@ -81,12 +81,18 @@ class AOTStep:
         self.model.eval()
         self.model.setup_step()
         key = self._signature(x, state)
-        with torch.no_grad():
-            exported = torch.export.export(_Step(self.model), (x, *state))
-            path = self._dir / f"step-{len(self._runs)}.pt2"
-            package = torch._inductor.aoti_compile_and_package(
-                exported, package_path=str(path), inductor_configs=self.options
-            )
+        try:
+            with torch.no_grad():
+                exported = torch.export.export(_Step(self.model), (x, *state))
+                path = self._dir / f"step-{len(self._runs)}.pt2"
+                package = torch._inductor.aoti_compile_and_package(
+                    exported, package_path=str(path), inductor_configs=self.options
+                )
+        except Exception as e:  # export and inductor raise many types; keep the cause, say what to do
+            raise RuntimeError(
+                f"compile_step('aot') could not compile this model's step ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); use compile_step('inductor') or model.step"
+            ) from e
         runner = torch._inductor.aoti_load_package(package).loader.run  # skips per-call pytree parsing
         self._runs[key] = runner
         return runner

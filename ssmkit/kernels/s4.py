@@ -285,8 +285,10 @@ class S4Kernel(Kernel):
         z, gain = roots_of_unity_nodes(Lk, work, device=v.device)
         w = (dt[:, None] * Lambda).to(work)
         k = cauchy(v.to(work), z, w, conj=True, backend=self.backend)  # (C + r, n_in + r, H, F)
-        k00, k01 = k[:n_c, :n_in], k[:n_c, n_in:]
-        k10, k11 = k[n_c:, :n_in], k[n_c:, n_in:]
+        # split, not slices: a slice's backward zero-fills a tensor of k's full size, four times over
+        top, bottom = k.split([n_c, k.shape[0] - n_c], dim=0)
+        k00, k01 = top.split([n_in, k.shape[1] - n_in], dim=1)
+        k10, k11 = bottom.split([n_in, k.shape[1] - n_in], dim=1)
         k_f = (k00 - self._woodbury(k01, k11, k10)) * gain  # (C, n_in, H, F)
         if Lk % 2 == 0:
             # omega = -1: K^ = Ct dt B / 2 over the full state, i.e. dt Re(sum_n Ct_n B_n).

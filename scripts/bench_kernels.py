@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
@@ -43,13 +42,7 @@ def kernel_only_ms(kernel: str, backend: str, H: int, N: int, L: int, repeat: in
         K, _ = layer.kernel(L)
         K.sum().backward()
 
-    run()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return profile.median_ms(run, repeat)
 
 
 def naive_floor_ms(B: int, H: int, L: int, repeat: int = 3) -> float:
@@ -62,13 +55,7 @@ def naive_floor_ms(B: int, H: int, L: int, repeat: int = 3) -> float:
         y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]
         y.sum().backward()
 
-    run()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return profile.median_ms(run, repeat)
 
 
 def step_rate(n_layers: int = 6, d_model: int = 128) -> dict:

@@ -5,24 +5,13 @@ and in the default layer (GELU, Linear + GLU), forward+backward, B=8, H=128, N=6
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ssmkit import SequenceLayer
 from ssmkit.ops.fftconv import fftconv
+from ssmkit.profile import median_ms
 
 B, H, L = 8, 128, 4096
-
-
-def median_ms(fn, repeats: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[repeats // 2] * 1000
 
 
 def main() -> None:

@@ -109,6 +109,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_ms(fn, repeat: int = 5, device: torch.device | str = "cpu") -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeat`` calls, after one warm-up call."""
+    return _timed(fn, torch.device(device), repeat) * 1e3
+
+
 def _timed(fn, device: torch.device, repeat: int) -> float:
     fn()  # warm-up (allocations, keops/cuFFT plans)
     times = []

@@ -1,4 +1,5 @@
 """Helpers shared by several test files."""
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -25,3 +26,15 @@ class MaxTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.max_numel = max(self.max_numel, t.numel())
         return out
+
+
+def np_to_real(K: np.ndarray, mode: str, feature_axis: int = -2) -> np.ndarray:
+    """The DLR paper's kernel_to_real in numpy: real, imag, sum, prod, real-prod (Re on the first H//2
+    features along ``feature_axis``, Re * Im on the rest)."""
+    re, im = K.real, K.imag
+    if mode == "real-prod":
+        H = K.shape[feature_axis]
+        shape = [1] * K.ndim
+        shape[feature_axis] = H
+        return np.where((np.arange(H) < H // 2).reshape(shape), re, re * im)
+    return {"real": re, "imag": im, "sum": re + im, "prod": re * im}[mode]

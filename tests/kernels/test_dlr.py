@@ -7,6 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import np_to_real as to_real
 from helpers import run_steps
 
 import ssmkit.kernels.dlr as dlr_module
@@ -37,22 +38,6 @@ def complex_kernel(k: DLRKernel, L: int) -> np.ndarray:
     for n in range(k.N):
         K += W[:, :, n, None] * lam[n] ** np.arange(L)
     return K
-
-
-def to_real(K: np.ndarray, mode: str) -> np.ndarray:
-    """The DLR paper's kernel_to_real, written out: real, imag, sum, prod, real-prod (Re on the first H//2)."""
-    if mode == "real":
-        return K.real
-    if mode == "imag":
-        return K.imag
-    if mode == "sum":
-        return K.real + K.imag
-    if mode == "prod":
-        return K.real * K.imag
-    out = K.real * K.imag
-    half = K.shape[-2] // 2
-    out[..., :half, :] = K.real[..., :half, :]
-    return out
 
 
 def rel(a, b) -> float:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import np_to_real as to_real
 from helpers import run_steps
 
 from ssmkit import SequenceLayer, param_groups
@@ -44,16 +45,6 @@ def reference_kernel(k: DSSKernel, L: int, rate: float = 1.0) -> np.ndarray:
                 term = np.exp(z * ell - shift) / np.exp(logits - shift).sum() / Lam[n]
             K[:, h, :] += W[:, h, n, None] * term[None, :]
     return to_real(K, k.kernel_to_real)
-
-
-def to_real(K: np.ndarray, mode: str, feature_axis: int = -2) -> np.ndarray:
-    """The DLR repository's cast_kernel options, in numpy."""
-    re, im = K.real, K.imag
-    if mode == "real-prod":
-        H = K.shape[feature_axis]
-        keep = (np.arange(H) < H // 2).reshape([-1 if a == feature_axis % K.ndim else 1 for a in range(K.ndim)])
-        return np.where(keep, re, re * im)
-    return {"real": re, "imag": im, "sum": re + im, "prod": re * im}[mode]
 
 
 def rel(a, b) -> float:

@@ -40,9 +40,14 @@ def test_torch_backend_matches_explicit_sum(N, L):
 
 
 @pytest.mark.parametrize("N,L", SIZES)
-@pytest.mark.parametrize("budget", [vandermonde.CHUNK_ELEMENTS, 6 * 3 * 6])  # one block; blocks of 9
-def test_chunked_equals_torch(N, L, budget):
+@pytest.mark.parametrize(
+    "shared,budget",
+    [(False, vandermonde.CHUNK_ELEMENTS), (False, 6 * 3 * 6),  # one block; blocks of 9
+     (True, vandermonde.CHUNK_ELEMENTS), (True, 5)],  # x (N,) shared by all rows (DLR): blocks of 5 // N or 1
+)
+def test_chunked_equals_torch(N, L, shared, budget):
     v, x = problem(N)
+    x = x[0] if shared else x
     ref, ref_g = grads(vandermonde.log_vandermonde_torch, v, x, L)
     out, out_g = grads(lambda *a: vandermonde.log_vandermonde_chunked(*a, budget=budget * N), v, x, L)
     torch.testing.assert_close(out, explicit(v, x, L))
@@ -116,20 +121,6 @@ def test_float32_long_kernels_keep_their_phase():
     ref_state = v.to(torch.complex128) * (u.double() * torch.exp(x.to(torch.complex128)[:, None] * (L - 1 - ell))).sum(1)
     state = vandermonde.log_vandermonde_transpose(u, v, x, L)
     assert ((state - ref_state).abs().norm() / ref_state.abs().norm()).item() < 1e-4
-
-
-@pytest.mark.parametrize("N,L", SIZES)
-@pytest.mark.parametrize("budget", [vandermonde.CHUNK_ELEMENTS, 5])  # one block; blocks of 5 // N or 1
-def test_chunked_with_shared_nodes_equals_torch(N, L, budget):
-    """x (N,) shared by all rows (DLR) takes the one-Vandermonde-block-per-GEMM path."""
-    v, x = problem(N)
-    x = x[0]  # (N,)
-    ref, ref_g = grads(vandermonde.log_vandermonde_torch, v, x, L)
-    out, out_g = grads(lambda *a: vandermonde.log_vandermonde_chunked(*a, budget=budget * N), v, x, L)
-    torch.testing.assert_close(out, explicit(v, x, L))
-    torch.testing.assert_close(out, ref)
-    for a, b in zip(out_g, ref_g):
-        torch.testing.assert_close(a, b)
 
 
 def test_shared_nodes_memory_is_bounded_forward_and_backward():

@@ -95,17 +95,32 @@ def cauchy_keops(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool =
     return torch.view_as_complex(r.contiguous()).reshape(*shape[:-1], L)
 
 
+def _pole_dims(w_shape: torch.Size, shape: torch.Size) -> torch.Size | None:
+    """The dimensions (before N) that w spans, if w broadcast to ``shape`` (..., N) is only repeated over
+    the leading ones: then flattened row b of the broadcast uses w row b % P, P = their product."""
+    w_dims = [1] * (len(shape) - len(w_shape)) + list(w_shape)
+    k = len(shape) - 1
+    while k > 0 and w_dims[k - 1] == shape[k - 1]:
+        k -= 1
+    return None if any(d != 1 for d in w_dims[:k]) else shape[k:-1]
+
+
 class _ExtensionCauchy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, z, w, conj):
         ext = _b.probe_extension().module
         shape = torch.broadcast_shapes(v.shape, w.shape)
         batch, N = math.prod(shape[:-1]), shape[-1]
+        dims = _pole_dims(w.shape, shape) if getattr(ext, "shares_poles", False) else None
         v2 = v.expand(shape).reshape(batch, N).resolve_conj().contiguous()
-        w2 = w.expand(shape).reshape(batch, N).resolve_conj().contiguous()
+        if dims is None:  # every row gets its own copy of its poles
+            dims = shape[:-1]
+            w2 = w.expand(shape).reshape(batch, N).resolve_conj().contiguous()
+        else:  # rows share poles: the extension forms each 1/(z - w) once for all of them
+            w2 = w.reshape(math.prod(dims), N).resolve_conj().contiguous()
         z2 = z.resolve_conj().contiguous()
         ctx.save_for_backward(v2, z2, w2)
-        ctx.conj, ctx.shape, ctx.v_shape, ctx.w_shape = conj, shape, v.shape, w.shape
+        ctx.conj, ctx.shape, ctx.v_shape, ctx.w_shape, ctx.w_dims = conj, shape, v.shape, w.shape, dims
         return ext.cauchy_fwd(v2, z2, w2, conj).reshape(*shape[:-1], z.shape[0])
 
     @staticmethod
@@ -113,9 +128,9 @@ class _ExtensionCauchy(torch.autograd.Function):
         ext = _b.probe_extension().module
         v2, z2, w2 = ctx.saved_tensors
         g = grad.reshape(v2.shape[0], z2.shape[0]).resolve_conj().contiguous()
-        dv, dw = ext.cauchy_bwd(v2, z2, w2, g, ctx.conj)
+        dv, dw = ext.cauchy_bwd(v2, z2, w2, g, ctx.conj)  # dw: one row per pole row, summed over sharers
         dv = dv.reshape(ctx.shape).sum_to_size(ctx.v_shape) if ctx.needs_input_grad[0] else None
-        dw = dw.reshape(ctx.shape).sum_to_size(ctx.w_shape) if ctx.needs_input_grad[2] else None
+        dw = dw.reshape(*ctx.w_dims, ctx.shape[-1]).sum_to_size(ctx.w_shape) if ctx.needs_input_grad[2] else None
         return dv, None, dw, None
 
 

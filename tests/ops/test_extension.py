@@ -46,10 +46,31 @@ def test_complex64_forward_and_gradient_close_to_float64(batch, N, L, conj):
     assert ((dw.to(torch.complex128) - rw).abs().max() / rw.abs().max()) < 1e-4
 
 
+@pytest.mark.parametrize("conj", [True, False])
+def test_rows_sharing_poles_equal_the_explicit_sum(conj):
+    """w (P, N) for v (R * P, N): row b uses poles b % P; dw sums over the R rows that share them."""
+    R, P, N, L = 3, 2, 17, 300
+    v, z, w = data(R * P, N, L, torch.complex64)
+    w = w[:P].contiguous()
+    w_rows = w.repeat(R, 1)
+    out = probe.module.cauchy_fwd(v, z, w, conj)
+    ref = explicit(v, z, w_rows, conj)
+    assert ((out.to(torch.complex128) - ref).abs().max() / ref.abs().max()) < 1e-5
+    g = torch.randn(R * P, L, dtype=torch.complex64)
+    dv, dw = probe.module.cauchy_bwd(v, z, w, g, conj)
+    assert dw.shape == (P, N)
+    v128, w128 = v.to(torch.complex128).requires_grad_(), w.to(torch.complex128).requires_grad_()
+    rv, rw = torch.autograd.grad(explicit(v128, z, w128.repeat(R, 1), conj), (v128, w128), g.to(torch.complex128))
+    assert ((dv.to(torch.complex128) - rv).abs().max() / rv.abs().max()) < 1e-4
+    assert ((dw.to(torch.complex128) - rw).abs().max() / rw.abs().max()) < 1e-4
+
+
 def test_bad_inputs_raise_a_clear_error():
     v, z, w = data(2, 3, 4, torch.complex64)
-    with pytest.raises(RuntimeError, match="same shape"):
+    with pytest.raises(RuntimeError, match="P dividing v's batch"):
         probe.module.cauchy_fwd(v, z, w[:, :2], True)
+    with pytest.raises(RuntimeError, match="P dividing v's batch"):
+        probe.module.cauchy_fwd(v, z, torch.cat([w, w[:1]]), True)  # 3 pole rows for 2 rows of v
     with pytest.raises(RuntimeError, match="complex64 or complex128"):
         probe.module.cauchy_fwd(v.real.contiguous(), z.real.contiguous(), w.real.contiguous(), True)
 

@@ -9,7 +9,9 @@ namespace {
 
 void check_args(const at::Tensor& v, const at::Tensor& z, const at::Tensor& w) {
   TORCH_CHECK(v.dim() == 2 && w.dim() == 2, "cauchy: v and w must be (batch, N), got ", v.sizes(), " and ", w.sizes());
-  TORCH_CHECK(v.sizes() == w.sizes(), "cauchy: v and w must have the same shape, got ", v.sizes(), " and ", w.sizes());
+  TORCH_CHECK(v.size(1) == w.size(1) && w.size(0) > 0 && v.size(0) % w.size(0) == 0,
+              "cauchy: w must be (P, N) with P dividing v's batch (row b uses w row b % P), got v ", v.sizes(),
+              " and w ", w.sizes());
   TORCH_CHECK(z.dim() == 1, "cauchy: z must be (L,), got ", z.sizes());
   TORCH_CHECK(v.scalar_type() == z.scalar_type() && v.scalar_type() == w.scalar_type(),
               "cauchy: v, z, w must share one dtype");
@@ -26,7 +28,8 @@ at::Tensor cauchy_fwd(const at::Tensor& v, const at::Tensor& z, const at::Tensor
   check_args(v, z, w);
   if (is_cuda(v)) {
 #ifdef SSMKIT_WITH_CUDA
-    return cauchy_fwd_cuda(v.contiguous(), z.contiguous(), w.contiguous(), symmetric);
+    const auto reps = v.size(0) / w.size(0);  // the CUDA kernel takes one pole row per v row
+    return cauchy_fwd_cuda(v.contiguous(), z.contiguous(), w.repeat({reps, 1}).contiguous(), symmetric);
 #else
     TORCH_CHECK(false, "cauchy: this build of ssmkit_cauchy has no CUDA part");
 #endif
@@ -41,7 +44,11 @@ std::vector<at::Tensor> cauchy_bwd(const at::Tensor& v, const at::Tensor& z, con
               "cauchy: grad must be (batch, L)");
   if (is_cuda(v)) {
 #ifdef SSMKIT_WITH_CUDA
-    return cauchy_bwd_cuda(v.contiguous(), z.contiguous(), w.contiguous(), grad.contiguous(), symmetric);
+    const auto reps = v.size(0) / w.size(0);
+    auto grads = cauchy_bwd_cuda(v.contiguous(), z.contiguous(), w.repeat({reps, 1}).contiguous(), grad.contiguous(),
+                                 symmetric);
+    grads[1] = grads[1].view({reps, w.size(0), w.size(1)}).sum(0);  // (P, N): summed over the sharing rows
+    return grads;
 #else
     TORCH_CHECK(false, "cauchy: this build of ssmkit_cauchy has no CUDA part");
 #endif
@@ -64,4 +71,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cauchy_bwd", &cauchy_bwd, "Cauchy product backward -> (dv, dw)", py::arg("v"), py::arg("z"),
         py::arg("w"), py::arg("grad"), py::arg("symmetric"));
   m.def("has_cuda", &has_cuda, "whether the CUDA part was compiled");
+  m.attr("shares_poles") = true;  // w may be (P, N) with P dividing the batch (see cauchy.h)
 }

@@ -3,7 +3,9 @@
 
 #include <vector>
 
-// v, w: (batch, N) complex, z: (L,) complex, grad: (batch, L) complex; all contiguous, same dtype.
+// v: (batch, N), w: (P, N) with batch % P == 0 (row b uses w row b % P; the CUDA half needs P == batch),
+// z: (L,), grad: (batch, L); complex, contiguous, one dtype. The gradient for w is (P, N), summed over the
+// rows that share it.
 at::Tensor cauchy_fwd_cpu(const at::Tensor& v, const at::Tensor& z, const at::Tensor& w, bool symmetric);
 std::vector<at::Tensor> cauchy_bwd_cpu(const at::Tensor& v, const at::Tensor& z, const at::Tensor& w,
                                        const at::Tensor& grad, bool symmetric);

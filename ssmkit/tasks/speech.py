@@ -115,9 +115,15 @@ class _SpeechCommands(ClassificationTask):
         """(16000,) waveform -> (L, 1) raw samples at ``sample_rate`` or (T, n_mfcc) MFCC frames."""
         if self.mfcc:
             if self._mfcc is None:
+                import warnings
+
                 import torchaudio
 
-                self._mfcc = torchaudio.transforms.MFCC(sample_rate=SOURCE_RATE, n_mfcc=self.n_mfcc, log_mels=True)
+                # torchaudio's defaults (n_fft 400, 128 mels), as in the S4 code: a few of the 128 mel filters
+                # fall between FFT bins and are empty, which torchaudio warns about on every construction.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
+                    self._mfcc = torchaudio.transforms.MFCC(sample_rate=SOURCE_RATE, n_mfcc=self.n_mfcc, log_mels=True)
             return self._mfcc(wav).transpose(0, 1)  # (T, n_mfcc)
         if self.sample_rate != SOURCE_RATE:
             import torchaudio

@@ -182,8 +182,8 @@ NOTES = """## What these numbers do and do not show
 - Long Shift, SGConv at L=16384 with the paper's recipe unchanged (`recipes/dlr/long-shift/sgconv-16k.yaml`:
   kernel_dim 4096, alpha 1, lr 1e-5, 12 epochs x 2,000 steps, 37 min here at 0.09 s per step): val R^2 0.222 on
   400 sequences. It reached 0.17 after 3 epochs and then flattened (0.197, 0.209, 0.219, 0.222): at lr 1e-5 the
-  multi-scale kernel does not turn into the eight delta kernels the task needs within the paper's budget. The
-  DLR paper reports DLR ahead of SGConv on long Shift (abstract); its per-model numbers are not in our references.
+  multi-scale kernel does not turn into the eight delta kernels the task needs within the paper's budget. The DLR
+  paper's SGConv numbers for this task are not in our references, so we cannot say whether it saw the same.
 - L=64K and longer were not run: with N = L the DLR kernel costs H N L, 16x the 16K run per step.
 - Not run here (no GPU was lent to this task): every recipe in recipes/s4, s4d, dss, sgconv, lra, dlr/atomic,
   dlr/long-shift (except dlr-16k-cpu and sgconv-16k, above), and the DLR ListOpsSubTrees / PathfinderSegmentation recipes. Their targets are in the catalogue below.

@@ -63,9 +63,13 @@ class AOTStep:
     """
 
     def __init__(self, model: nn.Module, options: dict | None = None, workdir: str | Path | None = None):
+        """``options``: inductor settings (default ``AOT_OPTIONS``); ``workdir``: where to keep the compiled
+        packages (default: a temporary folder, deleted with this object)."""
         self.model = model
         self.options = dict(AOT_OPTIONS if options is None else options)
-        self._dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="ssmkit-step-"))
+        # The compiled packages live in ``workdir`` (kept) or in a temporary folder removed with this object.
+        self._tmp = tempfile.TemporaryDirectory(prefix="ssmkit-step-") if workdir is None else None
+        self._dir = Path(workdir) if workdir is not None else Path(self._tmp.name)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._runs: dict[tuple, object] = {}
 

@@ -21,10 +21,7 @@ from ssmkit.train.loop import make_loader
 from ssmkit.train.optim import build_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent / "tasks"))
-from test_images import write_cifar, write_mnist  # noqa: E402
-from test_speech import write_sc  # noqa: E402
-
-from ssmkit.tasks import listops, pathfinder  # noqa: E402
+from test_train_tasks import make_data  # noqa: E402
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = sorted(p.relative_to(RECIPES_DIR).with_suffix("").as_posix() for p in RECIPES_DIR.rglob("*.yaml"))
@@ -40,23 +37,8 @@ PATHFINDER_32 = {"pathfinder", "pathx", "pathfinder-segmentation"}
 def data_root(tmp_path_factory):
     """Tiny datasets in the real formats for every real task; ``$SSMKIT_DATA`` points here."""
     root = tmp_path_factory.mktemp("data")
-    exprs = listops.generate(12, seed=0, max_depth=5, max_args=4, min_length=5, max_length=60)
-    listops.write_listops(root / "listops", exprs, 2, 2)
-    listops.write_subtrees(root / "listops-subtrees", exprs, 2, 2)
-    pathfinder.generate(10, 32, out=pathfinder.dataset_dir(32, root=root), segmentation=True)
-    write_mnist(root)
-    write_cifar(root)
-    write_sc(root)
-    for split in ("train", "test"):
-        for cls in ("pos", "neg"):
-            d = root / "imdb" / "aclImdb" / split / cls
-            d.mkdir(parents=True)
-            for i in range(2):
-                (d / f"{i}.txt").write_text(f"a {cls} review number {i}")
-    (root / "aan").mkdir()
-    for name in ("train", "eval", "test"):
-        (root / "aan" / f"new_aan_pairs.{name}.tsv").write_text(
-            "1\tP01\tP02\tfirst paper text\tsecond paper\n0\tP03\tP04\tabc\tother text\n")
+    for name in ("listops", "listops-subtrees", "pathfinder", "smnist", "scifar", "sc10", "imdb", "aan"):
+        make_data(name, root)  # one writer per on-disk format, shared with tests/tasks/test_train_tasks.py
     old = os.environ.get("SSMKIT_DATA")
     os.environ["SSMKIT_DATA"] = str(root)
     yield root

@@ -219,10 +219,8 @@ class SequenceLayer(nn.Module):
             y = fftconv(u, k, k_bwd)  # (B, C', H, L)
             if k_state is not None:
                 y = y + k_state.to(y.dtype)
-            y = self._output(self._mix(y))  # (B, H, L)
-            y = y if self.transposed else y.transpose(-1, -2)
+            y = self._output(self._mix(y)).transpose(-1, -2)  # (B, L, H), a view of the (B, H, L) result
             next_state = self.kernel.forward_state(u, state, rate=rate) if return_state else None
-            return (y, next_state) if return_state else y
         y = y.transpose(-1, -2) if self.transposed else y
         return (y, next_state) if return_state else y
 

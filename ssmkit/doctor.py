@@ -112,11 +112,11 @@ def check_compiled_step() -> Check:
     if not hasattr(torch, "export") or not hasattr(torch._inductor, "aoti_compile_and_package"):
         return Check("compile_step", WARN, f"torch {torch.__version__} has no AOTInductor: torch.compile only",
                      "torch >= 2.6 for the ahead-of-time compiled step")
-    compiler = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    compiler = next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)  # its path
     if compiler is None:
         return Check("compile_step", WARN, "no C++ compiler on PATH: compile_step() cannot build its library",
                      "install g++ (e.g. apt-get install g++) for the compiled recurrent step")
-    return Check("compile_step", OK, f"AOTInductor with {shutil.which(compiler)} (whole-model step in C++)")
+    return Check("compile_step", OK, f"AOTInductor with {compiler} (whole-model step in C++)")
 
 
 def run_checks() -> list[Check]:

@@ -2,7 +2,7 @@
 the command.txt that scripts/run_atomic.py writes), plus the catalogue of shipped recipes with the published
 number each one targets (from its header comment).
 
-    python scripts/make_results.py --runs /tmp/ssmkit-runs --out docs/results.md
+    python scripts/make_results.py --runs runs --out docs/results.md
 
 Layout read under --runs: ``atomic/<kernel>-<task>/`` (the atomic-task grid) and ``long/<name>/`` (long Shift).
 A cell without a finished run is printed as "not run", never guessed.
@@ -29,6 +29,14 @@ PUBLISHED = {
     "mips": "SSMs struggle (abstract); attention is the reference model",
 }
 NO_TABLE = "table not in our references"
+
+
+def portable(text: str, runs: Path) -> str:
+    """``text`` with an absolute ``--runs`` folder written as ``runs``, so the page names no machine's paths."""
+    for root in {str(runs.resolve()), str(runs)}:
+        if Path(root).is_absolute():
+            text = text.replace(root, "runs")
+    return text
 
 
 def read_run(path: Path) -> dict | None:
@@ -165,9 +173,11 @@ NOTES = """## What these numbers do and do not show
   0.12-0.99, every SSM below 0.03 on masked_select and mips), and attention fails solve_fixed. Nobody learned
   context_shift, solve, reverse or sort at this budget. DLR (N = L, almost undamped) is the fastest learner of the
   SSMs here; S4D, DSS-EXP and SGConv reach R^2 0.35-0.71 on shift in 400 steps.
-- Published per-cell numbers: none could be put beside ours because the DLR paper's atomic-task table is not in our
-  references (see /work/shared/reference/dlr-dss-sgconv.md 6.1, "TODO: copy from the arXiv PDF"). The qualitative
-  column quotes the abstract.
+- Published per-cell numbers: none could be put beside ours. The DLR paper's tables (atomic tasks, LRA, Speech
+  Commands, ListOpsSubTrees, PathfinderSegmentation) are not available to us: the public copies we could read carry
+  only the abstract, and no repository holds the tables (`../shared/reference/dlr-dss-sgconv.md`, section 6.1). So
+  the published column quotes the abstract's qualitative claims, and the recipes are compared with the reference
+  code's (ag1988/dlr) commands and settings, as the catalogue below does, never with numbers filled from memory.
 - Long Shift, DLR at L=16384 **learned on this CPU**: val R^2 0.978 after 600 steps (24 min on one thread;
   0.978 also on 64 validation sequences with `ssmkit eval <run> task.val_samples=64`), with
   `recipes/dlr/long-shift/dlr-16k-cpu.yaml`. Two changes from the paper's recipe, both deliberate: N = L = 16384
@@ -195,7 +205,7 @@ NOTES = """## What these numbers do and do not show
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, default=Path("/tmp/ssmkit-runs"))
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="parent of atomic/ and long/ (default: ./runs)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     p.add_argument("--notes", type=Path, default=None, help="a Markdown file appended verbatim (findings, what was not run)")
     args = p.parse_args()
@@ -214,6 +224,7 @@ def main() -> None:
     if args.notes and args.notes.is_file():
         lines += [args.notes.read_text().rstrip(), ""]
     lines += catalogue_section()
+    lines = [portable(line, args.runs) for line in lines]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")

@@ -1,7 +1,7 @@
 """Runs the CPU-scale atomic-task grid of docs/results.md: every (kernel, task) cell is one
 ``ssmkit train recipes/quick/atomic-<kernel>.yaml task.name=<task> --max-steps N`` run.
 
-    OMP_NUM_THREADS=1 python scripts/run_atomic.py --jobs 2 --steps 400 --runs /tmp/ssmkit-runs/atomic
+    OMP_NUM_THREADS=1 python scripts/run_atomic.py --jobs 2 --steps 400 --runs runs/atomic
     python scripts/run_atomic.py --kernels dlr attn --tasks shift context_shift
 
 A cell whose run directory already holds ``summary.json`` is skipped, so the script can be re-run to
@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     p.add_argument("--steps", type=int, default=400, help="optimizer steps per cell")
-    p.add_argument("--runs", type=Path, default=Path("/tmp/ssmkit-runs/atomic"), help="parent of the run directories")
+    p.add_argument("--runs", type=Path, default=Path("runs/atomic"), help="parent of the run directories")
     p.add_argument("--jobs", type=int, default=1, help="cells trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="OMP threads per run")
     p.add_argument("extra", nargs="*", help="more key=value overrides for every cell, e.g. task.L=256")

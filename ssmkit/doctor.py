@@ -12,6 +12,7 @@ import platform
 from dataclasses import dataclass
 
 import torch
+import typer
 
 OK, WARN, MISSING = "ok", "warn", "missing"
 
@@ -62,17 +63,20 @@ def check_keops() -> Check:
                  "check that g++ works and ~/.cache/keops* is writable; `python -c 'import pykeops; pykeops.clean_pykeops()'`")
 
 
-def check_extension() -> list[Check]:
+def check_extension(build: bool = False) -> list[Check]:
+    """The compiled Cauchy product: installed, or compiled into the user's cache (``build``: compile it now
+    if it is not there; otherwise doctor only reports)."""
     from ssmkit.ops import backends, cauchy
 
-    fix = "pip install --no-build-isolation ./extensions/cauchy  (from the ssmkit source tree; needs a C++ compiler)"
-    probe = backends.probe_extension()
+    fix = ("ssmkit doctor --build  (compiles it once into the user cache; needs a C++ compiler), or from a "
+           "checkout: pip install --no-build-isolation ./extensions/cauchy")
+    probe = backends.probe_extension(build=build)
     if not probe.ok:
         return [Check("extension (CPU)", MISSING, probe.reason, fix)]
     rows = []
     test = backends.self_test("cauchy", "extension", torch.device("cpu"),
                               lambda: cauchy._self_test_error("extension", torch.device("cpu")), 1e-4)
-    rows.append(Check("extension (CPU)", OK if test.ok else WARN, f"ssmkit_cauchy: {test.reason}",
+    rows.append(Check("extension (CPU)", OK if test.ok else WARN, f"{probe.reason}; {test.reason}",
                       "" if test.ok else f"rebuild it: {fix}"))
     if probe.module.has_cuda():
         if torch.cuda.is_available():
@@ -119,11 +123,11 @@ def check_compiled_step() -> Check:
     return Check("compile_step", OK, f"AOTInductor with {compiler} (whole-model step in C++)")
 
 
-def run_checks() -> list[Check]:
+def run_checks(build: bool = False) -> list[Check]:
     rows = check_torch()
     rows.append(_version("accelerate", "pip install accelerate"))
     rows.append(check_keops())
-    rows.extend(check_extension())
+    rows.extend(check_extension(build))
     rows.append(check_compiled_step())
     rows.append(_version("torchvision", "pip install 'ssmkit[vision]' (image tasks)"))
     rows.append(_version("torchaudio", "pip install 'ssmkit[audio]' (speech tasks)"))
@@ -149,11 +153,14 @@ def register(app) -> None:
     """Adds ``ssmkit doctor`` to a Typer app."""
 
     @app.command("doctor")
-    def doctor() -> None:
+    def doctor(
+        build: bool = typer.Option(False, "--build", help="compile the C++/CUDA Cauchy extension now (once per torch "
+                                   "version) if it is not installed or cached"),
+    ) -> None:
         """Check the installation: torch, CUDA, optional packages, the compiled extension, backends."""
         from rich.console import Console
 
-        rows = run_checks()
+        rows = run_checks(build)
         console = Console()
         console.print(render(rows))
         missing = [r for r in rows if r.status != OK]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,21 +39,41 @@ _logged: set[tuple] = set()
 _warned: set[tuple] = set()
 
 
-def probe_extension() -> Probe:
-    """Imports ``ssmkit_cauchy`` once; ``Probe.reason`` says why it is missing."""
-    if "extension" not in _probes:
-        try:
-            mod = importlib.import_module("ssmkit_cauchy")
-            _probes["extension"] = Probe(True, "CUDA part built" if mod.has_cuda() else "CPU part only", mod)
-        except ImportError as e:  # not installed, or an ABI/undefined-symbol mismatch with this torch
-            _probes["extension"] = Probe(
-                False,
-                f"ssmkit_cauchy does not import ({type(e).__name__}: {e}); build it with "
-                "`pip install --no-build-isolation ./extensions/cauchy` (or `make extension`)",
-            )
-        except OSError as e:  # a shared library it links to is missing
-            _probes["extension"] = Probe(False, f"ssmkit_cauchy failed to load a library: {e}")
+def probe_extension(build: bool | None = None) -> Probe:
+    """The compiled Cauchy product, probed once; ``Probe.reason`` says why it is missing.
+
+    First the installed ``ssmkit_cauchy`` (``pip install --no-build-isolation ./extensions/cauchy``, which
+    ``make`` runs); else the copy ``ops/ext_build.py`` compiles from the sources in the package into the
+    user's cache: loaded when already built, compiled now (with a line on stderr) when ``build`` is True,
+    or when ``build`` is None and ``SSMKIT_BUILD_EXTENSION`` is not ``0``.
+    """
+    if "extension" in _probes and not (build and not _probes["extension"].ok):
+        return _probes["extension"]
+    try:
+        mod = importlib.import_module("ssmkit_cauchy")
+        _probes["extension"] = Probe(True, _describe(mod, "installed ssmkit_cauchy"), mod)
+        return _probes["extension"]
+    except ImportError as e:  # not installed, or an ABI/undefined-symbol mismatch with this torch
+        installed = f"ssmkit_cauchy does not import ({type(e).__name__}: {e})"
+    except OSError as e:  # a shared library it links to is missing
+        installed = f"ssmkit_cauchy failed to load a library: {e}"
+    from ssmkit.ops import ext_build
+
+    if build is None:
+        build = os.environ.get("SSMKIT_BUILD_EXTENSION", "1") != "0" or ext_build.is_built()
+    if not build:
+        _probes["extension"] = Probe(False, f"{installed}; not built for this torch yet: run `ssmkit doctor --build`")
+        return _probes["extension"]
+    try:
+        mod = ext_build.load(announce=lambda msg: print(msg, file=sys.stderr, flush=True))
+        _probes["extension"] = Probe(True, _describe(mod, "compiled on first use"), mod)
+    except ext_build.BuildFailed as e:
+        _probes["extension"] = Probe(False, f"{installed}; {e}")
     return _probes["extension"]
+
+
+def _describe(mod, how: str) -> str:
+    return f"{how}, {'CUDA part built' if mod.has_cuda() else 'CPU part only'}"
 
 
 def probe_keops() -> Probe:

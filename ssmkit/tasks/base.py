@@ -33,6 +33,7 @@ class Task:
     pool: str | None = None
     main_metric: str = "loss"
     main_mode: str = "min"  # "min" or "max": which direction of main_metric is better
+    generative: bool = False  # next-token tasks (ssmkit/tasks/generative.py): causal models that can sample
 
     def check_data(self) -> None:
         """Raises ``DataError`` (with the expected files and the command to make them) if data is missing."""

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from ssmkit.generation.generate import GenerationMixin
 from ssmkit.layers.sequence import SequenceLayer
 
 NORMS = ("layer", "batch", None)
@@ -79,7 +80,7 @@ class ResidualBlock(nn.Module):
         return x, state
 
 
-class SequenceModel(nn.Module):
+class SequenceModel(GenerationMixin, nn.Module):
     """A stack of residual SequenceLayer blocks with an encoder, pooling and a decoder.
 
     Args:

@@ -1,9 +1,12 @@
 """Tasks by name: data, the model's input/output shape, loss and metrics."""
 from ssmkit.tasks import (  # noqa: F401  (register the real-data tasks)
+    density,
     images,
     listops,
+    lm,
     lra_text,
     pathfinder,
+    sc09,
     speech,
     synthetic,  # noqa: F401  (registers the synthetic tasks)
 )

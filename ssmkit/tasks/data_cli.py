@@ -7,7 +7,7 @@ import typer
 
 from ssmkit.errors import DataError, UserError
 
-GENERATORS = ("listops", "listops-subtrees", "pathfinder", "pathfinder-segmentation")
+GENERATORS = ("listops", "listops-subtrees", "pathfinder", "pathfinder-segmentation", "text")
 
 
 def generate_data(kind: str, n: int | None = None, resolution: int | None = None, out: Path | None = None,
@@ -19,6 +19,10 @@ def generate_data(kind: str, n: int | None = None, resolution: int | None = None
 
     if kind not in GENERATORS:
         raise UserError(f"unknown dataset {kind!r} to generate; choose one of {', '.join(GENERATORS)}")
+    if kind == "text":  # a synthetic WikiText-layout corpus for the lm task (n: training paragraphs)
+        from ssmkit.tasks.lm import write_synthetic_corpus
+
+        return write_synthetic_corpus(Path(out) if out else data_root() / "synthetic-text", n or 4000, seed)
     if kind.startswith("listops"):
         if resolution is not None:
             raise UserError("--resolution is for pathfinder only")
@@ -90,7 +94,7 @@ def register(app: typer.Typer) -> None:
     @data_app.command("generate")
     def generate_cmd(
         kind: str = typer.Argument(..., help=f"one of {', '.join(GENERATORS)}"),
-        n: int = typer.Option(None, "--n", help="number of samples (default 100000, as published)"),
+        n: int = typer.Option(None, "--n", help="number of samples (default 100000, as published; text: training paragraphs, default 4000)"),
         resolution: int = typer.Option(None, "--resolution", help="pathfinder image size: 32, 64, 128, 256 or 512"),
         out: Path = typer.Option(None, "--out", help="output folder (default: where the task looks for it)"),
         seed: int = typer.Option(0, "--seed", help="random seed; output is deterministic in it"),

@@ -16,6 +16,7 @@ task's ``seed``.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -44,8 +45,10 @@ def inf_normalised(n: int, g: torch.Generator, *shape: int) -> torch.Tensor:
     return x / x.abs().max()
 
 
+@functools.lru_cache(maxsize=16)
 def positions(T: int) -> torch.Tensor:
-    """(T, 2): cos(2 pi t / T), sin(2 pi t / T)."""
+    """(T, 2): cos(2 pi t / T), sin(2 pi t / T). Cached (made once per length, read-only: callers copy it
+    with ``torch.cat``); it was a fifth of the time of generating a sample."""
     angle = 2 * math.pi * torch.arange(T, dtype=torch.float64) / T
     return torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1).float()
 

@@ -7,6 +7,7 @@ are whole token mixers (attention) that map (B, H, L) to (B, H, L) themselves.
 from ssmkit.kernels.base import Kernel
 from ssmkit.kernels.dlr import DLRKernel
 from ssmkit.kernels.dss import DSSKernel
+from ssmkit.kernels.lssl import LSSLKernel
 from ssmkit.kernels.s4 import S4Kernel
 from ssmkit.kernels.s4d import S4DKernel
 from ssmkit.kernels.sgconv import SGConvKernel
@@ -17,6 +18,7 @@ KERNELS.register("s4", kind="conv", description="S4: HiPPO NPLR/DPLR kernel by C
 KERNELS.register("s4d", kind="conv", description="S4D: diagonal SSM (legs/lin/inv/real inits, zoh/bilinear)")(S4DKernel)
 KERNELS.register("dss", kind="conv", description="DSS: diagonal state spaces (exp/softmax kernels, hippo/lin/inv/randn inits)")(DSSKernel)
 KERNELS.register("dlr", kind="conv", description="DLR: diagonal linear RNN, K_l = sum_n W_n lambda_n^l (omega/randn inits)")(DLRKernel)
+KERNELS.register("lssl", kind="conv", description="LSSL: dense HiPPO SSM, bilinear, Krylov kernel by doubling (learn 0 = LSSL-fixed, 1, 2)")(LSSLKernel)
 KERNELS.register("sgconv", kind="conv", description="SGConv: multi-scale global convolution (cat/sum, randn/cos, decay)")(SGConvKernel)
 
 # After KERNELS exists: ssmkit.layers imports KERNELS back (SequenceLayer).
@@ -24,4 +26,4 @@ from ssmkit.layers.attention import Attention  # noqa: E402
 
 KERNELS.register("attn", kind="mixer", description="attention: multi-head, rotary, full or local (chunk_size), KV-cache step")(Attention)
 
-__all__ = ["KERNELS", "DLRKernel", "DSSKernel", "Attention", "SGConvKernel", "Kernel", "S4DKernel", "S4Kernel"]
+__all__ = ["KERNELS", "DLRKernel", "DSSKernel", "Attention", "SGConvKernel", "Kernel", "LSSLKernel", "S4DKernel", "S4Kernel"]

@@ -16,6 +16,8 @@ CASES = {  # name: (layer options, shift, steps, relative-MSE bound)
     "dss-exp": ({"kernel": "dss", "d_state": 16, "version": "exp", "dt_min": 0.05, "dt_max": 0.5}, 3, 150, 0.03),
     "dss-softmax": ({"kernel": "dss", "d_state": 16, "version": "softmax", "dt_min": 0.05, "dt_max": 0.5}, 3, 150, 0.03),
     "dlr": ({"kernel": "dlr", "d_state": 32, "dt_min": 1e-3, "dt_max": 1e-3}, 5, 150, 0.01),
+    "lssl": ({"kernel": "lssl", "d_state": 16, "dt_min": 0.05, "dt_max": 0.5}, 3, 100, 0.02),
+    "lssl-fixed": ({"kernel": "lssl", "d_state": 16, "learn": 0, "dt_min": 0.05, "dt_max": 0.5}, 3, 150, 0.02),
     "sgconv": ({"kernel": "sgconv", "l_max": L, "kernel_dim": 8, "activation": "id", "output": "linear"}, 5, 150, 0.01),
     "attn": ({"kernel": "attn", "n_heads": 2, "output": "linear"}, 3, 300, 0.15),
 }

@@ -1,0 +1,190 @@
+"""LSSL against an independent float64 computation: the HiPPO matrices written out entry by entry, the
+bilinear transform by numpy, and the kernel by L sequential matrix-vector products."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_steps
+
+from ssmkit import SequenceLayer
+from ssmkit.kernels.lssl import LSSLKernel
+from ssmkit.ops.hippo import MEASURES
+from ssmkit.ops.krylov import krylov
+
+
+def hippo_np(measure: str, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """HiPPO (A, B) from the papers' definitions (LegS HiPPO eq. 2; LegT halved as S4's hippo; LagT; FouT)."""
+    A, B = np.zeros((N, N)), np.zeros(N)
+    for n in range(N):
+        for k in range(N):
+            r = math.sqrt((2 * n + 1) * (2 * k + 1))
+            if measure == "legs":
+                A[n, k] = -r if n > k else (-(n + 1) if n == k else 0.0)
+            elif measure == "legt":
+                A[n, k] = -0.5 * r * (1.0 if n >= k else (-1.0) ** (n - k))
+            elif measure == "lagt":
+                A[n, k] = -0.5 if n == k else (-1.0 if n > k else 0.0)
+        B[n] = {"legs": math.sqrt(2 * n + 1), "legt": 0.5 * math.sqrt(2 * n + 1), "lagt": 1.0}.get(measure, 0.0)
+    if measure in ("fourier", "fout"):
+        b = np.array([1.0] + [math.sqrt(2) if n % 2 == 0 else 0.0 for n in range(1, N)])
+        for j in range(N // 2):
+            A[2 * j, 2 * j + 1], A[2 * j + 1, 2 * j] = -math.pi * j, math.pi * j
+        A, B = A - np.outer(b, b), b
+    return A, B
+
+
+def np64(t):
+    return t.detach().double().numpy()
+
+
+def discrete_np(k: LSSLKernel, g: int, h: int, rate: float = 1.0):
+    """(dA, dB) of system (g, h) from the raw parameters by numpy's inverse."""
+    A = np64(k.A)[h] if k.A.dim() == 3 else np64(k.A)
+    B = np64(k.B)[h] if k.B.dim() == 2 else np64(k.B)
+    dt = math.exp(np64(k.log_dt)[g, h]) * rate
+    eye = np.eye(A.shape[0])
+    inv = np.linalg.inv(eye - dt / 2 * A)
+    return inv @ (eye + dt / 2 * A), inv @ (dt * B)
+
+
+def reference_kernel(k: LSSLKernel, L: int, rate: float = 1.0) -> np.ndarray:
+    """K[c, h, l] = C[c, h] dA^l dB by repeated multiplication."""
+    C = np64(k.C)
+    K = np.zeros((k.channels, k.H, L))
+    for c in range(k.channels):
+        for h in range(k.H):
+            dA, dB = discrete_np(k, c if k.dt_per_channel else 0, h, rate)
+            x = dB
+            for l in range(L):
+                K[c, h, l] = C[c, h] @ x
+                x = dA @ x
+    return K
+
+
+def rel(a, b) -> float:
+    a = np64(a) if torch.is_tensor(a) else a
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_frozen_a_b_are_the_hippo_matrices(measure):
+    k = LSSLKernel(2, d_state=6, init=measure, learn=0).double()
+    A, B = hippo_np(measure, 6)
+    np.testing.assert_allclose(np64(k.A), A, rtol=1e-6, atol=1e-6)  # stored in float32, then cast
+    np.testing.assert_allclose(np64(k.B), B, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw,L", [(dict(init="legs", learn=1), 100), (dict(init="legt", learn=2), 65),
+                                  (dict(init="lagt", learn=0), 33), (dict(init="fourier", dt_per_channel=True), 40)])
+def test_float64_kernel_equals_sequential_products(kw, L):
+    torch.manual_seed(0)
+    k = LSSLKernel(3, d_state=8, channels=2, **kw).double()
+    K, _ = k(L)
+    assert K.shape == (2, 3, L)
+    assert rel(K, reference_kernel(k, L)) < 1e-11
+
+
+def test_float32_kernel_at_length_4096_stays_close():
+    torch.manual_seed(0)
+    k = LSSLKernel(2, d_state=32, init="legs")
+    K, _ = k(4096)
+    assert rel(K, reference_kernel(k, 4096)) < 1e-4
+
+
+def test_krylov_doubling_equals_the_power_series():
+    gen = torch.Generator().manual_seed(0)
+    M = torch.randn(2, 5, 5, dtype=torch.float64, generator=gen) / 3
+    v = torch.randn(2, 5, dtype=torch.float64, generator=gen)
+    for L in (1, 2, 3, 8, 13):
+        X = krylov(M, v, L).numpy()
+        ref = np.stack([np.stack([np.linalg.matrix_power(M[b].numpy(), j) @ v[b].numpy() for j in range(L)], -1) for b in range(2)])
+        np.testing.assert_allclose(X, ref, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("rate", [0.5, 2.0])
+def test_rate_equals_scaled_step_size(rate):
+    torch.manual_seed(0)
+    k = LSSLKernel(3, d_state=8).double()
+    assert rel(k(40, rate=rate)[0], reference_kernel(k, 40, rate)) < 1e-11
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(dt_per_channel=True, channels=2), dict(learn=2, init="legt")])
+def test_conv_step_and_state_passing_agree(kw):
+    torch.manual_seed(0)
+    H, L, T = 3, 30, 11
+    layer = SequenceLayer(H, kernel="lssl", d_state=8, **kw).double().eval()
+    x = torch.randn(2, H, L, dtype=torch.float64)
+    y = layer(x)
+    ys, s_step = run_steps(layer, x, layer.default_state(2))
+    assert rel(ys, np64(y)) < 1e-10
+    y1, s = layer(x[..., :T], return_state=True)
+    y2, s_end = layer(x[..., T:], state=s, return_state=True)
+    assert rel(torch.cat([y1, y2], -1), np64(y)) < 1e-10
+    assert rel(s_end, np64(s_step)) < 1e-10
+
+
+def test_forward_state_is_the_recurrence():
+    torch.manual_seed(0)
+    k = LSSLKernel(2, d_state=6, dt_per_channel=True, channels=2).double()
+    u = torch.randn(3, 2, 9, dtype=torch.float64)
+    s0 = torch.randn(3, 2, 2, 6, dtype=torch.float64)
+    got = np64(k.forward_state(u, s0))
+    for c in range(2):
+        for h in range(2):
+            dA, dB = discrete_np(k, c, h)
+            x = np64(s0)[:, c, h]
+            for t in range(9):
+                x = x @ dA.T + np64(u)[:, h, t, None] * dB
+            np.testing.assert_allclose(got[:, c, h], x, rtol=1e-11, atol=1e-12)
+
+
+def test_learn_modes_and_frozen_parameters():
+    fixed = LSSLKernel(4, d_state=8, learn=0)
+    assert set(dict(fixed.named_parameters())) == {"C"}
+    assert {"A", "B", "log_dt"} <= set(dict(fixed.named_buffers()))
+    shared = LSSLKernel(4, d_state=8, learn=1, lr={"A": 1e-4, "B": 1e-4, "dt": 1e-3})
+    assert shared.A.shape == (8, 8) and shared.A._optim == {"lr": 1e-4, "weight_decay": 0.0}
+    assert shared.log_dt._optim == {"lr": 1e-3, "weight_decay": 0.0}
+    per_feature = LSSLKernel(4, d_state=8, learn=2)
+    assert per_feature.A.shape == (4, 8, 8) and per_feature.B.shape == (4, 8)
+    for k in (shared, per_feature):
+        k(16)[0].square().sum().backward()
+        for name, p in k.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_fixed_kernel_reuses_its_krylov_matrix_until_a_buffer_changes():
+    torch.manual_seed(0)
+    k = LSSLKernel(2, d_state=8, learn=0).double()
+    K1, _ = k(20)
+    X = k._krylov_cache[1]
+    k(20)[0].sum().backward()  # C still trains
+    assert k._krylov_cache[1] is X
+    with torch.no_grad():
+        k.log_dt += 0.1
+    K2, _ = k(20)
+    assert k._krylov_cache[1] is not X
+    assert rel(K2, reference_kernel(k, 20)) < 1e-11 and rel(K1, np64(K2)) > 1e-3
+
+
+def test_dt_is_log_uniform_in_range():
+    k = LSSLKernel(2000, d_state=2, dt_min=1e-3, dt_max=1e-1)
+    dt = torch.exp(k.log_dt)
+    assert dt.shape == (1, 2000) and dt.min() >= 1e-3 * (1 - 1e-6) and dt.max() <= 1e-1 * (1 + 1e-6)
+    assert abs(torch.log(dt).median().item() - math.log(1e-2)) < 0.2
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(init="legx"), "unknown init 'legx'; choose one of legs"),
+        (dict(learn=3), "unknown learn 3; choose 0"),
+        (dict(d_state=0), "d_state must be positive"),
+        (dict(dt_min=0.1, dt_max=0.01), "dt_min <= dt_max"),
+        (dict(lr={"P": 1.0}), "unknown lr key"),
+    ],
+)
+def test_bad_options_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LSSLKernel(4, **kwargs)

@@ -56,6 +56,10 @@ class ModelConfig:
     mlp_ratio: float = _f(0.0, "width of a position-wise MLP per block (0: none)", low=0.0)
     checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
     layer: dict = _f({"kernel": "s4d"}, "SequenceLayer options: kernel name plus its options")
+    backbone: str = _f("sequence", "sequence (a stack of residual blocks) or sashimi (a causal multi-scale U-Net)")
+    pool_factors: list = _f([4, 4], "sashimi: the down-pooling factor of each level, outer first")
+    expand: int = _f(2, "sashimi: width factor from one level to the next", low=1)
+    unet: bool = _f(False, "sashimi: also blocks before each down-pool, with U-Net skips to the up path")
 
 
 @dataclass
@@ -388,6 +392,29 @@ def _check_layer(layer, source: str) -> dict:
     return {"kernel": kernel, **own, **rest}
 
 
+def _check_backbone(model: ModelConfig, given: dict, source: str) -> None:
+    """A registered backbone; no option of another backbone set to a non-default value; the backbone's own
+    option check (``check_options``), if it has one."""
+    from ssmkit.models import BACKBONES
+
+    if model.backbone not in BACKBONES:
+        raise RecipeError(f"{source}: unknown model.backbone {model.backbone!r}{did_you_mean(model.backbone, BACKBONES.names())}; "
+                          f"choose one of {', '.join(BACKBONES.names())}")
+    own = BACKBONES.meta(model.backbone).get("options", ())
+    defaults = ModelConfig()
+    for other in BACKBONES.names():
+        for key in BACKBONES.meta(other).get("options", ()):
+            if key in given and key not in own and getattr(model, key) != getattr(defaults, key):
+                raise RecipeError(f"{source}: model.{key} is an option of model.backbone {other!r}, not {model.backbone!r}; "
+                                  f"set model.backbone: {other} or drop model.{key}")
+    check = getattr(BACKBONES.get(model.backbone), "check_options", None)
+    if check is not None:
+        try:
+            check(layer=model.layer, **{key: getattr(model, key) for key in own})
+        except ValueError as e:
+            raise RecipeError(f"{source}: model: {e}") from None
+
+
 def validate(data: dict, source: str = "<recipe>") -> Recipe:
     """Checks plain recipe data and returns the typed :class:`Recipe`."""
     for key in data:
@@ -408,6 +435,7 @@ def validate(data: dict, source: str = "<recipe>") -> Recipe:
     model = _build_section(ModelConfig, model_data, "model", source)
     if "layer" not in (data.get("model") or {}):
         model.layer = _check_layer(model.layer, source)
+    _check_backbone(model, model_data, source)
     optimizer = _build_section(OptimizerConfig, data.get("optimizer"), "optimizer", source)
     if len(optimizer.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in optimizer.betas):
         raise RecipeError(f"{source}: optimizer.betas must be two numbers in [0, 1), got {optimizer.betas!r}")
@@ -446,15 +474,16 @@ def build_task(recipe: Recipe):
 
 
 def build_model(recipe: Recipe, task):
-    """The SequenceModel for ``task``; bad layer/kernel values become ``RecipeError``s."""
-    from ssmkit.models import SequenceModel
+    """The ``model.backbone`` model (``BACKBONES``) for ``task``; bad layer/kernel values become ``RecipeError``s."""
+    from ssmkit.models import BACKBONES
 
     m = recipe.model
+    options = {key: getattr(m, key) for key in BACKBONES.meta(m.backbone).get("options", ())}
     try:
-        return SequenceModel(
+        return BACKBONES.get(m.backbone)(
             d_input=task.d_input, d_output=task.d_output, d_model=m.d_model, n_layers=m.n_layers,
             layer=dict(m.layer), prenorm=m.prenorm, norm=m.norm, dropout=m.dropout, pool=task.pool,
-            encoder=task.encoder, mlp_ratio=m.mlp_ratio, checkpoint=m.checkpoint,
+            encoder=task.encoder, mlp_ratio=m.mlp_ratio, checkpoint=m.checkpoint, **options,
         )
     except (ValueError, TypeError) as e:
         raise RecipeError(f"{recipe.source}: model: {e}") from None

@@ -1,3 +1,11 @@
+from ssmkit.models.sashimi import SaShiMi
 from ssmkit.models.sequence import NORMS, POOLS, ResidualBlock, SequenceModel
+from ssmkit.registry import Registry
 
-__all__ = ["NORMS", "POOLS", "ResidualBlock", "SequenceModel"]
+#: ``model.backbone`` -> model class. Each takes SequenceModel's arguments (d_input, d_output, d_model, n_layers,
+#: layer, prenorm, norm, dropout, pool, encoder, mlp_ratio, checkpoint) plus the recipe keys in ``options``.
+BACKBONES = Registry("backbone")
+BACKBONES.register("sequence", options=())(SequenceModel)
+BACKBONES.register("sashimi", options=("pool_factors", "expand", "unet"))(SaShiMi)
+
+__all__ = ["BACKBONES", "NORMS", "POOLS", "ResidualBlock", "SaShiMi", "SequenceModel"]

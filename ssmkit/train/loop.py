@@ -97,10 +97,10 @@ def _fsdp_plugin():
 
 
 def build_loop_model(recipe: Recipe, task) -> torch.nn.Module:
-    """The recipe's SequenceModel, wrapped by the task where it needs a different head (``task.wrap_model``,
+    """The recipe's backbone model, wrapped by the task where it needs a different head (``task.wrap_model``,
     e.g. AAN's two towers), with every layer's rate set to ``task.rate`` (zero-shot resolution change:
     speech at 8 kHz with a model whose steps were learned at 16 kHz gives rate 2)."""
-    from ssmkit.models import SequenceModel
+    from ssmkit.models import BACKBONES
 
     model = build_model(recipe, task)
     rate = float(getattr(task, "rate", 1.0) or 1.0)
@@ -108,7 +108,8 @@ def build_loop_model(recipe: Recipe, task) -> torch.nn.Module:
         model.set_rate(rate)
     if hasattr(task, "wrap_model"):
         model = task.wrap_model(model)
-    assert any(isinstance(m, SequenceModel) for m in model.modules())
+    backbones = tuple(BACKBONES.get(name) for name in BACKBONES.names())
+    assert any(isinstance(m, backbones) for m in model.modules())
     return model
 
 

@@ -23,6 +23,10 @@ different SSM for every L and has no length-independent state. Set ``softmax_len
 over a fixed S for every input: the kernel is then one SSM (still exactly the DSS-softmax kernel of a
 length-S input), and ``step``, ``default_state`` and forward-with-state work. Without it, a softmax
 kernel has ``has_state = False`` and the recurrent methods raise an error saying so.
+
+Deliberately more exact than the reference code: its softmax normaliser 1/x, x = Lambda (exp(z L) - 1),
+is conj(x) / (|x|^2 + 1e-7), which shrinks every kernel by a relative 1e-7 / |x|^2; here the division by
+(exp(w L) - 1) is exact and 1/Lambda uses 1e-7 only as a floor of |Lambda|^2.
 """
 from __future__ import annotations
 

@@ -18,6 +18,12 @@ K^(-1) = Ct dt B / 2, used directly. The trainable C parameter holds Ct for the 
 ``l_kernel`` (saved in the state dict); a longer input doubles it: Ct <- Ct (I + dA^L).
 
 States come in conjugate pairs: N/2 complex numbers stand for N (``ssmkit.ops.hippo``).
+
+Initialisation as in the reference code (state-spaces/s4): the HiPPO B in the eigenbasis has Im(B) clamped
+to [-2, 2] (``B_clip``; ``B_clip: null`` for the exact HiPPO B). Deliberately more exact than the reference:
+at ``rate != 1`` the reference reuses Ct = C (I - dA^L), built for the step size at rate 1, with the rescaled
+dA (and an FFT of round(l_kernel / rate) points), so its kernel is not C dA_r^l dB_r; here Ct is rebuilt for
+the scaled step and the kernel is exactly that of the SSM with step size rate * dt.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch
 
 from ssmkit.kernels.base import Kernel, log_uniform
 from ssmkit.kernels.s4d import INITS as DIAG_INITS
-from ssmkit.kernels.s4d import S4DKernel, s4d_init
+from ssmkit.kernels.s4d import B_CLIP, S4DKernel, s4d_init
 from ssmkit.ops.cauchy import cauchy
 from ssmkit.ops.hippo import MEASURES, dplr_dense, nplr
 
@@ -93,6 +99,9 @@ class S4Kernel(Kernel):
             Woodbury is closed form for rank 1 and 2, a batched inverse above. Unused in diag mode.
         n_ssm: the number of independent (A, B, P) copies tied across the H features (dt and C stay per
             feature); must divide d_model. None means d_model (untied). Not available in diag mode.
+        B_clip: HiPPO inits (and diag ``legs``): clamp Im(B) in the eigenbasis to [-B_clip, B_clip] at
+            initialisation, as the reference code does (default 2: at N=64 it changes LegS's B by 91%); null
+            keeps the exact HiPPO B, so that the SSM is the HiPPO SSM itself.
         deterministic: dt log-spaced over [dt_min, dt_max] instead of random, and C = e_0 in the HiPPO
             basis (the first HiPPO coefficient; all-ones for the non-HiPPO inits).
         dt_min, dt_max: the step sizes are drawn log-uniformly from [dt_min, dt_max], one per feature.
@@ -123,6 +132,7 @@ class S4Kernel(Kernel):
         dt_max: float = 1e-1,
         step_mode: str = "linear",
         precision: str = "auto",
+        B_clip: float | None = B_CLIP,
         lr=None,
         wd=None,
         backend: str = "auto",
@@ -147,7 +157,7 @@ class S4Kernel(Kernel):
                 raise ValueError(f"n_ssm={n_ssm} is not available with mode='diag' (S4D keeps one A, B per feature); use mode='dplr'")
             no_p = lambda s: {k: v for k, v in s.items() if k != "P"} if isinstance(s, dict) else s  # noqa: E731
             self.diag = S4DKernel(
-                d_model, d_state, channels, init=init, disc="zoh", dt_min=dt_min, dt_max=dt_max,
+                d_model, d_state, channels, init=init, disc="zoh", dt_min=dt_min, dt_max=dt_max, B_clip=B_clip,
                 lr=no_p(lr), wd=no_p(wd), backend=backend,
             )
             if deterministic:
@@ -162,11 +172,11 @@ class S4Kernel(Kernel):
             raise ValueError(f"n_ssm must divide d_model={H}, got n_ssm={n_ssm}")
         n = d_state // 2
         if init in HIPPO_INITS:
-            Lambda, P, B, V = nplr(init, d_state, rank)  # (n,), (r, n), (n,), (N, n)
+            Lambda, P, B, V = nplr(init, d_state, rank, B_clip=B_clip)  # (n,), (r, n), (n,), (N, n)
             P = P.unsqueeze(1).expand(rank, self.n_ssm, n)
             c0 = V[0]  # C = e_0 in the HiPPO basis: y = x_0
         else:
-            Lambda, B = s4d_init(init, d_state)
+            Lambda, B = s4d_init(init, d_state, B_clip)
             P = torch.randn(rank, self.n_ssm, n, dtype=torch.complex128)
             c0 = torch.ones(n, dtype=torch.complex128)
         Lambda, B = Lambda.expand(self.n_ssm, n), B.expand(self.n_ssm, n)

@@ -4,11 +4,16 @@ of Diagonal State Space Models").
 Continuous SSM x' = A x + B u, y = C x with diagonal complex A. Discretised with step size dt (ZOH or
 bilinear), its convolution kernel is a Vandermonde product (S4D, eq. 6):
 
-    K[c, h, l] = s * Re( sum_n C[c, h, n] * dB[h, n] * dA[h, n]^l )
+    K[c, h, l] = 2 * Re( sum_n C[c, h, n] * dB[h, n] * dA[h, n]^l )
 
-where s = 2 for complex A (the N/2 stored states stand for N states in conjugate pairs) and s = 1 for
-S4D-Real. ZOH: dA = exp(dt A), dB = (exp(dt A) - 1)/A B. Bilinear: dA = (1 + dt A/2)/(1 - dt A/2),
-dB = dt/(1 - dt A/2) B.
+where the 2 counts the conjugate of each of the N/2 stored complex states. S4D-Real (``init: real``) keeps
+the same factor 2 on its N real states, as the reference code does (its kernel and step are 2 Re(...) for
+every init), so that the initial kernel matches the reference's. ZOH: dA = exp(dt A), dB = (exp(dt A) - 1)/A B.
+Bilinear: dA = (1 + dt A/2)/(1 - dt A/2), dB = dt/(1 - dt A/2) B.
+
+Initialisations as in the reference code (state-spaces/s4): S4D-LegS takes B from the HiPPO-LegS
+diagonalisation with Im(B) clamped to [-B_clip, B_clip] (default 2; ``B_clip: null`` for the exact B),
+and ``real_transform: relu`` makes Re A = -(relu(p) + 1e-4) (strictly negative) from p = max(-Re A_0, 1e-4).
 """
 from __future__ import annotations
 
@@ -18,6 +23,11 @@ import torch
 
 from ssmkit.kernels.base import Kernel, log_uniform
 from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
+
+#: the reference code's floor of -Re A under ``real_transform: relu`` (its ``param_transform``: relu(p) + 1e-4)
+RELU_FLOOR = 1e-4
+#: the reference code's clamp of Im(B) for S4D-LegS and the HiPPO NPLR forms (``nplr(..., B_clip=2.0)``)
+B_CLIP = 2.0
 from ssmkit.ops.vandermonde import log_vandermonde, log_vandermonde_transpose
 
 INITS = ("legs", "lin", "inv", "real")
@@ -30,8 +40,9 @@ def _check_choice(name: str, value, allowed) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
 
 
-def s4d_init(init: str, N: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) complex128 of the stored states: N/2 for complex inits, N for ``real``."""
+def s4d_init(init: str, N: int, B_clip: float | None = B_CLIP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) complex128 of the stored states: N/2 for complex inits, N for ``real``. ``B_clip`` clamps
+    Im(B) of ``legs`` (the other inits have B = 1)."""
     _check_choice("init", init, INITS)
     if init == "real":
         n = torch.arange(N, dtype=torch.float64)
@@ -39,7 +50,7 @@ def s4d_init(init: str, N: int) -> tuple[torch.Tensor, torch.Tensor]:
     if N % 2:
         raise ValueError(f"d_state must be even for init={init!r} (states come in conjugate pairs), got {N}")
     if init == "legs":
-        return legs_diagonal(N)
+        return legs_diagonal(N, B_clip)
     n = torch.arange(N // 2, dtype=torch.float64)
     imag = math.pi * n if init == "lin" else s4d_inverse_imag(N)
     return torch.complex(torch.full_like(imag, -0.5), imag), torch.ones(N // 2, dtype=torch.complex128)
@@ -61,8 +72,10 @@ class S4DKernel(Kernel):
         channels: C, output channels per feature (doubled by ``SequenceLayer`` when bidirectional).
         init: ``legs`` (diagonal of HiPPO-LegS), ``lin`` (S4D-Lin), ``inv`` (S4D-Inv), ``real`` (S4D-Real).
         disc: ``zoh`` or ``bilinear``.
-        real_transform: how the stored parameter becomes Re(A) <= 0: ``exp`` (-exp(p)), ``relu``
-            (-relu(p)), ``none`` (-p, unconstrained).
+        real_transform: how the stored parameter p becomes Re(A) < 0: ``exp`` (-exp(p)), ``relu``
+            (-(relu(p) + 1e-4), the reference's floor), ``none`` (-p, unconstrained).
+        B_clip: ``legs`` only: clamp Im(B) to [-B_clip, B_clip] at initialisation (the reference's 2);
+            null keeps the exact HiPPO B.
         dt_min, dt_max: the step sizes are drawn log-uniformly from [dt_min, dt_max], one per feature.
         lr, wd: per-parameter learning rate / weight decay, a float or a dict with keys A, B, C, dt.
             lr 0 (or null in the dict) freezes that parameter.
@@ -83,6 +96,7 @@ class S4DKernel(Kernel):
         real_transform: str = "exp",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        B_clip: float | None = B_CLIP,
         lr=None,
         wd=None,
         backend: str = "auto",
@@ -94,15 +108,17 @@ class S4DKernel(Kernel):
             raise ValueError(f"d_state must be positive, got {d_state}")
         self.N, self.init, self.disc, self.real_transform, self.backend = d_state, init, disc, real_transform, backend
         self.is_real = init == "real"
-        self.scale = 1.0 if self.is_real else 2.0
+        self.scale = 2.0  # conjugate pairs; for S4D-Real the reference's factor (module docstring)
 
-        A, B = s4d_init(init, d_state)  # (n,)
+        A, B = s4d_init(init, d_state, B_clip)  # (n,)
         n = A.shape[0]
         H = d_model
         A, B = A.expand(H, n), B.expand(H, n)
         minus_re = (-A.real).float()  # > 0
         if real_transform == "exp":
             a_real = torch.log(minus_re)
+        elif real_transform == "relu":
+            a_real = minus_re.clamp(min=RELU_FLOOR)
         else:
             a_real = minus_re.clone()
         self.register("A_real", a_real.contiguous(), "A")
@@ -127,7 +143,7 @@ class S4DKernel(Kernel):
         if self.real_transform == "exp":
             re = -torch.exp(self.A_real)
         elif self.real_transform == "relu":
-            re = -torch.relu(self.A_real)
+            re = -(torch.relu(self.A_real) + RELU_FLOOR)
         else:
             re = -self.A_real
         im = torch.zeros_like(re) if self.is_real else self.A_imag

@@ -14,6 +14,8 @@ m = m_h the per-feature decay, linspace(decay_min, decay_max, H). The full kerne
 After the concatenation the kernel is divided by its own L2 norm over the taps, ||k[c, h, :]||, measured
 once at initialisation and kept fixed (a buffer that is saved with the weights; the reference code keeps it
 in a buffer created on the first forward pass, and the DLR re-implementation does not save it at all).
+The norm is measured in float64 and the buffer stays float64 whatever the module's dtype (it is cast where
+it is used), so a float64 model divides by the exact norm, as the reference does when it runs in float64.
 
 Variants of the reference code, all selectable:
 - ``mode`` = ``cat`` | ``sum``, ``randn`` | ``cos`` init, optional ``nearest``, optional ``learnable``
@@ -158,9 +160,23 @@ class SGConvKernel(Kernel):
         else:
             self.register_buffer("multiplier", torch.linspace(decay_min, decay_max, H))
         with torch.no_grad():
+            # In float64 from the float32 initial weights (a lossless round trip), as the reference measures
+            # it in the model's precision: a float64 run divides by the exact norm of its initial kernel.
+            self.double()
             norm = self._taps(self.length).norm(dim=-1, keepdim=True)  # (C, H, 1)
+            self.float()
         self.register_buffer("kernel_norm", norm)
         self._warned_short = False
+
+    def _apply(self, fn, recurse: bool = True):
+        """Moves ``kernel_norm`` with the module but keeps it float64, so that ``.float()`` followed by
+        ``.double()`` (or a float32 module turned float64) never divides by a float32-rounded norm."""
+        norm = self._buffers.get("kernel_norm")
+        super()._apply(fn, recurse)
+        moved = self._buffers.get("kernel_norm")
+        if norm is not None and moved.device.type != "mps":  # MPS has no float64
+            self._buffers["kernel_norm"] = norm.to(device=moved.device, dtype=torch.float64)
+        return self
 
     def _scale_weights(self, norm: torch.Tensor | None) -> list[torch.Tensor]:
         """The factor of each sub-kernel, (C, H, 1) or (H, 1): the fixed decay m^(n-1-i), alpha^i, or 1,
@@ -220,7 +236,7 @@ class SGConvKernel(Kernel):
         if rate != 1.0:
             raise ValueError(f"sgconv has no step size to rescale; rate must be 1.0, got {rate}")
         taps = min(L, self.length)
-        k = self._taps(taps, self.kernel_norm)  # (C, H, taps)
+        k = self._taps(taps, self.kernel_norm.to(self.kernel_0.dtype))  # (C, H, taps)
         if L > self.length:
             if not self._warned_short:
                 warnings.warn(

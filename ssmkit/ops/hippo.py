@@ -123,17 +123,30 @@ def conj_basis(V: torch.Tensor) -> torch.Tensor:
     return torch.cat([V, V.conj()], dim=-1)
 
 
+def clip_imag(B: torch.Tensor, B_clip: float | None) -> torch.Tensor:
+    """Re B + i clamp(Im B, -B_clip, B_clip); B unchanged for ``B_clip`` None. The symmetric clamp commutes
+    with conjugation, so it does not depend on which eigenvalue of each conjugate pair is stored."""
+    if B_clip is None:
+        return B
+    if B_clip <= 0:
+        raise ValueError(f"B_clip must be positive or null, got {B_clip}")
+    return torch.complex(B.real, B.imag.clamp(-B_clip, B_clip))
+
+
 def nplr(
-    measure: str, N: int, rank: int | None = None
+    measure: str, N: int, rank: int | None = None, B_clip: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normal plus low-rank form with conjugate symmetry (S4, Thm. 1), computed in float64.
 
     Returns (Lambda (N/2,), P (rank, N/2), B (N/2,), V (N, N/2)) complex128 such that, with
     W = [V, conj V], Lambda_f = [Lambda, conj Lambda], P_f = [P, conj P]:
 
-        A = W (diag(Lambda_f) - P_f^T conj(P_f)) W^*,   B = W [B, conj B].
+        A = W (diag(Lambda_f) - P_f^T conj(P_f)) W^*,   B = W [B, conj B]   (B_clip None).
 
     The reconstruction is checked (relative error < 1e-9) and an error is raised if it fails.
+    ``B_clip`` clamps Im(B) (the HiPPO B in the eigenbasis) to [-B_clip, B_clip], as the reference code
+    does with its default 2 (state-spaces ``models/s4/s4.py`` ``nplr(..., B_clip=2.0)``); B = W [B, conj B]
+    then holds only for the entries left unclipped.
     """
     if N % 2 or N <= 0:
         raise ValueError(f"the HiPPO NPLR form needs an even, positive d_state, got {N}")
@@ -146,7 +159,7 @@ def nplr(
     err = (dplr_reconstruct(Lambda, P_v, V) - A).abs().max() / A.abs().max()
     if not err < 1e-9:
         raise RuntimeError(f"NPLR reconstruction of HiPPO-{measure} (N={N}) failed: relative error {err:.2e}")
-    return Lambda, P_v, B_v, V
+    return Lambda, P_v, clip_imag(B_v, B_clip), V
 
 
 def dplr_dense(Lambda: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
@@ -166,9 +179,10 @@ def dplr_reconstruct(Lambda: torch.Tensor, P: torch.Tensor, V: torch.Tensor) -> 
     return (W @ dplr_dense(Lambda, P) @ W.conj().T).real
 
 
-def legs_diagonal(N: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """S4D-LegS: the diagonal part of HiPPO-LegS's NPLR form. Returns (A (N/2,), B (N/2,)) complex128."""
-    Lambda, _, B, _ = nplr("legs", N)
+def legs_diagonal(N: int, B_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """S4D-LegS: the diagonal part of HiPPO-LegS's NPLR form. Returns (A (N/2,), B (N/2,)) complex128,
+    Im(B) clamped to [-B_clip, B_clip] unless ``B_clip`` is None (see ``nplr``)."""
+    Lambda, _, B, _ = nplr("legs", N, B_clip=B_clip)
     return Lambda, B
 
 

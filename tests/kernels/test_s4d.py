@@ -13,13 +13,13 @@ def reference_kernel(k: S4DKernel, L: int, rate: float = 1.0) -> np.ndarray:
     """From the raw parameters, in numpy complex128, by a loop over states (no ssmkit code)."""
     p = lambda t: t.detach().double().numpy()  # noqa: E731
     a = p(k.A_real)
-    re = {"exp": -np.exp(a), "relu": -np.maximum(a, 0), "none": -a}[k.real_transform]
+    re = {"exp": -np.exp(a), "relu": -(np.maximum(a, 0) + 1e-4), "none": -a}[k.real_transform]
     im = np.zeros_like(re) if k.is_real else p(k.A_imag)
     A = re + 1j * im  # (H, n)
     B = p(k.B) if k.is_real else p(k.B)[..., 0] + 1j * p(k.B)[..., 1]
     C = p(k.C) if k.is_real else p(k.C)[..., 0] + 1j * p(k.C)[..., 1]
     dt = np.exp(p(k.log_dt)) * rate
-    scale = 1.0 if k.is_real else 2.0
+    scale = 2.0  # conjugate pairs; S4D-Real keeps the reference's factor 2 (tests/kernels/test_reference_inits.py)
     Cn, H, n = C.shape
     K = np.zeros((Cn, H, L))
     for h in range(H):

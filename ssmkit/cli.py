@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 from ssmkit.errors import UserError
 
 #: Modules that add commands; a missing one is an ImportError (fix it, do not skip it).
-COMMAND_MODULES: tuple[str, ...] = ("ssmkit.tasks.data_cli", "ssmkit.doctor", "ssmkit.profile")
+COMMAND_MODULES: tuple[str, ...] = ("ssmkit.tasks.data_cli", "ssmkit.doctor", "ssmkit.profile", "ssmkit.generation_cli")
 
 
 def _click_exceptions() -> list:

@@ -515,17 +515,15 @@ def evaluate_run(path: str | Path, split: str = "val", overrides: list[str] | tu
     """Loads a run's recipe and checkpoint and evaluates it on ``split``: {metrics..., samples, step, checkpoint}."""
     if split not in ("val", "test"):
         raise UserError(f"unknown split {split!r}; choose val or test")
-    recipe, ckpt = load_run_recipe(path, overrides, which)
+    from ssmkit.generation.load import load  # the one loading path (ssmkit.load)
+
+    run = load(path, which, overrides, check_data=True)
+    recipe, task = run.recipe, run.task
     accelerator = make_accelerator(recipe, trackers=False)
-    task = build_task(recipe)
-    task.check_data()
-    model = build_loop_model(recipe, task)
-    saved = load_checkpoint(ckpt)
-    _load_weights(model, saved["model"], ckpt)
     loader = make_loader(task, split, recipe, recipe.train.seed)
-    model, loader = accelerator.prepare(model, loader)
+    model, loader = accelerator.prepare(run.model, loader)
     metrics = evaluate(model, loader, task, accelerator)
-    return {"split": split, "checkpoint": str(ckpt), "step": saved["state"]["step"],
+    return {"split": split, "checkpoint": str(run.checkpoint), "step": run.step,
             "rate": float(getattr(task, "rate", 1.0) or 1.0), **metrics}
 
 

@@ -1,0 +1,149 @@
+"""``ssmkit generate RUN``: samples from a trained generative run.
+
+    ssmkit generate RUN [--prompt TEXT | --prompt-file F] [--num-samples N] [--max-new-tokens N]
+                        [--temperature T] [--top-k K] [--top-p P] [--seed S] [--out PATH]
+
+- ``lm``: the prompt text (or, without one, test windows) is continued; the text goes to stdout, or to the
+  file ``--out``.
+- density tasks and ``sc09``: the task's prompts (the top half of test images / the start of test clips)
+  are completed and written by the task (a PNG grid / WAV files) into the folder ``--out``, by default
+  ``<run>/samples/<checkpoint>-seed<S>`` (a fresh folder; an existing one is never written into).
+A rich progress bar shows tokens/s on a terminal; one summary line (tokens/s and which step ran) goes
+to stderr. Bad input (a classification run, a prompt the vocabulary cannot encode, a model without a
+recurrent step) is one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ssmkit.errors import UserError
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible; use --device cpu")
+    return device
+
+
+def _prompt_text(prompt: str | None, prompt_file: Path | None) -> str | None:
+    if prompt is not None and prompt_file is not None:
+        raise UserError("give --prompt or --prompt-file, not both")
+    if prompt_file is None:
+        return prompt
+    try:
+        return prompt_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--prompt-file {prompt_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"--prompt-file {prompt_file}: {e.strerror}") from None
+
+
+def _prompts(task, text: str | None, n: int, seed: int) -> torch.Tensor:
+    """(n, Lp) prompt ids: the encoded text repeated n times, or the task's own prompts."""
+    if text is None:
+        return task.prompts(n, seed)
+    if not hasattr(task, "encode"):
+        raise UserError(f"task {task.name!r} takes no text prompt (its prompts are test samples); drop --prompt")
+    ids = task.encode(text)
+    if ids.numel() == 0:
+        raise UserError("the prompt encodes to no tokens; give some text")
+    return ids.reshape(1, -1).expand(n, -1)
+
+
+def _free_folder(base: Path) -> Path:
+    """``base`` or ``base-2``, ``base-3``, ...: the first that does not exist yet."""
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def _bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("generating"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate")
+    def generate_command(
+        run: Path = typer.Argument(..., help="a run directory (of a generative task) or one of its checkpoints"),
+        prompt: str = typer.Option(None, "--prompt", help="text to continue (lm)"),
+        prompt_file: Path = typer.Option(None, "--prompt-file", help="read the prompt text from this file (lm)"),
+        num_samples: int = typer.Option(1, "--num-samples", min=1, help="sequences to generate"),
+        max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1,
+                                           help="tokens to add (default: up to the training length)"),
+        temperature: float = typer.Option(1.0, "--temperature", help="0 is greedy; >1 flatter, <1 sharper"),
+        top_k: int = typer.Option(None, "--top-k", help="sample among the k most likely tokens only"),
+        top_p: float = typer.Option(None, "--top-p", help="sample within the smallest set of probability >= p"),
+        seed: int = typer.Option(0, "--seed", help="seed of the sampling and of the choice of prompts"),
+        out: Path = typer.Option(None, "--out", help="lm: a text file (default stdout); images/audio: a new folder"),
+        checkpoint: str = typer.Option("best", "--checkpoint", help="best or latest (for a run directory)"),
+        compile: str = typer.Option("auto", "--compile", help="the step: auto, aot, inductor or none"),
+        device: str = typer.Option("auto", "--device", help="auto (a GPU if visible), cpu, cuda, cuda:N"),
+    ):
+        """Generate from a trained lm / density / sc09 run: text, image completions or audio."""
+        from ssmkit.generation import generate, load
+        from ssmkit.generation.sampling import check_sampling
+
+        check_sampling(temperature, top_k, top_p)
+        if checkpoint not in ("best", "latest"):
+            raise UserError(f"unknown --checkpoint {checkpoint!r}; choose best or latest")
+        text = _prompt_text(prompt, prompt_file)
+        loaded = load(run, which=checkpoint, device=_device(device))
+        task = loaded.task
+        if not getattr(task, "generative", False):
+            raise UserError(f"{run} is a run of task {task.name!r}, which predicts labels, not sequences; "
+                            "ssmkit generate needs a generative task (lm, a density task, sc09)")
+        is_text = hasattr(task, "decode")
+        if out is not None and out.exists() and (is_text or not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"--out {out} already exists; give a new path (samples are never written over)")
+        prompts = _prompts(task, text, num_samples, seed)
+        Lp = prompts.shape[1]
+        new = max_new_tokens or max(1, task.seq_len - Lp)
+
+        console = Console(stderr=True, highlight=False, markup=False)
+        with _bar(console) as bar:
+            job = bar.add_task("generate", total=new, tps="-")
+            started = {}
+
+            def progress(done: int) -> None:
+                started.setdefault("t", time.perf_counter())
+                elapsed = time.perf_counter() - started["t"]
+                tps = f"{done * num_samples / elapsed:,.0f}" if elapsed > 0 else "-"
+                bar.update(job, completed=done, tps=tps)
+
+            result = generate(loaded.model, prompts, new, temperature=temperature, top_k=top_k, top_p=top_p,
+                              seed=seed, compile=compile, progress=progress)
+        samples = result.tokens.cpu()
+        console.print(f"generated {num_samples} x {new} tokens after a {Lp}-token prompt: "
+                      f"{result.tokens_per_s:,.0f} tokens/s (step: {result.step}; {result.step_note})")
+        if is_text:
+            texts = [task.decode(row) for row in samples]
+            body = texts[0] if len(texts) == 1 else "\n".join(f"===== sample {i} =====\n{t}" for i, t in enumerate(texts))
+            if out is None:
+                click.echo(body)
+            else:
+                out.write_text(body + "\n", encoding="utf-8")
+                console.print(f"wrote {out}")
+            return
+        folder = out or _free_folder(loaded.run_dir / "samples" / f"{loaded.checkpoint.name}-seed{seed}")
+        for path in task.save_samples(samples, folder, Lp):
+            click.echo(str(path))
+

@@ -1,4 +1,6 @@
 """Helpers shared by several test files."""
+import math
+
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -38,3 +40,24 @@ def np_to_real(K: np.ndarray, mode: str, feature_axis: int = -2) -> np.ndarray:
         shape[feature_axis] = H
         return np.where((np.arange(H) < H // 2).reshape(shape), re, re * im)
     return {"real": re, "imag": im, "sum": re + im, "prod": re * im}[mode]
+
+
+def hippo_closed_form(measure: str, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entry by entry from the papers' definitions (HiPPO eq. 2 / App. D; HTTYH for FouT)."""
+    A, B = np.zeros((N, N)), np.zeros(N)
+    for n in range(N):
+        for k in range(N):
+            if measure == "legs":
+                A[n, k] = -math.sqrt((2 * n + 1) * (2 * k + 1)) if n > k else (-(n + 1) if n == k else 0.0)
+            elif measure == "legt":
+                sign = 1.0 if n >= k else (-1.0) ** (n - k)
+                A[n, k] = -0.5 * sign * math.sqrt((2 * n + 1) * (2 * k + 1))
+            elif measure == "lagt":
+                A[n, k] = -0.5 if n == k else (-1.0 if n > k else 0.0)
+        B[n] = {"legs": math.sqrt(2 * n + 1), "legt": 0.5 * math.sqrt(2 * n + 1), "lagt": 1.0}.get(measure, 0.0)
+    if measure in ("fourier", "fout"):
+        b = np.array([1.0] + [math.sqrt(2) if n % 2 == 0 else 0.0 for n in range(1, N)])
+        for j in range(N // 2):
+            A[2 * j, 2 * j + 1], A[2 * j + 1, 2 * j] = -math.pi * j, math.pi * j
+        A, B = A - np.outer(b, b), b
+    return A, B

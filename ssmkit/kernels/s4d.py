@@ -23,16 +23,16 @@ import torch
 
 from ssmkit.kernels.base import Kernel, log_uniform
 from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
-
-#: the reference code's floor of -Re A under ``real_transform: relu`` (its ``param_transform``: relu(p) + 1e-4)
-RELU_FLOOR = 1e-4
-#: the reference code's clamp of Im(B) for S4D-LegS and the HiPPO NPLR forms (``nplr(..., B_clip=2.0)``)
-B_CLIP = 2.0
 from ssmkit.ops.vandermonde import log_vandermonde, log_vandermonde_transpose
 
 INITS = ("legs", "lin", "inv", "real")
 DISCS = ("zoh", "bilinear")
 REAL_TRANSFORMS = ("exp", "relu", "none")
+
+#: the reference code's floor of -Re A under ``real_transform: relu`` (its ``param_transform``: relu(p) + 1e-4)
+RELU_FLOOR = 1e-4
+#: the reference code's clamp of Im(B) for S4D-LegS and the HiPPO NPLR forms (``nplr(..., B_clip=2.0)``)
+B_CLIP = 2.0
 
 
 def _check_choice(name: str, value, allowed) -> None:

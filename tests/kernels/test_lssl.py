@@ -1,37 +1,16 @@
-"""LSSL against an independent float64 computation: the HiPPO matrices written out entry by entry, the
-bilinear transform by numpy, and the kernel by L sequential matrix-vector products."""
+"""LSSL against an independent float64 computation: the HiPPO matrices written out entry by entry
+(tests/helpers.py), the bilinear transform by numpy, and the kernel by L sequential matrix-vector products."""
 import math
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_steps
+from helpers import hippo_closed_form, run_steps
 
 from ssmkit import SequenceLayer
 from ssmkit.kernels.lssl import LSSLKernel
 from ssmkit.ops.hippo import MEASURES
 from ssmkit.ops.krylov import krylov
-
-
-def hippo_np(measure: str, N: int) -> tuple[np.ndarray, np.ndarray]:
-    """HiPPO (A, B) from the papers' definitions (LegS HiPPO eq. 2; LegT halved as S4's hippo; LagT; FouT)."""
-    A, B = np.zeros((N, N)), np.zeros(N)
-    for n in range(N):
-        for k in range(N):
-            r = math.sqrt((2 * n + 1) * (2 * k + 1))
-            if measure == "legs":
-                A[n, k] = -r if n > k else (-(n + 1) if n == k else 0.0)
-            elif measure == "legt":
-                A[n, k] = -0.5 * r * (1.0 if n >= k else (-1.0) ** (n - k))
-            elif measure == "lagt":
-                A[n, k] = -0.5 if n == k else (-1.0 if n > k else 0.0)
-        B[n] = {"legs": math.sqrt(2 * n + 1), "legt": 0.5 * math.sqrt(2 * n + 1), "lagt": 1.0}.get(measure, 0.0)
-    if measure in ("fourier", "fout"):
-        b = np.array([1.0] + [math.sqrt(2) if n % 2 == 0 else 0.0 for n in range(1, N)])
-        for j in range(N // 2):
-            A[2 * j, 2 * j + 1], A[2 * j + 1, 2 * j] = -math.pi * j, math.pi * j
-        A, B = A - np.outer(b, b), b
-    return A, B
 
 
 def np64(t):
@@ -70,7 +49,7 @@ def rel(a, b) -> float:
 @pytest.mark.parametrize("measure", MEASURES)
 def test_frozen_a_b_are_the_hippo_matrices(measure):
     k = LSSLKernel(2, d_state=6, init=measure, learn=0).double()
-    A, B = hippo_np(measure, 6)
+    A, B = hippo_closed_form(measure, 6)
     np.testing.assert_allclose(np64(k.A), A, rtol=1e-6, atol=1e-6)  # stored in float32, then cast
     np.testing.assert_allclose(np64(k.B), B, rtol=1e-6, atol=1e-6)
 

@@ -1,32 +1,11 @@
 """HiPPO matrices against their closed-form definitions, and the NPLR form against a numpy reconstruction."""
-import math
 
 import numpy as np
 import pytest
 import torch
+from helpers import hippo_closed_form as closed_form
 
 from ssmkit.ops.hippo import MEASURES, legs_diagonal, nplr, rank_correction, transition
-
-
-def closed_form(measure: str, N: int) -> tuple[np.ndarray, np.ndarray]:
-    """Entry by entry from the papers' definitions (HiPPO eq. 2 / App. D; HTTYH for FouT)."""
-    A, B = np.zeros((N, N)), np.zeros(N)
-    for n in range(N):
-        for k in range(N):
-            if measure == "legs":
-                A[n, k] = -math.sqrt((2 * n + 1) * (2 * k + 1)) if n > k else (-(n + 1) if n == k else 0.0)
-            elif measure == "legt":
-                sign = 1.0 if n >= k else (-1.0) ** (n - k)
-                A[n, k] = -0.5 * sign * math.sqrt((2 * n + 1) * (2 * k + 1))
-            elif measure == "lagt":
-                A[n, k] = -0.5 if n == k else (-1.0 if n > k else 0.0)
-        B[n] = {"legs": math.sqrt(2 * n + 1), "legt": 0.5 * math.sqrt(2 * n + 1), "lagt": 1.0}.get(measure, 0.0)
-    if measure in ("fourier", "fout"):
-        b = np.array([1.0] + [math.sqrt(2) if n % 2 == 0 else 0.0 for n in range(1, N)])
-        for j in range(N // 2):
-            A[2 * j, 2 * j + 1], A[2 * j + 1, 2 * j] = -math.pi * j, math.pi * j
-        A, B = A - np.outer(b, b), b
-    return A, B
 
 
 @pytest.mark.parametrize("measure", MEASURES)

@@ -27,7 +27,7 @@ import torch
 from ssmkit.errors import UserError
 
 MODES = ("fwd", "fwd+bwd", "step")
-KNOWN_KERNELS = ("s4d", "s4", "dss", "dlr", "sgconv", "attn")
+KNOWN_KERNELS = ("s4d", "s4", "dss", "dlr", "lssl", "sgconv", "attn")
 
 
 @dataclass

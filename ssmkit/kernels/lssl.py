@@ -82,6 +82,9 @@ class LSSLKernel(Kernel):
             raise ValueError(f"unknown learn {learn!r}; choose 0 (A, B, dt frozen: LSSL-fixed), 1 (shared A, B) or 2 (A, B per feature)")
         if d_state <= 0:
             raise ValueError(f"d_state must be positive, got {d_state}")
+        frozen_keys = sorted(k for spec in (lr, wd) if isinstance(spec, dict) for k in spec if k != "C")
+        if learn == 0 and frozen_keys:
+            raise ValueError(f"learn=0 (LSSL-fixed) freezes A, B and dt, so lr/wd for {frozen_keys} cannot apply; drop them or use learn 1 or 2")
         H, N = d_model, d_state
         self.N, self.init, self.learn, self.dt_per_channel = N, init, learn, dt_per_channel
         A, B = transition(init, N)

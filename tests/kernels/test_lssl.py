@@ -162,6 +162,7 @@ def test_dt_is_log_uniform_in_range():
         (dict(d_state=0), "d_state must be positive"),
         (dict(dt_min=0.1, dt_max=0.01), "dt_min <= dt_max"),
         (dict(lr={"P": 1.0}), "unknown lr key"),
+        (dict(learn=0, lr={"dt": 1e-3}), r"learn=0 \(LSSL-fixed\) freezes A, B and dt, so lr/wd for \['dt'\]"),
     ],
 )
 def test_bad_options_raise_clear_errors(kwargs, match):

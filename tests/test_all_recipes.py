@@ -28,7 +28,7 @@ RECIPES = sorted(p.relative_to(RECIPES_DIR).with_suffix("").as_posix() for p in 
 SYNTHETIC = {"shift", "cumsum", "cummax", "reverse", "sort", "masked_select", "masked_select_fixed", "solve",
              "solve_fixed", "context_shift", "mips", "adding"}
 #: Length-type task options and their tiny values.
-TASK_SHRINK = {"L": 16, "M": 4, "l_max": 64, "samples_per_epoch": 4, "val_samples": 2, "test_samples": 2}
+TASK_SHRINK = {"L": 16, "M": 4, "l_max": 64, "samples_per_epoch": 4, "val_samples": 2, "test_samples": 2, "seq_len": 32}
 #: Task names whose tiny data is 32 x 32 Pathfinder images (Path-X at its real 128 x 128 would be L = 16K).
 PATHFINDER_32 = {"pathfinder", "pathx", "pathfinder-segmentation"}
 
@@ -37,7 +37,7 @@ PATHFINDER_32 = {"pathfinder", "pathx", "pathfinder-segmentation"}
 def data_root(tmp_path_factory):
     """Tiny datasets in the real formats for every real task; ``$SSMKIT_DATA`` points here."""
     root = tmp_path_factory.mktemp("data")
-    for name in ("listops", "listops-subtrees", "pathfinder", "smnist", "scifar", "sc10", "imdb", "aan"):
+    for name in ("listops", "listops-subtrees", "pathfinder", "smnist", "scifar", "sc10", "imdb", "aan", "lm", "sc09"):
         make_data(name, root)  # one writer per on-disk format, shared with tests/tasks/test_train_tasks.py
     old = os.environ.get("SSMKIT_DATA")
     os.environ["SSMKIT_DATA"] = str(root)

@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from ssmkit.cli import app
 from ssmkit.tasks import listops, pathfinder
+from ssmkit.tasks.lm import write_synthetic_corpus
+from ssmkit.tasks.sc09 import SC09_WORDS
 
 TASKS = {
     "listops": {"l_max": 64},
@@ -20,6 +22,9 @@ TASKS = {
     "sc10": {"sample_rate": 8000},
     "imdb": {"l_max": 32},
     "aan": {"l_max": 32},
+    "lm": {"corpus": "synthetic-text", "seq_len": 16},
+    "cifar-density": {},
+    "sc09": {},
 }
 
 
@@ -32,10 +37,19 @@ def make_data(name, root):
             listops.write_subtrees(root / "listops-subtrees", exprs, 2, 2)
     elif name.startswith("pathfinder"):
         pathfinder.generate(10, 32, out=pathfinder.dataset_dir(32, root=root), segmentation=True)
-    elif name in ("smnist", "psmnist"):
+    elif name in ("smnist", "psmnist", "mnist-density"):
         write_mnist(root)
-    elif name in ("scifar", "lra-image"):
+    elif name in ("scifar", "lra-image", "cifar-density"):
         write_cifar(root)
+    elif name == "lm":  # WikiText layout: the synthetic corpus, and the same tiny text as wikitext-103
+        for corpus in ("synthetic-text", "wikitext-103"):
+            write_synthetic_corpus(root / corpus, n_paragraphs=8)
+    elif name == "sc09":  # the digit folders, added to split lists other words may already have
+        base = root / "SpeechCommands" / "speech_commands_v0.02"
+        lists = {f: (base / f).read_text() for f in ("validation_list.txt", "testing_list.txt") if (base / f).exists()}
+        write_sc(root, words=SC09_WORDS, per_word=3)
+        for f, text in lists.items():
+            (base / f).write_text(text + (base / f).read_text())
     elif name == "sc10":
         write_sc(root)
     elif name == "imdb":

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ssmkit.generation.generate import GenerationMixin
 from ssmkit.layers.sequence import SequenceLayer
 from ssmkit.models.sequence import ENCODERS, ResidualBlock, SequenceModel, _Norm
 
@@ -125,8 +126,9 @@ def _put(buffer: torch.Tensor, slot: int, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([buffer[..., :slot, :], x.unsqueeze(-2).to(buffer.dtype), buffer[..., slot + 1:, :]], dim=-2)
 
 
-class SaShiMi(nn.Module):
-    """The SaShiMi backbone with an encoder and a per-position decoder (the interface of ``SequenceModel``).
+class SaShiMi(GenerationMixin, nn.Module):
+    """The SaShiMi backbone with an encoder and a per-position decoder (the interface of ``SequenceModel``,
+    with ``generate`` and ``stream``).
 
     Args:
         d_input, d_output: input features (encoder ``linear``) or vocabulary size (``embedding``); outputs

@@ -185,6 +185,14 @@ def test_a_pooling_task_is_a_recipe_error():
         build_model(recipe(backbone="sashimi"), classify)
 
 
+def test_generate_reads_the_prompt_as_its_steps_would():
+    m = make("s4d", d_input=7, encoder="embedding").float()
+    prompt = torch.randint(0, 7, (2, 9))  # not a multiple of the period: steps, convolution, steps
+    conv = m.generate(prompt, 8, seed=3, compile="none", prefill="conv")
+    step = m.generate(prompt, 8, seed=3, compile="none", prefill="step")
+    assert torch.equal(conv.tokens, step.tokens) and conv.tokens.shape == (2, 17)
+
+
 @pytest.mark.slow
 def test_compiled_step_equals_eager():
     m = make("s4d")

@@ -118,6 +118,15 @@ def test_gradients_reach_every_parameter(unet):
     assert not missing, missing
 
 
+def test_activation_checkpointing_gives_the_same_gradients():
+    a, b = make("s4d", unet=True).train(), make("s4d", unet=True, checkpoint=True).train()
+    x = torch.randn(2, L, 3, dtype=torch.float64)
+    a(x).square().sum().backward()
+    b(x).square().sum().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
 def test_set_rate_reaches_every_level_and_layers_lists_all():
     m = make("s4d", unet=True)
     assert len(m.layers) == 2 * 2 * 2 + 2  # two levels x (down + up) x n_layers, plus the centre

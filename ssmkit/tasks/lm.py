@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -85,14 +86,16 @@ class WindowDataset(torch.utils.data.Dataset):
         return (torch.stack([x, y]) if self.pairs else x), y
 
 
-def read_lines(path: Path) -> list[str]:
+def read_lines(path: Path):
+    """The file's lines, one at a time (split at "\\n" only, as Python reads text files)."""
     try:
-        return path.read_text(encoding="utf-8").split("\n")[:-1] if path.stat().st_size else []
+        with open(path, encoding="utf-8", newline="\n") as f:
+            yield from f
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e}); word-level language modelling reads text files") from None
 
 
-def words_of(lines: list[str]):
+def words_of(lines):
     """The reference's tokenisation: each line split on whitespace, then ``<eos>``."""
     for line in lines:
         yield from line.split()
@@ -222,7 +225,10 @@ class LanguageModel(GenerativeTask):
             train = self.path("train")
 
             def make():
-                counts = Counter(w for w in words_of(read_lines(train)) if w != EOS)
+                counts = Counter()
+                for line in read_lines(train):
+                    counts.update(line.split())
+                counts.pop(EOS, None)
                 return [EOS] + [w for w, _ in counts.most_common()]
 
             self._vocab = self._cached(f"vocab-{self._cache_key(train)}.txt", make,
@@ -253,17 +259,20 @@ class LanguageModel(GenerativeTask):
         return self.level == "word" and self.adaptive_option and bool(self.cutoffs)
 
     def _ids(self, words, where: str) -> np.ndarray:
-        index = self._index
-        unk = index.get(UNK)
-        ids = np.fromiter((index.get(w, -1) for w in words), dtype=np.int64)
-        missing = ids < 0
-        if missing.any():
-            if unk is None:
-                lost = sorted({w for w, m in zip(words, missing) if m})
-                raise DataError(f"{where}: {len(lost)} word(s) not in the training vocabulary and no {UNK} word to map them to, "
-                                f"e.g. {', '.join(lost[:5])}; add them to the training file or use task.level=byte")
-            ids[missing] = unk
-        return ids
+        """Word ids (int32), streaming over ``words``; a word the vocabulary lacks becomes <unk> if it has one."""
+        get, unk = self._index.get, self._index.get(UNK)
+        ids, lost = array("i"), set()
+        for w in words:
+            i = get(w, unk)
+            if i is None:
+                lost.add(w)
+            else:
+                ids.append(i)
+        if lost:
+            lost = sorted(lost)
+            raise DataError(f"{where}: {len(lost)} word(s) not in the training vocabulary and no {UNK} word to map them to, "
+                            f"e.g. {', '.join(lost[:5])}; add them to the training file or use task.level=byte")
+        return np.frombuffer(ids, dtype=np.int32) if ids else np.zeros(0, np.int32)
 
     def stream(self, split: str) -> np.ndarray:
         """The split as one token array (uint8 bytes or int32 word ids)."""
@@ -278,7 +287,7 @@ class LanguageModel(GenerativeTask):
                 self.vocab  # noqa: B018
                 self._streams[split] = self._cached(
                     f"{SPLIT_FILES[split]}-{vocab_key}-{self._cache_key(path)}.npy",
-                    lambda: self._ids(list(words_of(read_lines(path))), str(path)).astype(np.int32),
+                    lambda: self._ids(words_of(read_lines(path)), str(path)),
                     lambda p: np.load(p, allow_pickle=False), lambda p, v: np.save(p, v, allow_pickle=False))
         return self._streams[split]
 
@@ -305,12 +314,9 @@ class LanguageModel(GenerativeTask):
         if self.level == "byte":
             return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
         self.vocab  # noqa: B018
-        lines = text.split("\n")
-        words = list(words_of(lines))
-        if not text.endswith("\n"):
-            words.pop()  # the last line goes on: no <eos> after it
+        words = list(words_of(text.split("\n")))[:-1]  # no <eos> after the last piece: the text goes on from there
         try:
-            return torch.from_numpy(self._ids(words, "the prompt"))
+            return torch.from_numpy(self._ids(words, "the prompt").astype(np.int64))
         except DataError as e:
             raise UserError(str(e).replace("add them to the training file or use task.level=byte",
                                            "use words of the training text")) from None

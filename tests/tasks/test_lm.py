@@ -51,6 +51,9 @@ def test_unknown_words_become_unk_when_the_vocabulary_has_it(tmp_path):
     unk, ids = task.vocab.index("<unk>"), {w: i for i, w in enumerate(task.vocab)}
     assert task.stream("val").tolist() == [ids["b"], ids["c"], 0, unk, ids["a"], 0]
     assert task.encode("a zebra b").tolist() == [ids["a"], unk, ids["b"]]
+    assert task.encode("a b\n").tolist() == [ids["a"], ids["b"], 0]
+    (tmp_path / "wikitext-103" / "wiki.test.tokens").write_text("b c\n d a")  # a last line without its newline
+    assert task.stream("test").tolist() == task.stream("val").tolist()
     text = "a b\nc a"
     assert task.decode(task.encode(text)) == text
     # a cached vocabulary and stream give the same result in a fresh task

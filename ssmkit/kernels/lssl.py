@@ -7,10 +7,12 @@ bilinear transform with alpha = 1/2), one step size dt per feature (or per chann
 
     dA = (I - dt/2 A)^{-1} (I + dt/2 A),   dB = (I - dt/2 A)^{-1} dt B
 
-and its convolution kernel is K_l = C dA^l dB (LSSL Sec. 3.3), C (channels, H, N). The Krylov matrix
-[dB, dA dB, ..., dA^(L-1) dB] is built by doubling (``ssmkit.ops.krylov``): ceil(log2 L) batched squarings
-and products, O(N^3 log L + N^2 L) per system instead of L sequential matrix-vector products, so the whole
-kernel is a handful of GEMMs that autograd differentiates directly.
+and its convolution kernel is K_l = C dA^l dB (LSSL Sec. 3.3), C (channels, H, N). Instead of L sequential
+matrix-vector products (or the N x L Krylov matrix [dB, dA dB, ...] of the reference code),
+``ssmkit.ops.krylov.power_series`` writes l = a m + b with m ~ sqrt(L) and builds the m vectors dA^b dB
+and the L/m rows C dA^(a m) by doubling (ceil(log2 L) batched squarings in all), then one GEMM of the two:
+O(N^3 log L + N^2 sqrt(L) + N L) work and O(N sqrt(L) + L) memory per system, forward and backward, all
+batched GEMMs that autograd differentiates directly.
 
 ``learn`` follows the reference code (state-spaces ``modules/lssl.py``): 0 is the paper's LSSL-fixed (A, B
 and dt frozen, only C trains), 1 trains one (A, B) shared by all features, 2 one (A, B) per feature. dt
@@ -28,7 +30,7 @@ import torch
 from ssmkit.kernels.base import Kernel, log_uniform
 from ssmkit.kernels.s4 import matrix_power
 from ssmkit.ops.hippo import MEASURES, transition
-from ssmkit.ops.krylov import krylov
+from ssmkit.ops.krylov import krylov, power_series
 
 LEARN = (0, 1, 2)
 
@@ -101,7 +103,6 @@ class LSSLKernel(Kernel):
             self.register("B", B.float().contiguous(), "B")
             self.register("log_dt", log_dt, "dt")
         self.register("C", torch.randn(channels, H, N), "C", ssm=False)  # reference: C ~ N(0, 1)
-        self._krylov_cache = None
         self._step = None
 
     # --- parameters -> discrete SSM ---
@@ -109,22 +110,6 @@ class LSSLKernel(Kernel):
         """(dA (G, H, N, N), dB (G, H, N)) with G = C under ``dt_per_channel``, else 1."""
         dt = torch.exp(self.log_dt) * rate  # (G, H)
         return bilinear(self.A, self.B, dt)
-
-    def _frozen_key(self, L: int, rate: float):
-        """A key for the Krylov matrix when nothing it depends on trains (LSSL-fixed), else None."""
-        if any(t.requires_grad for t in (self.A, self.B, self.log_dt)):
-            return None
-        return tuple((id(t), t._version, t.dtype, t.device) for t in (self.A, self.B, self.log_dt)) + (L, rate)
-
-    def _krylov(self, L: int, rate: float) -> torch.Tensor:
-        """[dB, dA dB, ..., dA^(L-1) dB]: (G, H, N, L); kept between calls when A, B and dt are frozen."""
-        key = self._frozen_key(L, rate)
-        if key is not None and self._krylov_cache is not None and self._krylov_cache[0] == key:
-            return self._krylov_cache[1]
-        dA, dB = self.discretize(rate)
-        X = krylov(dA, dB, L)
-        self._krylov_cache = (key, X) if key is not None else None
-        return X
 
     def _state4(self, state: torch.Tensor) -> torch.Tensor:
         """The state as (B, G, H, N)."""
@@ -135,25 +120,21 @@ class LSSLKernel(Kernel):
         """K (C, H, L); and, given a state (B, H, N) ((B, C, H, N) with dt_per_channel), K_state (B, C, H, L):
         its free response C dA^(l+1) s."""
         with torch.autocast(device_type=self.C.device.type, enabled=False):
-            X = self._krylov(L, rate)  # (G, H, N, L)
-            if X.shape[0] == 1:
-                K = torch.einsum("chn,hnl->chl", self.C, X[0])
-            else:
-                K = torch.einsum("chn,chnl->chl", self.C, X)
-            if state is None:
-                return K, None
-            dAT = self.discretize(rate)[0].transpose(-1, -2)  # (G, H, N, N)
-            # the free response C dA^(l+1) s: the Krylov matrix of dA^T started at dA^T C, read against s
-            left = krylov(dAT, (dAT @ self.C.unsqueeze(-1)).squeeze(-1), L)  # (C, H, N, L)
-            K_state = torch.einsum("chnl,bchn->bchl", left, self._state4(state.to(K.dtype)).expand(-1, self.channels, -1, -1))
-            return K, K_state
+            dA, dB = self.discretize(rate)  # (G, H, N, N), (G, H, N)
+            right = dB.unsqueeze(0)  # (1, G, H, N)
+            if state is not None:
+                # the free response C dA^l (dA s): the state enters as one more right-hand vector
+                s = self._state4(state.to(dA.dtype))  # (B, G, H, N)
+                right = torch.cat([right, (dA @ s.unsqueeze(-1)).squeeze(-1)], dim=0)
+            K = power_series(dA, self.C, right, L)  # (1 (+ B), C, H, L)
+            return K[0], (K[1:] if state is not None else None)
 
     def forward_state(self, u: torch.Tensor, state: torch.Tensor, rate: float = 1.0) -> torch.Tensor:
         """The state after reading u (B, H, L) from ``state``: dA^L s + sum_l dA^(L-1-l) dB u_l."""
         L = u.shape[-1]
         with torch.autocast(device_type=self.C.device.type, enabled=False):
-            dA, _ = self.discretize(rate)
-            X = self._krylov(L, rate)  # (G, H, N, L)
+            dA, dB = self.discretize(rate)
+            X = krylov(dA, dB, L)  # (G, H, N, L): [dB, dA dB, ..., dA^(L-1) dB]
             s = self._state4(state.to(X.dtype))  # (B, G, H, N)
             s = torch.einsum("ghnm,bghm->bghn", matrix_power(dA, L), s) + torch.einsum("ghnl,bhl->bghn", X.flip(-1), u.to(X.dtype))
         return s if self.dt_per_channel else s.squeeze(1)

@@ -116,6 +116,10 @@ class AdaptiveLM(nn.Module):
         if not isinstance(decoder, nn.Linear):
             raise RecipeError("the adaptive softmax replaces the backbone's final nn.Linear (decoder), which this model lacks; "
                               "set task.adaptive=false")
+        narrowest = int(decoder.in_features // div_value ** len(cutoffs))
+        if narrowest < 1:
+            raise RecipeError(f"the adaptive softmax's last tail cluster would have width {decoder.in_features} // "
+                              f"{div_value:g}^{len(cutoffs)} = 0; lower task.div_value, use fewer cutoffs or a wider model")
         backbone.decoder = nn.Identity()
         self.backbone = backbone
         self.head = nn.AdaptiveLogSoftmaxWithLoss(decoder.in_features, vocab_size, cutoffs, div_value=div_value)

@@ -75,3 +75,15 @@ def test_check_data_names_download(tmp_path):
         CifarDensity(data_dir=str(tmp_path)).check_data()
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*--download"):
         MnistDensity(data_dir=str(tmp_path)).check_data()
+
+
+def test_generate_completes_images_into_a_png(tmp_path, monkeypatch):
+    from test_lm import train_and_generate
+
+    write_cifar(tmp_path / "data")
+    result = train_and_generate(tmp_path, monkeypatch, {"name": "cifar-density"}, "--num-samples", "2",
+                                "--max-new-tokens", "12", "--out", str(tmp_path / "png"))
+    assert result.exit_code == 0, result.output
+    grid = np.asarray(Image.open(tmp_path / "png" / "samples.png"))
+    assert grid.shape == (66, 66, 3)
+    assert (grid[16, :32] == 0).all() and (grid[16 + 34, :4] != 0).any()  # row 16: only generated pixels (12 subpixels)

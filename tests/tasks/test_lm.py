@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 from accelerate.data_loader import prepare_data_loader
 from typer.testing import CliRunner
 
@@ -179,6 +180,15 @@ def test_bidirectional_model_is_refused(tmp_path):
         task.wrap_model(model)
 
 
+def test_adaptive_tail_too_narrow_is_refused(tmp_path):
+    text = " ".join(f"w{i}" for i in range(40)) + "\n"
+    write_wiki(tmp_path / "wikitext-103", train=text, valid=text, test=text)
+    task = lm(tmp_path, cutoffs=[10, 30])  # div_value 4: widths 8 // 4 = 2, 8 // 16 = 0
+    model = SequenceModel(task.d_input, task.d_output, d_model=8, n_layers=1, pool=None, encoder="embedding")
+    with pytest.raises(RecipeError, match="width 8 // 4\\^2 = 0; lower task.div_value"):
+        task.wrap_model(model)
+
+
 def test_check_data_names_files_and_commands(tmp_path):
     with pytest.raises(DataError, match=r"wikitext-103/wiki\.train\.tokens.*wikitext-103-v1\.zip"):
         lm(tmp_path).check_data()
@@ -235,3 +245,23 @@ def test_byte_model_learns_the_synthetic_corpus(tmp_path):
     summary = train(recipe)
     bits = summary["final"]["val/bits_per_byte"]
     assert bits < 3.0 and bits < unigram_bits - 0.8, (bits, unigram_bits)
+
+
+def train_and_generate(tmp_path, monkeypatch, task: dict, *generate_args: str):
+    """Trains ``task`` two steps with ``ssmkit train`` on the data under tmp_path/data, then runs
+    ``ssmkit generate`` on the run; returns generate's result."""
+    monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "data"))
+    recipe = {"name": "tiny", "task": task, "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "train": {"batch_size": 2, "max_steps": 2, "runs_dir": str(tmp_path / "runs")}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 0, result.output
+    return CliRunner().invoke(app, ["generate", str(tmp_path / "runs" / "tiny"), "--compile", "none", *generate_args])
+
+
+def test_generate_from_an_adaptive_word_model(tmp_path, monkeypatch):
+    write_synthetic_corpus(tmp_path / "data" / "synthetic-text", 40)
+    task = {"name": "lm", "corpus": "synthetic-text", "seq_len": 16, "cutoffs": [10, 30], "div_value": 2.0}
+    result = train_and_generate(tmp_path, monkeypatch, task, "--prompt", "The old castle was", "--max-new-tokens", "6")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("The old castle was ") and len(result.stdout.split()) >= 10

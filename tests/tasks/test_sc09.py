@@ -70,3 +70,14 @@ def test_check_data_and_options(tmp_path):
         SC09(data_dir=str(tmp_path)).check_data()
     with pytest.raises(ValueError, match="minmax"):
         SC09(minmax="yes")
+
+
+def test_generate_writes_wavs(tmp_path, monkeypatch):
+    from test_lm import train_and_generate
+
+    write_sc(tmp_path / "data", words=SC09_WORDS)
+    result = train_and_generate(tmp_path, monkeypatch, {"name": "sc09"}, "--num-samples", "2", "--max-new-tokens", "50",
+                                "--out", str(tmp_path / "wav"))
+    assert result.exit_code == 0, result.output
+    wav, sr = soundfile.read(tmp_path / "wav" / "sample_001.wav")
+    assert sr == 16000 and len(wav) == 4000 + 50

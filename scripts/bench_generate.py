@@ -3,7 +3,7 @@ convolution-mode forward over the whole prefix for every new token, at several c
 memory of the recurrent state against attention's KV cache.
 
     OMP_NUM_THREADS=1 python scripts/bench_generate.py [--contexts 1024,4096,16384] [--batches 1,16]
-        [--models s4d,sashimi,attn] [--steps 400] [--json out.json]
+        [--models s4d,sashimi,attn] [--steps 400] [--compile aot] [--temperature 1] [--json out.json]
 
 Per (model, batch, context):
 - ``decode``: ``generate(prompt of `context` tokens, steps new tokens)``; tokens/s = batch x steps / stepping
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="new tokens timed per point")
     parser.add_argument("--recompute-samples", type=int, default=1)
     parser.add_argument("--compile", default="aot", help="step of s4d/sashimi: aot, inductor, none")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy (no sampling cost)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     contexts = [int(c) for c in args.contexts.split(",")]
@@ -125,7 +126,7 @@ def main() -> None:
                 else:
                     prompt = torch.randint(0, VOCAB, (batch, context))
                     compile = "none" if name == "attn" else args.compile
-                    g = generate(model, prompt, args.steps + 1, temperature=1.0, seed=0, compile=compile)
+                    g = generate(model, prompt, args.steps + 1, temperature=args.temperature, seed=0, compile=compile)
                     row.update(decode_tok_s=g.tokens_per_s, step=g.step, compile_s=g.compile_s, prefill_s=g.prefill_s)
                 if name == "attn":
                     state = attention_cache(model, 1, context)

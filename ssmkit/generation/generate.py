@@ -10,7 +10,7 @@ against the KV cache), against O(L log L) for re-running the convolution over th
 
 The step runs eagerly or compiled (``SequenceModel.compile_step``): ``compile="auto"`` compiles ahead of
 time (AOTInductor) when every layer's state is a real tensor and the generation is long enough to pay
-for the ~15 s compile, otherwise steps eagerly; a compile that fails falls back to the eager step with
+for the compile (``AUTO_COMPILE_MIN_STEPS``), otherwise steps eagerly; a compile that fails falls back to the eager step with
 a warning. ``Generation.step`` says which step ran and ``Generation.step_note`` why.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -29,9 +29,10 @@ from ssmkit.generation.sampling import check_sampling, make_generator, sample_ne
 
 log = logging.getLogger("ssmkit.generation")
 
-#: ``compile="auto"`` compiles the step only for at least this many steps: compiling takes ~15 s, and the
-#: eager step runs ~1,700 steps/s (6 layers, d_model 128, one CPU core), so shorter runs lose time.
-AUTO_COMPILE_MIN_STEPS = 4096
+#: ``compile="auto"`` compiles the step only for at least this many steps. Compiling takes 20-75 s (one
+#: library per batch size), the eager step runs ~1,900 steps/s and the compiled one ~11,000 (6 layers,
+#: d_model 128, one CPU core, docs/performance.md): compiling pays from ~45,000 steps on.
+AUTO_COMPILE_MIN_STEPS = 32768
 COMPILE_MODES = ("auto", "aot", "inductor", "none")
 PREFILL_MODES = ("conv", "step")
 
@@ -166,8 +167,8 @@ def _choose_backend(model: nn.Module, compile: str, n_steps: int, template) -> t
     if device.type != "cpu":
         return "eager", f"the ahead-of-time step is used on the CPU only (model on {device.type})"
     if n_steps < AUTO_COMPILE_MIN_STEPS:
-        return "eager", (f"{n_steps} steps < {AUTO_COMPILE_MIN_STEPS}: compiling (~15 s) would cost more than it "
-                         "saves (compile='aot' forces it)")
+        return "eager", (f"{n_steps} steps < {AUTO_COMPILE_MIN_STEPS}: compiling (20-75 s) would cost more than "
+                         "it saves (compile='aot' forces it)")
     return "aot", f"{n_steps} steps, every state real"
 
 

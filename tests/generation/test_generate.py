@@ -1,5 +1,7 @@
 """generate(): greedy decoding equals the argmax of one full convolution-mode forward, position by position;
 the prompt read as a convolution equals the prompt stepped; seeds; batches; refusals; the step it reports."""
+import sys
+
 import pytest
 import torch
 from generation_models import BACKBONES, STEP_KERNELS, V, make_model
@@ -160,3 +162,26 @@ def test_the_compiled_step_generates_what_the_eager_step_does():
     assert torch.equal(fast.tokens, eager.tokens)
     again = generate(model, prompt(), 30, temperature=0, compile="aot")  # the compiled step is kept
     assert again.compile_s < 1.0 and torch.equal(again.tokens, eager.tokens)
+
+
+def test_auto_compiles_a_long_generation_and_steps_real_states(monkeypatch):
+    """Past AUTO_COMPILE_MIN_STEPS, auto asks for the ahead-of-time step and hands it S4D's real states
+    (a stand-in for the compiled step records what it gets; the real compile is the slow test below)."""
+    gen = sys.modules["ssmkit.generation.generate"]  # (ssmkit.generation.generate is also the function)
+    model = make_model("s4d")
+    eager = generate(model, prompt(), 8, temperature=0, keep_scores=True)
+    seen = []
+
+    def fake_compile_step(backend="auto"):
+        def step(x, state):
+            seen.append(all(not s.is_complex() and s.shape[-1] == 2 for s in state))
+            return model.step(x, state)
+        seen.append(backend)
+        return step
+
+    monkeypatch.setattr(gen, "AUTO_COMPILE_MIN_STEPS", 4)
+    monkeypatch.setattr(model, "compile_step", fake_compile_step)
+    g = generate(model, prompt(), 8, temperature=0, keep_scores=True)
+    assert g.step == "aot" and seen[0] == "aot" and all(seen[1:]) and len(seen) == 1 + 1 + 7  # warm-up + 7 steps
+    torch.testing.assert_close(g.scores, eager.scores, rtol=1e-10, atol=1e-10)
+    assert generate(model, prompt(), 3).step == "eager"  # below the threshold

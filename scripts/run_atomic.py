@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-KERNELS = ("dlr", "s4d", "dss", "sgconv", "attn")
+KERNELS = ("dlr", "s4d", "dss", "sgconv", "attn", "s5", "lru", "mamba")
 #: The ten atomic tasks of the DLR paper, then MIPS; the first three carry the paper's finding.
 TASKS = ("shift", "context_shift", "masked_select", "cumsum", "cummax", "reverse", "sort",
          "masked_select_fixed", "solve", "solve_fixed", "mips")

@@ -25,5 +25,8 @@ KERNELS.register("sgconv", kind="conv", description="SGConv: multi-scale global 
 from ssmkit.layers.attention import Attention  # noqa: E402
 
 KERNELS.register("attn", kind="mixer", description="attention: multi-head, rotary, full or local (chunk_size), KV-cache step")(Attention)
+from ssmkit.layers.mamba import Mamba  # noqa: E402
 
-__all__ = ["KERNELS", "DLRKernel", "DSSKernel", "Attention", "SGConvKernel", "Kernel", "LSSLKernel", "S4DKernel", "S4Kernel"]
+KERNELS.register("mamba", kind="mixer", description="Mamba: selective SSM block (input-dependent dt, B, C; conv + gate), chunked scan, step")(Mamba)
+
+__all__ = ["KERNELS", "DLRKernel", "DSSKernel", "Attention", "Mamba", "SGConvKernel", "Kernel", "LSSLKernel", "S4DKernel", "S4Kernel"]

@@ -1,0 +1,267 @@
+"""The selective scan of Mamba (Gu and Dao 2023, Algorithm 2) in plain torch, and an optional fused backend.
+
+    h_t = exp(delta_t * A) h_{t-1} + delta_t * B_t * u_t        h: (batch, D, N) per step
+    y_t = C_t . h_t + D * u_t
+
+with u, delta (batch, D, L), a real diagonal A (D, N) (Mamba: A = -exp(A_log) < 0), input-dependent
+B, C (batch, N, L) shared by the D channels, an optional skip D (D,) and an optional start state h0
+(batch, D, N). ``selective_scan`` returns y (batch, D, L) and the last state (batch, D, N).
+
+How it runs (``backend="torch"``). Time is cut into chunks read one after another, the state carried
+across them. Within a chunk, everything is parallel in log space: with S_t = sum_{s<=t} delta_s A (the
+log of the cumulative decay),
+
+    h_t = exp(S_t) * (h_start + sum_{s<=t} exp(-S_s) x_s),      x_s = delta_s B_s u_s,
+
+one cumulative sum. exp(-S_s) grows within the chunk; a chunk whose total log decay exceeds
+``LOG_LIMIT`` (60 in float32, 600 in float64; exp(60) ~ 1e26) is split in halves, recursively, so
+nothing overflows whatever delta * A is (a chunk of length 1 is the plain recurrence). Only the chunks'
+start states are kept; the backward pass walks the chunks from the end, recomputes each one's states
+and applies its hand-written vector-Jacobian product (reverse cumulative sums; the gradient of the next
+chunk's start state flows into the end state of this one), so memory is O(batch * D * L) plus one chunk's (batch, D, N, T)
+temporaries, in forward and backward.
+
+Precision: the scan runs in float32 (float64 for float64 inputs) with autocast disabled, so bf16/fp16
+training never accumulates the recurrence in half precision; y comes back in u's dtype.
+
+``backend="mamba_ssm"`` is the fused CUDA kernel of the ``mamba_ssm`` package (``selective_scan_fn``),
+used only on CUDA tensors and without a start state (it has none); ``auto`` takes it when it imports and
+passed its self-test against ours on that device (``ssmkit.ops.backends``), otherwise ``torch``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ssmkit.ops import backends
+
+#: positions per chunk: the (batch, D, N, CHUNK) temporaries are the scan's working memory
+CHUNK = 64
+#: the largest |log decay| a chunk may span before it is split (exp(-S) must stay finite)
+LOG_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
+BACKENDS = ("auto", "torch", "mamba_ssm")
+
+
+def _too_long(S: torch.Tensor) -> bool:
+    """Whether a chunk's log decays S (b, D, N, T) span more than exp can hold both ways."""
+    lo, hi = torch.aminmax(S)
+    return S.shape[-1] > 1 and max(-lo.item(), hi.item()) > LOG_LIMIT[S.dtype]
+
+
+def _chunk(u, delta, A, B, C, h):
+    """One chunk: u, delta (b, D, T), A (D, N), B, C (b, N, T), h (b, D, N) -> y (b, D, T), h_end (b, D, N)."""
+    S = (delta.unsqueeze(2) * A.unsqueeze(-1)).cumsum(-1)  # (b, D, N, T): log of the cumulative decay
+    if _too_long(S):
+        half = u.shape[-1] // 2
+        y1, h = _chunk(u[..., :half], delta[..., :half], A, B[..., :half], C[..., :half], h)
+        y2, h = _chunk(u[..., half:], delta[..., half:], A, B[..., half:], C[..., half:], h)
+        return torch.cat([y1, y2], -1), h
+    x = (delta * u).unsqueeze(2) * B.unsqueeze(1)  # (b, D, N, T)
+    hs = S.exp() * (h.unsqueeze(-1) + (x * (-S).exp()).cumsum(-1))  # (b, D, N, T)
+    return (hs * C.unsqueeze(1)).sum(2), hs[..., -1]
+
+
+def _reverse_cumsum(g: torch.Tensor) -> torch.Tensor:
+    """sum_{t' >= t} g_t' over the last dimension."""
+    return g.sum(-1, keepdim=True) - g.cumsum(-1) + g
+
+
+def _chunk_backward(u, delta, A, B, C, h, gy, gh):
+    """The vector-Jacobian product of ``_chunk`` for output gradients gy (b, D, T), gh (b, D, N):
+    du, ddelta (b, D, T), dA (D, N), dB, dC (b, N, T), dh (b, D, N). Recomputes the chunk's states."""
+    du_ = u * delta
+    S = (delta.unsqueeze(2) * A.unsqueeze(-1)).cumsum(-1)
+    if _too_long(S):
+        half = u.shape[-1] // 2
+        first = [t[..., :half] for t in (u, delta)], [t[..., :half] for t in (B, C)]
+        second = [t[..., half:] for t in (u, delta)], [t[..., half:] for t in (B, C)]
+        _, h_mid = _chunk(*first[0], A, *first[1], h)
+        g2 = _chunk_backward(*second[0], A, *second[1], h_mid, gy[..., half:], gh)
+        g1 = _chunk_backward(*first[0], A, *first[1], h, gy[..., :half], g2[5])
+        return (torch.cat([g1[0], g2[0]], -1), torch.cat([g1[1], g2[1]], -1), g1[2] + g2[2],
+                torch.cat([g1[3], g2[3]], -1), torch.cat([g1[4], g2[4]], -1), g1[5])
+    inv = (-S).exp()
+    x = du_.unsqueeze(2) * B.unsqueeze(1)  # (b, D, N, T)
+    xi = x * inv
+    hs = S.exp() * (h.unsqueeze(-1) + xi.cumsum(-1))
+    g_hs = gy.unsqueeze(2) * C.unsqueeze(1)
+    g_hs[..., -1] += gh
+    dC = (gy.unsqueeze(2) * hs).sum(1)
+    g_c = g_hs * S.exp()  # the gradient of the running sum (h + cumsum) at each t
+    g_xi = _reverse_cumsum(g_c)
+    dh = g_xi[..., 0]
+    g_S = g_hs * hs - g_xi * xi  # through exp(S) and exp(-S)
+    g_dA = _reverse_cumsum(g_S)
+    g_x = g_xi * inv
+    dA = (g_dA * delta.unsqueeze(2)).sum((0, 3))
+    g_du = (g_x * B.unsqueeze(1)).sum(2)
+    dB = (g_x * du_.unsqueeze(2)).sum(1)
+    ddelta = (g_dA * A.unsqueeze(-1)).sum(2) + g_du * u
+    return g_du * delta, ddelta, dA, dB, dC, dh
+
+
+class _SelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, chunk):
+        L = u.shape[-1]
+        h = h0
+        starts, ys = [], []
+        for t0 in range(0, L, chunk):
+            t1 = min(L, t0 + chunk)
+            starts.append(h)
+            y, h = _chunk(u[..., t0:t1], delta[..., t0:t1], A, B[..., t0:t1], C[..., t0:t1], h)
+            ys.append(y)
+        ctx.save_for_backward(u, delta, A, B, C, *starts)
+        ctx.chunk = chunk
+        return torch.cat(ys, -1), h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, dh_last):
+        u, delta, A, B, C, *starts = ctx.saved_tensors
+        L, chunk = u.shape[-1], ctx.chunk
+        du, ddelta, dB, dC = (torch.empty_like(t) for t in (u, delta, B, C))
+        dA = torch.zeros_like(A)
+        dh = torch.zeros_like(starts[0]) if dh_last is None else dh_last.contiguous()
+        dy = torch.zeros_like(u) if dy is None else dy
+        for i in reversed(range(len(starts))):
+            t0, t1 = i * chunk, min(L, (i + 1) * chunk)
+            sl = [t[..., t0:t1] for t in (u, delta, B, C)]
+            g = _chunk_backward(sl[0], sl[1], A, sl[2], sl[3], starts[i], dy[..., t0:t1], dh)
+            du[..., t0:t1], ddelta[..., t0:t1], dB[..., t0:t1], dC[..., t0:t1] = g[0], g[1], g[3], g[4]
+            dA += g[2]
+            dh = g[5]
+        return du, ddelta, dA, dB, dC, dh, None
+
+
+def _check(u, delta, A, B, C, D, h0) -> None:
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"selective_scan: u and delta must both be (batch, D, L), got {tuple(u.shape)} and {tuple(delta.shape)}")
+    b, d, L = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"selective_scan: A must be (D, N) with D={d}, got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (b, n, L):
+            raise ValueError(f"selective_scan: {name} must be (batch, N, L) = {(b, n, L)}, got {tuple(t.shape)}")
+    if D is not None and D.shape != (d,):
+        raise ValueError(f"selective_scan: D must be ({d},), got {tuple(D.shape)}")
+    if h0 is not None and h0.shape != (b, d, n):
+        raise ValueError(f"selective_scan: the start state must be (batch, D, N) = {(b, d, n)}, got {tuple(h0.shape)}")
+
+
+def _torch_scan(u, delta, A, B, C, h0, chunk):
+    dtype = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype) else torch.float32
+    u32, delta32, A32, B32, C32 = (t.to(dtype) for t in (u, delta, A, B, C))
+    if h0 is None:
+        h0 = u32.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    return _SelectiveScan.apply(u32, delta32, A32, B32, C32, h0.to(dtype), chunk)
+
+
+# --- the optional fused backend (mamba_ssm) ---
+def probe_mamba_ssm() -> backends.Probe:
+    """Imports ``mamba_ssm``'s selective scan once; ``Probe.reason`` says why it is missing."""
+    if "mamba_ssm" not in backends._probes:
+        try:
+            import importlib
+
+            mod = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+            version = getattr(importlib.import_module("mamba_ssm"), "__version__", "?")
+            backends._probes["mamba_ssm"] = backends.Probe(True, f"mamba_ssm {version}", mod)
+        except ImportError as e:  # not installed, or its CUDA extension does not match this torch
+            backends._probes["mamba_ssm"] = backends.Probe(
+                False, f"mamba_ssm does not import ({e}); optional, CUDA only: `pip install mamba-ssm`")
+        except OSError as e:
+            backends._probes["mamba_ssm"] = backends.Probe(False, f"mamba_ssm failed to load a library: {e}")
+    return backends._probes["mamba_ssm"]
+
+
+def _fused_scan(u, delta, A, B, C):
+    fn = probe_mamba_ssm().module.selective_scan_fn
+    dtype = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        y, last = fn(u.to(dtype).contiguous(), delta.to(dtype).contiguous(), A.float().contiguous(),
+                     B.to(dtype).contiguous(), C.to(dtype).contiguous(), return_last_state=True)
+    return y, last
+
+
+def _self_test_error(device: torch.device) -> float:
+    """Max abs difference between the fused kernel and ours on a small random problem (float32)."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 8, 200, generator=g)
+    delta = torch.rand(2, 8, 200, generator=g) * 0.2 + 1e-3
+    A = -torch.rand(8, 4, generator=g) * 4
+    B, C = torch.randn(2, 4, 200, generator=g), torch.randn(2, 4, 200, generator=g)
+    args = [t.to(device) for t in (u, delta, A, B, C)]
+    y, h = _fused_scan(*args)
+    y_ref, h_ref = _torch_scan(*args, None, CHUNK)
+    return max((y - y_ref).abs().max().item(), (h - h_ref).abs().max().item())
+
+
+def choose_backend(u: torch.Tensor, h0, backend: str = "auto") -> str:
+    """``torch`` or ``mamba_ssm`` for these inputs; a named backend that cannot run falls back with a warning."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    why = None
+    if u.device.type != "cuda":
+        why = "it runs on CUDA only"
+    elif h0 is not None:
+        why = "it takes no start state"
+    elif not (probe := probe_mamba_ssm()).ok:
+        why = probe.reason
+    elif not (test := backends.self_test("selective_scan", "mamba_ssm", u.device, lambda: _self_test_error(u.device), 1e-3)).ok:
+        why = test.reason
+    if why is None:
+        backends.log_choice("selective_scan", u.device, "mamba_ssm", "fused CUDA kernel, self-test passed")
+        return "mamba_ssm"
+    if backend == "mamba_ssm":
+        backends.warn_fallback("selective_scan", "mamba_ssm", "torch", why)
+    return "torch"
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    chunk: int = CHUNK,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (batch, D, L) and the last state (batch, D, N) of Mamba's selective SSM (see the module docstring).
+
+    Args:
+        u, delta: (batch, D, L); delta > 0 (the discretisation step, already through softplus).
+        A: (D, N), real (negative for a stable recurrence).
+        B, C: (batch, N, L).
+        D: (D,) skip, or None.
+        h0: (batch, D, N) start state, or None for zeros.
+        chunk: positions per chunk of the torch scan.
+        backend: ``auto`` | ``torch`` | ``mamba_ssm``.
+    """
+    _check(u, delta, A, B, C, D, h0)
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk}")
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        if choose_backend(u, h0, backend) == "mamba_ssm":
+            y, last = _fused_scan(u, delta, A, B, C)
+        else:
+            y, last = _torch_scan(u, delta, A, B, C, h0, chunk)
+        if D is not None:
+            y = y + u.to(y.dtype) * D.to(y.dtype).unsqueeze(-1)
+    return y.to(u.dtype) if u.dtype in (torch.float16, torch.bfloat16) else y, last
+
+
+def selective_step(u, delta, A, B, C, D, h):
+    """One step of the recurrence: u, delta (batch, D), B, C (batch, N), h (batch, D, N) -> y (batch, D), h."""
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        dtype = h.dtype
+        u, delta, B, C = (t.to(dtype) for t in (u, delta, B, C))
+        h = torch.exp(delta.unsqueeze(-1) * A.to(dtype)) * h + (delta * u).unsqueeze(-1) * B.unsqueeze(1)
+        y = (h * C.unsqueeze(1)).sum(-1)
+        if D is not None:
+            y = y + D.to(dtype) * u
+    return y, h

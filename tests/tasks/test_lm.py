@@ -171,6 +171,34 @@ def test_adaptive_head_keeps_the_contract_and_its_cheap_loss_agrees(tmp_path):
     assert (out[:, 6:] == 0).all() and int(task.metric_stats(out, y_pad)["tokens"].sum()) == 24
 
 
+def test_tied_adaptive_input_embedding(tmp_path):
+    text = "\n".join(" ".join(f"w{(7 * i + j) % 30}" for j in range(6)) for i in range(40)) + "\n"
+    write_wiki(tmp_path / "wikitext-103", train=text, valid=text, test=text)
+    task = lm(tmp_path, seq_len=12, cutoffs=[4, 12])
+    backbone = SequenceModel(task.d_input, task.d_output, d_model=16, n_layers=1, pool=None, encoder="embedding")
+    model = task.wrap_model(backbone)
+    sm, emb = model.head, model.backbone.encoder
+    assert not any(isinstance(m, torch.nn.Embedding) for m in model.modules())
+    ids = torch.tensor([[0, 3, 4, 11, 12, 30]])
+    with torch.no_grad():
+        got = emb(ids)[0].double()
+    W = sm.head.weight.double()
+    proj = [t[0].weight.double() for t in sm.tail]  # (16 // 4, 16), (16 // 16, 16)
+    out = [t[1].weight.double() for t in sm.tail]  # (8, 4), (19, 1)
+    want = torch.stack([W[0], W[3], out[0][0] @ proj[0], out[0][7] @ proj[0], out[1][0] @ proj[1], out[1][18] @ proj[1]]) * 4
+    assert torch.allclose(got, want, atol=1e-6)
+    emb(ids).sum().backward()  # the input side trains the softmax's matrices
+    assert sm.tail[1][1].weight.grad[18].abs().sum() > 0 and sm.head.weight.grad[3].abs().sum() > 0
+    keys = list(model.state_dict())
+    assert not any("softmax" in k for k in keys) and len(keys) == len(set(keys))
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))  # no shared tensors saved twice
+    untied = lm(tmp_path, seq_len=12, cutoffs=[4, 12], tie_adaptive=False).wrap_model(
+        SequenceModel(task.d_input, task.d_output, d_model=16, n_layers=1, pool=None, encoder="embedding"))
+    assert isinstance(untied.backbone.encoder, torch.nn.Embedding)
+
+
 def test_bidirectional_model_is_refused(tmp_path):
     write_wiki(tmp_path / "wikitext-103")
     task = lm(tmp_path, level="byte")

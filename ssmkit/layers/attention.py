@@ -127,9 +127,11 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=1.0)
 
     # --- whole sequences ---
-    def _local(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int, k_start: int) -> torch.Tensor:
+    def _local(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int, k_start: int,
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Chunked attention of queries at positions q_start.. to keys at positions k_start.. (k_start <= q_start,
-        k_start a multiple of chunk_size, keys ending where queries end). Returns (*batch, heads, Tq, d_head)."""
+        k_start a multiple of chunk_size, keys ending where queries end). Returns (*batch, heads, Tq, d_head).
+        ``lengths`` (B,): keys at positions >= lengths[b] are masked (suffix padding)."""
         w = self.chunk_size
         end = q_start + q.shape[-2]
         n = math.ceil((end - k_start) / w)  # chunks from k_start
@@ -154,15 +156,24 @@ class Attention(nn.Module):
             mask = mask & (k_pos <= q_pos)  # (n, w, kw)
         # padding queries (outside [q_start, end)) may see no key: let them see all (their output is dropped)
         real_q = (q_pos >= q_start) & (q_pos < end)
+        if lengths is not None:  # (B, 1, n, w | 1, kw): per sample, broadcast over heads
+            valid = lambda pos: pos < lengths.to(dev).view(-1, 1, 1, 1, 1)  # noqa: E731
+            mask, real_q = mask & valid(k_pos), real_q & valid(q_pos)
         mask = mask | ~real_q
         y = self._attend(qc, kc, vc, mask=mask)  # (*, heads, n, w, d)
         y = y.flatten(-3, -2)
         return y[..., pad_q[0] : pad_q[0] + end - q_start, :]
 
-    def forward(self, u: torch.Tensor, state: KVCache | None = None, return_state: bool = False):
-        """u (B, H, L) -> y (B, H, L); causal attention may start from a KV cache and return the next one."""
+    def forward(self, u: torch.Tensor, state: KVCache | None = None, return_state: bool = False,
+                lengths: torch.Tensor | None = None):
+        """u (B, H, L) -> y (B, H, L); causal attention may start from a KV cache and return the next one.
+
+        ``lengths`` (B,) marks suffix padding: keys at positions >= lengths[b] are masked (full and local,
+        both directions), so the valid outputs equal the sample run alone (not with a cache)."""
         if (state is not None or return_state) and not self.causal:
             raise ValueError("bidirectional attention has no recurrent state; use bidirectional=False")
+        if lengths is not None and (state is not None or return_state):
+            raise ValueError("lengths cannot be combined with a KV cache (state/return_state); drop one of them")
         x = u.transpose(-1, -2)  # (B, L, H)
         L = x.shape[-2]
         if state is None and return_state:
@@ -174,7 +185,9 @@ class Attention(nn.Module):
             v = torch.cat([state.v.to(v.dtype), v], dim=-2)
         k_start = pos + L - k.shape[-2]
         if self.chunk_size is not None:
-            y = self._local(q, k, v, pos, k_start)
+            y = self._local(q, k, v, pos, k_start, lengths)
+        elif lengths is not None:
+            y = self._attend(q, k, v, mask=self._key_mask(lengths, L, x.device))
         elif state is None or k_start == pos:
             y = self._attend(q, k, v, is_causal=self.causal)
         else:
@@ -185,6 +198,16 @@ class Attention(nn.Module):
         if not return_state:
             return y, None
         return y, self._trim(KVCache(k, v, pos + L))
+
+    def _key_mask(self, lengths: torch.Tensor, L: int, device) -> torch.Tensor:
+        """(B, 1, L, L) boolean for full attention on suffix-padded sequences: key s < lengths[b] (and s <= t when
+        causal); a padded query (t >= lengths[b]) sees every key, so it has one, and its output is dropped."""
+        pos = torch.arange(L, device=device)
+        n = lengths.to(device).view(-1, 1, 1, 1)
+        mask = pos < n  # keys, (B, 1, 1, L)
+        if self.causal:
+            mask = mask & (pos.unsqueeze(-1) >= pos)
+        return mask | (pos.unsqueeze(-1) >= n)
 
     # --- recurrent mode (causal only) ---
     def _trim(self, cache: KVCache) -> KVCache:

@@ -7,6 +7,8 @@ both give the same numbers as the convolution.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from ssmkit.kernels import KERNELS
 from ssmkit.ops.cache import KernelCache
 from ssmkit.ops.fftconv import fftconv
+from ssmkit.ops.padding import padding_mask
 from ssmkit.registry import check_options, did_you_mean
 
 ACTIVATIONS = {
@@ -102,7 +105,9 @@ class SequenceLayer(nn.Module):
             self.D = nn.Parameter(torch.randn(self.kernel_channels, d_model)) if D else None
             d_mixed = channels * d_model
 
-        self.act = nn.Identity() if activation == "glu" or self.kind == "mixer" else ACTIVATIONS[activation]()
+        # token mixers get the activation only if they ask for it (S5, LRU: SSM -> activation -> output map)
+        mixer_act = self.kind == "mixer" and getattr(cls, "takes_activation", False)
+        self.act = nn.Identity() if activation == "glu" or (self.kind == "mixer" and not mixer_act) else ACTIVATIONS[activation]()
         if output is None and d_mixed != d_model:
             raise ValueError(f"output=None needs channels=1 (the output map folds C*H={d_mixed} back to H={d_model})")
         if output == "glu":
@@ -116,6 +121,16 @@ class SequenceLayer(nn.Module):
         self._step_key = None
         self.kernel_cache = KernelCache()
         self.cache_in_training = False
+
+    def _mixer_lengths(self, lengths: torch.Tensor) -> dict:
+        """A token mixer masks padded keys itself (``forward(..., lengths=)``); a causal one that does not
+        need not (its valid outputs never read the zeroed padding after them)."""
+        if "lengths" in inspect.signature(self.mixer.forward).parameters:
+            return {"lengths": lengths}
+        if self.bidirectional:
+            raise ValueError(f"kernel {self.kernel_name!r} cannot mask padding (its forward takes no lengths); "
+                             "use it causally or drop lengths")
+        return {}
 
     @property
     def has_state(self) -> bool:
@@ -190,8 +205,15 @@ class SequenceLayer(nn.Module):
         state: torch.Tensor | None = None,
         return_state: bool = False,
         rate: float | None = None,
+        lengths: torch.Tensor | None = None,
     ):
-        """x: (B, H, L) if transposed else (B, L, H). With ``return_state``, also the final state."""
+        """x: (B, H, L) if transposed else (B, L, H). With ``return_state``, also the final state.
+
+        ``lengths`` (B,) marks suffix padding: the input after each sample's length is zeroed before the
+        token mixing (so neither direction of a bidirectional kernel reads it, and attention masks those
+        keys) and the output there is zeroed after it; the valid positions then equal the sample run alone.
+        A state at the padded end is no sample's state, so ``state``/``return_state`` refuse ``lengths``.
+        """
         if x.dim() != 3:
             raise ValueError(f"SequenceLayer expects a 3-d input, got shape {tuple(x.shape)}")
         rate = self.rate if rate is None else rate
@@ -200,9 +222,21 @@ class SequenceLayer(nn.Module):
             raise ValueError(f"expected {self.d_model} features, got input of shape {tuple(x.shape)} (transposed={self.transposed})")
         if (state is not None or return_state) and not self.has_state:
             raise self._refuse_state()
+        mask = None
+        if lengths is not None:
+            if state is not None or return_state:
+                raise ValueError(
+                    "lengths cannot be combined with state/return_state: the state after the padding is no "
+                    "sample's state; run unpadded sequences (or equal lengths without lengths) for state passing"
+                )
+            mask = padding_mask(lengths, u.shape[-1], u.device).unsqueeze(1)  # (B, 1, L)
+            u = u * mask.to(u.dtype)
         if self.kernel is None:
-            y, next_state = self.mixer(u, state=state, return_state=return_state)  # (B, H, L)
-            y = self.dropout(y).transpose(-1, -2)
+            masked = {} if lengths is None else self._mixer_lengths(lengths)
+            if "rate" in inspect.signature(self.mixer.forward).parameters:
+                masked["rate"] = rate  # mixers with a step size (S5)
+            y, next_state = self.mixer(u, state=state, return_state=return_state, **masked)  # (B, H, L)
+            y = self.dropout(self.act(y)).transpose(-1, -2)
             y = self.out(y)
         else:
             L = u.shape[-1]
@@ -221,6 +255,8 @@ class SequenceLayer(nn.Module):
                 y = y + k_state.to(y.dtype)
             y = self._output(self._mix(y)).transpose(-1, -2)  # (B, L, H), a view of the (B, H, L) result
             next_state = self.kernel.forward_state(u, state, rate=rate) if return_state else None
+        if mask is not None:
+            y = y * mask.transpose(-1, -2).to(y.dtype)  # y is (B, L, H) here
         y = y.transpose(-1, -2) if self.transposed else y
         return (y, next_state) if return_state else y
 
@@ -250,7 +286,7 @@ class SequenceLayer(nn.Module):
             self.setup_step(rate)
         if self.kernel is None:
             y, state = self.mixer.step(x, state)  # (B, H)
-            return self.out(self.dropout(y)), state
+            return self.out(self.dropout(self.act(y))), state
         y, state = self.kernel.step(x, state)  # (B, C', H)
         if self.D is not None:
             y = y + x.unsqueeze(1) * self.D.to(x.dtype)

@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ssmkit.generation.generate import GenerationMixin
 from ssmkit.layers.sequence import SequenceLayer
+from ssmkit.ops.padding import padding_mask
 
 NORMS = ("layer", "batch", None)
 POOLS = ("mean", "last", None)
@@ -28,8 +29,12 @@ class _Norm(nn.Module):
         self.kind = kind
         self.norm = {"layer": nn.LayerNorm(d), "batch": nn.BatchNorm1d(d), None: nn.Identity()}[kind]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, L) (True = valid): batch norm takes its statistics from the valid positions only and
+        leaves the padded ones as they are (layer norm is per position and ignores it)."""
         if self.kind == "batch" and x.dim() == 3:
+            if mask is not None:
+                return x.masked_scatter(mask.unsqueeze(-1), self.norm(x[mask]).to(x.dtype))
             return self.norm(x.transpose(-1, -2)).transpose(-1, -2)
         return self.norm(x)
 
@@ -47,25 +52,26 @@ class ResidualBlock(nn.Module):
             self.mlp_norm = _Norm(norm, d_model)
             self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model), self.drop)
 
-    def _sub(self, x, fn, norm):
+    def _sub(self, x, fn, norm, mask=None):
         if self.prenorm:
-            return x + fn(norm(x))
-        return norm(x + fn(x))
+            return x + fn(norm(x, mask))
+        return norm(x + fn(x), mask)
 
-    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, state=None, return_state: bool = False):
         next_state = None
+        mask = None if lengths is None else padding_mask(lengths, x.shape[1], x.device)
 
         def mix(z):
             nonlocal next_state
             if return_state:
                 z, next_state = self.layer(z, state=state, return_state=True)
             else:
-                z = self.layer(z)
+                z = self.layer(z, lengths=lengths)
             return self.drop(z)
 
-        x = self._sub(x, mix, self.norm)
+        x = self._sub(x, mix, self.norm, mask)
         if self.mlp is not None:
-            x = self._sub(x, self.mlp, self.mlp_norm)
+            x = self._sub(x, self.mlp, self.mlp_norm, mask)
         return (x, next_state) if return_state else x
 
     def step(self, x: torch.Tensor, state):
@@ -125,7 +131,7 @@ class SequenceModel(GenerationMixin, nn.Module):
         self.blocks = nn.ModuleList(
             ResidualBlock(d_model, layer, prenorm, norm, dropout, mlp_ratio) for _ in range(n_layers)
         )
-        self.final_norm = _Norm(norm, d_model) if prenorm else nn.Identity()
+        self.final_norm = _Norm(norm if prenorm else None, d_model)  # postnorm blocks end normalised
         self.decoder = nn.Linear(d_model, d_output)
 
     @property
@@ -151,8 +157,10 @@ class SequenceModel(GenerationMixin, nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, state=None, return_state: bool = False):
         """x: (B, L, d_input) floats or (B, L) token ids -> (B, d_output) or (B, L, d_output).
 
-        ``lengths`` (B,) marks suffix padding for pooling. ``state``/``return_state`` pass each layer's
-        recurrent state (a list, one per block), for causal recurrent kernels.
+        ``lengths`` (B,) marks suffix padding: every layer zeroes the padding before and after its token
+        mixing, batch norm and pooling ignore it, so each sample's output is the one it gets alone.
+        ``state``/``return_state`` pass each layer's recurrent state (a list, one per block), for causal
+        recurrent kernels (not with ``lengths``).
         """
         x = self.encoder(x)  # (B, L, H)
         states = []
@@ -161,10 +169,11 @@ class SequenceModel(GenerationMixin, nn.Module):
                 x, s = block(x, state=None if state is None else state[i], return_state=True)
                 states.append(s)
             elif self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, lengths, use_reentrant=False)
             else:
-                x = block(x)
-        x = self.decoder(self._pool(self.final_norm(x), lengths))
+                x = block(x, lengths)
+        mask = None if lengths is None else padding_mask(lengths, x.shape[1], x.device)
+        x = self.decoder(self._pool(self.final_norm(x, mask), lengths))
         return (x, states) if return_state else x
 
     def default_state(self, *batch_shape: int, device=None, real: bool = False) -> list:

@@ -44,6 +44,8 @@ def s4d_init(init: str, N: int, B_clip: float | None = B_CLIP) -> tuple[torch.Te
     """(A, B) complex128 of the stored states: N/2 for complex inits, N for ``real``. ``B_clip`` clamps
     Im(B) of ``legs`` (the other inits have B = 1)."""
     _check_choice("init", init, INITS)
+    if B_clip is not None and not B_clip > 0:
+        raise ValueError(f"B_clip must be positive or null, got {B_clip}")
     if init == "real":
         n = torch.arange(N, dtype=torch.float64)
         return (-(n + 1)).to(torch.complex128), torch.ones(N, dtype=torch.complex128)

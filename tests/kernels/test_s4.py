@@ -176,6 +176,7 @@ OPTION_CASES = (
     + [dict(step_mode=s) for s in STEP_MODES]
     + [dict(precision=p) for p in PRECISIONS]
     + [dict(dt_min=1e-2, dt_max=1e-2), dict(lr=1e-3, wd=0.0), dict(lr={"P": 1e-4, "C": 0.0}), dict(backend="torch")]
+    + [dict(B_clip=None), dict(B_clip=0.5), dict(mode="diag", B_clip=None)]
 )
 
 
@@ -222,6 +223,8 @@ def test_every_option_value_builds_a_correct_kernel(kw):
         (dict(precision="half"), "unknown precision"),
         (dict(lr={"Q": 1.0}), "unknown lr key"),
         (dict(dt_min=0.1, dt_max=0.01), "dt_min <= dt_max"),
+        (dict(B_clip=0.0), "B_clip must be positive or null, got 0.0"),
+        (dict(mode="dplr", init="lin", B_clip=-1.0), "B_clip must be positive or null"),
     ],
 )
 def test_bad_options_raise_clear_errors(kwargs, match):

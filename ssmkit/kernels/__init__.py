@@ -7,9 +7,11 @@ are whole token mixers (attention) that map (B, H, L) to (B, H, L) themselves.
 from ssmkit.kernels.base import Kernel
 from ssmkit.kernels.dlr import DLRKernel
 from ssmkit.kernels.dss import DSSKernel
+from ssmkit.kernels.lru import LRU
 from ssmkit.kernels.lssl import LSSLKernel
 from ssmkit.kernels.s4 import S4Kernel
 from ssmkit.kernels.s4d import S4DKernel
+from ssmkit.kernels.s5 import S5
 from ssmkit.kernels.sgconv import SGConvKernel
 from ssmkit.registry import Registry
 
@@ -20,6 +22,8 @@ KERNELS.register("dss", kind="conv", description="DSS: diagonal state spaces (ex
 KERNELS.register("dlr", kind="conv", description="DLR: diagonal linear RNN, K_l = sum_n W_n lambda_n^l (omega/randn inits)")(DLRKernel)
 KERNELS.register("lssl", kind="conv", description="LSSL: dense HiPPO SSM, bilinear, Krylov kernel by doubling (learn 0 = LSSL-fixed, 1, 2)")(LSSLKernel)
 KERNELS.register("sgconv", kind="conv", description="SGConv: multi-scale global convolution (cat/sum, randn/cos, decay)")(SGConvKernel)
+KERNELS.register("s5", kind="mixer", description="S5: MIMO diagonal SSM (HiPPO-N, J blocks, zoh/bilinear) by a chunked parallel scan")(S5)
+KERNELS.register("lru", kind="mixer", description="LRU: linear recurrent unit (exp parameterisation, ring init, gamma normalisation)")(LRU)
 
 # After KERNELS exists: ssmkit.layers imports KERNELS back (SequenceLayer).
 from ssmkit.layers.attention import Attention  # noqa: E402

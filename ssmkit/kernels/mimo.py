@@ -1,0 +1,124 @@
+"""A diagonal multi-input multi-output linear recurrence as a token mixer: the common part of S5 and LRU.
+
+    x_t = lambda * x_{t-1} + Bbar u_t          x_t in C^P, lambda (P,) complex, Bbar (P, H) complex
+    y_t = scale * Re(C x_t) + D * u_t          C (H, P) complex, D (H,), scale 2 with conjugate symmetry
+
+Unlike the depthwise kernels (one SISO system per feature, a (C, H, L) convolution kernel), the state mixes
+all H features, so the layer maps (B, H, L) to (B, H, L) itself (registry kind "mixer"). The input
+projection and output map are GEMMs over features; the recurrence is ``ssmkit.ops.scan.linear_scan``
+(time-invariant lambda: chunked Toeplitz GEMMs, bounded memory), or its equivalent convolution
+x = lambda^l * (Bbar u) by FFT (``mode: conv``). A bidirectional layer runs a second scan over the reversed
+sequence with its own output matrix (S5, section 4). Everything here runs in float32 (float64 for double
+parameters) with autocast off.
+
+Subclasses set ``self.P`` and implement ``discrete(rate) -> (lambda (P,), Bbar (P, H))`` and ``C_matrix()
+-> (n_dir, H, P)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ssmkit.kernels.base import Kernel
+from ssmkit.ops.fftconv import _fft_len
+from ssmkit.ops.scan import linear_scan
+
+MODES = ("scan", "conv")
+
+
+def _apply_complex(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """M (O, I) complex @ x (B, I, L) real or complex -> (B, O, L) complex, as real GEMMs."""
+    if x.is_complex():
+        return M @ x
+    return torch.complex(M.real @ x, M.imag @ x)
+
+
+def _conv_states(lam: torch.Tensor, Bu: torch.Tensor) -> torch.Tensor:
+    """x[..., t] = sum_{s <= t} lam^(t-s) Bu[..., s] by a zero-padded complex FFT."""
+    L = Bu.shape[-1]
+    n = _fft_len(2 * L)
+    wide = torch.complex128 if lam.dtype == torch.complex128 else torch.complex64
+    k = torch.exp(lam.log().to(torch.complex128).unsqueeze(-1) * torch.arange(L, device=lam.device)).to(wide)  # (P, L)
+    return torch.fft.ifft(torch.fft.fft(Bu, n) * torch.fft.fft(k, n), n)[..., :L]
+
+
+class DiagonalMIMO(Kernel):
+    """The shared forward, state passing and step of a diagonal MIMO recurrence (see the module docstring)."""
+
+    #: the whole mixer runs in float32 under autocast (checked by tests/train/test_precision.py)
+    scan_in_float32 = True
+    #: SequenceLayer applies its activation after this mixer (S5 and LRU blocks: SSM -> GELU -> GLU)
+    takes_activation = True
+    #: Re(C x) is doubled: the conjugate half of the state is implied
+    output_scale = 1.0
+
+    def __init__(self, d_model: int, bidirectional: bool, mode: str, lr=None, wd=None):
+        super().__init__(d_model, 1, lr, wd)
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.bidirectional, self.mode = bidirectional, mode
+        self.n_dir = 2 if bidirectional else 1
+        self.D = nn.Parameter(torch.randn(d_model))
+        self._step = None
+
+    @property
+    def has_state(self) -> bool:
+        return not self.bidirectional
+
+    def discrete(self, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def C_matrix(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _states(self, lam: torch.Tensor, Bu: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+        if self.mode == "conv" and h0 is None:
+            return _conv_states(lam, Bu)
+        return linear_scan(lam.unsqueeze(-1), Bu, h0)[0]
+
+    def forward(self, u: torch.Tensor, state: torch.Tensor | None = None, return_state: bool = False,
+                rate: float = 1.0, lengths: torch.Tensor | None = None):
+        """u (B, H, L) -> y (B, H, L) and, with ``return_state``, the state (B, P) after the last token.
+
+        ``lengths`` needs no mask: SequenceLayer zeroes the input after each length, and a zero input
+        leaves the reverse scan's zero state unchanged until the last valid position, so both directions
+        equal the sample run alone."""
+        if (state is not None or return_state) and self.bidirectional:
+            raise ValueError(f"bidirectional {type(self).__name__} has no recurrent state; use bidirectional=False")
+        dtype = u.dtype
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            lam, Bbar = self.discrete(rate)  # (P,), (P, H)
+            real = torch.float64 if lam.dtype == torch.complex128 else torch.float32
+            u = u.to(real)
+            Bu = _apply_complex(Bbar, u)  # (B, P, L)
+            C = self.C_matrix()  # (n_dir, H, P)
+            x = self._states(lam, Bu, state)  # (B, P, L)
+            y = self.output_scale * _apply_complex(C[0], x).real
+            if self.bidirectional:
+                x_rev = self._states(lam, Bu.flip(-1), None).flip(-1)
+                y = y + self.output_scale * _apply_complex(C[1], x_rev).real
+            y = y + self.D.to(real).unsqueeze(-1) * u
+        next_state = x[..., -1] if return_state else None
+        return y.to(dtype), next_state
+
+    # --- recurrent mode ---
+    def default_state(self, *batch_shape: int, device=None) -> torch.Tensor:
+        if self.bidirectional:
+            raise ValueError(f"bidirectional {type(self).__name__} has no recurrent state; use bidirectional=False")
+        dtype = torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
+        return torch.zeros(*batch_shape, self.P, dtype=dtype, device=device or self.D.device)
+
+    def setup_step(self, rate: float = 1.0) -> None:
+        with torch.no_grad():
+            lam, Bbar = self.discrete(rate)
+            self._step = (lam, Bbar, self.C_matrix()[0], self.D.detach())
+
+    def step(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u (B, H), state (B, P) -> y (B, H), next state."""
+        if self._step is None:
+            self.setup_step()
+        lam, Bbar, C, D = self._step
+        real = D.dtype
+        state = lam * state + _apply_complex(Bbar, u.to(real).unsqueeze(-1)).squeeze(-1)  # (B, P)
+        y = self.output_scale * (C @ state.unsqueeze(-1)).squeeze(-1).real + D * u.to(real)
+        return y.to(u.dtype), state

@@ -1,0 +1,146 @@
+"""S5 against an independent float64 computation: HiPPO-N from its definition, the discretisation, and the
+MIMO recurrence run step by step."""
+import math
+
+import pytest
+import torch
+from helpers import run_steps
+
+from ssmkit import SequenceLayer, SequenceModel, param_groups
+from ssmkit.kernels.s5 import S5, hippo_n
+
+H, L = 3, 40
+
+
+def legs_normal(N: int) -> torch.Tensor:
+    """HiPPO-LegS A plus (1/2) p p^T with p_n = sqrt(n + 1/2): the normal part (HiPPO-N) from its definition."""
+    n = torch.arange(N, dtype=torch.float64)
+    q = torch.sqrt(2 * n + 1)
+    A = -torch.tril(q[:, None] * q[None, :], -1) - torch.diag(n + 1)
+    p = torch.sqrt(n + 0.5)
+    return A + p[:, None] * p[None, :]
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_hippo_n_eigenpairs(blocks):
+    P = 16
+    Lambda, V = hippo_n(P, blocks)
+    S = torch.block_diag(*[legs_normal(P // blocks)] * blocks).to(torch.complex128)
+    torch.testing.assert_close(S @ V, V * Lambda, rtol=0, atol=1e-9)  # eigenvectors of the block-diagonal HiPPO-N
+    torch.testing.assert_close(V.conj().T @ V, torch.eye(P // 2, dtype=torch.complex128), rtol=0, atol=1e-9)
+    assert torch.allclose(Lambda.real, torch.full((P // 2,), -0.5, dtype=torch.float64))
+    assert (Lambda.imag > 0).all()
+
+
+def reference(m: S5, u: torch.Tensor, rate: float = 1.0, h0=None) -> torch.Tensor:
+    """y from the module's continuous parameters, discretised here and run step by step in float64."""
+    Lam = torch.complex(m.Lambda_re.double(), m.Lambda_im.double())
+    if m.clip_eigs:
+        Lam = torch.complex(Lam.real.clamp(max=-1e-4), Lam.imag)
+    dt = torch.exp(m.log_dt.double()) * rate
+    B = torch.view_as_complex(m.B.double())
+    C = torch.view_as_complex(m.C.double())  # (n_dir, H, P)
+    if m.disc == "zoh":
+        lam = torch.exp(Lam * dt)
+        Bbar = ((lam - 1) / Lam)[:, None] * B
+    else:
+        lam = (1 + Lam * dt / 2) / (1 - Lam * dt / 2)
+        Bbar = (dt / (1 - Lam * dt / 2))[:, None] * B
+    u = u.double()
+
+    def run(seq, x):
+        out = []
+        for t in range(seq.shape[-1]):
+            x = lam * x + seq[..., t].to(torch.complex128) @ Bbar.T
+            out.append(x)
+        return torch.stack(out, -1)  # (B, P, L)
+
+    x0 = torch.zeros(u.shape[0], m.P, dtype=torch.complex128) if h0 is None else h0.to(torch.complex128)
+    y = m.output_scale * torch.einsum("hp,bpl->bhl", C[0], run(u, x0)).real
+    if m.bidirectional:
+        x_rev = run(u.flip(-1), torch.zeros_like(x0)).flip(-1)
+        y = y + m.output_scale * torch.einsum("hp,bpl->bhl", C[1], x_rev).real
+    return y + m.D.double()[:, None] * u
+
+
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+@pytest.mark.parametrize("mode", ["scan", "conv"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("C_init", ["trunc_standard_normal", "complex_normal"])
+def test_matches_the_float64_recurrence(disc, mode, bidirectional, C_init):
+    torch.manual_seed(0)
+    m = S5(H, bidirectional=bidirectional, d_state=8, blocks=2, disc=disc, mode=mode, C_init=C_init, dt_min=0.01, dt_max=0.5)
+    u = torch.randn(2, H, L)
+    y, _ = m(u)
+    torch.testing.assert_close(y.double(), reference(m, u), rtol=1e-4, atol=1e-4)
+    y64, _ = m.double()(u.double())
+    torch.testing.assert_close(y64, reference(m, u), rtol=1e-9, atol=1e-9)
+
+
+def test_conjugate_symmetry_is_the_full_system():
+    """P/2 stored states with 2 Re(C x) equal the P-state system with the conjugates added and Re(C x)."""
+    torch.manual_seed(1)
+    m = S5(H, d_state=8).double()
+    u = torch.randn(2, H, L, dtype=torch.float64)
+    full = S5(H, d_state=8, conj_sym=False).double()
+    with torch.no_grad():
+        for name in ("Lambda_re", "log_dt", "D"):
+            getattr(full, name).copy_(torch.cat([getattr(m, name)] * 2) if name != "D" else m.D)
+        full.Lambda_im.copy_(torch.cat([m.Lambda_im, -m.Lambda_im]))
+        B, C = torch.view_as_complex(m.B), torch.view_as_complex(m.C)
+        full.B.copy_(torch.view_as_real(torch.cat([B, B.conj()])))
+        full.C.copy_(torch.view_as_real(torch.cat([C, C.conj()], -1)))
+    torch.testing.assert_close(full(u)[0], m(u)[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(full(u)[0], reference(full, u), rtol=1e-10, atol=1e-10)
+
+
+def test_C_init_scales():
+    """complex_normal: C~ parts N(0, 1/2); lecun_normal is trunc_standard_normal scaled by 1/sqrt(P) (C~ = C V, V orthonormal)."""
+    torch.manual_seed(2)
+    P = 64
+    std = {c: torch.view_as_complex(S5(32, d_state=P, blocks=4, C_init=c).C).abs().square().mean().sqrt().item()
+           for c in ("trunc_standard_normal", "lecun_normal", "complex_normal")}
+    assert abs(std["complex_normal"] - 1.0) < 0.1
+    assert abs(std["trunc_standard_normal"] / std["lecun_normal"] / math.sqrt(P) - 1) < 0.1
+
+
+def test_rate_scales_the_step_and_step_mode_follows():
+    torch.manual_seed(3)
+    layer = SequenceLayer(H, kernel="s5", d_state=8, activation="id", output="linear").eval()
+    u = torch.randn(2, H, L)
+    with torch.no_grad():
+        y2 = layer(u, rate=2.0)
+        pre = layer.mixer(u, rate=2.0)[0]
+        ys, _ = run_steps(layer, u, layer.default_state(2), rate=2.0)
+    torch.testing.assert_close(pre.double(), reference(layer.mixer, u, rate=2.0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ys, y2, rtol=1e-4, atol=1e-4)
+    assert (y2 - layer(u)).abs().max() > 1e-3
+
+
+def test_state_passing_from_a_given_state():
+    torch.manual_seed(4)
+    m = S5(H, d_state=8).double()
+    u = torch.randn(2, H, L, dtype=torch.float64)
+    h0 = torch.randn(2, m.P, dtype=torch.complex128)
+    y, s = m(u, state=h0, return_state=True)
+    torch.testing.assert_close(y, reference(m, u, h0=h0), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="no recurrent state"):
+        S5(H, bidirectional=True)(u.float(), return_state=True)
+
+
+def test_param_groups_give_the_ssm_its_own_lr_and_no_weight_decay():
+    m = SequenceModel(3, 2, d_model=8, n_layers=1, layer=dict(kernel="s5", d_state=8, lr={"Lambda": 1e-3, "B": 1e-3, "dt": 1e-3}))
+    groups = {n: (g["lr"], g["weight_decay"]) for g in param_groups(m, lr=4e-3, weight_decay=0.05) for n in g["names"]}
+    for name in ("Lambda_re", "Lambda_im", "B", "log_dt"):
+        assert groups[f"blocks.0.layer.mixer.{name}"] == (1e-3, 0.0), name
+    assert groups["blocks.0.layer.mixer.C"] == (4e-3, 0.05)
+    assert groups["blocks.0.layer.mixer.D"] == (4e-3, 0.0)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="blocks"):
+        S5(H, d_state=12, blocks=4)
+    with pytest.raises(ValueError, match="unknown C_init"):
+        S5(H, C_init="glorot")
+    with pytest.raises(ValueError, match="unknown mode"):
+        S5(H, mode="fft")

@@ -19,6 +19,8 @@ CASES = {  # name: (layer options, shift, steps, relative-MSE bound)
     "lssl": ({"kernel": "lssl", "d_state": 16, "dt_min": 0.05, "dt_max": 0.5}, 3, 100, 0.02),
     "lssl-fixed": ({"kernel": "lssl", "d_state": 16, "learn": 0, "dt_min": 0.05, "dt_max": 0.5}, 3, 150, 0.02),
     "sgconv": ({"kernel": "sgconv", "l_max": L, "kernel_dim": 8, "activation": "id", "output": "linear"}, 5, 150, 0.01),
+    "s5": ({"kernel": "s5", "d_state": 16, "dt_min": 0.05, "dt_max": 0.5, "activation": "id", "output": "linear"}, 3, 150, 0.02),
+    "lru": ({"kernel": "lru", "d_state": 16, "r_min": 0.5, "r_max": 0.95, "activation": "id", "output": "linear"}, 3, 150, 0.02),
     "attn": ({"kernel": "attn", "n_heads": 2, "output": "linear"}, 3, 300, 0.15),
 }
 

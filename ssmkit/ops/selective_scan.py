@@ -8,10 +8,10 @@ B, C (batch, N, L) shared by the D channels, an optional skip D (D,) and an opti
 (batch, D, N). ``selective_scan`` returns y (batch, D, L) and the last state (batch, D, N).
 
 How it runs (``backend="torch"``). Time is cut into chunks read one after another, the state carried
-across them. Within a chunk, everything is parallel in log space: with S_t = sum_{s<=t} delta_s A (the
-log of the cumulative decay),
+across them. Within a chunk, everything is parallel in log space: with S_t = sum_{0<s<=t} delta_s A (the
+log of the decay after the chunk's first step),
 
-    h_t = exp(S_t) * (h_start + sum_{s<=t} exp(-S_s) x_s),      x_s = delta_s B_s u_s,
+    h_t = exp(S_t) * (exp(delta_0 A) h_start + sum_{s<=t} exp(-S_s) x_s),      x_s = delta_s B_s u_s,
 
 one cumulative sum. exp(-S_s) grows within the chunk; a chunk whose total log decay exceeds
 ``LOG_LIMIT`` (60 in float32, 600 in float64; exp(60) ~ 1e26) is split in halves, recursively, so
@@ -49,27 +49,30 @@ def _too_long(S: torch.Tensor) -> bool:
 
 def _chunk(u, delta, A, B, C, h):
     """One chunk: u, delta (b, D, T), A (D, N), B, C (b, N, T), h (b, D, N) -> y (b, D, T), h_end (b, D, N)."""
-    S = (delta.unsqueeze(2) * A.unsqueeze(-1)).cumsum(-1)  # (b, D, N, T): log of the cumulative decay
+    dA = delta.unsqueeze(2) * A.unsqueeze(-1)  # (b, D, N, T): the log decay of each step
+    S = dA.cumsum(-1) - dA[..., :1]  # log of the decay from the end of step 0 to the end of step t
     if _too_long(S):
         half = u.shape[-1] // 2
         y1, h = _chunk(u[..., :half], delta[..., :half], A, B[..., :half], C[..., :half], h)
         y2, h = _chunk(u[..., half:], delta[..., half:], A, B[..., half:], C[..., half:], h)
         return torch.cat([y1, y2], -1), h
     x = (delta * u).unsqueeze(2) * B.unsqueeze(1)  # (b, D, N, T)
-    hs = S.exp() * (h.unsqueeze(-1) + (x * (-S).exp()).cumsum(-1))  # (b, D, N, T)
+    hs = S.exp() * (dA[..., :1].exp() * h.unsqueeze(-1) + (x * (-S).exp()).cumsum(-1))  # (b, D, N, T)
     return (hs * C.unsqueeze(1)).sum(2), hs[..., -1]
 
 
 def _reverse_cumsum(g: torch.Tensor) -> torch.Tensor:
-    """sum_{t' >= t} g_t' over the last dimension."""
-    return g.sum(-1, keepdim=True) - g.cumsum(-1) + g
+    """sum_{t' >= t} g_t' over the last dimension, summed from the end: total - cumsum would lose the small
+    late sums to cancellation, and exp(-S) multiplies them by up to exp(LOG_LIMIT)."""
+    return g.flip(-1).cumsum(-1).flip(-1)
 
 
 def _chunk_backward(u, delta, A, B, C, h, gy, gh):
     """The vector-Jacobian product of ``_chunk`` for output gradients gy (b, D, T), gh (b, D, N):
     du, ddelta (b, D, T), dA (D, N), dB, dC (b, N, T), dh (b, D, N). Recomputes the chunk's states."""
     du_ = u * delta
-    S = (delta.unsqueeze(2) * A.unsqueeze(-1)).cumsum(-1)
+    dA = delta.unsqueeze(2) * A.unsqueeze(-1)
+    S = dA.cumsum(-1) - dA[..., :1]
     if _too_long(S):
         half = u.shape[-1] // 2
         first = [t[..., :half] for t in (u, delta)], [t[..., :half] for t in (B, C)]
@@ -79,18 +82,22 @@ def _chunk_backward(u, delta, A, B, C, h, gy, gh):
         g1 = _chunk_backward(*first[0], A, *first[1], h, gy[..., :half], g2[5])
         return (torch.cat([g1[0], g2[0]], -1), torch.cat([g1[1], g2[1]], -1), g1[2] + g2[2],
                 torch.cat([g1[3], g2[3]], -1), torch.cat([g1[4], g2[4]], -1), g1[5])
-    inv = (-S).exp()
+    E, inv = S.exp(), (-S).exp()
+    a0 = dA[..., :1].exp()  # (b, D, N, 1): the first step's decay
+    base = a0 * h.unsqueeze(-1)
     x = du_.unsqueeze(2) * B.unsqueeze(1)  # (b, D, N, T)
     xi = x * inv
-    hs = S.exp() * (h.unsqueeze(-1) + xi.cumsum(-1))
+    hs = E * (base + xi.cumsum(-1))
     g_hs = gy.unsqueeze(2) * C.unsqueeze(1)
     g_hs[..., -1] += gh
     dC = (gy.unsqueeze(2) * hs).sum(1)
-    g_c = g_hs * S.exp()  # the gradient of the running sum (h + cumsum) at each t
+    g_c = g_hs * E  # the gradient of the running sum (base + cumsum) at each t
     g_xi = _reverse_cumsum(g_c)
-    dh = g_xi[..., 0]
+    g_base = g_xi[..., :1]
+    dh = (g_base * a0)[..., 0]
     g_S = g_hs * hs - g_xi * xi  # through exp(S) and exp(-S)
-    g_dA = _reverse_cumsum(g_S)
+    # S_t sums the log decays of steps 1..t; step 0's enters through a0 only
+    g_dA = torch.cat([g_base * base, _reverse_cumsum(g_S[..., 1:])], -1)
     g_x = g_xi * inv
     dA = (g_dA * delta.unsqueeze(2)).sum((0, 3))
     g_du = (g_x * B.unsqueeze(1)).sum(2)

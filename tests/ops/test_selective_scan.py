@@ -1,0 +1,152 @@
+"""The selective scan against the recurrence written out in float64, step by step, in this file."""
+import warnings
+
+import pytest
+import torch
+from helpers import MaxTensor
+
+import ssmkit.ops.selective_scan as ss
+from ssmkit.ops import backends
+from ssmkit.ops.selective_scan import choose_backend, selective_scan, selective_step
+
+
+def recurrence(u, delta, A, B, C, D=None, h0=None):
+    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, y_t = <C_t, h_t> + D u_t, one position at a time."""
+    b, d, L = u.shape
+    h = torch.zeros(b, d, A.shape[1], dtype=torch.float64) if h0 is None else h0.double()
+    ys = []
+    for t in range(L):
+        dt = delta[:, :, t].double().unsqueeze(-1)  # (b, d, 1)
+        h = torch.exp(dt * A.double()) * h + dt * B[:, None, :, t].double() * u[:, :, t, None].double()
+        y = (h * C[:, None, :, t].double()).sum(-1)
+        if D is not None:
+            y = y + D.double() * u[:, :, t].double()
+        ys.append(y)
+    return torch.stack(ys, -1), h
+
+
+def problem(b=2, d=3, n=4, L=70, delta_scale=0.3, A_scale=4.0, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(b, d, L, generator=g, dtype=dtype)
+    delta = torch.rand(b, d, L, generator=g, dtype=dtype) * delta_scale + 1e-3
+    A = -torch.rand(d, n, generator=g, dtype=dtype) * A_scale - 0.05
+    B = torch.randn(b, n, L, generator=g, dtype=dtype)
+    C = torch.randn(b, n, L, generator=g, dtype=dtype)
+    D = torch.randn(d, generator=g, dtype=dtype)
+    h0 = torch.randn(b, d, n, generator=g, dtype=dtype)
+    return u, delta, A, B, C, D, h0
+
+
+@pytest.mark.parametrize("chunk", [1, 16, 64, 200])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_forward_matches_the_recurrence(chunk, with_state):
+    u, delta, A, B, C, D, h0 = problem()
+    h0 = h0 if with_state else None
+    y, h = selective_scan(u, delta, A, B, C, D, h0=h0, chunk=chunk, backend="torch")
+    y_ref, h_ref = recurrence(u, delta, A, B, C, D, h0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("delta_scale", [0.3, 20.0])  # 20: chunks are split to keep exp(-S) finite
+def test_gradients_match_the_recurrence(delta_scale):
+    inputs = [t.requires_grad_() for t in problem(L=45, delta_scale=delta_scale)]
+    y, h = selective_scan(*inputs[:6], h0=inputs[6], chunk=16)
+    w = torch.randn_like(y)
+    grads = torch.autograd.grad((y * w).sum() + h.square().sum(), inputs)
+    y_ref, h_ref = recurrence(*inputs[:6], inputs[6])
+    ref = torch.autograd.grad((y_ref * w).sum() + h_ref.square().sum(), inputs)
+    for name, g, r in zip(("u", "delta", "A", "B", "C", "D", "h0"), grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+def test_large_decays_stay_finite_in_float32():
+    """delta*A of several hundred per chunk: exp(-S) would overflow float32 without the split."""
+    u, delta, A, B, C, D, h0 = problem(L=130, delta_scale=30.0, A_scale=10.0, dtype=torch.float32)
+    args = [t.requires_grad_() for t in (u, delta, A, B, C)]
+    y, h = selective_scan(*args, D, h0=h0)
+    y.sum().backward()
+    y_ref, h_ref = recurrence(u, delta, A, B, C, D, h0)
+    assert all(torch.isfinite(t.grad).all() for t in args)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_state_passing_equals_one_pass():
+    u, delta, A, B, C, D, h0 = problem(L=60)
+    y, h = selective_scan(u, delta, A, B, C, D, h0=h0)
+    cut = 23
+    y1, h1 = selective_scan(u[..., :cut], delta[..., :cut], A, B[..., :cut], C[..., :cut], D, h0=h0)
+    y2, h2 = selective_scan(u[..., cut:], delta[..., cut:], A, B[..., cut:], C[..., cut:], D, h0=h1)
+    torch.testing.assert_close(torch.cat([y1, y2], -1), y)
+    torch.testing.assert_close(h2, h)
+
+
+def test_step_equals_scan():
+    u, delta, A, B, C, D, h0 = problem(L=20)
+    y, h = selective_scan(u, delta, A, B, C, D, h0=h0)
+    state, ys = h0, []
+    for t in range(u.shape[-1]):
+        y_t, state = selective_step(u[..., t], delta[..., t], A, B[..., t], C[..., t], D, state)
+        ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys, -1), y)
+    torch.testing.assert_close(state, h)
+
+
+def test_memory_is_bounded_by_the_chunk_not_the_length():
+    """Nothing of size (batch, D, N, L) is made, in forward or backward: only chunk-sized state tensors."""
+    b, d, n, L, chunk = 2, 32, 16, 2048, 64
+    u, delta, A, B, C, D, _ = problem(b, d, n, L, dtype=torch.float32)
+    args = [t.requires_grad_() for t in (u, delta, A, B, C)]
+    with MaxTensor() as mt:
+        y, _ = selective_scan(*args, D, chunk=chunk)
+        y.sum().backward()
+    assert mt.max_numel <= max(b * d * n * chunk, b * d * L, b * n * L), mt.max_numel  # chunk states, u, B
+    assert mt.max_numel < b * d * n * L // 8
+
+
+def test_bf16_autocast_keeps_the_scan_in_float32():
+    u, delta, A, B, C, D, h0 = problem(dtype=torch.float32)
+    seen = []
+    real_chunk = ss._chunk
+    ss._chunk = lambda *a: seen.append({t.dtype for t in a}) or real_chunk(*a)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, h = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, h0=h0)
+    finally:
+        ss._chunk = real_chunk
+    assert seen and all(s == {torch.float32} for s in seen), seen
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    y_ref, _ = recurrence(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, h0)
+    assert ((y.double() - y_ref).norm() / y_ref.norm()).item() < 1e-2
+
+
+def test_backend_choice_on_cpu_and_bad_inputs():
+    u, delta, A, B, C, D, h0 = problem(dtype=torch.float32)
+    assert choose_backend(u, None, "auto") == "torch"
+    backends.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert choose_backend(u, None, "mamba_ssm") == "torch"
+    assert any("mamba_ssm" in str(w.message) and "CUDA only" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="unknown selective-scan backend 'fused'"):
+        selective_scan(u, delta, A, B, C, backend="fused")
+    with pytest.raises(ValueError, match=r"B must be \(batch, N, L\)"):
+        selective_scan(u, delta, A, B[..., :-1], C)
+    with pytest.raises(ValueError, match="start state must be"):
+        selective_scan(u, delta, A, B, C, h0=h0[:1])
+    assert isinstance(ss.probe_mamba_ssm().reason, str)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu():
+    args = problem(dtype=torch.float32)
+    y, h = selective_scan(*args[:6], h0=args[6], backend="torch")
+    y_cuda, h_cuda = selective_scan(*[t.cuda() for t in args[:6]], h0=args[6].cuda(), backend="torch")
+    torch.testing.assert_close(y_cuda.cpu(), y, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h_cuda.cpu(), h, rtol=1e-4, atol=1e-4)
+    if ss.probe_mamba_ssm().ok:  # the fused kernel, where installed: against the float64 recurrence
+        y_fused, h_fused = selective_scan(*[t.cuda() for t in args[:6]], backend="mamba_ssm")
+        y_ref, h_ref = recurrence(*args[:6])
+        torch.testing.assert_close(y_fused.cpu().double(), y_ref, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(h_fused.cpu().double(), h_ref, rtol=1e-3, atol=1e-3)

@@ -1,6 +1,7 @@
 """Tasks by name: data, the model's input/output shape, loss and metrics."""
 from ssmkit.tasks import (  # noqa: F401  (register the real-data tasks)
     density,
+    forecast,
     images,
     listops,
     lm,

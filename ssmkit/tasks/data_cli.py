@@ -7,7 +7,7 @@ import typer
 
 from ssmkit.errors import DataError, UserError
 
-GENERATORS = ("listops", "listops-subtrees", "pathfinder", "pathfinder-segmentation", "text")
+GENERATORS = ("listops", "listops-subtrees", "pathfinder", "pathfinder-segmentation", "text", "ett")
 
 
 def generate_data(kind: str, n: int | None = None, resolution: int | None = None, out: Path | None = None,
@@ -19,10 +19,19 @@ def generate_data(kind: str, n: int | None = None, resolution: int | None = None
 
     if kind not in GENERATORS:
         raise UserError(f"unknown dataset {kind!r} to generate; choose one of {', '.join(GENERATORS)}")
+    for flag, value, low in (("--n", n, 1), ("--workers", workers, 1), ("--val", val, 0), ("--test", test, 0),
+                             ("--min-length", min_length, 0), ("--max-length", max_length, 1), ("--seed", seed, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
     if kind == "text":  # a synthetic WikiText-layout corpus for the lm task (n: training paragraphs)
         from ssmkit.tasks.lm import write_synthetic_corpus
 
         return write_synthetic_corpus(Path(out) if out else data_root() / "synthetic-text", n or 4000, seed)
+    if kind == "ett":  # a synthetic ETTh1-format CSV for the forecasting tasks (n: hourly rows)
+        from ssmkit.tasks.forecast import write_synthetic_ett
+
+        folder = Path(out) if out else data_root() / "informer" / "synthetic"
+        return write_synthetic_ett(folder / "ETTh1.csv", n or 17420, seed).parent
     if kind.startswith("listops"):
         if resolution is not None:
             raise UserError("--resolution is for pathfinder only")
@@ -77,14 +86,14 @@ def check_task(name: str, options: dict | None = None) -> list[str]:
 
 
 def _parse_options(items: list[str]) -> dict:
-    import yaml
+    from ssmkit.recipe import parse_value
 
     options = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"task option {item!r} must look like key=value, e.g. resolution=64")
         key, value = item.split("=", 1)
-        options[key.strip()] = yaml.safe_load(value)
+        options[key.strip()] = parse_value(value)  # as a recipe override: malformed YAML stays text
     return options
 
 

@@ -12,7 +12,8 @@ matrix-vector products (or the N x L Krylov matrix [dB, dA dB, ...] of the refer
 ``ssmkit.ops.krylov.power_series`` writes l = a m + b with m ~ sqrt(L) and builds the m vectors dA^b dB
 and the L/m rows C dA^(a m) by doubling (ceil(log2 L) batched squarings in all), then one GEMM of the two:
 O(N^3 log L + N^2 sqrt(L) + N L) work and O(N sqrt(L) + L) memory per system, forward and backward, all
-batched GEMMs that autograd differentiates directly.
+batched GEMMs that autograd differentiates directly. LSSL-fixed (learn 0) keeps the Krylov matrix itself
+while A, B and dt are unchanged (as the reference caches it), so each training step is the GEMM C X.
 
 ``learn`` follows the reference code (state-spaces ``modules/lssl.py``): 0 is the paper's LSSL-fixed (A, B
 and dt frozen, only C trains), 1 trains one (A, B) shared by all features, 2 one (A, B) per feature. dt
@@ -103,6 +104,7 @@ class LSSLKernel(Kernel):
             self.register("B", B.float().contiguous(), "B")
             self.register("log_dt", log_dt, "dt")
         self.register("C", torch.randn(channels, H, N), "C", ssm=False)  # reference: C ~ N(0, 1)
+        self._krylov_cache = None
         self._step = None
 
     # --- parameters -> discrete SSM ---
@@ -121,13 +123,28 @@ class LSSLKernel(Kernel):
         its free response C dA^(l+1) s."""
         with torch.autocast(device_type=self.C.device.type, enabled=False):
             dA, dB = self.discretize(rate)  # (G, H, N, N), (G, H, N)
-            right = dB.unsqueeze(0)  # (1, G, H, N)
+            X = self._frozen_krylov(dA, dB, L, rate)
+            rights = [dB.unsqueeze(0)] if X is None else []  # (1, G, H, N): the impulse response
             if state is not None:
                 # the free response C dA^l (dA s): the state enters as one more right-hand vector
                 s = self._state4(state.to(dA.dtype))  # (B, G, H, N)
-                right = torch.cat([right, (dA @ s.unsqueeze(-1)).squeeze(-1)], dim=0)
-            K = power_series(dA, self.C, right, L)  # (1 (+ B), C, H, L)
-            return K[0], (K[1:] if state is not None else None)
+                rights.append((dA @ s.unsqueeze(-1)).squeeze(-1))
+            series = power_series(dA, self.C, torch.cat(rights), L) if rights else None  # (1 (+ B) or B, C, H, L)
+            if X is None:
+                return series[0], (series[1:] if state is not None else None)
+            K = torch.einsum("chn,hnl->chl", self.C, X[0]) if X.shape[0] == 1 else torch.einsum("chn,chnl->chl", self.C, X)
+            return K, series
+
+    def _frozen_krylov(self, dA: torch.Tensor, dB: torch.Tensor, L: int, rate: float) -> torch.Tensor | None:
+        """LSSL-fixed (A, B and dt all frozen): the Krylov matrix [dB, ..., dA^(L-1) dB] (G, H, N, L), kept
+        while they, L and the rate are unchanged, so that a training step (C only) costs one GEMM
+        instead of the O(N^3 log L) squarings. None when anything the matrix depends on trains."""
+        if any(t.requires_grad for t in (self.A, self.B, self.log_dt)):
+            return None
+        key = tuple((id(t), t._version, t.dtype, t.device) for t in (self.A, self.B, self.log_dt)) + (L, rate)
+        if self._krylov_cache is None or self._krylov_cache[0] != key:
+            self._krylov_cache = (key, krylov(dA, dB, L))
+        return self._krylov_cache[1]
 
     def forward_state(self, u: torch.Tensor, state: torch.Tensor, rate: float = 1.0) -> torch.Tensor:
         """The state after reading u (B, H, L) from ``state``: dA^L s + sum_l dA^(L-1-l) dB u_l."""

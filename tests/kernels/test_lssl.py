@@ -101,7 +101,7 @@ def test_rate_equals_scaled_step_size(rate):
     assert rel(k(40, rate=rate)[0], reference_kernel(k, 40, rate)) < 1e-11
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(dt_per_channel=True, channels=2), dict(learn=2, init="legt")])
+@pytest.mark.parametrize("kw", [dict(), dict(dt_per_channel=True, channels=2), dict(learn=2, init="legt"), dict(learn=0, channels=2)])
 def test_conv_step_and_state_passing_agree(kw):
     torch.manual_seed(0)
     H, L, T = 3, 30, 11
@@ -144,6 +144,20 @@ def test_learn_modes_and_frozen_parameters():
         k(16)[0].square().sum().backward()
         for name, p in k.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_fixed_kernel_reuses_its_krylov_matrix_until_a_buffer_changes():
+    torch.manual_seed(0)
+    k = LSSLKernel(2, d_state=8, channels=2, learn=0).double()
+    K1, _ = k(20)
+    X = k._krylov_cache[1]
+    k(20)[0].sum().backward()  # C still trains
+    assert k._krylov_cache[1] is X and k.C.grad.abs().sum() > 0
+    with torch.no_grad():
+        k.log_dt += 0.1
+    K2, _ = k(20)
+    assert k._krylov_cache[1] is not X
+    assert rel(K2, reference_kernel(k, 20)) < 1e-11 and rel(K1, np64(K2)) > 1e-3
 
 
 def test_dt_is_log_uniform_in_range():

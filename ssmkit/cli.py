@@ -124,6 +124,8 @@ def train(
             raise UserError("missing RECIPE: give a YAML file or a shipped recipe name (list them with: ssmkit recipes)")
         if name is not None and run_dir is not None:
             raise UserError("give --name or --run-dir, not both")
+        if name is not None and not name.strip():
+            raise UserError("--name is empty; give a run name (letters, digits and _ . + -)")
         parsed = load_recipe(recipe, overrides)
         if name is not None:
             parsed = validate({**parsed.to_dict(), "name": name}, parsed.source)

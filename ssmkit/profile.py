@@ -61,6 +61,30 @@ def parse_lengths(text: str) -> list[int]:
     return out
 
 
+def check_kernels(text: str) -> list[str]:
+    """'s4d,dlr' -> ['s4d', 'dlr']; an unknown or missing name is a UserError before anything runs."""
+    kernels = [k.strip() for k in text.split(",") if k.strip()]
+    names = _registry().names()
+    if not kernels:
+        raise UserError(f"--kernel names no kernel; choose from {', '.join(names)}")
+    for k in kernels:
+        if k not in names:
+            from ssmkit.registry import did_you_mean
+
+            raise UserError(f"unknown --kernel {k!r}{did_you_mean(k, names)}; choose from {', '.join(names)}")
+    return kernels
+
+
+def check_backend(backend: str) -> None:
+    from ssmkit.ops.cauchy import BACKENDS
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 # --- memory -----------------------------------------------------------------------------------
 def _rss_mb(field: str) -> float | None:
     try:
@@ -364,8 +388,13 @@ def register(app) -> None:
         for name, val in (("--d-model", d_model), ("--d-state", d_state), ("--batch", batch), ("--repeat", repeat)):
             if val <= 0:
                 raise UserError(f"{name} must be positive, got {val}")
-        kernels = [k.strip() for k in kernel.split(",") if k.strip()]
+        kernels = check_kernels(kernel)
         lengths = parse_lengths(length)
+        check_backend(backend)
+        if out is not None and out.suffix not in (".json", ".csv"):
+            raise UserError(f"--out must end in .json or .csv, got {out}")
+        if plot_path is not None and plot_path.suffix not in PLOT_SUFFIXES:
+            raise UserError(f"--plot must end in {', '.join(PLOT_SUFFIXES)}, got {plot_path}")
         console = Console()
         console.print(f"profiling {', '.join(kernels)} at L = {', '.join(map(str, lengths))} ({mode}, {device}, "
                       f"B={batch}, H={d_model}, N={d_state}, {torch.get_num_threads()} threads)")

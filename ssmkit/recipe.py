@@ -216,15 +216,29 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
 
 
 def load_yaml(path: Path) -> dict:
+    """A recipe file as a mapping; binary or non-UTF-8 bytes, malformed or too deeply nested YAML, and a
+    document that is not a mapping are each one RecipeError naming the file."""
+    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not a UTF-8 text file (byte {e.start} is 0x{e.object[e.start]:02x}); "
+                          "a recipe is a YAML text file") from None
+    except FileNotFoundError:
+        raise RecipeError(f"no recipe file {str(path)!r}") from None
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe {path}: {e.strerror}") from None
+    if "\x00" in text:
+        raise RecipeError(f"{path}: contains NUL bytes; a recipe is a YAML text file")
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise RecipeError(f"{path}: the YAML is nested too deeply to be a recipe") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RecipeError(f"{path}: malformed YAML at{where}: {problem}") from None
-    except OSError as e:
-        raise RecipeError(f"cannot read recipe {path}: {e.strerror}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -330,6 +344,7 @@ def _check_signature_options(fn, options: dict, prefix: str, what: str, source: 
             raise RecipeError(
                 f"{source}: unknown option {prefix}.{key} for {what}{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}"
             )
+        _check_finite(value, f"{prefix}.{key}", source)
         default = params[key].default
         if default is inspect.Parameter.empty or default is None or value is None:
             continue
@@ -346,6 +361,18 @@ def _check_signature_options(fn, options: dict, prefix: str, what: str, source: 
         options[key] = _coerce(value, expected, f"{prefix}.{key}", source)
 
 
+def _check_finite(value, where: str, source: str) -> None:
+    """NaN and infinity are never a meaningful option value (a NaN step size trains to NaN silently)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{source}: {where} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}", source)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(v, where, source)
+
+
 def _check_task(task, source: str) -> dict:
     from ssmkit.tasks import TASKS
 
@@ -355,7 +382,7 @@ def _check_task(task, source: str) -> dict:
         raise RecipeError(f"{source}: task must be a mapping with a name, e.g. task: {{name: shift, L: 256}}; choose a name from {', '.join(TASKS.names())}")
     task = dict(task)
     name = task["name"]
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise RecipeError(f"{source}: unknown task.name {name!r}{did_you_mean(name, TASKS.names())}; choose one of {', '.join(TASKS.names())}")
     options = {k: v for k, v in task.items() if k != "name"}
     _check_signature_options(TASKS.get(name), options, "task", f"task {name!r}", source)
@@ -370,7 +397,7 @@ def _check_layer(layer, source: str) -> dict:
         raise RecipeError(f"{source}: model.layer must be a mapping such as {{kernel: s4d, d_state: 64}}, got {layer!r}")
     layer = dict(layer)
     kernel = layer.setdefault("kernel", "s4d")
-    if kernel not in KERNELS:
+    if not isinstance(kernel, str) or kernel not in KERNELS:
         raise RecipeError(
             f"{source}: unknown model.layer.kernel {kernel!r}{did_you_mean(kernel, KERNELS.names())}; choose one of {', '.join(KERNELS.names())}"
         )

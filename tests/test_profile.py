@@ -30,7 +30,10 @@ def test_parse_lengths():
 
 def test_tiny_sweep_writes_table_json_and_png(tmp_path):
     out, png = tmp_path / "p.json", tmp_path / "p.png"
-    args = ["profile", "--kernel", "s4d,nosuchkernel", "--length", "64,128", "--d-model", "4", "--d-state", "4",
+    refused = CliRunner().invoke(app(), ["profile", "--kernel", "s4d,nosuchkernel", "--out", str(out)])
+    assert isinstance(refused.exception, UserError) and not out.exists()  # before anything runs
+    assert "unknown --kernel 'nosuchkernel'" in str(refused.exception)
+    args = ["profile", "--kernel", "s4d", "--length", "64,128", "--d-model", "4", "--d-state", "4",
             "--batch", "2", "--repeat", "1", "--no-isolate", "--out", str(out), "--plot", str(png)]
     result = CliRunner().invoke(app(), args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -41,7 +44,6 @@ def test_tiny_sweep_writes_table_json_and_png(tmp_path):
         p = pts[("s4d", L)]
         assert p["status"] == "ok" and p["time_ms"] > 0 and p["floor_ms"] > 0 and p["tokens_per_s"] > 0
         assert p["ratio"] == pytest.approx(p["time_ms"] / p["floor_ms"])
-        assert pts[("nosuchkernel", L)]["status"].startswith("not registered yet (available:")
     with Image.open(png) as im:
         assert im.size[0] > 100 and im.size[1] > 100
 

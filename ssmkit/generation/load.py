@@ -6,7 +6,6 @@ training did (``build_loop_model``: the task's head and rate included); the weig
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +41,8 @@ def load(path: str | Path, which: str = "best", overrides: list[str] | tuple[str
     overrides: ``key.sub=value`` changes to the saved recipe (e.g. ``task.L=2048``) before building.
     check_data: make the task check its data first (evaluation needs it; generating text does not).
     """
-    from safetensors.torch import load_file
-
     from ssmkit.recipe import build_task
+    from ssmkit.train.checkpoint import load_checkpoint
     from ssmkit.train.loop import _load_weights, build_loop_model, load_run_recipe
 
     if which not in ("best", "latest"):
@@ -54,11 +52,8 @@ def load(path: str | Path, which: str = "best", overrides: list[str] | tuple[str
     if check_data:
         task.check_data()
     model = build_loop_model(recipe, task)
-    try:
-        weights = load_file(str(ckpt / "model.safetensors"))
-        state = json.loads((ckpt / "state.json").read_text())
-    except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
+    saved = load_checkpoint(ckpt, training_state=False)  # a corrupt file: one UserError naming it
+    weights, state = saved["model"], saved["state"]
     _load_weights(model, weights, ckpt)
     model.to(device).eval()
     return LoadedRun(model=model, task=task, recipe=recipe, checkpoint=Path(ckpt), step=int(state.get("step", 0)),

@@ -47,6 +47,17 @@ def require_files(paths: Iterable[Path], what: str, how: str) -> None:
         raise DataError(f"{what}: missing {shown}; {how}")
 
 
+def read_text(path: Path) -> str:
+    """A data file as UTF-8 text; binary or non-UTF-8 bytes are one DataError naming the file."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file (byte {e.start} is 0x{e.object[e.start]:02x}); the file is "
+                        "corrupt or not the expected one: replace it") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+
+
 def split_indices(n: int, fractions: Sequence[float], seed: int = 42) -> list[list[int]]:
     """A fixed random partition of range(n) into len(fractions) parts (the last part takes the rest)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()

@@ -20,6 +20,7 @@ Files:
 from __future__ import annotations
 
 import csv
+import io
 import random
 import statistics
 import sys
@@ -35,6 +36,7 @@ from ssmkit.tasks._shared import (
     ClassificationTask,
     check_positive,
     check_split,
+    read_text,
     require_files,
     token_lengths,
 )
@@ -224,7 +226,7 @@ def encode(tokens: list[str], l_max: int) -> torch.Tensor:
 
 
 def _read_tsv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:

@@ -17,6 +17,7 @@ a ``RetrievalModel`` that does this around a ``SequenceModel``; inputs are (B, 2
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ssmkit.tasks._shared import (
     check_fraction,
     check_positive,
     check_split,
+    read_text,
     require_files,
     split_indices,
     token_lengths,
@@ -153,7 +155,7 @@ class AAN(ClassificationTask):
         self.check_data()
         path = self.root / AAN_FILES[split]
         rows = []
-        with open(path, newline="", encoding="utf-8") as f:
+        with io.StringIO(read_text(path), newline="") as f:
             for n, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
                 if not fields:
                     continue

@@ -38,6 +38,7 @@ from ssmkit.tasks._shared import (
     check_positive,
     check_split,
     parallel_map,
+    read_text,
     split_indices,
 )
 from ssmkit.tasks.base import TASKS, Task, data_root
@@ -260,7 +261,7 @@ def read_metadata(root: Path) -> list[tuple[Path, int, list[str]]]:
     files = sorted((root / "metadata").glob("*.npy"), key=lambda f: (len(f.stem), f.stem))
     samples = []
     for f in files:
-        for n, line in enumerate(f.read_text().splitlines(), start=1):
+        for n, line in enumerate(read_text(f).splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue

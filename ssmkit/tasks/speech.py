@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ssmkit.errors import DataError
-from ssmkit.tasks._shared import ClassificationTask, check_split, require_files
+from ssmkit.tasks._shared import ClassificationTask, check_split, read_text, require_files
 from ssmkit.tasks.base import TASKS, data_root
 
 SC10_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -78,7 +78,7 @@ class _SpeechCommands(ClassificationTask):
     def _split_items(self, split: str) -> list[tuple[Path, int]]:
         lists = {}
         for name, file in (("val", "validation_list.txt"), ("test", "testing_list.txt")):
-            lists[name] = {line.strip() for line in (self.root / file).read_text().splitlines() if line.strip()}
+            lists[name] = {line.strip() for line in read_text(self.root / file).splitlines() if line.strip()}
         items = []
         for label, word in enumerate(self.words):
             for wav in sorted((self.root / word).glob("*.wav")):

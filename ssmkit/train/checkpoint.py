@@ -143,19 +143,96 @@ def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
     raise UserError(f"no {which} checkpoint in {path} (expected {ckpt_root}/step-XXXXXXXX/model.safetensors)")
 
 
-def load_checkpoint(ckpt: Path) -> dict:
-    """Reads a checkpoint without unpickling code: safetensors, ``weights_only`` torch files, JSON."""
-    ckpt = Path(ckpt)
+def _weights_only_reason(e: Exception) -> str:
+    """The one reason in torch's long ``weights_only`` refusal (e.g. "Unsupported global: GLOBAL os.system")."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
+        return reason.split(" was not an allowed global")[0].strip() or "unsupported content"
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def load_torch_file(path: Path):
+    """A ``torch.save`` file read with ``weights_only=True`` (tensors, numbers, containers; never code).
+    A missing, corrupt or refused file is a :class:`UserError` naming the file and the reason."""
+    import pickle
+    import warnings
+
     try:
-        rng = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)
-        return {
-            "model": load_file(str(ckpt / "model.safetensors")),
-            "optimizer": torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True),
-            "rng_torch": rng["torch"],
-            "rng_by_rank": rng.get("by_rank") or [],
-            "device_rng_by_rank": rng.get("device_by_rank") or [],
-            "state": json.loads((ckpt / "state.json").read_text()),
-            "recipe_yaml": (ckpt / "recipe.yaml").read_text(),
-        }
-    except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before it refuses them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused by the weights_only loader (it holds more than tensors and numbers: "
+                        f"{_weights_only_reason(e)}); ssmkit never unpickles code, so re-create the checkpoint "
+                        "or delete this step folder") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; the checkpoint is incomplete (delete this step folder)") from None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/EOFError/ValueError/... for broken files
+        raise UserError(f"{path}: not a readable torch file ({type(e).__name__}: {_first_line(e)}); "
+                        "the checkpoint is corrupt or truncated (delete this step folder)") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else "no details"
+
+
+def load_weights_file(path: Path) -> dict:
+    """``model.safetensors`` as a dict of tensors; a missing, truncated or corrupt file is a UserError."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; the checkpoint is incomplete (delete this step folder)") from None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, also OSError
+        raise UserError(f"{path}: not a readable safetensors file ({_first_line(e)}); the checkpoint is corrupt "
+                        "or truncated (delete this step folder)") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; the checkpoint is incomplete (delete this step folder)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read this file as UTF-8 text ({_first_line(e)}); the checkpoint is corrupt") from None
+
+
+STATE_KEYS = {"step": int, "epoch": int, "batch_in_epoch": int, "scheduler": dict, "rng": dict}
+
+
+def read_state(ckpt: Path) -> dict:
+    """``state.json``, checked for the keys and types resuming needs."""
+    path = Path(ckpt) / "state.json"
+    try:
+        state = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the checkpoint is corrupt") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a JSON object, got a {type(state).__name__}; the checkpoint is corrupt")
+    for key, tp in STATE_KEYS.items():
+        value = state.get(key)
+        if not isinstance(value, tp) or isinstance(value, bool) or (tp is int and value < 0):
+            raise UserError(f"{path}: {key} must be a {'non-negative integer' if tp is int else 'JSON object'}, "
+                            f"got {value!r}; the checkpoint is corrupt")
+    return state
+
+
+def load_checkpoint(ckpt: Path, training_state: bool = True) -> dict:
+    """Reads a checkpoint without unpickling code: safetensors, ``weights_only`` torch files, JSON.
+
+    ``training_state=False`` (evaluation) reads only the weights, ``state.json`` and the recipe."""
+    ckpt = Path(ckpt)
+    out = {"model": load_weights_file(ckpt / "model.safetensors"), "state": read_state(ckpt),
+           "recipe_yaml": _read_text(ckpt / "recipe.yaml")}
+    if not training_state:
+        return out
+    rng = load_torch_file(ckpt / "rng.pt")
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor):
+        raise UserError(f"{ckpt / 'rng.pt'}: expected a mapping with the torch generator state; the checkpoint is corrupt")
+    optimizer = load_torch_file(ckpt / "optimizer.pt")
+    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
+        raise UserError(f"{ckpt / 'optimizer.pt'}: expected an optimizer state dict (state, param_groups); "
+                        "the checkpoint is corrupt")
+    return {**out, "optimizer": optimizer, "rng_torch": rng["torch"],
+            "rng_by_rank": rng.get("by_rank") or [], "device_rng_by_rank": rng.get("device_by_rank") or []}

@@ -30,7 +30,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
@@ -498,14 +497,11 @@ def _dry_run(recipe, model, groups, task, loader, accelerator, console) -> dict:
 # --- evaluation of a finished (or running) run ---
 def load_run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), which: str = "latest"):
     """(recipe, checkpoint dir) of a run directory or checkpoint, with ``overrides`` applied."""
-    from ssmkit.recipe import apply_overrides
+    from ssmkit.recipe import apply_overrides, load_yaml
 
     ckpt = find_checkpoint(path, which)
     source = str(ckpt / "recipe.yaml")
-    try:
-        data = yaml.safe_load((ckpt / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"cannot read the recipe of {ckpt}: {e}") from None
+    data = load_yaml(ckpt / "recipe.yaml")  # missing, binary, malformed or not a mapping: one RecipeError naming it
     data = apply_overrides(data, list(overrides), source)
     return validate(data, source), ckpt
 

@@ -52,15 +52,24 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 def _records(path: Path) -> list[dict]:
     """The JSON lines of ``path``. A last line cut short (the process was killed while writing it) is
     dropped; a broken line anywhere else is an error naming the file and line."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     records = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 break  # a torn final write
             raise UserError(f"{path}:{i + 1}: not a JSON line ({e.msg}); fix or delete that line") from None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise UserError(f"{path}:{i + 1}: expected a JSON object with an integer step, got {line[:60]!r}; "
+                            "fix or delete that line")
+        records.append(record)
     return records
 
 

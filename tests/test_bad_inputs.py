@@ -11,7 +11,6 @@ subprocesses for the true exit code and stderr.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import shutil

@@ -8,6 +8,7 @@ from ssmkit.tasks import (  # noqa: F401  (register the real-data tasks)
     lra_text,
     pathfinder,
     sc09,
+    selective,
     speech,
     synthetic,  # noqa: F401  (registers the synthetic tasks)
 )

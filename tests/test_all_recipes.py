@@ -67,6 +67,8 @@ def shrink_overrides(data: dict, runs: Path) -> list[str]:
         out.append("task.sample_rate=8000")
     if "d_state" in layer:
         out.append(f"model.layer.d_state={min(int(layer['d_state']), 8)}")
+    if "blocks" in layer:
+        out.append("model.layer.blocks=1")  # S5's HiPPO-N blocks must divide the shrunk d_state
     if "n_ssm" in layer:
         out.append("model.layer.n_ssm=1")
     if "n_heads" in layer:

@@ -27,7 +27,8 @@ from typer.core import TyperGroup
 from ssmkit.errors import UserError
 
 #: Modules that add commands; a missing one is an ImportError (fix it, do not skip it).
-COMMAND_MODULES: tuple[str, ...] = ("ssmkit.tasks.data_cli", "ssmkit.doctor", "ssmkit.profile", "ssmkit.generation_cli")
+COMMAND_MODULES: tuple[str, ...] = ("ssmkit.tasks.data_cli", "ssmkit.doctor", "ssmkit.profile", "ssmkit.generation_cli",
+                                      "ssmkit.runs_cli")
 
 
 def _click_exceptions() -> list:

@@ -51,6 +51,8 @@ class Stream:
             self.state = self.model.default_state(B, device=chunk.device)
         if length == 0:  # nothing arrived: no outputs, the state is unchanged
             decoder = getattr(self.model, "decoder", None)
+            if not isinstance(decoder, nn.Linear):
+                raise UserError(f"an empty chunk: {type(self.model).__name__} has no decoder to size its empty output by")
             return torch.zeros(B, 0, decoder.out_features, dtype=decoder.weight.dtype, device=chunk.device)
         if length == 1:
             y, self.state = self.model.step(chunk[:, 0], self.state)

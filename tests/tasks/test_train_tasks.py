@@ -2,11 +2,13 @@
 import pytest
 import yaml
 from test_images import write_cifar, write_mnist
+from test_forecast import write_informer
 from test_speech import write_sc
 from typer.testing import CliRunner
 
 from ssmkit.cli import app
 from ssmkit.tasks import listops, pathfinder
+from ssmkit.tasks.forecast import write_synthetic_ett
 from ssmkit.tasks.lm import write_synthetic_corpus
 from ssmkit.tasks.sc09 import SC09_WORDS
 
@@ -25,6 +27,7 @@ TASKS = {
     "lm": {"corpus": "synthetic-text", "seq_len": 16},
     "cifar-density": {},
     "sc09": {},
+    "weather": {"seq_len": 16, "pred_len": 8},
 }
 
 
@@ -59,6 +62,9 @@ def make_data(name, root):
                 d.mkdir(parents=True)
                 for i in range(2):
                     (d / f"{i}.txt").write_text(f"a {cls} review number {i}")
+    elif name in ("forecast", "weather"):  # Informer CSVs: ETT at full split sizes, WTH/ECL tiny, and the synthetic ETTh1 file
+        write_informer(root, rows=1200)
+        write_synthetic_ett(root / "informer/synthetic/ETTh1.csv", 20 * 720)
     elif name == "aan":  # LRA's new_aan_pairs.*.tsv: label id1 id2 text1 text2, no header
         (root / "aan").mkdir(parents=True)
         for split in ("train", "eval", "test"):

@@ -137,14 +137,17 @@ def train(
         for flag, value in (("--name", name), ("--run-dir", run_dir), ("--max-steps", max_steps), ("--resume", resume)):
             if value is not None:
                 args += [flag, str(value)]
-        sys.exit(launch_local(processes, ["train", *args, *(["--dry-run"] if dry_run else [])]))
-    from ssmkit.train.launch import end_distributed_worker, leave_distributed_worker
+        hint = (resume, run_dir, None if resume or run_dir else str(Path(parsed.train.runs_dir) / parsed.name))
+        sys.exit(launch_local(processes, ["train", *args, *(["--dry-run"] if dry_run else [])], run_hint=hint))
+    from ssmkit.train.launch import PEER_LOST, end_distributed_worker, leave_distributed_worker, lost_peer
 
     console = _console(err=False)
     try:
         summary = run_training(parsed, run_dir=run_dir, resume=resume, max_steps=max_steps, dry_run=dry_run,
                                console=console)
-    except BaseException:
+    except BaseException as e:
+        if lost_peer(e):  # another rank died: the launcher says which, in one line
+            leave_distributed_worker(PEER_LOST)
         end_distributed_worker(barrier=False)  # another rank may never reach a barrier
         raise
     distributed = end_distributed_worker(barrier=True)

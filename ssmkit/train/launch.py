@@ -10,6 +10,8 @@ process only, hence torchrun.) For several machines use ``accelerate launch`` or
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import torch
 
@@ -45,8 +47,67 @@ def leave_distributed_worker(exit_code: int = 0) -> None:
     os._exit(exit_code)
 
 
-def launch_local(processes: int, ssmkit_args: list[str]) -> int:
-    """Runs ``python -m ssmkit *ssmkit_args`` in ``processes`` local processes; returns an exit code."""
+#: A worker that lost its peers (another rank died) leaves quietly with this code; the launcher names the dead rank.
+PEER_LOST = 75
+_PEER_LOST_TEXT = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused",
+                   "gloo", "nccl", "socket timeout", "timed out")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process of the launch is gone (its own
+    one-line report comes from the launcher, so this worker's traceback would only hide it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(t in text for t in _PEER_LOST_TEXT)
+
+
+def _how(failure) -> str:
+    code = failure.exitcode
+    if code is not None and code < 0:
+        return f"was killed by {failure.signal_name()} (exit code {code})"
+    return f"exited with code {code}"
+
+
+def describe_failure(failures: dict, resume_hint: str) -> str:
+    """One line: which rank(s) died and how (the ranks that only lost their peers are not the cause),
+    and how to continue."""
+    cause = {r: f for r, f in failures.items() if f.exitcode != PEER_LOST} or failures
+    parts = [f"rank {rank} (pid {f.pid}) {_how(f)}" for rank, f in sorted(cause.items())]
+    return f"{'; '.join(parts)}, so the launch stopped; {resume_hint}"
+
+
+def _resume_hint(run_hint: tuple[Path | None, Path | None, str | None], started: float) -> str:
+    """The ``--resume`` command of the run the launch was writing (its run directory, when a checkpoint exists)."""
+    resume, run_dir, pattern = run_hint
+    candidates: list[Path] = []
+    if resume is not None or run_dir is not None:
+        candidates = [Path(resume or run_dir)]
+    elif pattern is not None:
+        root, name = Path(pattern).parent, Path(pattern).name
+        if root.is_dir():
+            candidates = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(re.escape(name) + r"(-\d+)?", p.name)
+                                 and p.stat().st_mtime >= started - 1), key=lambda p: p.stat().st_mtime, reverse=True)
+    for run in candidates[:1]:
+        if any((run / "checkpoints").glob("step-*/model.safetensors")):
+            return f"continue from its last checkpoint with: ssmkit train --resume {run}"
+        return f"{run} has no checkpoint yet; start the run again"
+    return "no checkpoint was written; start the run again"
+
+
+def launch_local(processes: int, ssmkit_args: list[str],
+                 run_hint: tuple[Path | None, Path | None, str | None] = (None, None, None)) -> int:
+    """Runs ``python -m ssmkit *ssmkit_args`` in ``processes`` local processes; returns an exit code.
+
+    ``run_hint``: (``--resume`` dir, ``--run-dir``, or ``<runs_dir>/<name>`` of a new run), so that a
+    rank that dies is reported in one line with the ``--resume`` command that continues the run."""
+    import logging
+    import time
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -62,11 +123,21 @@ def launch_local(processes: int, ssmkit_args: list[str]) -> int:
     args = get_args_parser().parse_args(
         ["--standalone", "--nproc_per_node", str(processes), "--module", "ssmkit", *ssmkit_args]
     )
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level, started = elastic.level, time.time()
+    elastic.setLevel(logging.CRITICAL)  # its per-failure log lines and tracebacks; we report in one line
     try:
         run(args)
     except ChildFailedError as e:
         failures = e.failures
         codes = sorted({f.exitcode for f in failures.values()})
-        # A user error (exit code 2) was already printed by the process that hit it.
-        return 2 if codes == [2] else (codes[0] or 1)
+        if codes == [2]:  # a user error, already printed in one line by the process that hit it
+            return 2
+        import sys
+
+        print(f"error: {describe_failure(failures, _resume_hint(run_hint, started))}", file=sys.stderr)
+        code = next((f.exitcode for f in failures.values() if f.exitcode != PEER_LOST), codes[0])
+        return 128 - code if code < 0 else (code or 1)
+    finally:
+        elastic.setLevel(level)
     return 0

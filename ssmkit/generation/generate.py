@@ -92,9 +92,14 @@ def check_recurrent(model: nn.Module, what: str) -> None:
 
 
 def _vocabulary(model: nn.Module) -> int | None:
-    """The input vocabulary: the size of the model's first embedding (its encoder), None for features."""
-    encoder = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-    return None if encoder is None else encoder.num_embeddings
+    """The token vocabulary: the size of the model's first embedding (its encoder), or of its adaptive
+    softmax (whose weights a tied adaptive input embedding reuses); None for a model of features."""
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            return m.num_embeddings
+        if isinstance(m, nn.AdaptiveLogSoftmaxWithLoss):
+            return m.n_classes
+    return None
 
 
 def _map_states(fn, state, template):

@@ -481,3 +481,54 @@ def test_in_real_processes(run, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], (args, result.stderr)
         assert "Traceback" not in result.stderr + result.stdout
     assert snapshot(tmp_path) == before
+
+
+# --- the commands of the other issues: generate, runs, plot ------------------------------------------
+RUN_COMMANDS = [
+    ["generate", "{tmp}/nothing-here"],
+    ["generate", "{run}"],  # a run of a task that predicts labels
+    ["generate", "{run}", "--checkpoint", "nope"],
+    ["generate", "{run}", "--num-samples", "0"],
+    ["generate", "{run}", "--num-samples", "-1"],
+    ["generate", "{run}", "--max-new-tokens", "0"],
+    ["generate", "{run}", "--temperature", "abc"],
+    ["generate", "{run}", "--temperature", "-1"],
+    ["generate", "{run}", "--temperature", "nan"],
+    ["generate", "{run}", "--top-k", "0"],
+    ["generate", "{run}", "--top-p", "1.5"],
+    ["generate", "{run}", "--top-p", "inf"],
+    ["generate", "{run}", "--compile", "nope"],
+    ["generate", "{run}", "--device", "nope"],
+    ["generate", "{run}", "--prompt", "a", "--prompt-file", "{garbage}"],
+    ["generate", "{run}", "--prompt-file", "{garbage}"],
+    ["generate", "{run}", "--prompt-file", "{tmp}/missing.txt"],
+    ["generate", "{run}", "--out", "{garbage}"],
+    ["generate", "{broken}"],
+    ["runs", "{tmp}/nothing-here"],
+    ["runs", "{garbage}"],
+    ["runs", "--nope"],
+    ["plot"],
+    ["plot", "{tmp}/nothing-here"],
+    ["plot", "{garbage}"],
+    ["plot", "{tmp}"],
+    ["plot", "{run}", "--metric", "val/nope"],
+    ["plot", "{run}", "--out", "curves.txt"],
+    ["plot", "{run}", "--out", "{garbage}.png"],
+    ["plot", "{run}", "--out", "{tmp}/no/such/folder/c.png"],
+    ["plot", "{broken}"],
+]
+
+
+@pytest.mark.parametrize("args", RUN_COMMANDS, ids=[" ".join(a) for a in RUN_COMMANDS])
+def test_bad_run_commands(trained, tmp_path, args):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    truncate(ckpt_of(broken) / "model.safetensors")
+    lines = (broken / "metrics.jsonl").read_text().splitlines()
+    (broken / "metrics.jsonl").write_text("\n".join([lines[0], "{torn", *lines[1:]]) + "\n")
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(GARBAGE)
+    (tmp_path / "garbage.bin.png").write_bytes(GARBAGE)
+    run_bad(tmp_path, [a.format(run=run, broken=broken, garbage=garbage, tmp=tmp_path) for a in args])

@@ -173,3 +173,15 @@ def test_generate_ett_then_train_quick_recipe(tmp_path, monkeypatch):
     path = tmp_path / "informer/synthetic/ETTh1.csv"
     header, first = path.read_text().splitlines()[:2]
     assert header == "date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT" and first.startswith("2016-07-01 00:00:00,")
+
+
+def test_ettm1_quarter_hours_have_minute_features(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMKIT_DATA", str(tmp_path))
+    write_synthetic_ett(tmp_path / "informer/ettm/ETTm1.csv", 20 * 2880, freq="t")
+    task = TASKS.get("ettm1")(seq_len=16, pred_len=8)
+    assert task.d_input == 1 + 1 + 5
+    val = task.dataset("val")
+    assert len(val) == 4 * 2880 + 16 - 16 - 8 + 1  # months 13-16 of 15-minute rows
+    x, _ = val[0]  # starts 16 rows before row 12 * 2880, i.e. at 2017-06-26 20:00
+    minutes = x[:4, 2].tolist()
+    assert minutes == pytest.approx([m / 59 - 0.5 for m in (0, 15, 30, 45)])

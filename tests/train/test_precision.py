@@ -92,6 +92,26 @@ def test_bf16_autocast_keeps_kernel_and_fft_in_float32(kernel, bidirectional, mo
     assert all(p.grad is None or (p.grad.dtype == p.dtype and torch.isfinite(p.grad).all()) for p in layer.parameters())
 
 
+def test_bf16_autocast_keeps_the_selective_scan_in_float32(monkeypatch):
+    """Mamba's selective scan (a recurrence, not an FFT) runs its chunks in float32, forward and backward."""
+    import ssmkit.ops.selective_scan as ss
+
+    seen = []
+    for name in ("_chunk", "_chunk_backward"):
+        fn = getattr(ss, name)
+        monkeypatch.setattr(ss, name, lambda *a, _fn=fn, _n=name: seen.append((_n, {t.dtype for t in a})) or _fn(*a))
+    torch.manual_seed(0)
+    layer = SequenceLayer(H, kernel="mamba", output=None)
+    x = torch.randn(2, H, L, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), _Recorder() as rec:
+        y = layer(x)
+        y.float().sum().backward()
+    assert rec.any_low, "autocast did not run any op in bf16: the check would see nothing"
+    assert {n for n, _ in seen} == {"_chunk", "_chunk_backward"}
+    assert all(dtypes == {torch.float32} for _, dtypes in seen), seen
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
 def test_fp16_without_gpu_is_refused(tmp_path):
     from ssmkit.errors import RecipeError
 

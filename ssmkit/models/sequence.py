@@ -162,6 +162,9 @@ class SequenceModel(GenerationMixin, nn.Module):
         ``state``/``return_state`` pass each layer's recurrent state (a list, one per block), for causal
         recurrent kernels (not with ``lengths``).
         """
+        if lengths is not None and (return_state or state is not None):
+            raise ValueError("lengths cannot be combined with state/return_state: the state after the padding is no "
+                             "sample's state; pass unpadded sequences for state passing")
         x = self.encoder(x)  # (B, L, H)
         states = []
         for i, block in enumerate(self.blocks):

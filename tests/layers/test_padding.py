@@ -68,6 +68,9 @@ def test_state_with_lengths_is_refused():
     x = torch.randn(2, H, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="lengths cannot be combined with state"):
         layer(x, lengths=torch.tensor([3, 8]), return_state=True)
+    model = SequenceModel(3, 2, d_model=H, n_layers=1, layer=dict(kernel="s4d"), pool=None)
+    with pytest.raises(ValueError, match="lengths cannot be combined with state"):
+        model(torch.randn(2, 8, 3), lengths=torch.tensor([3, 8]), return_state=True)
     attn = make("attn", {}, bidirectional=False)
     with pytest.raises(ValueError, match="lengths cannot be combined"):
         attn(x, lengths=torch.tensor([3, 8]), return_state=True)

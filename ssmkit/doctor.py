@@ -92,6 +92,21 @@ def check_extension(build: bool = False) -> list[Check]:
     return rows
 
 
+def check_mamba_ssm() -> Check:
+    """The optional fused selective scan (``mamba_ssm``, CUDA only), self-tested against ssmkit's torch scan."""
+    from ssmkit.ops import backends, selective_scan
+
+    probe = backends.probe_mamba_ssm()
+    if not probe.ok:
+        return Check("mamba_ssm", MISSING, probe.reason, "optional (CUDA): pip install mamba-ssm; ssmkit's torch scan runs without it")
+    if not torch.cuda.is_available():
+        return Check("mamba_ssm", WARN, f"{probe.reason}; no GPU visible, so the torch scan runs", "")
+    dev = torch.device("cuda")
+    test = backends.self_test("selective_scan", "mamba_ssm", dev, lambda: selective_scan._self_test_error(dev), 1e-3)
+    return Check("mamba_ssm", OK if test.ok else WARN, f"{probe.reason}; {test.reason}",
+                 "" if test.ok else "the torch scan is used instead; reinstall mamba-ssm for this torch/CUDA")
+
+
 def check_auto() -> list[Check]:
     """What ``backend: auto`` picks for a typical S4 / S4D size (H=256, N=64, L=4096)."""
     from ssmkit.ops import cauchy, vandermonde
@@ -103,9 +118,13 @@ def check_auto() -> list[Check]:
     logging.getLogger("ssmkit.ops").setLevel(logging.WARNING)
     c = cauchy.choose_backend(v, z, v)
     vd = vandermonde.choose_backend(v, v, L)
+    from ssmkit.ops import selective_scan
+
+    sc = selective_scan.choose_backend(torch.zeros(1, 1, 1, device=device), None)
     return [
         Check("auto: cauchy", OK, f"{c} (S4, H={H}, N={2 * n}, L={L}, {device.type})"),
         Check("auto: vandermonde", OK, f"{vd} (S4D, H={H}, N={2 * n}, L={L}, {device.type})"),
+        Check("auto: selective scan", OK, f"{sc} (Mamba, {device.type})"),
     ]
 
 
@@ -129,6 +148,7 @@ def run_checks(build: bool = False) -> list[Check]:
     rows.append(check_keops())
     rows.extend(check_extension(build))
     rows.append(check_compiled_step())
+    rows.append(check_mamba_ssm())
     rows.append(_version("torchvision", "pip install 'ssmkit[vision]' (image tasks)"))
     rows.append(_version("torchaudio", "pip install 'ssmkit[audio]' (speech tasks)"))
     rows.append(_version("soundfile", "pip install 'ssmkit[audio]'; on Linux also `apt-get install libsndfile1`"))

@@ -92,6 +92,20 @@ def probe_keops() -> Probe:
     return _probes["keops"]
 
 
+def probe_mamba_ssm() -> Probe:
+    """Imports the fused selective scan of the ``mamba_ssm`` package once (optional, CUDA only)."""
+    if "mamba_ssm" not in _probes:
+        try:
+            mod = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+            version = getattr(importlib.import_module("mamba_ssm"), "__version__", "?")
+            _probes["mamba_ssm"] = Probe(True, f"mamba_ssm {version}", mod)
+        except ImportError as e:  # not installed, or its CUDA extension does not match this torch
+            _probes["mamba_ssm"] = Probe(False, f"mamba_ssm does not import ({e}); optional, CUDA only: `pip install mamba-ssm`")
+        except OSError as e:  # a shared library it links to is missing
+            _probes["mamba_ssm"] = Probe(False, f"mamba_ssm failed to load a library: {e}")
+    return _probes["mamba_ssm"]
+
+
 def self_test(op: str, backend: str, device: torch.device, run: Callable[[], float], tol: float) -> Probe:
     """Runs ``run()`` (returns the max abs error vs the torch backend) once per (op, backend, device type)."""
     key = (op, backend, device.type)

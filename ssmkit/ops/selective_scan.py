@@ -165,25 +165,8 @@ def _torch_scan(u, delta, A, B, C, h0, chunk):
 
 
 # --- the optional fused backend (mamba_ssm) ---
-def probe_mamba_ssm() -> backends.Probe:
-    """Imports ``mamba_ssm``'s selective scan once; ``Probe.reason`` says why it is missing."""
-    if "mamba_ssm" not in backends._probes:
-        try:
-            import importlib
-
-            mod = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
-            version = getattr(importlib.import_module("mamba_ssm"), "__version__", "?")
-            backends._probes["mamba_ssm"] = backends.Probe(True, f"mamba_ssm {version}", mod)
-        except ImportError as e:  # not installed, or its CUDA extension does not match this torch
-            backends._probes["mamba_ssm"] = backends.Probe(
-                False, f"mamba_ssm does not import ({e}); optional, CUDA only: `pip install mamba-ssm`")
-        except OSError as e:
-            backends._probes["mamba_ssm"] = backends.Probe(False, f"mamba_ssm failed to load a library: {e}")
-    return backends._probes["mamba_ssm"]
-
-
 def _fused_scan(u, delta, A, B, C):
-    fn = probe_mamba_ssm().module.selective_scan_fn
+    fn = backends.probe_mamba_ssm().module.selective_scan_fn
     dtype = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
     with torch.autocast(device_type=u.device.type, enabled=False):
         y, last = fn(u.to(dtype).contiguous(), delta.to(dtype).contiguous(), A.float().contiguous(),
@@ -215,7 +198,7 @@ def choose_backend(u: torch.Tensor, h0, backend: str = "auto") -> str:
         why = "it runs on CUDA only"
     elif h0 is not None:
         why = "it takes no start state"
-    elif not (probe := probe_mamba_ssm()).ok:
+    elif not (probe := backends.probe_mamba_ssm()).ok:
         why = probe.reason
     elif not (test := backends.self_test("selective_scan", "mamba_ssm", u.device, lambda: _self_test_error(u.device), 1e-3)).ok:
         why = test.reason

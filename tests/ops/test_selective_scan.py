@@ -135,7 +135,7 @@ def test_backend_choice_on_cpu_and_bad_inputs():
         selective_scan(u, delta, A, B[..., :-1], C)
     with pytest.raises(ValueError, match="start state must be"):
         selective_scan(u, delta, A, B, C, h0=h0[:1])
-    assert isinstance(ss.probe_mamba_ssm().reason, str)
+    assert isinstance(backends.probe_mamba_ssm().reason, str)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -145,7 +145,7 @@ def test_cuda_matches_cpu():
     y_cuda, h_cuda = selective_scan(*[t.cuda() for t in args[:6]], h0=args[6].cuda(), backend="torch")
     torch.testing.assert_close(y_cuda.cpu(), y, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(h_cuda.cpu(), h, rtol=1e-4, atol=1e-4)
-    if ss.probe_mamba_ssm().ok:  # the fused kernel, where installed: against the float64 recurrence
+    if backends.probe_mamba_ssm().ok:  # the fused kernel, where installed: against the float64 recurrence
         y_fused, h_fused = selective_scan(*[t.cuda() for t in args[:6]], backend="mamba_ssm")
         y_ref, h_ref = recurrence(*args[:6])
         torch.testing.assert_close(y_fused.cpu().double(), y_ref, rtol=1e-3, atol=1e-3)

@@ -123,7 +123,9 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--out {out} already exists; give a new path (samples are never written over)")
         prompts = _prompts(task, text, num_samples, seed)
         Lp = prompts.shape[1]
-        new = max_new_tokens or max(1, task.seq_len - Lp)
+        # A prompt that begins with the start token holds one position more than the sequence it starts.
+        full = task.seq_len + (getattr(task, "start_token", None) is not None)
+        new = max_new_tokens or max(1, full - Lp)
 
         console = Console(stderr=True, highlight=False, markup=False)
         with _bar(console) as bar:

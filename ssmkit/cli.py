@@ -53,6 +53,17 @@ def _fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def _user_message(e: UserError) -> str:
+    """The error's message; for one re-raised by a DataLoader worker (its text is "Caught DataError in
+    DataLoader worker process 0", then the worker's traceback), the original message alone."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(e).__module__}.{type(e).__name__}: "
+        text = last.split(prefix, 1)[1] if prefix in last else last
+    return text
+
+
 class _Group(TyperGroup):
     """Turns user and usage errors into one line on stderr and exit code 2."""
 
@@ -62,7 +73,7 @@ class _Group(TyperGroup):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except UserError as e:
-            _fail(str(e), e.exit_code)
+            _fail(_user_message(e), e.exit_code)
         except _NO_ARGS as e:
             click.echo(e.ctx.get_help(), err=True)
             sys.exit(2)

@@ -27,10 +27,15 @@ MODES = ("scan", "conv")
 
 
 def _apply_complex(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """M (O, I) complex @ x (B, I, L) real or complex -> (B, O, L) complex, as real GEMMs."""
-    if x.is_complex():
-        return M @ x
-    return torch.complex(M.real @ x, M.imag @ x)
+    """M (O, I) complex @ x (B, I, L) real -> (B, O, L) complex, as one real GEMM with [Re M; Im M]."""
+    y = torch.cat([M.real, M.imag]) @ x  # (B, 2 O, L)
+    return torch.complex(*y.chunk(2, dim=-2))
+
+
+def _real_output(C: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Re(C x): C (O, I) complex, x (B, I, L) complex -> (B, O, L), one real GEMM [Re C, -Im C] @ [Re x; Im x]."""
+    xr = torch.view_as_real(x).movedim(-1, -3).flatten(-3, -2)  # (B, 2 I, L)
+    return torch.cat([C.real, -C.imag], dim=-1) @ xr
 
 
 def _conv_states(lam: torch.Tensor, Bu: torch.Tensor) -> torch.Tensor:
@@ -93,10 +98,10 @@ class DiagonalMIMO(Kernel):
             Bu = _apply_complex(Bbar, u)  # (B, P, L)
             C = self.C_matrix()  # (n_dir, H, P)
             x = self._states(lam, Bu, state)  # (B, P, L)
-            y = self.output_scale * _apply_complex(C[0], x).real
+            y = self.output_scale * _real_output(C[0], x)
             if self.bidirectional:
                 x_rev = self._states(lam, Bu.flip(-1), None).flip(-1)
-                y = y + self.output_scale * _apply_complex(C[1], x_rev).real
+                y = y + self.output_scale * _real_output(C[1], x_rev)
             y = y + self.D.to(real).unsqueeze(-1) * u
         next_state = x[..., -1] if return_state else None
         return y.to(dtype), next_state
@@ -120,5 +125,5 @@ class DiagonalMIMO(Kernel):
         lam, Bbar, C, D = self._step
         real = D.dtype
         state = lam * state + _apply_complex(Bbar, u.to(real).unsqueeze(-1)).squeeze(-1)  # (B, P)
-        y = self.output_scale * (C @ state.unsqueeze(-1)).squeeze(-1).real + D * u.to(real)
+        y = self.output_scale * _real_output(C, state.unsqueeze(-1)).squeeze(-1) + D * u.to(real)
         return y.to(u.dtype), state

@@ -201,8 +201,8 @@ def _read_text(path: Path) -> str:
 STATE_KEYS = {"step": int, "epoch": int, "batch_in_epoch": int, "scheduler": dict, "rng": dict}
 
 
-def read_state(ckpt: Path) -> dict:
-    """``state.json``, checked for the keys and types resuming needs."""
+def read_state(ckpt: Path, keys: dict[str, type] = STATE_KEYS) -> dict:
+    """``state.json``, checked for ``keys`` and their types (all that resuming needs by default)."""
     path = Path(ckpt) / "state.json"
     try:
         state = json.loads(_read_text(path))
@@ -210,7 +210,7 @@ def read_state(ckpt: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the checkpoint is corrupt") from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a JSON object, got a {type(state).__name__}; the checkpoint is corrupt")
-    for key, tp in STATE_KEYS.items():
+    for key, tp in keys.items():
         value = state.get(key)
         if not isinstance(value, tp) or isinstance(value, bool) or (tp is int and value < 0):
             raise UserError(f"{path}: {key} must be a {'non-negative integer' if tp is int else 'JSON object'}, "
@@ -223,7 +223,8 @@ def load_checkpoint(ckpt: Path, training_state: bool = True) -> dict:
 
     ``training_state=False`` (evaluation) reads only the weights, ``state.json`` and the recipe."""
     ckpt = Path(ckpt)
-    out = {"model": load_weights_file(ckpt / "model.safetensors"), "state": read_state(ckpt),
+    state = read_state(ckpt) if training_state else read_state(ckpt, {"step": int})
+    out = {"model": load_weights_file(ckpt / "model.safetensors"), "state": state,
            "recipe_yaml": _read_text(ckpt / "recipe.yaml")}
     if not training_state:
         return out

@@ -145,3 +145,20 @@ def test_flip_valid_reverses_each_sample_within_its_length():
     for i, n in enumerate(lengths.tolist()):
         assert torch.equal(y[i, :, :n], x[i, :, :n].flip(-1)) and torch.equal(y[i, :, n:], x[i, :, n:])
     assert torch.equal(flip_valid(y, lengths), x)
+
+
+def test_retrieval_towers_see_each_document_without_its_padding():
+    from ssmkit.tasks.lra_text import RetrievalModel
+
+    torch.manual_seed(0)
+    backbone = SequenceModel(18, 1, d_model=8, n_layers=1, layer=dict(kernel="s4d", bidirectional=True),
+                             encoder="embedding")
+    model = RetrievalModel(backbone).double().eval()
+    gen = torch.Generator().manual_seed(4)
+    x = listops_like(gen, [7, 20, 12, 3], 20).view(2, 2, 20)  # two pairs of documents
+    with torch.no_grad():
+        logits = model(x, lengths=token_lengths(x))
+        for i in range(2):
+            (a, b), (na, nb) = x[i], token_lengths(x[i]).tolist()
+            u, v = backbone(a[None, :na])[0], backbone(b[None, :nb])[0]
+            torch.testing.assert_close(logits[i], model.head(torch.cat([u, v, u * v, u - v])), rtol=1e-9, atol=1e-10)

@@ -225,7 +225,8 @@ def plot_runs(runs: list[Path], out: Path, metric: str | None = None) -> str:
     ax_loss.set_title("training loss")
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("loss")
-    if all(v > 0 for _, loss, _ in data for _, v in loss) and any(loss for _, loss, _ in data):
+    values = [v for _, loss, _ in data for _, v in loss]
+    if values and min(values) > 0 and max(values) / min(values) > 30:  # log only where the loss spans decades
         ax_loss.set_yscale("log")
     ax_metric.set_title(metric or "no evaluation metric logged")
     ax_metric.set_xlabel("optimizer step")

@@ -113,7 +113,7 @@ def build_loop_model(recipe: Recipe, task) -> torch.nn.Module:
 
 
 def forward(model, task, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)``, passing ``lengths=task.lengths(x)`` for padded tasks (masked pooling)."""
+    """``model(x)``, passing ``lengths=task.lengths(x)`` for padded tasks (masked layers, norms and pooling)."""
     lengths = task.lengths(x) if hasattr(task, "lengths") else None
     return model(x) if lengths is None else model(x, lengths=lengths)
 

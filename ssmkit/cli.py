@@ -238,7 +238,11 @@ def _shipped(name: str) -> Path:
 @recipes_app.command("show")
 def recipes_show(name: str = typer.Argument(..., help="shipped recipe name, e.g. quick/s4d-shift")):
     """Print a recipe's YAML."""
-    click.echo(_shipped(name).read_text(), nl=False)
+    from ssmkit.recipe import load_yaml
+
+    path = _shipped(name)
+    load_yaml(path)  # a binary or malformed file: one line naming it
+    click.echo(path.read_text(encoding="utf-8"), nl=False)
 
 
 @recipes_app.command("cp")
@@ -248,7 +252,10 @@ def recipes_cp(
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ):
     """Copy a shipped recipe to start your own."""
+    from ssmkit.recipe import load_yaml
+
     src = _shipped(name)
+    load_yaml(src)  # never copy a binary or malformed file as a recipe
     target = dest / src.name if dest.is_dir() else dest
     if target.exists() and not force:
         raise UserError(f"{target} already exists; pass --force to overwrite it")

@@ -250,6 +250,9 @@ def test_recipe_path_that_is_not_a_file(tmp_path):
     run_bad(tmp_path, ["train", str(tmp_path / "folder.yaml")], "directory")
     run_bad(tmp_path, ["train", str(tmp_path / "missing.yaml")], "no recipe file")
     run_bad(tmp_path, ["recipes", "show", str(tmp_path / "missing.yaml")], "no recipe file")
+    (tmp_path / "garbage.yaml").write_bytes(GARBAGE)
+    run_bad(tmp_path, ["recipes", "show", str(tmp_path / "garbage.yaml")], "not a UTF-8 text file")
+    run_bad(tmp_path, ["recipes", "cp", str(tmp_path / "garbage.yaml"), str(tmp_path / "copy.yaml")], "not a UTF-8 text file")
 
 
 OVERRIDES = [

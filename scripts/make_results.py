@@ -17,8 +17,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = ("dlr", "s4d", "dss", "sgconv", "attn")
-KERNEL_NAMES = {"dlr": "DLR", "s4d": "S4D", "dss": "DSS-EXP", "sgconv": "SGConv", "attn": "attention"}
+KERNELS = ("dlr", "s4d", "dss", "sgconv", "attn", "s5", "lru", "mamba")
+KERNEL_NAMES = {"dlr": "DLR", "s4d": "S4D", "dss": "DSS-EXP", "sgconv": "SGConv", "attn": "attention", "s5": "S5", "lru": "LRU",
+                "mamba": "Mamba"}
 TASKS = ("shift", "cumsum", "cummax", "reverse", "sort", "masked_select_fixed", "solve_fixed", "solve",
          "masked_select", "context_shift", "mips")
 #: What the DLR paper says per task, as far as our reference files carry it (reference/dlr-dss-sgconv.md 6.1).

@@ -64,7 +64,7 @@ class S5(DiagonalMIMO):
         dt_min, dt_max: the range of the initial step sizes (log-uniform).
         dt_global: one step size shared by all states instead of one per state.
         clip_eigs: keep Re(Lambda) <= -1e-4 (the paper's option for stability on long inputs).
-        mode: scan (chunked parallel scan) | conv (FFT convolution in state space; no state passing).
+        mode: scan (chunked parallel scan) | conv (FFT convolution in state space; from a given state, the scan).
         lr, wd: per-parameter settings with keys Lambda, B, C, dt. The paper trains Lambda, B and dt at its
             "ssm_lr" with no weight decay; C and D at the global lr (with weight decay by default).
     """

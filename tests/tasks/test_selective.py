@@ -60,7 +60,7 @@ def test_seeding_epochs_and_shards(name):
 def test_loss_and_accuracy_read_the_last_positions():
     task = TASKS.get("selective_copying")(L=10, M=3, K=4)
     batch = [task.dataset("train")[i] for i in range(5)]
-    x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+    y = torch.stack([b[1] for b in batch])
     out = torch.full((5, 13, 4), -5.0)
     out[:, -3:].scatter_(-1, y.unsqueeze(-1), 5.0)  # right on the last M positions
     stats = task.metric_stats(out, y)

@@ -7,32 +7,31 @@ The CUDA part is compiled when nvcc is found (CUDA_HOME) and torch is a CUDA bui
 "8.0;9.0" to keep the build short. ``SSMKIT_CAUCHY_NATIVE=1`` adds -march=native to the C++ part
 (faster, but the result only runs on CPUs like the one that built it).
 """
+import importlib.util
 import os
-import shutil
 
 import torch
 from setuptools import setup
 
-
-def _find_cuda_home() -> str | None:
-    """A CUDA toolkit root that really holds the headers (a wrapper script at /usr/local/bin/nvcc
-    would otherwise make torch guess CUDA_HOME=/usr/local)."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    for root in candidates:
-        if root and os.path.exists(os.path.join(root, "include", "cuda_runtime.h")):
-            return root
-    return None
+here = os.path.dirname(os.path.abspath(__file__))
 
 
+def _ext_build():
+    """ssmkit/ops/ext_build.py of this checkout (it holds the CUDA-toolkit lookup and flags that ssmkit's own
+    first-use build uses), loaded by path: building this package must not need ssmkit installed."""
+    path = os.path.join(here, "..", "..", "ssmkit", "ops", "ext_build.py")
+    spec = importlib.util.spec_from_file_location("_ssmkit_ext_build", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_find_cuda_home = _ext_build().find_cuda_home
 if _find_cuda_home():
     os.environ["CUDA_HOME"] = _find_cuda_home()
 
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-here = os.path.dirname(os.path.abspath(__file__))
 csrc = os.path.join("csrc")
 sources = [os.path.join(csrc, "bindings.cpp"), os.path.join(csrc, "cauchy_cpu.cpp")]
 cxx_flags = ["-O3", "-fopenmp-simd"]

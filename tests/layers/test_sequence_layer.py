@@ -86,7 +86,7 @@ def test_truncated_kernel_has_no_recurrence():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(kernel="s5"), "unknown kernel 's5'"),
+        (dict(kernel="s9"), "unknown kernel 's9'"),
         (dict(kernel="s4dd"), "did you mean 's4d'"),
         (dict(d_stat=4), "unknown option 'd_stat'.*did you mean 'd_state'"),
         (dict(activation="gelu2"), "unknown activation"),

@@ -94,6 +94,8 @@ class SequenceLayer(nn.Module):
             if channels != 1:
                 raise ValueError(f"kernel {kernel!r} is a token mixer: it has no channels, set channels=1 (got {channels})")
             self.mixer = cls(d_model, bidirectional=bidirectional, **kernel_options)
+            # what the mixer's forward accepts beyond (u, state, return_state), read once, not per call
+            self._mixer_params = frozenset(inspect.signature(self.mixer.forward).parameters) & {"lengths", "rate"}
             self.kernel = None
             d_mixed = d_model
         else:
@@ -125,7 +127,7 @@ class SequenceLayer(nn.Module):
     def _mixer_lengths(self, lengths: torch.Tensor) -> dict:
         """A token mixer masks padded keys itself (``forward(..., lengths=)``); a causal one that does not
         need not (its valid outputs never read the zeroed padding after them)."""
-        if "lengths" in inspect.signature(self.mixer.forward).parameters:
+        if "lengths" in self._mixer_params:
             return {"lengths": lengths}
         if self.bidirectional:
             raise ValueError(f"kernel {self.kernel_name!r} cannot mask padding (its forward takes no lengths); "
@@ -239,7 +241,7 @@ class SequenceLayer(nn.Module):
             u = u * mask.to(u.dtype)
         if self.kernel is None:
             masked = {} if lengths is None else self._mixer_lengths(lengths)
-            if "rate" in inspect.signature(self.mixer.forward).parameters:
+            if "rate" in self._mixer_params:
                 masked["rate"] = rate  # mixers with a step size (S5)
             y, next_state = self.mixer(u, state=state, return_state=return_state, **masked)  # (B, H, L)
             y = self.dropout(self.act(y)).transpose(-1, -2)

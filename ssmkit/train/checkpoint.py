@@ -152,6 +152,10 @@ def _weights_only_reason(e: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
+def _missing(path: Path) -> UserError:
+    return UserError(f"{path}: missing; the checkpoint is incomplete (delete this step folder)")
+
+
 def load_torch_file(path: Path):
     """A ``torch.save`` file read with ``weights_only=True`` (tensors, numbers, containers; never code).
     A missing, corrupt or refused file is a :class:`UserError` naming the file and the reason."""
@@ -167,7 +171,7 @@ def load_torch_file(path: Path):
                         f"{_weights_only_reason(e)}); ssmkit never unpickles code, so re-create the checkpoint "
                         "or delete this step folder") from None
     except FileNotFoundError:
-        raise UserError(f"{path}: missing; the checkpoint is incomplete (delete this step folder)") from None
+        raise _missing(path) from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/EOFError/ValueError/... for broken files
         raise UserError(f"{path}: not a readable torch file ({type(e).__name__}: {_first_line(e)}); "
                         "the checkpoint is corrupt or truncated (delete this step folder)") from None
@@ -183,7 +187,7 @@ def load_weights_file(path: Path) -> dict:
     try:
         return load_file(str(path))
     except FileNotFoundError:
-        raise UserError(f"{path}: missing; the checkpoint is incomplete (delete this step folder)") from None
+        raise _missing(path) from None
     except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, also OSError
         raise UserError(f"{path}: not a readable safetensors file ({_first_line(e)}); the checkpoint is corrupt "
                         "or truncated (delete this step folder)") from None
@@ -193,7 +197,7 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: missing; the checkpoint is incomplete (delete this step folder)") from None
+        raise _missing(path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read this file as UTF-8 text ({_first_line(e)}); the checkpoint is corrupt") from None
 

@@ -94,19 +94,22 @@ def build_key(cuda: bool) -> str:
     return h.hexdigest()[:12]
 
 
-def build_dir(cuda: bool) -> Path:
+def build_dir(key: str) -> Path:
+    """The cache folder of the build with this ``build_key``."""
     tv = torch.__version__.replace("+", "-")
-    return cache_root() / "ext" / f"cauchy-torch{tv}-py{sys.version_info[0]}{sys.version_info[1]}-{build_key(cuda)}"
+    return cache_root() / "ext" / f"cauchy-torch{tv}-py{sys.version_info[0]}{sys.version_info[1]}-{key}"
 
 
-def is_built(cuda: bool | None = None) -> bool:
+def _has_library(d: Path) -> bool:
+    return any(d.glob("*.so")) or any(d.glob("*.pyd"))
+
+
+def is_built() -> bool:
     """Whether a library for this torch/flags/sources is already in the cache (nothing is compiled)."""
     try:
-        cuda = want_cuda()[0] if cuda is None else cuda
-        d = build_dir(cuda)
+        return _has_library(build_dir(build_key(want_cuda()[0])))
     except (BuildFailed, OSError):
         return False
-    return any(d.glob("*.so")) or any(d.glob("*.pyd"))
 
 
 def load(verbose: bool = False, announce=None):
@@ -124,9 +127,10 @@ def load(verbose: bool = False, announce=None):
     cxx = os.environ.get("CXX") or next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
     if cxx is None:
         raise BuildFailed("no C++ compiler on PATH; install g++ (e.g. apt-get install g++), then `ssmkit doctor --build`")
-    d = build_dir(cuda)
+    key = build_key(cuda)
+    d = build_dir(key)
     d.mkdir(parents=True, exist_ok=True)
-    if announce is not None and not is_built(cuda):
+    if announce is not None and not _has_library(d):
         part = "C++ and CUDA" if cuda else f"C++ only: {why}"
         announce(f"ssmkit: compiling the Cauchy extension ({part}) once into {d}; this takes about "
                  f"{'3 minutes' if cuda else '1 minute'}")
@@ -134,7 +138,7 @@ def load(verbose: bool = False, announce=None):
     sources = [str(SOURCES_DIR / n) for n in _CPP + (_CUDA if cuda else ())]
     try:
         return cpp_extension.load(
-            name=f"ssmkit_cauchy_{build_key(cuda)}", sources=sources, build_directory=str(d),
+            name=f"ssmkit_cauchy_{key}", sources=sources, build_directory=str(d),
             extra_cflags=_flags(cuda), extra_cuda_cflags=["-O3"] if cuda else None,
             with_cuda=cuda, verbose=verbose,
         )

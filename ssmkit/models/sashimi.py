@@ -325,7 +325,7 @@ class SaShiMi(GenerationMixin, nn.Module):
         y, state = self._step_features(self.encoder(x), state)
         return self.decoder(self.final_norm(y)), state
 
-    def compile_step(self, backend: str = "auto") -> "CompiledStep":
+    def compile_step(self, backend: str = "auto") -> CompiledStep:
         """``step`` with each stage's blocks compiled (``Stage.compile_step``, i.e. ``SequenceModel``'s:
         ``aot``, ``inductor`` or ``auto``); the pools and the choice of which levels run at a token stay in
         Python, because that choice changes from token to token. Use ``default_state(..., real=True)``."""

@@ -58,7 +58,7 @@ def test_ratio_splits_scaling_and_windows_by_hand(data):
     mean, std = raw[:n_train].mean(0), raw[:n_train].std(0)
     norm = (raw - mean) / std
     assert (task.d_input, task.d_output) == (4 + 1 + 4, 1)
-    for split, start, rows in (("train", 0, 210), ("val", 210 - 24, 30 + 24), ("test", 240 - 24, 60 + 24)):
+    for split, start, rows in (("train", 0, 210), ("val", 210 - 24, 30 + 24), ("test", 240 - 24, n_test + 24)):
         ds = task.dataset(split)
         assert len(ds) == rows - 24 - 12 + 1
         i = len(ds) - 1

@@ -1,8 +1,8 @@
 """Every real task trains two steps end to end through `ssmkit train --max-steps 2` on tiny data in the real formats."""
 import pytest
 import yaml
-from test_images import write_cifar, write_mnist
 from test_forecast import write_informer
+from test_images import write_cifar, write_mnist
 from test_speech import write_sc
 from typer.testing import CliRunner
 

@@ -1,4 +1,5 @@
-"""Builds ``ssmkit_cauchy``: the Cauchy product of ssmkit in C++ (always) and CUDA (when it can).
+"""Builds ``ssmkit_cauchy``: the Cauchy product of ssmkit in C++ (always) and CUDA (when it can), and Mamba's
+selective scan in C++ (``csrc/selective_scan_cpu.cpp``).
 
     pip install --no-build-isolation ./extensions/cauchy
 
@@ -26,17 +27,17 @@ def _ext_build():
     return mod
 
 
-_find_cuda_home = _ext_build().find_cuda_home
+_build = _ext_build()
+_find_cuda_home = _build.find_cuda_home
 if _find_cuda_home():
     os.environ["CUDA_HOME"] = _find_cuda_home()
 
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 csrc = os.path.join("csrc")
-sources = [os.path.join(csrc, "bindings.cpp"), os.path.join(csrc, "cauchy_cpu.cpp")]
-cxx_flags = ["-O3", "-fopenmp-simd"]
-if os.environ.get("SSMKIT_CAUCHY_NATIVE") == "1":
-    cxx_flags.append("-march=native")
+sources = [os.path.join(csrc, n) for n in ("bindings.cpp", "cauchy_cpu.cpp", "selective_scan_cpu.cpp")]
+cxx_flags = _build.cxx_flags()
+link_flags = _build.link_flags()
 
 want_cuda = os.environ.get("SSMKIT_CAUCHY_CUDA", "auto")
 can_cuda = CUDA_HOME is not None and torch.version.cuda is not None
@@ -53,10 +54,11 @@ if use_cuda:
         sources + [os.path.join(csrc, "cauchy_cuda.cu")],
         define_macros=[("SSMKIT_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        extra_link_args=link_flags,
     )
 else:
     print(f"ssmkit_cauchy: building the CPU part only (CUDA_HOME={CUDA_HOME}, torch CUDA={torch.version.cuda})")
-    ext = CppExtension("ssmkit_cauchy._C", sources, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension("ssmkit_cauchy._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
 setup(
     name="ssmkit-cauchy",

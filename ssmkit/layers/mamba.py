@@ -10,8 +10,9 @@ selective SSM block as a token mixer, u (B, H, L) -> y (B, H, L).
     y = out_proj(y * SiLU(z))                       E -> H
 
 (section 3.4 and Figure 3 of the paper; dt_rank = ceil(H / 16), N = 16, d_conv = 4, expand = 2 by default.)
-The scan is ``ssmkit.ops.selective_scan`` (plain torch, chunked, bounded memory; the fused ``mamba_ssm``
-kernel on CUDA when installed and ``backend`` allows it).
+The scan is ``ssmkit.ops.selective_scan`` (on the CPU the fused C++ scan of ssmkit's extension where it is
+built, else plain torch, chunked, bounded memory; the fused ``mamba_ssm`` kernel on CUDA when installed and
+``backend`` allows it).
 
 Causal Mamba is recurrent: the state is the last d_conv - 1 inputs of the convolution and the SSM state
 h (B, E, N) (``MambaState``); ``step`` and ``forward(state=...)`` equal the full forward.
@@ -120,7 +121,7 @@ class Mamba(nn.Module):
         dt_min, dt_max: range of the initial step size (log-uniform), dt_init_floor its floor.
         conv_bias, bias: biases of the convolution and of in_proj/out_proj (True, False as in the paper's code).
         lr: learning rate of A_log, D and the dt bias (None: the optimizer's); they get no weight decay.
-        backend: selective-scan backend ``auto`` | ``torch`` | ``mamba_ssm``.
+        backend: selective-scan backend ``auto`` | ``torch`` | ``extension`` | ``mamba_ssm``.
     """
 
     def __init__(

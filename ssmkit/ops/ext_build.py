@@ -1,4 +1,4 @@
-"""Compiles the C++/CUDA Cauchy extension on first use, for users who installed ssmkit with plain ``pip``.
+"""Compiles the C++/CUDA extension (the Cauchy product; Mamba's selective scan on the CPU) on first use, for users who installed ssmkit with plain ``pip``.
 
 A wheel cannot carry a binary that matches every torch a user may have, so ssmkit ships the extension's
 sources inside the package (``ssmkit/_csrc``, the files of ``extensions/cauchy/csrc``) and compiles them
@@ -30,9 +30,9 @@ import torch
 
 #: The extension's sources, shipped in the package (a link to extensions/cauchy/csrc in a checkout).
 SOURCES_DIR = Path(__file__).resolve().parent.parent / "_csrc"
-_CPP = ("bindings.cpp", "cauchy_cpu.cpp")
+_CPP = ("bindings.cpp", "cauchy_cpu.cpp", "selective_scan_cpu.cpp")
 _CUDA = ("cauchy_cuda.cu",)
-_HEADERS = ("cauchy.h",)
+_HEADERS = ("cauchy.h", "selective_scan.h")
 
 
 class BuildFailed(RuntimeError):
@@ -74,13 +74,24 @@ def want_cuda() -> tuple[bool, str]:
     return True, f"CUDA {torch.version.cuda}, toolkit {home}"
 
 
-def _flags(cuda: bool) -> list[str]:
+def cxx_flags() -> list[str]:
+    """The C++ flags of the extension (shared with ``extensions/cauchy/setup.py``). ``-fopenmp`` where the
+    compiler is GCC on Linux: ``at::parallel_for`` in an extension is OpenMP code compiled into it, serial
+    without the flag; the library then uses the ``libgomp.so.1`` that torch has already loaded."""
     flags = ["-O3", "-fopenmp-simd"]
+    if sys.platform.startswith("linux"):
+        flags.append("-fopenmp")
     if os.environ.get("SSMKIT_CAUCHY_NATIVE") == "1":
         flags.append("-march=native")
-    if cuda:
-        flags.append("-DSSMKIT_WITH_CUDA")
     return flags
+
+
+def link_flags() -> list[str]:
+    return ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+
+def _flags(cuda: bool) -> list[str]:
+    return cxx_flags() + (["-DSSMKIT_WITH_CUDA"] if cuda else [])
 
 
 def build_key(cuda: bool) -> str:
@@ -139,7 +150,7 @@ def load(verbose: bool = False, announce=None):
     try:
         return cpp_extension.load(
             name=f"ssmkit_cauchy_{key}", sources=sources, build_directory=str(d),
-            extra_cflags=_flags(cuda), extra_cuda_cflags=["-O3"] if cuda else None,
+            extra_cflags=_flags(cuda), extra_cuda_cflags=["-O3"] if cuda else None, extra_ldflags=link_flags(),
             with_cuda=cuda, verbose=verbose,
         )
     except (RuntimeError, OSError, ImportError, SystemExit) as e:  # compiler errors, ninja failure, bad .so

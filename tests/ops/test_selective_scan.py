@@ -1,4 +1,5 @@
-"""The selective scan against the recurrence written out in float64, step by step, in this file."""
+"""The selective scan against the recurrence written out in float64, step by step, in this file: the plain-torch
+scan and the fused C++ scan of the extension (both its AVX2+FMA and its baseline variant), each the same way."""
 import warnings
 
 import pytest
@@ -8,6 +9,22 @@ from helpers import MaxTensor
 import ssmkit.ops.selective_scan as ss
 from ssmkit.ops import backends
 from ssmkit.ops.selective_scan import choose_backend, selective_scan, selective_step
+
+_ext = backends.probe_extension()
+_ext_ok = _ext.ok and hasattr(_ext.module, "selective_scan_fwd")
+_needs_ext = pytest.mark.skipif(not _ext_ok, reason=f"the compiled extension is not built here: {_ext.reason}")
+#: the CPU backends, each test run on each: torch, the extension's AVX2+FMA variant (where the CPU has it) and
+#: its baseline variant (SSMKIT_SCAN_BASELINE=1)
+CPU_BACKENDS = ["torch", pytest.param("extension", marks=_needs_ext), pytest.param("extension-baseline", marks=_needs_ext)]
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request, monkeypatch):
+    if request.param == "extension-baseline":
+        monkeypatch.setenv("SSMKIT_SCAN_BASELINE", "1")
+        return "extension"
+    monkeypatch.delenv("SSMKIT_SCAN_BASELINE", raising=False)
+    return request.param
 
 
 def recurrence(u, delta, A, B, C, D=None, h0=None):
@@ -39,19 +56,21 @@ def problem(b=2, d=3, n=4, L=70, delta_scale=0.3, A_scale=4.0, dtype=torch.float
 
 @pytest.mark.parametrize("chunk", [1, 16, 64, 200])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_forward_matches_the_recurrence(chunk, with_state):
-    u, delta, A, B, C, D, h0 = problem()
+@pytest.mark.parametrize("b, n", [(2, 4), (1, 16), (3, 9)])  # n around the extension's vector widths (4, 8)
+def test_forward_matches_the_recurrence(chunk, with_state, b, n, backend):
+    u, delta, A, B, C, D, h0 = problem(b=b, n=n)
     h0 = h0 if with_state else None
-    y, h = selective_scan(u, delta, A, B, C, D, h0=h0, chunk=chunk, backend="torch")
+    y, h = selective_scan(u, delta, A, B, C, D, h0=h0, chunk=chunk, backend=backend)
     y_ref, h_ref = recurrence(u, delta, A, B, C, D, h0)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("delta_scale", [0.3, 20.0])  # 20: chunks are split to keep exp(-S) finite
-def test_gradients_match_the_recurrence(delta_scale):
-    inputs = [t.requires_grad_() for t in problem(L=45, delta_scale=delta_scale)]
-    y, h = selective_scan(*inputs[:6], h0=inputs[6], chunk=16)
+@pytest.mark.parametrize("b, d, n", [(2, 3, 4), (1, 7, 16)])  # b=1: the extension splits the channels in groups
+def test_gradients_match_the_recurrence(delta_scale, b, d, n, backend):
+    inputs = [t.requires_grad_() for t in problem(b=b, d=d, n=n, L=45, delta_scale=delta_scale)]
+    y, h = selective_scan(*inputs[:6], h0=inputs[6], chunk=16, backend=backend)
     w = torch.randn_like(y)
     grads = torch.autograd.grad((y * w).sum() + h.square().sum(), inputs)
     y_ref, h_ref = recurrence(*inputs[:6], inputs[6])
@@ -60,11 +79,12 @@ def test_gradients_match_the_recurrence(delta_scale):
         torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
 
 
-def test_large_decays_stay_finite_in_float32():
-    """delta*A of several hundred per chunk: exp(-S) would overflow float32 without the split."""
+def test_large_decays_stay_finite_in_float32(backend):
+    """delta*A of several hundred per chunk: exp(-S) would overflow float32 without the split (torch scan), and
+    lie far below the extension's exp clamp (-87)."""
     u, delta, A, B, C, D, h0 = problem(L=130, delta_scale=30.0, A_scale=10.0, dtype=torch.float32)
     args = [t.requires_grad_() for t in (u, delta, A, B, C)]
-    y, h = selective_scan(*args, D, h0=h0)
+    y, h = selective_scan(*args, D, h0=h0, backend=backend)
     y.sum().backward()
     y_ref, h_ref = recurrence(u, delta, A, B, C, D, h0)
     assert all(torch.isfinite(t.grad).all() for t in args)
@@ -72,19 +92,36 @@ def test_large_decays_stay_finite_in_float32():
     torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_state_passing_equals_one_pass():
+@pytest.mark.parametrize("dtype, n", [(torch.float64, 4), (torch.float32, 16)])
+def test_float_matches_the_float64_recurrence(dtype, n, backend):
+    """float32: the extension's vectorised exp and the torch scan both within float32 rounding of the recurrence,
+    values and gradients, over decays from ~1 to ~e^-30 a step."""
+    inputs = [t.to(dtype).requires_grad_() for t in problem(b=2, d=5, n=n, L=150, delta_scale=3.0, A_scale=10.0)]
+    y, h = selective_scan(*inputs[:6], h0=inputs[6], backend=backend)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = torch.autograd.grad((y.double() * w).sum() + h.double().square().sum(), inputs)
+    ref_in = [t.detach().double().requires_grad_() for t in inputs]
+    y_ref, h_ref = recurrence(*ref_in[:6], ref_in[6])
+    ref = torch.autograd.grad((y_ref * w).sum() + h_ref.square().sum(), ref_in)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for name, a, r in zip(("y", "h", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0"), (y, h, *grads), (y_ref, h_ref, *ref)):
+        err = ((a.double() - r).abs().max() / r.abs().max()).item()
+        assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+def test_state_passing_equals_one_pass(backend):
     u, delta, A, B, C, D, h0 = problem(L=60)
-    y, h = selective_scan(u, delta, A, B, C, D, h0=h0)
+    y, h = selective_scan(u, delta, A, B, C, D, h0=h0, backend=backend)
     cut = 23
-    y1, h1 = selective_scan(u[..., :cut], delta[..., :cut], A, B[..., :cut], C[..., :cut], D, h0=h0)
-    y2, h2 = selective_scan(u[..., cut:], delta[..., cut:], A, B[..., cut:], C[..., cut:], D, h0=h1)
+    y1, h1 = selective_scan(u[..., :cut], delta[..., :cut], A, B[..., :cut], C[..., :cut], D, h0=h0, backend=backend)
+    y2, h2 = selective_scan(u[..., cut:], delta[..., cut:], A, B[..., cut:], C[..., cut:], D, h0=h1, backend=backend)
     torch.testing.assert_close(torch.cat([y1, y2], -1), y)
     torch.testing.assert_close(h2, h)
 
 
-def test_step_equals_scan():
+def test_step_equals_scan(backend):
     u, delta, A, B, C, D, h0 = problem(L=20)
-    y, h = selective_scan(u, delta, A, B, C, D, h0=h0)
+    y, h = selective_scan(u, delta, A, B, C, D, h0=h0, backend=backend)
     state, ys = h0, []
     for t in range(u.shape[-1]):
         y_t, state = selective_step(u[..., t], delta[..., t], A, B[..., t], C[..., t], D, state)
@@ -93,28 +130,26 @@ def test_step_equals_scan():
     torch.testing.assert_close(state, h)
 
 
-def test_memory_is_bounded_by_the_chunk_not_the_length():
-    """Nothing of size (batch, D, N, L) is made, in forward or backward: only chunk-sized state tensors."""
+def test_memory_is_bounded_by_the_chunk_not_the_length(backend):
+    """Nothing of size (batch, D, N, L) is made, in forward or backward: only chunk-sized state tensors (the
+    extension's (batch, D, L / chunk, N) start states and per-thread (chunk, N) buffers are smaller still)."""
     b, d, n, L, chunk = 2, 32, 16, 2048, 64
     u, delta, A, B, C, D, _ = problem(b, d, n, L, dtype=torch.float32)
     args = [t.requires_grad_() for t in (u, delta, A, B, C)]
     with MaxTensor() as mt:
-        y, _ = selective_scan(*args, D, chunk=chunk)
+        y, _ = selective_scan(*args, D, chunk=chunk, backend=backend)
         y.sum().backward()
     assert mt.max_numel <= max(b * d * n * chunk, b * d * L, b * n * L), mt.max_numel  # chunk states, u, B
     assert mt.max_numel < b * d * n * L // 8
 
 
-def test_bf16_autocast_keeps_the_scan_in_float32():
+def test_bf16_autocast_keeps_the_scan_in_float32(backend, monkeypatch):
     u, delta, A, B, C, D, h0 = problem(dtype=torch.float32)
     seen = []
-    real_chunk = ss._chunk
-    ss._chunk = lambda *a: seen.append({t.dtype for t in a}) or real_chunk(*a)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y, h = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, h0=h0)
-    finally:
-        ss._chunk = real_chunk
+    real_prepare = ss._as_scan_dtype
+    monkeypatch.setattr(ss, "_as_scan_dtype", lambda *a: seen.append({t.dtype for t in real_prepare(*a)}) or real_prepare(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, h = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, h0=h0, backend=backend)
     assert seen and all(s == {torch.float32} for s in seen), seen
     assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
     y_ref, _ = recurrence(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, h0)
@@ -123,7 +158,8 @@ def test_bf16_autocast_keeps_the_scan_in_float32():
 
 def test_backend_choice_on_cpu_and_bad_inputs():
     u, delta, A, B, C, D, h0 = problem(dtype=torch.float32)
-    assert choose_backend(u, None, "auto") == "torch"
+    assert choose_backend(u, None, "auto") == ("extension" if _ext_ok else "torch")
+    assert choose_backend(u, None, "torch") == "torch"
     backends.reset()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -136,6 +172,37 @@ def test_backend_choice_on_cpu_and_bad_inputs():
     with pytest.raises(ValueError, match="start state must be"):
         selective_scan(u, delta, A, B, C, h0=h0[:1])
     assert isinstance(backends.probe_mamba_ssm().reason, str)
+
+
+def test_extension_without_the_scan_falls_back_to_torch(monkeypatch):
+    """An ssmkit_cauchy built before the scan existed (or none at all): ``auto`` runs torch, a named
+    ``extension`` says why in a warning, and the numbers are the same."""
+    u, delta, A, B, C, D, h0 = problem()
+    backends.reset()
+    monkeypatch.setitem(backends._probes, "extension", backends.Probe(True, "an old build", object()))
+    assert choose_backend(u, None, "auto") == "torch"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y, _ = selective_scan(u, delta, A, B, C, D, backend="extension")
+    assert any("predates the selective scan" in str(w.message) for w in caught)
+    torch.testing.assert_close(y, recurrence(u, delta, A, B, C, D)[0])
+    backends.reset()
+
+
+@_needs_ext
+def test_extension_checks_its_arguments():
+    mod = _ext.module
+    u, delta, A, B, C, D, h0 = problem(dtype=torch.float32)
+    Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+    with pytest.raises(RuntimeError, match=r"Bt and Ct must be \(batch, L, N\)"):
+        mod.selective_scan_fwd(u, delta, A, B.contiguous(), Ct, h0, 64)
+    with pytest.raises(RuntimeError, match="share one dtype"):
+        mod.selective_scan_fwd(u, delta.double(), A, Bt, Ct, h0, 64)
+    with pytest.raises(RuntimeError, match="chunk must be >= 1"):
+        mod.selective_scan_fwd(u, delta, A, Bt, Ct, h0, 0)
+    with pytest.raises(RuntimeError, match="starts must be"):
+        mod.selective_scan_bwd(u, delta, A, Bt, Ct, h0, u, h0, 64)
+    assert mod.selective_scan_isa() in ("avx2+fma", "baseline")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -1,9 +1,12 @@
 // Python bindings: checks the arguments and dispatches on the device.
+// (The selective scan checks its own arguments in selective_scan_cpu.cpp; it has no CUDA half: on CUDA,
+// ssmkit runs its plain-torch scan or the optional mamba_ssm kernel.)
 #include <torch/extension.h>
 
 #include <vector>
 
 #include "cauchy.h"
+#include "selective_scan.h"
 
 namespace {
 
@@ -65,11 +68,18 @@ bool has_cuda() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "ssmkit Cauchy product kernels (CPU and, when built, CUDA)";
+  m.doc() = "ssmkit Cauchy product kernels (CPU and, when built, CUDA) and the selective scan (CPU)";
   m.def("cauchy_fwd", &cauchy_fwd, "Cauchy product forward", py::arg("v"), py::arg("z"), py::arg("w"),
         py::arg("symmetric"));
   m.def("cauchy_bwd", &cauchy_bwd, "Cauchy product backward -> (dv, dw)", py::arg("v"), py::arg("z"),
         py::arg("w"), py::arg("grad"), py::arg("symmetric"));
   m.def("has_cuda", &has_cuda, "whether the CUDA part was compiled");
+  m.def("selective_scan_fwd", &selective_scan_fwd_cpu,
+        "Mamba's selective scan, CPU -> (y, h_last, chunk start states)", py::arg("u"), py::arg("delta"),
+        py::arg("A"), py::arg("Bt"), py::arg("Ct"), py::arg("h0"), py::arg("chunk"));
+  m.def("selective_scan_bwd", &selective_scan_bwd_cpu,
+        "its backward -> (du, ddelta, dA, dBt, dCt, dh0)", py::arg("u"), py::arg("delta"), py::arg("A"),
+        py::arg("Bt"), py::arg("Ct"), py::arg("starts"), py::arg("gy"), py::arg("gh"), py::arg("chunk"));
+  m.def("selective_scan_isa", &selective_scan_isa, "the scan's compiled variant in use: avx2+fma or baseline");
   m.attr("shares_poles") = true;  // w may be (P, N) with P dividing the batch (see cauchy.h)
 }

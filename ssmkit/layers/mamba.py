@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssmkit.ops.linear import channels_first_linear
 from ssmkit.ops.padding import flip_valid
 from ssmkit.ops.selective_scan import BACKENDS, selective_scan, selective_step
 
@@ -51,7 +52,8 @@ def _tag(p: nn.Parameter, lr: float | None) -> None:
 class SelectiveSSM(nn.Module):
     """The part of the block between in_proj and the gate, for one direction: conv, SiLU, selective SSM.
 
-    Works on (B, E, L) channels-first: the projections are applied as 1x1 convolutions with the Linear weights.
+    Works on (B, E, L) channels-first: the projections are batched GEMMs with the Linear weights
+    (``ssmkit.ops.linear``, 2-3x faster forward+backward on CPU than the same map as a 1x1 convolution).
     """
 
     def __init__(self, d_inner: int, d_state: int, d_conv: int, dt_rank: int, dt_min: float, dt_max: float,
@@ -73,19 +75,21 @@ class SelectiveSSM(nn.Module):
 
     def _ssm_inputs(self, x: torch.Tensor):
         """x (B, E, L) after conv + SiLU -> delta (B, E, L) float32+, B, C (B, N, L)."""
-        dbc = F.conv1d(x, self.x_proj.weight.unsqueeze(-1))
+        dbc = channels_first_linear(x, self.x_proj.weight)
         dt, B, C = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=1)
-        dt = F.conv1d(dt, self.dt_proj.weight.unsqueeze(-1), self.dt_proj.bias)
+        dt = channels_first_linear(dt, self.dt_proj.weight, self.dt_proj.bias)
         return F.softplus(dt.float() if dt.dtype in (torch.float16, torch.bfloat16) else dt), B, C
 
-    def forward(self, x: torch.Tensor, state: MambaState | None = None, return_state: bool = False):
-        """x (B, E, L) -> y (B, E, L) (before the gate) and, with ``return_state``, the next state."""
+    def forward(self, x: torch.Tensor, state: MambaState | None = None, return_state: bool = False,
+                z: torch.Tensor | None = None):
+        """x (B, E, L) -> y (B, E, L) (times silu(z) when a gate z is given: fused into the scan where the
+        backend can) and, with ``return_state``, the next state."""
         k = self.d_conv - 1
         xp = F.pad(x, (k, 0)) if state is None else torch.cat([state.conv.to(x.dtype), x], dim=-1)
         xc = F.silu(F.conv1d(xp, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
         delta, B, C = self._ssm_inputs(xc)
         h0 = None if state is None else state.ssm
-        y, h = selective_scan(xc, delta, -torch.exp(self.A_log), B, C, self.D, h0=h0, backend=self.backend)
+        y, h = selective_scan(xc, delta, -torch.exp(self.A_log), B, C, self.D, h0=h0, backend=self.backend, z=z)
         if not return_state:
             return y, None
         return y, MambaState(xp[..., xp.shape[-1] - k:], h)
@@ -178,14 +182,16 @@ class Mamba(nn.Module):
         each sample within its length, so it starts at the true end and never reads the padding."""
         if (state is not None or return_state) and not self.causal:
             raise self._refuse()
-        xz = F.conv1d(u, self.in_proj.weight.unsqueeze(-1), self.in_proj.bias)  # (B, 2E, L)
+        xz = channels_first_linear(u, self.in_proj.weight, self.in_proj.bias)  # (B, 2E, L)
         x, z = xz.chunk(2, dim=1)
-        y, next_state = self.ssm(x, state, return_state)
-        if self.ssm_reverse is not None:
+        if self.ssm_reverse is None:  # the gate goes into the scan
+            y, next_state = self.ssm(x, state, return_state, z=z)
+        else:  # the two directions are summed before the gate
+            y, next_state = self.ssm(x, state, return_state)
             flip = (lambda t: t.flip(-1)) if lengths is None else (lambda t: flip_valid(t, lengths))  # noqa: E731
             y = y + flip(self.ssm_reverse(flip(x))[0])
-        y = y.to(z.dtype) * F.silu(z)
-        y = F.conv1d(y, self.out_proj.weight.unsqueeze(-1), self.out_proj.bias)
+            y = y.to(z.dtype) * F.silu(z)
+        y = channels_first_linear(y, self.out_proj.weight, self.out_proj.bias)
         return y, next_state
 
     def default_state(self, *batch_shape: int, device=None) -> MambaState:

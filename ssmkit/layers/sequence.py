@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ssmkit.kernels import KERNELS
 from ssmkit.ops.cache import KernelCache
 from ssmkit.ops.fftconv import fftconv
+from ssmkit.ops.linear import channels_first_linear
 from ssmkit.ops.padding import padding_mask
 from ssmkit.registry import check_options, did_you_mean
 
@@ -191,20 +192,13 @@ class SequenceLayer(nn.Module):
         """(B, C*H, L) -> dropout -> output map -> (B, H, L).
 
         The output map is applied channels-first as one batched GEMM W @ y[b] + bias with the ``nn.Linear``
-        weights (the parameters and state dict are those of ``self.out``): no transposes, and its gradient
-        arrives in the layout the activation saved. ``baddbmm`` is ~1.5x faster forward+backward on CPU than
-        ``nn.Linear`` on a transposed view and 1.3-1.5x faster than the equivalent 1x1 ``conv1d``; whole
-        DLR/SGConv layers 1.05-1.18x (docs/performance.md, scripts/bench_output_map.py)."""
+        weights (``ssmkit.ops.linear``; the parameters and state dict are those of ``self.out``): whole DLR/SGConv
+        layers 1.05-1.18x faster than with the equivalent 1x1 ``conv1d`` (docs/performance.md)."""
         y = self.dropout(y)
         linear = self.out[0] if isinstance(self.out, nn.Sequential) else self.out
         if not isinstance(linear, nn.Linear):
             return y
-        weight = linear.weight.expand(y.shape[0], *linear.weight.shape)
-        if linear.bias is None:
-            y = torch.bmm(weight, y)
-        else:
-            bias = linear.bias.unsqueeze(-1).expand(y.shape[0], linear.out_features, y.shape[-1])
-            y = torch.baddbmm(bias, weight, y)
+        y = channels_first_linear(y, linear.weight, linear.bias)
         return F.glu(y, dim=1) if linear is not self.out else y
 
     def forward(

@@ -180,30 +180,35 @@ def _torch_scan(u, delta, A, B, C, h0, chunk):
 
 # --- the fused CPU scan of ssmkit's extension ---
 class _ExtensionScan(torch.autograd.Function):
-    """B and C go to the extension transposed, (batch, L, N): a step then reads N contiguous numbers."""
+    """B and C go to the extension transposed, (batch, L, N): a step then reads N contiguous numbers. The skip D
+    and the gate z (either may be None) are fused into the scan."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk):
+    def forward(ctx, u, delta, A, B, C, h0, D, z, chunk):
         mod = backends.probe_extension().module
         u, delta, A, h0 = (t.contiguous() for t in (u, delta, A, h0))
+        D, z = (None if t is None else t.contiguous() for t in (D, z))
         Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        y, last, starts = mod.selective_scan_fwd(u, delta, A, Bt, Ct, h0, chunk)
-        ctx.save_for_backward(u, delta, A, Bt, Ct, starts)
+        y, last, starts = mod.selective_scan_fwd(u, delta, A, Bt, Ct, h0, D, z, chunk)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, starts, D, z)
         ctx.chunk, ctx.mod = chunk, mod
         return y, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dh_last):
-        u, delta, A, Bt, Ct, starts = ctx.saved_tensors
+        u, delta, A, Bt, Ct, starts, D, z = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
         dh = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if dh_last is None else dh_last.contiguous()
-        du, ddelta, dA, dBt, dCt, dh0 = ctx.mod.selective_scan_bwd(u, delta, A, Bt, Ct, starts, dy, dh, ctx.chunk)
-        return du, ddelta, dA, dBt.transpose(1, 2), dCt.transpose(1, 2), dh0, None
+        du, ddelta, dA, dBt, dCt, dh0, dD, dz = ctx.mod.selective_scan_bwd(u, delta, A, Bt, Ct, starts, D, z, dy, dh,
+                                                                           ctx.chunk)
+        return du, ddelta, dA, dBt.transpose(1, 2), dCt.transpose(1, 2), dh0, dD, dz, None
 
 
-def _extension_scan(u, delta, A, B, C, h0, chunk):
-    return _ExtensionScan.apply(*_as_scan_dtype(u, delta, A, B, C, h0), chunk)
+def _extension_scan(u, delta, A, B, C, h0, chunk, D=None, z=None):
+    u, delta, A, B, C, h0 = _as_scan_dtype(u, delta, A, B, C, h0)
+    D, z = (None if t is None else t.to(u.dtype) for t in (D, z))
+    return _ExtensionScan.apply(u, delta, A, B, C, h0, D, z, chunk)
 
 
 def _extension_error() -> float:
@@ -212,11 +217,11 @@ def _extension_error() -> float:
     b, d, n, L = 2, 5, 6, 150  # n not a multiple of the vector width; L not a multiple of the chunk
     args = [torch.randn(b, d, L, generator=g), torch.rand(b, d, L, generator=g) * 0.2 + 1e-3,
             -torch.rand(d, n, generator=g) * 4, torch.randn(b, n, L, generator=g), torch.randn(b, n, L, generator=g),
-            torch.randn(b, d, n, generator=g)]
+            torch.randn(b, d, n, generator=g), torch.randn(d, generator=g), torch.randn(b, d, L, generator=g)]
     outs = []
-    for scan in (_extension_scan, _torch_scan):
+    for name in ("extension", "torch"):
         inputs = [t.clone().requires_grad_() for t in args]
-        y, h = scan(*inputs, CHUNK)
+        y, h = _scan(name, *inputs[:6], CHUNK, *inputs[6:])
         grads = torch.autograd.grad(y.square().sum() + h.sum(), inputs)
         outs.append([y.detach(), h.detach(), *grads])
     return max((a - r).abs().max().item() / (1 + r.abs().max().item()) for a, r in zip(*outs))
@@ -299,8 +304,10 @@ def selective_scan(
     h0: torch.Tensor | None = None,
     chunk: int = CHUNK,
     backend: str = "auto",
+    z: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """y (batch, D, L) and the last state (batch, D, N) of Mamba's selective SSM (see the module docstring).
+    """y (batch, D, L) and the last state (batch, D, N) of Mamba's selective SSM (see the module docstring);
+    with a gate z, y = (C . h + D u) * silu(z), the Mamba block's gating fused into the scan where the backend can.
 
     Args:
         u, delta: (batch, D, L); delta > 0 (the discretisation step, already through softplus).
@@ -310,21 +317,31 @@ def selective_scan(
         h0: (batch, D, N) start state, or None for zeros.
         chunk: positions per chunk of the torch scan.
         backend: ``auto`` | ``torch`` | ``extension`` | ``mamba_ssm``.
+        z: (batch, D, L) gate, or None.
     """
     _check(u, delta, A, B, C, D, h0)
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: the gate z must be (batch, D, L) = {tuple(u.shape)}, got {tuple(z.shape)}")
     if chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk}")
     with torch.autocast(device_type=u.device.type, enabled=False):
-        chosen = choose_backend(u, h0, backend)
-        if chosen == "mamba_ssm":
-            y, last = _fused_scan(u, delta, A, B, C)
-        elif chosen == "extension":
-            y, last = _extension_scan(u, delta, A, B, C, h0, chunk)
-        else:
-            y, last = _torch_scan(u, delta, A, B, C, h0, chunk)
-        if D is not None:
-            y = y + u.to(y.dtype) * D.to(y.dtype).unsqueeze(-1)
+        y, last = _scan(choose_backend(u, h0, backend), u, delta, A, B, C, h0, chunk, D, z)
     return y.to(u.dtype) if u.dtype in (torch.float16, torch.bfloat16) else y, last
+
+
+def _scan(backend: str, u, delta, A, B, C, h0, chunk, D, z):
+    """The chosen backend; the skip and the gate applied here where it does not fuse them."""
+    if backend == "extension":
+        return _extension_scan(u, delta, A, B, C, h0, chunk, D, z)
+    if backend == "mamba_ssm":
+        y, last = _fused_scan(u, delta, A, B, C)
+    else:
+        y, last = _torch_scan(u, delta, A, B, C, h0, chunk)
+    if D is not None:
+        y = y + u.to(y.dtype) * D.to(y.dtype).unsqueeze(-1)
+    if z is not None:
+        y = y * torch.nn.functional.silu(z.to(y.dtype))
+    return y, last
 
 
 def selective_step(u, delta, A, B, C, D, h):

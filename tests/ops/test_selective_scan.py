@@ -109,6 +109,27 @@ def test_float_matches_the_float64_recurrence(dtype, n, backend):
         assert err < tol, f"{name}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_gate_and_skip_match_the_recurrence(skip, backend):
+    """y = (C . h + D u) * silu(z): the Mamba block's gate, fused into the extension's scan; values and the
+    gradients of every input, z and D included, against the float64 recurrence times silu(z) written out here."""
+    inputs = [t.requires_grad_() for t in problem(b=2, d=5, n=9, L=77)]
+    z = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).requires_grad_()
+    D = inputs[5] if skip else None
+    y, h = selective_scan(*inputs[:5], D, h0=inputs[6], chunk=16, backend=backend, z=z)
+    y_ref, h_ref = recurrence(*inputs[:5], D, inputs[6])
+    y_ref = y_ref * z * torch.sigmoid(z)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    w = torch.randn_like(y)
+    wrt = [t for t in (*inputs[:5], D, inputs[6], z) if t is not None]
+    grads = torch.autograd.grad((y * w).sum() + h.square().sum(), wrt)
+    ref = torch.autograd.grad((y_ref * w).sum() + h_ref.square().sum(), wrt)
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-9)
+    with pytest.raises(ValueError, match="the gate z must be"):
+        selective_scan(*inputs[:5], D, backend=backend, z=z[..., 1:])
+
+
 def test_state_passing_equals_one_pass(backend):
     u, delta, A, B, C, D, h0 = problem(L=60)
     y, h = selective_scan(u, delta, A, B, C, D, h0=h0, backend=backend)
@@ -195,13 +216,17 @@ def test_extension_checks_its_arguments():
     u, delta, A, B, C, D, h0 = problem(dtype=torch.float32)
     Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
     with pytest.raises(RuntimeError, match=r"Bt and Ct must be \(batch, L, N\)"):
-        mod.selective_scan_fwd(u, delta, A, B.contiguous(), Ct, h0, 64)
+        mod.selective_scan_fwd(u, delta, A, B.contiguous(), Ct, h0, None, None, 64)
     with pytest.raises(RuntimeError, match="share one dtype"):
-        mod.selective_scan_fwd(u, delta.double(), A, Bt, Ct, h0, 64)
+        mod.selective_scan_fwd(u, delta.double(), A, Bt, Ct, h0, None, None, 64)
+    with pytest.raises(RuntimeError, match=r"D must be \(D,\)"):
+        mod.selective_scan_fwd(u, delta, A, Bt, Ct, h0, D[:1], None, 64)
+    with pytest.raises(RuntimeError, match="z must be"):
+        mod.selective_scan_fwd(u, delta, A, Bt, Ct, h0, None, u[..., :-1], 64)
     with pytest.raises(RuntimeError, match="chunk must be >= 1"):
-        mod.selective_scan_fwd(u, delta, A, Bt, Ct, h0, 0)
+        mod.selective_scan_fwd(u, delta, A, Bt, Ct, h0, None, None, 0)
     with pytest.raises(RuntimeError, match="starts must be"):
-        mod.selective_scan_bwd(u, delta, A, Bt, Ct, h0, u, h0, 64)
+        mod.selective_scan_bwd(u, delta, A, Bt, Ct, h0, None, None, u, h0, 64)
     assert mod.selective_scan_isa() in ("avx2+fma", "baseline")
 
 

@@ -76,10 +76,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_cuda", &has_cuda, "whether the CUDA part was compiled");
   m.def("selective_scan_fwd", &selective_scan_fwd_cpu,
         "Mamba's selective scan, CPU -> (y, h_last, chunk start states)", py::arg("u"), py::arg("delta"),
-        py::arg("A"), py::arg("Bt"), py::arg("Ct"), py::arg("h0"), py::arg("chunk"));
+        py::arg("A"), py::arg("Bt"), py::arg("Ct"), py::arg("h0"), py::arg("D"), py::arg("z"), py::arg("chunk"));
   m.def("selective_scan_bwd", &selective_scan_bwd_cpu,
-        "its backward -> (du, ddelta, dA, dBt, dCt, dh0)", py::arg("u"), py::arg("delta"), py::arg("A"),
-        py::arg("Bt"), py::arg("Ct"), py::arg("starts"), py::arg("gy"), py::arg("gh"), py::arg("chunk"));
+        "its backward -> (du, ddelta, dA, dBt, dCt, dh0, dD, dz)", py::arg("u"), py::arg("delta"), py::arg("A"),
+        py::arg("Bt"), py::arg("Ct"), py::arg("starts"), py::arg("D"), py::arg("z"), py::arg("gy"), py::arg("gh"),
+        py::arg("chunk"));
   m.def("selective_scan_isa", &selective_scan_isa, "the scan's compiled variant in use: avx2+fma or baseline");
   m.attr("shares_poles") = true;  // w may be (P, N) with P dividing the batch (see cauchy.h)
 }

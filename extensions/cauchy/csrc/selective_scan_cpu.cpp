@@ -2,16 +2,18 @@
 // (batch, channel) row with the N states in registers / L1, instead of the dozens of elementwise passes over
 // (batch, D, N, chunk) blocks that the plain-torch scan (ssmkit/ops/selective_scan.py) makes.
 //
-//     h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t        y_t = C_t . h_t
+//     h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t        y_t = (C_t . h_t + D u_t) * silu(z_t)
 //
+// with the skip D and the gate z of the Mamba block optional (fused here, they cost no extra pass over memory).
 // Forward keeps the state at the start of every chunk (batch * D * N * L / chunk numbers). Backward walks each
 // row's chunks from the end: it recomputes the chunk's decays and states from its start state into two
 // (chunk, N) buffers, then runs the recurrence of the gradient backwards through them:
 //
-//     g_t   = gh_t + gy_t C_t                    (the gradient reaching h_t)
+//     g_t   = gh_t + gy_t C_t                    (the gradient reaching h_t; gy_t is taken through the gate)
 //     dC_t += gy_t h_t        dB_t += g_t delta_t u_t        dA += g_t h_{t-1} a_t delta_t
 //     du_t  = delta_t (g_t . B_t)                 ddelta_t = (g_t h_{t-1} a_t) . A + u_t (g_t . B_t)
 //     gh_{t-1} = g_t a_t                          (a_t = exp(delta_t A))
+//     dz_t  = gout_t y_t silu'(z_t)               dD += gy_t u_t, du_t += D gy_t   (y_t recomputed from h_t)
 //
 // dB and dC sum over the D channels and dA over the batch: rows are split into tasks of (batch, channel
 // group); each group writes its own slice of (groups, batch, L, N) partial sums, reduced at the end, so no two
@@ -99,17 +101,59 @@ SSMKIT_INLINE vec<double> vexp(vec<double> x) {
   return x;
 }
 
-// One row (b, d): u, dl (L), A (N), Bt, Ct (L, N) of batch b, h0 (N) -> y (L), hlast (N), starts (nchunks, N).
-// N is a multiple of the vector width; h: (N), a: (chunk, N) scratch. Each chunk first computes its decays
-// (a loop of independent exps, at the throughput of the vector units), then runs the recurrence.
+// One problem: the whole tensors' data and sizes (N padded to the vector width). Dskip, z (and in backward dD,
+// dz) are null when the scan has no skip / no gate.
 template <typename T>
-SSMKIT_INLINE void forward_row(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, const T* h0, T* y, T* hlast,
-                        T* starts, int64_t L, int64_t N, int64_t chunk, T* h, T* a) {
+struct Problem {
+  const T *u, *dl, *A, *Bt, *Ct, *Dskip, *z;
+  int64_t D, L, N, chunk, nc;
+  // forward
+  const T* h0;
+  T *y, *hlast, *starts;
+  // backward
+  const T* gy;
+  T *gh, *du, *ddl, *dA, *dBt, *dCt, *dD, *dz;
+};
+
+// silu(z) and silu'(z) for n positions, vectorised over time (sz, dsz hold n rounded up to the width).
+template <typename T>
+SSMKIT_INLINE void silu_block(const T* z, int64_t n, T* sz, T* dsz) {
   constexpr int64_t W = Vec<T>::W;
-  std::copy(h0, h0 + N, h);
-  for (int64_t t0 = 0; t0 < L; t0 += chunk) {
-    std::copy(h, h + N, starts + (t0 / chunk) * N);
-    const int64_t T_ = std::min(chunk, L - t0);
+  for (int64_t s = 0; s < n; s += W) {
+    vec<T> zv{};
+    if (s + W <= n) {
+      zv = load(z + s);
+    } else {
+      for (int64_t i = 0; i < n - s; ++i) zv[i] = z[s + i];
+    }
+    const vec<T> sig = T(1) / (T(1) + vexp(-zv));
+    store(sz + s, zv * sig);
+    store(dsz + s, sig * (T(1) + zv * (T(1) - sig)));
+  }
+}
+
+// Scratch of one thread: the state, a chunk's decays and states, silu of a chunk of the gate.
+template <typename T>
+struct Scratch {
+  std::vector<T> h, a, hs, sz, dsz;
+  Scratch(int64_t N, int64_t chunk)
+      : h(N), a(chunk * N), hs(chunk * N), sz(chunk + Vec<T>::W), dsz(chunk + Vec<T>::W) {}
+};
+
+// The forward pass of row r = (b, d): y = (C . h + D u) (* silu(z)), the last state and the chunks' start
+// states. Each chunk first computes its decays (independent exps, at the throughput of the vector units),
+// then runs the recurrence.
+template <typename T>
+SSMKIT_INLINE void forward_row(const Problem<T>& p, int64_t r, Scratch<T>& w) {
+  constexpr int64_t W = Vec<T>::W;
+  const int64_t N = p.N, L = p.L, bi = r / p.D, d = r % p.D;
+  const T *u = p.u + r * L, *dl = p.dl + r * L, *A = p.A + d * N, *Bt = p.Bt + bi * L * N, *Ct = p.Ct + bi * L * N;
+  const T Dd = p.Dskip ? p.Dskip[d] : T(0);
+  T *y = p.y + r * L, *starts = p.starts + r * p.nc * N, *h = w.h.data(), *a = w.a.data();
+  std::copy(p.h0 + r * N, p.h0 + (r + 1) * N, h);
+  for (int64_t t0 = 0; t0 < L; t0 += p.chunk) {
+    std::copy(h, h + N, starts + (t0 / p.chunk) * N);
+    const int64_t T_ = std::min(p.chunk, L - t0);
     for (int64_t s = 0; s < T_; ++s) {
       const T dt = dl[t0 + s];
       for (int64_t n = 0; n < N; n += W) store(a + s * N + n, vexp(dt * load(A + n)));
@@ -125,22 +169,31 @@ SSMKIT_INLINE void forward_row(const T* u, const T* dl, const T* A, const T* Bt,
         store(h + n, hn);
         acc += load(c + n) * hn;
       }
-      y[t] = hsum<T>(acc);
+      y[t] = hsum<T>(acc) + Dd * u[t];
+    }
+    if (p.z) {
+      silu_block(p.z + r * L + t0, T_, w.sz.data(), w.dsz.data());
+      for (int64_t s = 0; s < T_; ++s) y[t0 + s] *= w.sz[s];
     }
   }
-  std::copy(h, h + N, hlast);
+  std::copy(h, h + N, p.hlast + r * N);
 }
 
-// The backward pass of one row. gh (N) holds the gradient of the last state on entry and that of h0 on exit;
-// dA (N) and dBt, dCt (L, N) are accumulated into; du, ddl (L) are written. a, hs: (chunk, N) scratch.
+// The backward pass of row r. gh (N) holds the gradient of the last state on entry and that of h0 on exit;
+// dA (N) and the task's dBt, dCt (L, N) partial sums are accumulated into; du, ddl, dz (L) and dD[r] are
+// written. y (before the gate) is recomputed where the gate needs it.
 template <typename T>
-SSMKIT_INLINE void backward_row(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, const T* starts, const T* gy,
-                         T* gh, T* du, T* ddl, T* dA, T* dBt, T* dCt, int64_t L, int64_t N, int64_t chunk, T* a,
-                         T* hs) {
+SSMKIT_INLINE void backward_row(const Problem<T>& p, int64_t r, T* dBt, T* dCt, Scratch<T>& w) {
   constexpr int64_t W = Vec<T>::W;
-  const int64_t nchunks = (L + chunk - 1) / chunk;
-  for (int64_t ci = nchunks - 1; ci >= 0; --ci) {
-    const int64_t t0 = ci * chunk, T_ = std::min(chunk, L - t0);
+  const int64_t N = p.N, L = p.L, bi = r / p.D, d = r % p.D;
+  const T *u = p.u + r * L, *dl = p.dl + r * L, *A = p.A + d * N, *Bt = p.Bt + bi * L * N, *Ct = p.Ct + bi * L * N;
+  const T *starts = p.starts + r * p.nc * N, *gy = p.gy + r * L;
+  const T Dd = p.Dskip ? p.Dskip[d] : T(0);
+  T *gh = p.gh + r * N, *du = p.du + r * L, *ddl = p.ddl + r * L, *dA = p.dA + r * N, *a = w.a.data(),
+    *hs = w.hs.data();
+  T dD = 0;
+  for (int64_t ci = p.nc - 1; ci >= 0; --ci) {
+    const int64_t t0 = ci * p.chunk, T_ = std::min(p.chunk, L - t0);
     const T* hprev = starts + ci * N;
     for (int64_t s = 0; s < T_; ++s) {  // recompute the chunk's decays and states
       const int64_t t = t0 + s;
@@ -153,9 +206,11 @@ SSMKIT_INLINE void backward_row(const T* u, const T* dl, const T* A, const T* Bt
       }
       hprev = hs + s * N;
     }
+    if (p.z) silu_block(p.z + r * L + t0, T_, w.sz.data(), w.dsz.data());
     for (int64_t s = T_ - 1; s >= 0; --s) {
       const int64_t t = t0 + s;
-      const T dt = dl[t], ut = u[t], g_y = gy[t], x = dt * ut;
+      const T dt = dl[t], ut = u[t], x = dt * ut;
+      const T g_y = p.z ? gy[t] * w.sz[s] : gy[t];  // the gradient of y before the gate
       const T* b = Bt + t * N;
       const T* c = Ct + t * N;
       const T* as = a + s * N;
@@ -163,53 +218,41 @@ SSMKIT_INLINE void backward_row(const T* u, const T* dl, const T* A, const T* Bt
       const T* hp = s > 0 ? hs + (s - 1) * N : starts + ci * N;
       T* db = dBt + t * N;
       T* dc = dCt + t * N;
-      vec<T> gdecay{}, gB{};
+      vec<T> gdecay{}, gB{}, yv{};
       for (int64_t n = 0; n < N; n += W) {
         const vec<T> g = load(gh + n) + g_y * load(c + n);
-        const vec<T> an = load(as + n);
-        store(dc + n, load(dc + n) + g_y * load(h + n));
+        const vec<T> an = load(as + n), hn = load(h + n);
+        store(dc + n, load(dc + n) + g_y * hn);
         store(db + n, load(db + n) + g * x);
         const vec<T> gl = g * load(hp + n) * an;  // the gradient of the step's log decay dt * A[n]
         store(dA + n, load(dA + n) + gl * dt);
         gdecay += gl * load(A + n);
         gB += g * load(b + n);
+        yv += load(c + n) * hn;
         store(gh + n, g * an);
       }
+      if (p.z) p.dz[r * L + t] = gy[t] * (hsum<T>(yv) + Dd * ut) * w.dsz[s];
       const T gb = hsum<T>(gB);
-      du[t] = dt * gb;
+      du[t] = dt * gb + Dd * g_y;
       ddl[t] = hsum<T>(gdecay) + ut * gb;
+      dD += g_y * ut;
     }
   }
+  if (p.dD) p.dD[r] = dD;
 }
 
 // Rows r0..r1 of the forward pass.
 template <typename T>
-SSMKIT_INLINE void forward_rows(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, const T* h0, T* y,
-                                T* hlast, T* starts, int64_t r0, int64_t r1, int64_t D, int64_t L, int64_t N,
-                                int64_t chunk) {
-  std::vector<T> h(N), a(chunk * N);
-  const int64_t nc = (L + chunk - 1) / chunk;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t bi = r / D, d = r % D;
-    forward_row<T>(u + r * L, dl + r * L, A + d * N, Bt + bi * L * N, Ct + bi * L * N, h0 + r * N, y + r * L,
-                   hlast + r * N, starts + r * nc * N, L, N, chunk, h.data(), a.data());
-  }
+SSMKIT_INLINE void forward_rows(const Problem<T>& p, int64_t r0, int64_t r1) {
+  Scratch<T> w(p.N, p.chunk);
+  for (int64_t r = r0; r < r1; ++r) forward_row(p, r, w);
 }
 
-// Task (b, group): channels d0..d1 of batch b. gh (b, D, N) is updated in place (-> dh0); dBt, dCt are the
-// task's own (L, N) partial sums.
+// Task (b, group): channels d0..d1 of batch b, with its own dBt, dCt (L, N) partial sums.
 template <typename T>
-SSMKIT_INLINE void backward_task(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, const T* starts,
-                                 const T* gy, T* gh, T* du, T* ddl, T* dA, T* dBt, T* dCt, int64_t bi, int64_t d0,
-                                 int64_t d1, int64_t D, int64_t L, int64_t N, int64_t chunk) {
-  std::vector<T> a(chunk * N), hs(chunk * N);
-  const int64_t nc = (L + chunk - 1) / chunk;
-  for (int64_t d = d0; d < d1; ++d) {
-    const int64_t r = bi * D + d;
-    backward_row<T>(u + r * L, dl + r * L, A + d * N, Bt + bi * L * N, Ct + bi * L * N, starts + r * nc * N,
-                    gy + r * L, gh + r * N, du + r * L, ddl + r * L, dA + r * N, dBt, dCt, L, N, chunk, a.data(),
-                    hs.data());
-  }
+SSMKIT_INLINE void backward_task(const Problem<T>& p, int64_t bi, int64_t d0, int64_t d1, T* dBt, T* dCt) {
+  Scratch<T> w(p.N, p.chunk);
+  for (int64_t d = d0; d < d1; ++d) backward_row(p, bi * p.D + d, dBt, dCt, w);
 }
 
 // Each entry point compiled twice on x86-64: for AVX2+FMA and for the baseline; `use_avx2()` picks one per call
@@ -232,40 +275,35 @@ bool use_avx2() {
 }
 
 template <typename T>
-SSMKIT_AVX2 void forward_rows_avx2(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, const T* h0, T* y,
-                                   T* hlast, T* starts, int64_t r0, int64_t r1, int64_t D, int64_t L, int64_t N,
-                                   int64_t chunk) {
-  forward_rows<T>(u, dl, A, Bt, Ct, h0, y, hlast, starts, r0, r1, D, L, N, chunk);
+SSMKIT_AVX2 void forward_rows_avx2(const Problem<T>& p, int64_t r0, int64_t r1) {
+  forward_rows(p, r0, r1);
 }
 template <typename T>
-void forward_rows_base(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, const T* h0, T* y, T* hlast,
-                       T* starts, int64_t r0, int64_t r1, int64_t D, int64_t L, int64_t N, int64_t chunk) {
-  forward_rows<T>(u, dl, A, Bt, Ct, h0, y, hlast, starts, r0, r1, D, L, N, chunk);
+void forward_rows_base(const Problem<T>& p, int64_t r0, int64_t r1) {
+  forward_rows(p, r0, r1);
 }
 template <typename T>
-SSMKIT_AVX2 void backward_task_avx2(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, const T* starts,
-                                    const T* gy, T* gh, T* du, T* ddl, T* dA, T* dBt, T* dCt, int64_t bi, int64_t d0,
-                                    int64_t d1, int64_t D, int64_t L, int64_t N, int64_t chunk) {
-  backward_task<T>(u, dl, A, Bt, Ct, starts, gy, gh, du, ddl, dA, dBt, dCt, bi, d0, d1, D, L, N, chunk);
+SSMKIT_AVX2 void backward_task_avx2(const Problem<T>& p, int64_t bi, int64_t d0, int64_t d1, T* dBt, T* dCt) {
+  backward_task(p, bi, d0, d1, dBt, dCt);
 }
 template <typename T>
-void backward_task_base(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, const T* starts, const T* gy,
-                        T* gh, T* du, T* ddl, T* dA, T* dBt, T* dCt, int64_t bi, int64_t d0, int64_t d1, int64_t D,
-                        int64_t L, int64_t N, int64_t chunk) {
-  backward_task<T>(u, dl, A, Bt, Ct, starts, gy, gh, du, ddl, dA, dBt, dCt, bi, d0, d1, D, L, N, chunk);
+void backward_task_base(const Problem<T>& p, int64_t bi, int64_t d0, int64_t d1, T* dBt, T* dCt) {
+  backward_task(p, bi, d0, d1, dBt, dCt);
 }
 
 void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
-           const at::Tensor& Ct, int64_t chunk) {
+           const at::Tensor& Ct, const at::Tensor& Dskip, const at::Tensor& z, int64_t chunk) {
   TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes(), "selective_scan: u and delta must be (batch, D, L)");
   const int64_t b = u.size(0), D = u.size(1), L = u.size(2);
   TORCH_CHECK(A.dim() == 2 && A.size(0) == D, "selective_scan: A must be (D, N)");
   const int64_t N = A.size(1);
-  TORCH_CHECK(Bt.dim() == 3 && Bt.size(0) == b && Bt.size(1) == L && Bt.size(2) == N &&
-                  Ct.sizes() == Bt.sizes(),
+  TORCH_CHECK(Bt.dim() == 3 && Bt.size(0) == b && Bt.size(1) == L && Bt.size(2) == N && Ct.sizes() == Bt.sizes(),
               "selective_scan: Bt and Ct must be (batch, L, N)");
+  TORCH_CHECK(!Dskip.defined() || (Dskip.dim() == 1 && Dskip.size(0) == D), "selective_scan: D must be (D,)");
+  TORCH_CHECK(!z.defined() || z.sizes() == u.sizes(), "selective_scan: z must be (batch, D, L) like u");
   TORCH_CHECK(chunk >= 1, "selective_scan: chunk must be >= 1");
-  for (const auto* t : {&u, &delta, &A, &Bt, &Ct}) {
+  for (const auto* t : {&u, &delta, &A, &Bt, &Ct, &Dskip, &z}) {
+    if (!t->defined()) continue;
     TORCH_CHECK(t->device().is_cpu(), "selective_scan: the extension's scan runs on the CPU only");
     TORCH_CHECK(t->scalar_type() == u.scalar_type(), "selective_scan: all inputs must share one dtype");
     TORCH_CHECK(t->is_contiguous(), "selective_scan: inputs must be contiguous");
@@ -288,31 +326,40 @@ at::Tensor pad_states(const at::Tensor& t, int64_t Np) {
 
 at::Tensor unpad(const at::Tensor& t, int64_t N) { return t.size(-1) == N ? t : t.narrow(-1, 0, N).contiguous(); }
 
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
 }  // namespace
 
 std::string selective_scan_isa() { return use_avx2() ? "avx2+fma" : "baseline"; }
 
 std::vector<at::Tensor> selective_scan_fwd_cpu(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                                const at::Tensor& Bt, const at::Tensor& Ct, const at::Tensor& h0,
-                                               int64_t chunk) {
-  check(u, delta, A, Bt, Ct, chunk);
+                                               const std::optional<at::Tensor>& Dskip,
+                                               const std::optional<at::Tensor>& z, int64_t chunk) {
+  const at::Tensor Ds = Dskip.value_or(at::Tensor()), zs = z.value_or(at::Tensor());
+  check(u, delta, A, Bt, Ct, Ds, zs, chunk);
   const int64_t b = u.size(0), D = u.size(1), L = u.size(2), N = A.size(1);
   TORCH_CHECK(h0.dim() == 3 && h0.size(0) == b && h0.size(1) == D && h0.size(2) == N && h0.is_contiguous() &&
                   h0.scalar_type() == u.scalar_type(),
               "selective_scan: h0 must be a contiguous (batch, D, N) tensor of the inputs' dtype");
-  const int64_t Np = padded(N, u.scalar_type());
+  const int64_t Np = padded(N, u.scalar_type()), nc = (L + chunk - 1) / chunk;
   const auto Ap = pad_states(A, Np), Bp = pad_states(Bt, Np), Cp = pad_states(Ct, Np), hp = pad_states(h0, Np);
   auto y = at::empty({b, D, L}, u.options());
   auto hlast = at::empty({b, D, Np}, u.options());
-  auto starts = at::empty({b, D, (L + chunk - 1) / chunk, Np}, u.options());
+  auto starts = at::empty({b, D, nc, Np}, u.options());
   const bool avx2 = use_avx2();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd_cpu", [&] {
-    const scalar_t *pu = u.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>(), *pA = Ap.data_ptr<scalar_t>(),
-                   *pB = Bp.data_ptr<scalar_t>(), *pC = Cp.data_ptr<scalar_t>(), *ph = hp.data_ptr<scalar_t>();
-    scalar_t *py = y.data_ptr<scalar_t>(), *pl = hlast.data_ptr<scalar_t>(), *ps = starts.data_ptr<scalar_t>();
+    Problem<scalar_t> p{};
+    p.u = u.data_ptr<scalar_t>(), p.dl = delta.data_ptr<scalar_t>(), p.A = Ap.data_ptr<scalar_t>();
+    p.Bt = Bp.data_ptr<scalar_t>(), p.Ct = Cp.data_ptr<scalar_t>(), p.h0 = hp.data_ptr<scalar_t>();
+    p.Dskip = ptr_or_null<scalar_t>(Ds), p.z = ptr_or_null<scalar_t>(zs);
+    p.D = D, p.L = L, p.N = Np, p.chunk = chunk, p.nc = nc;
+    p.y = y.data_ptr<scalar_t>(), p.hlast = hlast.data_ptr<scalar_t>(), p.starts = starts.data_ptr<scalar_t>();
     at::parallel_for(0, b * D, 1, [&](int64_t r0, int64_t r1) {
-      (avx2 ? forward_rows_avx2<scalar_t> : forward_rows_base<scalar_t>)(pu, pd, pA, pB, pC, ph, py, pl, ps, r0, r1, D,
-                                                                          L, Np, chunk);
+      (avx2 ? forward_rows_avx2<scalar_t> : forward_rows_base<scalar_t>)(p, r0, r1);
     });
   });
   return {y, unpad(hlast, N), starts};
@@ -320,11 +367,13 @@ std::vector<at::Tensor> selective_scan_fwd_cpu(const at::Tensor& u, const at::Te
 
 std::vector<at::Tensor> selective_scan_bwd_cpu(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                                const at::Tensor& Bt, const at::Tensor& Ct, const at::Tensor& starts,
-                                               const at::Tensor& gy, const at::Tensor& gh, int64_t chunk) {
-  check(u, delta, A, Bt, Ct, chunk);
+                                               const std::optional<at::Tensor>& Dskip,
+                                               const std::optional<at::Tensor>& z, const at::Tensor& gy,
+                                               const at::Tensor& gh, int64_t chunk) {
+  const at::Tensor Ds = Dskip.value_or(at::Tensor()), zs = z.value_or(at::Tensor());
+  check(u, delta, A, Bt, Ct, Ds, zs, chunk);
   const int64_t b = u.size(0), D = u.size(1), L = u.size(2), N = A.size(1);
-  const int64_t nc = (L + chunk - 1) / chunk;
-  const int64_t Np = padded(N, u.scalar_type());
+  const int64_t nc = (L + chunk - 1) / chunk, Np = padded(N, u.scalar_type());
   TORCH_CHECK(starts.dim() == 4 && starts.size(0) == b && starts.size(1) == D && starts.size(2) == nc &&
                   starts.size(3) == Np && starts.is_contiguous() && starts.scalar_type() == u.scalar_type(),
               "selective_scan: starts must be the forward's (batch, D, ceil(L / chunk), N)");
@@ -340,23 +389,29 @@ std::vector<at::Tensor> selective_scan_bwd_cpu(const at::Tensor& u, const at::Te
   auto du = at::empty_like(u), ddl = at::empty_like(u);
   auto dA = at::zeros({b, D, Np}, u.options());
   auto dBt = at::zeros({groups, b, L, Np}, u.options()), dCt = at::zeros({groups, b, L, Np}, u.options());
+  auto dD = Ds.defined() ? at::empty({b, D}, u.options()) : at::Tensor();
+  auto dz = zs.defined() ? at::empty_like(u) : at::Tensor();
   const bool avx2 = use_avx2();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_bwd_cpu", [&] {
-    const scalar_t *pu = u.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>(), *pA = Ap.data_ptr<scalar_t>(),
-                   *pB = Bp.data_ptr<scalar_t>(), *pC = Cp.data_ptr<scalar_t>(), *ps = starts.data_ptr<scalar_t>(),
-                   *pg = gyc.data_ptr<scalar_t>();
-    scalar_t *ph = dh.data_ptr<scalar_t>(), *pdu = du.data_ptr<scalar_t>(), *pdd = ddl.data_ptr<scalar_t>(),
-             *pdA = dA.data_ptr<scalar_t>(), *pdB = dBt.data_ptr<scalar_t>(), *pdC = dCt.data_ptr<scalar_t>();
+    Problem<scalar_t> p{};
+    p.u = u.data_ptr<scalar_t>(), p.dl = delta.data_ptr<scalar_t>(), p.A = Ap.data_ptr<scalar_t>();
+    p.Bt = Bp.data_ptr<scalar_t>(), p.Ct = Cp.data_ptr<scalar_t>();
+    p.Dskip = ptr_or_null<scalar_t>(Ds), p.z = ptr_or_null<scalar_t>(zs);
+    p.D = D, p.L = L, p.N = Np, p.chunk = chunk, p.nc = nc;
+    p.starts = starts.data_ptr<scalar_t>(), p.gy = gyc.data_ptr<scalar_t>(), p.gh = dh.data_ptr<scalar_t>();
+    p.du = du.data_ptr<scalar_t>(), p.ddl = ddl.data_ptr<scalar_t>(), p.dA = dA.data_ptr<scalar_t>();
+    p.dD = ptr_or_null<scalar_t>(dD), p.dz = ptr_or_null<scalar_t>(dz);
+    scalar_t *pdB = dBt.data_ptr<scalar_t>(), *pdC = dCt.data_ptr<scalar_t>();
     at::parallel_for(0, b * groups, 1, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t bi = k / groups, g = k % groups;
         const int64_t d0 = g * per, d1 = std::min(D, d0 + per);
         if (d0 >= d1) continue;
         const int64_t off = (g * b + bi) * L * Np;
-        (avx2 ? backward_task_avx2<scalar_t> : backward_task_base<scalar_t>)(
-            pu, pd, pA, pB, pC, ps, pg, ph, pdu, pdd, pdA, pdB + off, pdC + off, bi, d0, d1, D, L, Np, chunk);
+        (avx2 ? backward_task_avx2<scalar_t> : backward_task_base<scalar_t>)(p, bi, d0, d1, pdB + off, pdC + off);
       }
     });
   });
-  return {du, ddl, unpad(dA.sum(0), N), unpad(dBt.sum(0), N), unpad(dCt.sum(0), N), unpad(dh, N)};
+  return {du, ddl, unpad(dA.sum(0), N), unpad(dBt.sum(0), N), unpad(dCt.sum(0), N), unpad(dh, N),
+          dD.defined() ? dD.sum(0) : dD, dz};
 }

@@ -35,7 +35,7 @@ if _find_cuda_home():
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 csrc = os.path.join("csrc")
-sources = [os.path.join(csrc, n) for n in ("bindings.cpp", "cauchy_cpu.cpp", "selective_scan_cpu.cpp")]
+sources = [os.path.join(csrc, n) for n in ("bindings.cpp", "cauchy_cpu.cpp", "selective_scan_cpu.cpp", "causal_conv_cpu.cpp")]
 cxx_flags = _build.cxx_flags()
 link_flags = _build.link_flags()
 

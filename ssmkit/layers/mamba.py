@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssmkit.ops.causal_conv import causal_conv1d_silu, last_inputs
 from ssmkit.ops.linear import channels_first_linear
 from ssmkit.ops.padding import flip_valid
 from ssmkit.ops.selective_scan import BACKENDS, selective_scan, selective_step
@@ -84,15 +85,15 @@ class SelectiveSSM(nn.Module):
                 z: torch.Tensor | None = None):
         """x (B, E, L) -> y (B, E, L) (times silu(z) when a gate z is given: fused into the scan where the
         backend can) and, with ``return_state``, the next state."""
-        k = self.d_conv - 1
-        xp = F.pad(x, (k, 0)) if state is None else torch.cat([state.conv.to(x.dtype), x], dim=-1)
-        xc = F.silu(F.conv1d(xp, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
+        prev = None if state is None else state.conv.to(x.dtype)
+        conv_backend = self.backend if self.backend in ("torch", "extension") else "auto"
+        xc = causal_conv1d_silu(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, prev, backend=conv_backend)
         delta, B, C = self._ssm_inputs(xc)
         h0 = None if state is None else state.ssm
         y, h = selective_scan(xc, delta, -torch.exp(self.A_log), B, C, self.D, h0=h0, backend=self.backend, z=z)
         if not return_state:
             return y, None
-        return y, MambaState(xp[..., xp.shape[-1] - k:], h)
+        return y, MambaState(last_inputs(x, prev, self.d_conv - 1), h)
 
     def default_state(self, *batch_shape: int, device=None) -> MambaState:
         ref = self.A_log
@@ -125,7 +126,8 @@ class Mamba(nn.Module):
         dt_min, dt_max: range of the initial step size (log-uniform), dt_init_floor its floor.
         conv_bias, bias: biases of the convolution and of in_proj/out_proj (True, False as in the paper's code).
         lr: learning rate of A_log, D and the dt bias (None: the optimizer's); they get no weight decay.
-        backend: selective-scan backend ``auto`` | ``torch`` | ``extension`` | ``mamba_ssm``.
+        backend: selective-scan backend ``auto`` | ``torch`` | ``extension`` | ``mamba_ssm``; ``torch`` and
+            ``extension`` also name the backend of the causal convolution (``ssmkit.ops.causal_conv``), else ``auto``.
     """
 
     def __init__(
@@ -182,8 +184,11 @@ class Mamba(nn.Module):
         each sample within its length, so it starts at the true end and never reads the padding."""
         if (state is not None or return_state) and not self.causal:
             raise self._refuse()
-        xz = channels_first_linear(u, self.in_proj.weight, self.in_proj.bias)  # (B, 2E, L)
-        x, z = xz.chunk(2, dim=1)
+        # in_proj as two GEMMs, one per half of its weight: x and z come out contiguous (no copy before the
+        # convolution and the scan, no concatenation of their gradients in backward)
+        E, weight, bias = self.d_inner, self.in_proj.weight, self.in_proj.bias
+        x = channels_first_linear(u, weight[:E], None if bias is None else bias[:E])  # (B, E, L)
+        z = channels_first_linear(u, weight[E:], None if bias is None else bias[E:])
         if self.ssm_reverse is None:  # the gate goes into the scan
             y, next_state = self.ssm(x, state, return_state, z=z)
         else:  # the two directions are summed before the gate

@@ -30,9 +30,9 @@ import torch
 
 #: The extension's sources, shipped in the package (a link to extensions/cauchy/csrc in a checkout).
 SOURCES_DIR = Path(__file__).resolve().parent.parent / "_csrc"
-_CPP = ("bindings.cpp", "cauchy_cpu.cpp", "selective_scan_cpu.cpp")
+_CPP = ("bindings.cpp", "cauchy_cpu.cpp", "selective_scan_cpu.cpp", "causal_conv_cpu.cpp")
 _CUDA = ("cauchy_cuda.cu",)
-_HEADERS = ("cauchy.h", "selective_scan.h")
+_HEADERS = ("cauchy.h", "selective_scan.h", "causal_conv.h", "simd.h")
 
 
 class BuildFailed(RuntimeError):

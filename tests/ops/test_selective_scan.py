@@ -14,16 +14,16 @@ _ext = backends.probe_extension()
 _ext_ok = _ext.ok and hasattr(_ext.module, "selective_scan_fwd")
 _needs_ext = pytest.mark.skipif(not _ext_ok, reason=f"the compiled extension is not built here: {_ext.reason}")
 #: the CPU backends, each test run on each: torch, the extension's AVX2+FMA variant (where the CPU has it) and
-#: its baseline variant (SSMKIT_SCAN_BASELINE=1)
+#: its baseline variant (SSMKIT_SIMD_BASELINE=1)
 CPU_BACKENDS = ["torch", pytest.param("extension", marks=_needs_ext), pytest.param("extension-baseline", marks=_needs_ext)]
 
 
 @pytest.fixture(params=CPU_BACKENDS)
 def backend(request, monkeypatch):
     if request.param == "extension-baseline":
-        monkeypatch.setenv("SSMKIT_SCAN_BASELINE", "1")
+        monkeypatch.setenv("SSMKIT_SIMD_BASELINE", "1")
         return "extension"
-    monkeypatch.delenv("SSMKIT_SCAN_BASELINE", raising=False)
+    monkeypatch.delenv("SSMKIT_SIMD_BASELINE", raising=False)
     return request.param
 
 

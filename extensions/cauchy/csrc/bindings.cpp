@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cauchy.h"
+#include "causal_conv.h"
 #include "selective_scan.h"
 
 namespace {
@@ -81,6 +82,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "its backward -> (du, ddelta, dA, dBt, dCt, dh0, dD, dz)", py::arg("u"), py::arg("delta"), py::arg("A"),
         py::arg("Bt"), py::arg("Ct"), py::arg("starts"), py::arg("D"), py::arg("z"), py::arg("gy"), py::arg("gh"),
         py::arg("chunk"));
+  m.def("causal_conv_silu_fwd", &causal_conv_silu_fwd_cpu, "Mamba's causal depthwise conv + SiLU, CPU",
+        py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("prev"));
+  m.def("causal_conv_silu_bwd", &causal_conv_silu_bwd_cpu, "its backward -> (dx, dw, dbias, dprev)", py::arg("x"),
+        py::arg("w"), py::arg("bias"), py::arg("prev"), py::arg("gy"));
   m.def("selective_scan_isa", &selective_scan_isa, "the scan's compiled variant in use: avx2+fma or baseline");
   m.attr("shares_poles") = true;  // w may be (P, N) with P dividing the batch (see cauchy.h)
 }

@@ -29,5 +29,5 @@ std::vector<at::Tensor> selective_scan_bwd_cpu(const at::Tensor& u, const at::Te
                                                const std::optional<at::Tensor>& z, const at::Tensor& gy,
                                                const at::Tensor& gh, int64_t chunk);
 
-// Which compiled variant the scan runs here: "avx2+fma" or "baseline" (SSMKIT_SCAN_BASELINE=1 forces it).
+// Which compiled variant the scan runs here: "avx2+fma" or "baseline" (SSMKIT_SIMD_BASELINE=1 forces it).
 std::string selective_scan_isa();

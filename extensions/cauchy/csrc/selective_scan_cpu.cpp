@@ -31,75 +31,11 @@
 #include <vector>
 
 #include "selective_scan.h"
+#include "simd.h"
+
+using namespace ssmkit_simd;
 
 namespace {
-
-// Everything the entry points call is forced inline, so that it is compiled into each of their target variants
-// (an out-of-line copy would be compiled for the baseline target only).
-#define SSMKIT_INLINE inline __attribute__((always_inline))
-
-// Vectors of 32 bytes (GCC/Clang vector extensions): 8 floats or 4 doubles. The N states of a row are padded to
-// a multiple of the width (zero A, B, C and start state: those states stay 0 and add nothing), so every loop
-// over N is whole vectors, with no scalar tail and no reliance on the auto-vectoriser. Under the baseline
-// x86-64 target the compiler splits each into two 16-byte operations.
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float type __attribute__((vector_size(32)));
-  static constexpr int64_t W = 8;
-};
-template <>
-struct Vec<double> {
-  typedef double type __attribute__((vector_size(32)));
-  static constexpr int64_t W = 4;
-};
-template <typename T>
-using vec = typename Vec<T>::type;
-typedef int32_t vint8 __attribute__((vector_size(32)));
-
-template <typename T>
-SSMKIT_INLINE vec<T> load(const T* p) {
-  vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-SSMKIT_INLINE void store(T* p, vec<T> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <typename T>
-SSMKIT_INLINE T hsum(vec<T> v) {
-  T s = 0;
-  for (int64_t i = 0; i < Vec<T>::W; ++i) s += v[i];
-  return s;
-}
-
-// e^x for 8 floats without a library call: x = k ln2 + r with |r| <= ln2/2, e^r by the degree-6 polynomial of
-// Cephes' expf, 2^k from the exponent bits. x is clamped to [-87, 88]: e^-87 ~ 1.6e-38 stands in for smaller
-// decays (a state that has long vanished; no denormals). Relative error ~1e-7 (tested against float64 in
-// tests/ops/test_selective_scan_ext.py).
-SSMKIT_INLINE vec<float> vexp(vec<float> x) {
-  const vec<float> lo = vec<float>{} - 87.0f, hi = vec<float>{} + 88.0f;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vec<float> kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5 * 2^23
-  const vec<float> r = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;             // ln2 in two parts
-  vec<float> p = vec<float>{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const vint8 bits = (__builtin_convertvector(kf, vint8) + 127) << 23;
-  return p * reinterpret_cast<const vec<float>&>(bits);
-}
-// float64 (the tests' precision): std::exp per lane.
-SSMKIT_INLINE vec<double> vexp(vec<double> x) {
-  for (int64_t i = 0; i < Vec<double>::W; ++i) x[i] = std::exp(x[i]);
-  return x;
-}
 
 // One problem: the whole tensors' data and sizes (N padded to the vector width). Dskip, z (and in backward dD,
 // dz) are null when the scan has no skip / no gate.
@@ -169,7 +105,7 @@ SSMKIT_INLINE void forward_row(const Problem<T>& p, int64_t r, Scratch<T>& w) {
         store(h + n, hn);
         acc += load(c + n) * hn;
       }
-      y[t] = hsum<T>(acc) + Dd * u[t];
+      y[t] = hsum(acc) + Dd * u[t];
     }
     if (p.z) {
       silu_block(p.z + r * L + t0, T_, w.sz.data(), w.dsz.data());
@@ -231,10 +167,10 @@ SSMKIT_INLINE void backward_row(const Problem<T>& p, int64_t r, T* dBt, T* dCt, 
         yv += load(c + n) * hn;
         store(gh + n, g * an);
       }
-      if (p.z) p.dz[r * L + t] = gy[t] * (hsum<T>(yv) + Dd * ut) * w.dsz[s];
-      const T gb = hsum<T>(gB);
+      if (p.z) p.dz[r * L + t] = gy[t] * (hsum(yv) + Dd * ut) * w.dsz[s];
+      const T gb = hsum(gB);
       du[t] = dt * gb + Dd * g_y;
-      ddl[t] = hsum<T>(gdecay) + ut * gb;
+      ddl[t] = hsum(gdecay) + ut * gb;
       dD += g_y * ut;
     }
   }
@@ -253,25 +189,6 @@ template <typename T>
 SSMKIT_INLINE void backward_task(const Problem<T>& p, int64_t bi, int64_t d0, int64_t d1, T* dBt, T* dCt) {
   Scratch<T> w(p.N, p.chunk);
   for (int64_t d = d0; d < d1; ++d) backward_row(p, bi * p.D + d, dBt, dCt, w);
-}
-
-// Each entry point compiled twice on x86-64: for AVX2+FMA and for the baseline; `use_avx2()` picks one per call
-// (the wheel's build must run on any x86-64, so -march=native is not an option). SSMKIT_SCAN_BASELINE=1 forces
-// the baseline variant (the tests run both).
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SSMKIT_AVX2 __attribute__((target("avx2,fma")))
-bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-#else
-#define SSMKIT_AVX2
-bool cpu_has_avx2() { return false; }
-#endif
-
-bool use_avx2() {
-  const char* off = std::getenv("SSMKIT_SCAN_BASELINE");
-  return cpu_has_avx2() && !(off != nullptr && off[0] == '1');
 }
 
 template <typename T>

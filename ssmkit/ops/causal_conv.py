@@ -1,0 +1,112 @@
+"""Mamba's short causal depthwise convolution followed by SiLU: x (B, E, L) -> silu(conv(x)) (B, E, L).
+
+    y[b, e, t] = silu(bias[e] + sum_k w[e, k] x_full[b, e, t + k]),      x_full = [prev | x]
+
+with a filter of K taps per channel and prev (B, E, K - 1) the K - 1 inputs before x (the convolution's part of
+Mamba's recurrent state; zeros for a sequence that starts here).
+
+Backends: ``torch`` (``F.conv1d`` with ``groups=E`` on the padded input, then ``F.silu``) and ``extension``,
+ssmkit's compiled kernel (``extensions/cauchy/csrc/causal_conv_cpu.cpp``): one pass per (batch, channel) row,
+forward and backward, instead of a padded copy, the convolution and the SiLU each with its own backward pass
+(3-4x faster forward+backward at B 8, E 256, L 4096; docs/performance.md). ``auto`` takes the extension for
+float32/float64 CPU tensors when it is built and passed its self-test against the torch path, else torch (CUDA,
+half precision). Both are tested against the sum written out in float64 in ``tests/ops/test_causal_conv.py``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ssmkit.ops import backends
+
+BACKENDS = ("auto", "torch", "extension")
+
+
+def _torch_conv(x, weight, bias, prev):
+    xp = torch.cat([prev.to(x.dtype), x], dim=-1)
+    return F.silu(F.conv1d(xp, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype), groups=x.shape[1]))
+
+
+class _ExtensionConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, prev):
+        mod = backends.probe_extension().module
+        x, weight, prev = x.contiguous(), weight.contiguous(), prev.contiguous()
+        bias = None if bias is None else bias.contiguous()
+        ctx.save_for_backward(x, weight, bias, prev)
+        ctx.mod = mod
+        return mod.causal_conv_silu_fwd(x, weight, bias, prev)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, weight, bias, prev = ctx.saved_tensors
+        dx, dw, db, dprev = ctx.mod.causal_conv_silu_bwd(x, weight, bias, prev, gy.contiguous())
+        return dx, dw, db, dprev
+
+
+def _extension_conv(x, weight, bias, prev):
+    cast = [None if t is None else t.to(x.dtype) for t in (weight, bias, prev)]
+    return _ExtensionConv.apply(x, *cast)
+
+
+def _self_test_error() -> float:
+    """Max abs difference (relative to the values' scale) of the extension against torch: values and gradients."""
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(2, 5, 37, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, generator=g),
+            torch.randn(2, 5, 3, generator=g)]
+    outs = []
+    for fn in (_extension_conv, _torch_conv):
+        inputs = [t.clone().requires_grad_() for t in args]
+        y = fn(*inputs)
+        outs.append([y.detach(), *torch.autograd.grad(y.square().sum(), inputs)])
+    return max((a - r).abs().max().item() / (1 + r.abs().max().item()) for a, r in zip(*outs))
+
+
+def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
+    """``torch`` or ``extension`` for this input; a named extension that cannot run falls back with a warning."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown causal-convolution backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    why = None
+    if x.device.type != "cpu":
+        why = "it runs on the CPU only"
+    elif x.dtype not in (torch.float32, torch.float64):
+        why = f"it computes in float32/float64, not {x.dtype}"
+    elif not (probe := backends.probe_extension()).ok:
+        why = probe.reason
+    elif not hasattr(probe.module, "causal_conv_silu_fwd"):
+        why = "the installed ssmkit_cauchy predates the causal convolution; rebuild it (make extension, or ssmkit doctor --build)"
+    elif not (test := backends.self_test("causal_conv", "extension", x.device, _self_test_error, 1e-5)).ok:
+        why = test.reason
+    if why is None:
+        backends.log_choice("causal_conv", x.device, "extension", "fused C++ convolution + SiLU, self-test passed")
+        return "extension"
+    if backend == "extension":
+        backends.warn_fallback("causal_conv", "extension", "torch", why)
+    return "torch"
+
+
+def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                       prev: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """silu(causal depthwise conv(x)): x (B, E, L), weight (E, K), bias (E,) or None, prev (B, E, K - 1) or None
+    (zeros) -> (B, E, L) in x's dtype."""
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f"causal_conv1d_silu: x must be (B, E, L) and weight (E, K), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    k1 = weight.shape[1] - 1
+    if prev is None:
+        prev = x.new_zeros(x.shape[0], x.shape[1], k1)
+    elif prev.shape != (x.shape[0], x.shape[1], k1):
+        raise ValueError(f"causal_conv1d_silu: prev must be (B, E, K - 1) = {(x.shape[0], x.shape[1], k1)}, got {tuple(prev.shape)}")
+    if choose_backend(x, backend) == "extension":
+        return _extension_conv(x, weight, bias, prev)
+    return _torch_conv(x, weight, bias, prev)
+
+
+def last_inputs(x: torch.Tensor, prev: torch.Tensor | None, k1: int) -> torch.Tensor:
+    """The last k1 inputs of [prev | x] (B, E, k1): the convolution's state after x (prev None: zeros)."""
+    if x.shape[-1] >= k1:
+        return x[..., x.shape[-1] - k1:]
+    prev = x.new_zeros(*x.shape[:2], k1) if prev is None else prev.to(x.dtype)
+    return torch.cat([prev, x], dim=-1)[..., -k1:] if k1 else x[..., :0]

@@ -92,22 +92,43 @@ def test_bf16_autocast_keeps_kernel_and_fft_in_float32(kernel, bidirectional, mo
     assert all(p.grad is None or (p.grad.dtype == p.dtype and torch.isfinite(p.grad).all()) for p in layer.parameters())
 
 
-def test_bf16_autocast_keeps_the_selective_scan_in_float32(monkeypatch):
-    """Mamba's selective scan (a recurrence, not an FFT) runs its chunks in float32, forward and backward."""
+@pytest.mark.parametrize("backend", ["torch", "extension"])
+def test_bf16_autocast_keeps_the_selective_scan_in_float32(monkeypatch, backend):
+    """Mamba's selective scan (a recurrence, not an FFT) runs in float32, forward and backward: the torch scan's
+    chunks, or every tensor that goes into and comes out of the extension's fused scan."""
     import ssmkit.ops.selective_scan as ss
 
+    if backend == "extension" and ss._extension_reason() is not None:
+        pytest.skip(f"the compiled extension's scan is not available here: {ss._extension_reason()}")
     seen = []
-    for name in ("_chunk", "_chunk_backward"):
-        fn = getattr(ss, name)
-        monkeypatch.setattr(ss, name, lambda *a, _fn=fn, _n=name: seen.append((_n, {t.dtype for t in a})) or _fn(*a))
+    if backend == "torch":
+        names = ("_chunk", "_chunk_backward")
+        for name in names:
+            fn = getattr(ss, name)
+            monkeypatch.setattr(ss, name, lambda *a, _fn=fn, _n=name: seen.append((_n, {t.dtype for t in a})) or _fn(*a))
+    else:
+        names = ("fwd", "bwd")
+        mod = ss.backends.probe_extension().module
+
+        class Spy:  # the extension module, recording the dtypes of every tensor it is given and returns
+            def __getattr__(self, attr):
+                fn = getattr(mod, attr)
+
+                def call(*a, _n=attr.rsplit("_", 1)[-1]):
+                    out = fn(*a)
+                    seen.append((_n, {t.dtype for t in (*a, *out) if isinstance(t, torch.Tensor)}))
+                    return out
+                return call if attr.startswith("selective_scan_") else fn
+
+        monkeypatch.setattr(ss.backends, "probe_extension", lambda *a, **k: ss.backends.Probe(True, "spy", Spy()))
     torch.manual_seed(0)
-    layer = SequenceLayer(H, kernel="mamba", output=None)
+    layer = SequenceLayer(H, kernel="mamba", output=None, backend=backend)
     x = torch.randn(2, H, L, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16), _Recorder() as rec:
         y = layer(x)
         y.float().sum().backward()
     assert rec.any_low, "autocast did not run any op in bf16: the check would see nothing"
-    assert {n for n, _ in seen} == {"_chunk", "_chunk_backward"}
+    assert {n for n, _ in seen} == set(names)
     assert all(dtypes == {torch.float32} for _, dtypes in seen), seen
     assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in layer.parameters())
 

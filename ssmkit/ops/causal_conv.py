@@ -8,9 +8,11 @@ Mamba's recurrent state; zeros for a sequence that starts here).
 Backends: ``torch`` (``F.conv1d`` with ``groups=E`` on the padded input, then ``F.silu``) and ``extension``,
 ssmkit's compiled kernel (``extensions/cauchy/csrc/causal_conv_cpu.cpp``): one pass per (batch, channel) row,
 forward and backward, instead of a padded copy, the convolution and the SiLU each with its own backward pass
-(3-4x faster forward+backward at B 8, E 256, L 4096; docs/performance.md). ``auto`` takes the extension for
-float32/float64 CPU tensors when it is built and passed its self-test against the torch path, else torch (CUDA,
-half precision). Both are tested against the sum written out in float64 in ``tests/ops/test_causal_conv.py``.
+(~3x faster forward+backward at B 8, E 256, L 4096; docs/performance.md). ``auto`` takes the extension for CPU
+tensors when it is built and passed its self-test against the torch path, else torch (CUDA). It computes in
+float64 for float64 inputs and in float32 otherwise (bf16/fp16 inputs under autocast give a float32 output, as
+the selective scan after it does). Both are tested against the sum written out in float64 in
+``tests/ops/test_causal_conv.py``.
 """
 from __future__ import annotations
 
@@ -46,8 +48,10 @@ class _ExtensionConv(torch.autograd.Function):
 
 
 def _extension_conv(x, weight, bias, prev):
-    cast = [None if t is None else t.to(x.dtype) for t in (weight, bias, prev)]
-    return _ExtensionConv.apply(x, *cast)
+    """float64 stays float64; anything else (float32, and bf16/fp16 under autocast) is computed in float32."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cast = [None if t is None else t.to(dtype) for t in (x, weight, bias, prev)]
+    return _ExtensionConv.apply(*cast)
 
 
 def _self_test_error() -> float:
@@ -72,8 +76,6 @@ def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
     why = None
     if x.device.type != "cpu":
         why = "it runs on the CPU only"
-    elif x.dtype not in (torch.float32, torch.float64):
-        why = f"it computes in float32/float64, not {x.dtype}"
     elif not (probe := backends.probe_extension()).ok:
         why = probe.reason
     elif not hasattr(probe.module, "causal_conv_silu_fwd"):

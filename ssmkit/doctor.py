@@ -78,6 +78,7 @@ def check_extension(build: bool = False) -> list[Check]:
                               lambda: cauchy._self_test_error("extension", torch.device("cpu")), 1e-4)
     rows.append(Check("extension (CPU)", OK if test.ok else WARN, f"{probe.reason}; {test.reason}",
                       "" if test.ok else f"rebuild it: {fix}"))
+    rows.append(check_mamba_cpu(probe.module, fix))
     if probe.module.has_cuda():
         if torch.cuda.is_available():
             dev = torch.device("cuda")
@@ -92,15 +93,31 @@ def check_extension(build: bool = False) -> list[Check]:
     return rows
 
 
+def check_mamba_cpu(module, fix: str) -> Check:
+    """The extension's fused CPU kernels of Mamba (selective scan, causal convolution + SiLU): present, the
+    compiled variant in use (AVX2+FMA or baseline), and their self-tests against the torch paths."""
+    from ssmkit.ops import causal_conv, selective_scan
+
+    name = "extension (Mamba, CPU)"
+    if not hasattr(module, "selective_scan_fwd") or not hasattr(module, "causal_conv_silu_fwd"):
+        return Check(name, WARN, "this build of ssmkit_cauchy predates the fused Mamba kernels: Mamba runs its torch "
+                     "scan on CPU", f"rebuild it: {fix}")
+    why = selective_scan._extension_reason()
+    conv = causal_conv.choose_backend(torch.zeros(1, 1, 1), "auto")
+    if why is None and conv == "extension":
+        return Check(name, OK, f"selective scan and causal conv fused, {module.selective_scan_isa()} variant; self-tests passed")
+    return Check(name, WARN, why or "the causal convolution's self-test failed", f"rebuild it: {fix}")
+
+
 def check_mamba_ssm() -> Check:
     """The optional fused selective scan (``mamba_ssm``, CUDA only), self-tested against ssmkit's torch scan."""
     from ssmkit.ops import backends, selective_scan
 
     probe = backends.probe_mamba_ssm()
     if not probe.ok:
-        return Check("mamba_ssm", MISSING, probe.reason, "optional (CUDA): pip install mamba-ssm; ssmkit's torch scan runs without it")
+        return Check("mamba_ssm", MISSING, probe.reason, "optional (CUDA): pip install mamba-ssm; ssmkit's own scans run without it")
     if not torch.cuda.is_available():
-        return Check("mamba_ssm", WARN, f"{probe.reason}; no GPU visible, so the torch scan runs", "")
+        return Check("mamba_ssm", WARN, f"{probe.reason}; no GPU visible, so ssmkit's own scan runs", "")
     dev = torch.device("cuda")
     test = backends.self_test("selective_scan", "mamba_ssm", dev, lambda: selective_scan._self_test_error(dev), 1e-3)
     return Check("mamba_ssm", OK if test.ok else WARN, f"{probe.reason}; {test.reason}",

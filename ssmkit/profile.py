@@ -27,7 +27,7 @@ import torch
 from ssmkit.errors import UserError
 
 MODES = ("fwd", "fwd+bwd", "step")
-KNOWN_KERNELS = ("s4d", "s4", "dss", "dlr", "lssl", "sgconv", "attn")
+KNOWN_KERNELS = ("s4d", "s4", "dss", "dlr", "lssl", "sgconv", "attn", "s5", "lru", "mamba")
 
 
 @dataclass
@@ -364,7 +364,7 @@ def register(app) -> None:
         d_model: int = typer.Option(128, help="H"),
         d_state: int = typer.Option(64, help="N"),
         batch: int = typer.Option(8, help="B"),
-        backend: str = typer.Option("auto", help="Cauchy/Vandermonde backend: auto|torch|chunked|keops|extension"),
+        backend: str = typer.Option("auto", help="Cauchy/Vandermonde backend: auto|torch|chunked|keops|extension; for mamba the scan and convolution backend: auto|torch|extension"),
         mode: str = typer.Option("fwd+bwd", help="fwd | fwd+bwd | step"),
         output: str = typer.Option("glu", help="the layer's output map: glu (default layer) | linear | none"),
         repeat: int = typer.Option(3, help="timed repetitions per point (median), after one warm-up"),

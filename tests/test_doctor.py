@@ -19,6 +19,9 @@ def test_checks_cover_the_components_and_missing_ones_have_a_fix():
     ext = next(r for r in rows if r.component == "extension (CPU)")
     if backends.probe_extension().ok:
         assert ext.status == doctor.OK and "self-test error" in ext.detail
+        mamba = next(r for r in rows if r.component == "extension (Mamba, CPU)")
+        assert mamba.status == doctor.OK and "fused" in mamba.detail, mamba
+        assert any(v in mamba.detail for v in ("avx2+fma variant", "baseline variant"))
     else:
         assert "pip install --no-build-isolation ./extensions/cauchy" in ext.fix
 
@@ -29,6 +32,11 @@ def test_missing_extension_says_why_and_how_to_fix(monkeypatch):
     (row,) = doctor.check_extension()
     assert row.status == doctor.MISSING and "(test)" in row.detail and "./extensions/cauchy" in row.fix
     backends.reset()
+
+
+def test_an_extension_without_the_mamba_kernels_says_to_rebuild():
+    row = doctor.check_mamba_cpu(object(), "rebuild-hint")
+    assert row.status == doctor.WARN and "predates" in row.detail and "rebuild-hint" in row.fix
 
 
 def test_compiled_step_check_names_the_missing_compiler(monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssmkit.ops import backends
-from ssmkit.ops.causal_conv import causal_conv1d_silu, choose_backend, last_inputs
+from ssmkit.ops.causal_conv import causal_conv1d_silu, last_inputs
 
 _ext = backends.probe_extension()
 _ext_ok = _ext.ok and hasattr(_ext.module, "causal_conv_silu_fwd")

@@ -69,7 +69,8 @@ def test_the_wheel_is_the_ssmkit_imported_and_carries_the_sources(fresh_env):
     assert out.returncode == 0, out.stderr
     where, sources = out.stdout.splitlines()
     assert str(fresh_env["cwd"] / "venv") in where and str(ROOT) not in where
-    assert all(n in sources for n in ("bindings.cpp", "cauchy_cpu.cpp", "cauchy.h", "cauchy_cuda.cu"))
+    assert all(n in sources for n in ("bindings.cpp", "cauchy_cpu.cpp", "cauchy.h", "cauchy_cuda.cu", "simd.h",
+                                      "selective_scan_cpu.cpp", "selective_scan.h", "causal_conv_cpu.cpp", "causal_conv.h"))
     imp = _run([str(fresh_env["py"]), "-c", "import ssmkit_cauchy"], env=fresh_env["env"], cwd=fresh_env["cwd"])
     assert imp.returncode != 0  # the make-built module of the checkout is not visible here
 
@@ -99,3 +100,14 @@ def test_doctor_builds_the_extension_and_its_self_test_passes(fresh_env):
     assert use.returncode == 0, use.stderr
     assert "compiling" not in use.stderr and "fall" not in use.stderr.lower(), use.stderr
     assert float(use.stdout.strip()) < 1e-4
+    # ... and Mamba's fused CPU scan in it
+    scan = _run([str(fresh_env["py"]), "-W", "error", "-c",
+                 "import torch; from ssmkit.ops.selective_scan import selective_scan; "
+                 "g = torch.Generator().manual_seed(0); u = torch.randn(2, 3, 40, generator=g); "
+                 "d = torch.rand(2, 3, 40, generator=g) * 0.2; A = -torch.rand(3, 5, generator=g); "
+                 "B, C = torch.randn(2, 5, 40, generator=g), torch.randn(2, 5, 40, generator=g); "
+                 "a = selective_scan(u, d, A, B, C, backend='extension')[0]; "
+                 "b = selective_scan(u, d, A, B, C, backend='torch')[0]; print(float((a - b).abs().max()))"],
+                env={**fresh_env["env"], "SSMKIT_BUILD_EXTENSION": "0"}, cwd=fresh_env["cwd"])
+    assert scan.returncode == 0, scan.stderr
+    assert float(scan.stdout.strip()) < 1e-4

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -61,3 +62,16 @@ def hippo_closed_form(measure: str, N: int) -> tuple[np.ndarray, np.ndarray]:
             A[2 * j, 2 * j + 1], A[2 * j + 1, 2 * j] = -math.pi * j, math.pi * j
         A, B = A - np.outer(b, b), b
     return A, B
+
+
+def _mamba_kernels():
+    from ssmkit.ops import backends
+
+    ext = backends.probe_extension()
+    ok = ext.ok and all(hasattr(ext.module, f) for f in ("selective_scan_fwd", "causal_conv_silu_fwd"))
+    return ok, ext.reason
+
+
+#: whether the compiled extension with Mamba's fused CPU kernels is here, and a mark that skips a test if not
+EXT_OK, _why = _mamba_kernels()
+needs_ext = pytest.mark.skipif(not EXT_OK, reason=f"the compiled extension (with the Mamba kernels) is not built here: {_why}")

@@ -129,11 +129,36 @@ def log_choice(op: str, device: torch.device, backend: str, why: str) -> None:
         log.info("%s on %s: using the %s backend (%s)", op, device.type, backend, why)
 
 
-def warn_fallback(op: str, wanted: str, got: str, why: str) -> None:
+def warn_fallback(op: str, wanted: str, got: str, why: str, stacklevel: int = 4) -> None:
     key = (op, wanted, got, why)
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(f"{op}: backend {wanted!r} cannot run ({why}); falling back to {got!r}", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"{op}: backend {wanted!r} cannot run ({why}); falling back to {got!r}", RuntimeWarning,
+                      stacklevel=stacklevel)
+
+
+def settle(op: str, device: torch.device, candidate: str, requested: str, why: str | None, how: str) -> str:
+    """The end of a choice between an optional backend and ``torch``: ``candidate`` when nothing stops it
+    (``why`` is None; the choice is logged once), else ``torch``, with a warning when ``candidate`` was asked
+    for by name."""
+    if why is None:
+        log_choice(op, device, candidate, how)
+        return candidate
+    if requested == candidate:
+        warn_fallback(op, candidate, "torch", why, stacklevel=5)
+    return "torch"
+
+
+def extension_kernel_reason(function: str, what: str, op: str, run: Callable[[], float], tol: float) -> str | None:
+    """None if the compiled extension has ``function`` (one of its CPU kernels, ``what`` in words) and it passed
+    its self-test ``run`` (max error against the torch path) on the CPU; otherwise why not, in one line."""
+    probe = probe_extension()
+    if not probe.ok:
+        return probe.reason
+    if not hasattr(probe.module, function):
+        return f"the installed ssmkit_cauchy predates the {what}; rebuild it (make extension, or ssmkit doctor --build)"
+    test = self_test(op, "extension", torch.device("cpu"), run, tol)
+    return None if test.ok else test.reason
 
 
 def reset() -> None:

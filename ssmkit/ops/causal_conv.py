@@ -73,21 +73,10 @@ def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
         raise ValueError(f"unknown causal-convolution backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
         return "torch"
-    why = None
-    if x.device.type != "cpu":
-        why = "it runs on the CPU only"
-    elif not (probe := backends.probe_extension()).ok:
-        why = probe.reason
-    elif not hasattr(probe.module, "causal_conv_silu_fwd"):
-        why = "the installed ssmkit_cauchy predates the causal convolution; rebuild it (make extension, or ssmkit doctor --build)"
-    elif not (test := backends.self_test("causal_conv", "extension", x.device, _self_test_error, 1e-5)).ok:
-        why = test.reason
-    if why is None:
-        backends.log_choice("causal_conv", x.device, "extension", "fused C++ convolution + SiLU, self-test passed")
-        return "extension"
-    if backend == "extension":
-        backends.warn_fallback("causal_conv", "extension", "torch", why)
-    return "torch"
+    why = "it runs on the CPU only" if x.device.type != "cpu" else backends.extension_kernel_reason(
+        "causal_conv_silu_fwd", "causal convolution", "causal_conv", _self_test_error, 1e-5)
+    return backends.settle("causal_conv", x.device, "extension", backend, why,
+                           "fused C++ convolution + SiLU, self-test passed")
 
 
 def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

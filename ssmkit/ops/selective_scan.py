@@ -229,13 +229,7 @@ def _extension_error() -> float:
 
 def _extension_reason() -> str | None:
     """None if the extension's CPU scan can run, else why not."""
-    probe = backends.probe_extension()
-    if not probe.ok:
-        return probe.reason
-    if not hasattr(probe.module, "selective_scan_fwd"):
-        return "the installed ssmkit_cauchy predates the selective scan; rebuild it (make extension, or ssmkit doctor --build)"
-    test = backends.self_test("selective_scan", "extension", torch.device("cpu"), _extension_error, 1e-4)
-    return None if test.ok else test.reason
+    return backends.extension_kernel_reason("selective_scan_fwd", "selective scan", "selective_scan", _extension_error, 1e-4)
 
 
 # --- the optional fused backend (mamba_ssm) ---
@@ -271,12 +265,7 @@ def choose_backend(u: torch.Tensor, h0, backend: str = "auto") -> str:
     cpu = u.device.type == "cpu"
     if backend == "extension" or (backend == "auto" and cpu):
         why = _extension_reason() if cpu else "it runs on the CPU only"
-        if why is None:
-            backends.log_choice("selective_scan", u.device, "extension", "fused C++ scan, self-test passed")
-            return "extension"
-        if backend == "extension":
-            backends.warn_fallback("selective_scan", "extension", "torch", why)
-        return "torch"
+        return backends.settle("selective_scan", u.device, "extension", backend, why, "fused C++ scan, self-test passed")
     why = None
     if u.device.type != "cuda":
         why = "it runs on CUDA only"
@@ -286,12 +275,7 @@ def choose_backend(u: torch.Tensor, h0, backend: str = "auto") -> str:
         why = probe.reason
     elif not (test := backends.self_test("selective_scan", "mamba_ssm", u.device, lambda: _self_test_error(u.device), 1e-3)).ok:
         why = test.reason
-    if why is None:
-        backends.log_choice("selective_scan", u.device, "mamba_ssm", "fused CUDA kernel, self-test passed")
-        return "mamba_ssm"
-    if backend == "mamba_ssm":
-        backends.warn_fallback("selective_scan", "mamba_ssm", "torch", why)
-    return "torch"
+    return backends.settle("selective_scan", u.device, "mamba_ssm", backend, why, "fused CUDA kernel, self-test passed")
 
 
 def selective_scan(

@@ -4,22 +4,18 @@ import warnings
 
 import pytest
 import torch
+from helpers import needs_ext
 
 from ssmkit.ops import backends
 from ssmkit.ops.causal_conv import causal_conv1d_silu, last_inputs
 
 _ext = backends.probe_extension()
-_ext_ok = _ext.ok and hasattr(_ext.module, "causal_conv_silu_fwd")
-_needs_ext = pytest.mark.skipif(not _ext_ok, reason=f"the compiled extension is not built here: {_ext.reason}")
 
 
-@pytest.fixture(params=["torch", pytest.param("extension", marks=_needs_ext), pytest.param("extension-baseline", marks=_needs_ext)])
-def backend(request, monkeypatch):
-    if request.param == "extension-baseline":
-        monkeypatch.setenv("SSMKIT_SIMD_BASELINE", "1")
-        return "extension"
-    monkeypatch.delenv("SSMKIT_SIMD_BASELINE", raising=False)
-    return request.param
+@pytest.fixture
+def backend(mamba_backend):
+    """torch, the extension, the extension's baseline variant (tests/ops/conftest.py)."""
+    return mamba_backend
 
 
 def explicit(x, w, bias, prev):
@@ -105,7 +101,7 @@ def test_bad_inputs_and_fallbacks(monkeypatch):
     backends.reset()
 
 
-@_needs_ext
+@needs_ext
 def test_extension_checks_its_arguments():
     mod = _ext.module
     x, w, bias, prev = problem(dtype=torch.float32)

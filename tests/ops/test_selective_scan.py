@@ -4,27 +4,19 @@ import warnings
 
 import pytest
 import torch
-from helpers import MaxTensor
+from helpers import EXT_OK, MaxTensor, needs_ext
 
 import ssmkit.ops.selective_scan as ss
 from ssmkit.ops import backends
 from ssmkit.ops.selective_scan import choose_backend, selective_scan, selective_step
 
 _ext = backends.probe_extension()
-_ext_ok = _ext.ok and hasattr(_ext.module, "selective_scan_fwd")
-_needs_ext = pytest.mark.skipif(not _ext_ok, reason=f"the compiled extension is not built here: {_ext.reason}")
-#: the CPU backends, each test run on each: torch, the extension's AVX2+FMA variant (where the CPU has it) and
-#: its baseline variant (SSMKIT_SIMD_BASELINE=1)
-CPU_BACKENDS = ["torch", pytest.param("extension", marks=_needs_ext), pytest.param("extension-baseline", marks=_needs_ext)]
 
 
-@pytest.fixture(params=CPU_BACKENDS)
-def backend(request, monkeypatch):
-    if request.param == "extension-baseline":
-        monkeypatch.setenv("SSMKIT_SIMD_BASELINE", "1")
-        return "extension"
-    monkeypatch.delenv("SSMKIT_SIMD_BASELINE", raising=False)
-    return request.param
+@pytest.fixture
+def backend(mamba_backend):
+    """torch, the extension, the extension's baseline variant (tests/ops/conftest.py)."""
+    return mamba_backend
 
 
 def recurrence(u, delta, A, B, C, D=None, h0=None):
@@ -179,7 +171,7 @@ def test_bf16_autocast_keeps_the_scan_in_float32(backend, monkeypatch):
 
 def test_backend_choice_on_cpu_and_bad_inputs():
     u, delta, A, B, C, D, h0 = problem(dtype=torch.float32)
-    assert choose_backend(u, None, "auto") == ("extension" if _ext_ok else "torch")
+    assert choose_backend(u, None, "auto") == ("extension" if EXT_OK else "torch")
     assert choose_backend(u, None, "torch") == "torch"
     backends.reset()
     with warnings.catch_warnings(record=True) as caught:
@@ -210,7 +202,7 @@ def test_extension_without_the_scan_falls_back_to_torch(monkeypatch):
     backends.reset()
 
 
-@_needs_ext
+@needs_ext
 def test_extension_checks_its_arguments():
     mod = _ext.module
     u, delta, A, B, C, D, h0 = problem(dtype=torch.float32)

@@ -115,22 +115,8 @@ SSMKIT_INLINE void backward_rows(const Conv<T>& c, int64_t r0, int64_t r1) {
   }
 }
 
-template <typename T>
-SSMKIT_AVX2 void forward_rows_avx2(const Conv<T>& c, int64_t r0, int64_t r1) {
-  forward_rows(c, r0, r1);
-}
-template <typename T>
-void forward_rows_base(const Conv<T>& c, int64_t r0, int64_t r1) {
-  forward_rows(c, r0, r1);
-}
-template <typename T>
-SSMKIT_AVX2 void backward_rows_avx2(const Conv<T>& c, int64_t r0, int64_t r1) {
-  backward_rows(c, r0, r1);
-}
-template <typename T>
-void backward_rows_base(const Conv<T>& c, int64_t r0, int64_t r1) {
-  backward_rows(c, r0, r1);
-}
+SSMKIT_VARIANTS(forward_rows, (const Conv<T>& c, int64_t r0, int64_t r1), (c, r0, r1))
+SSMKIT_VARIANTS(backward_rows, (const Conv<T>& c, int64_t r0, int64_t r1), (c, r0, r1))
 
 void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& prev) {
   TORCH_CHECK(x.dim() == 3, "causal_conv_silu: x must be (batch, E, L), got ", x.sizes());

@@ -191,22 +191,9 @@ SSMKIT_INLINE void backward_task(const Problem<T>& p, int64_t bi, int64_t d0, in
   for (int64_t d = d0; d < d1; ++d) backward_row(p, bi * p.D + d, dBt, dCt, w);
 }
 
-template <typename T>
-SSMKIT_AVX2 void forward_rows_avx2(const Problem<T>& p, int64_t r0, int64_t r1) {
-  forward_rows(p, r0, r1);
-}
-template <typename T>
-void forward_rows_base(const Problem<T>& p, int64_t r0, int64_t r1) {
-  forward_rows(p, r0, r1);
-}
-template <typename T>
-SSMKIT_AVX2 void backward_task_avx2(const Problem<T>& p, int64_t bi, int64_t d0, int64_t d1, T* dBt, T* dCt) {
-  backward_task(p, bi, d0, d1, dBt, dCt);
-}
-template <typename T>
-void backward_task_base(const Problem<T>& p, int64_t bi, int64_t d0, int64_t d1, T* dBt, T* dCt) {
-  backward_task(p, bi, d0, d1, dBt, dCt);
-}
+SSMKIT_VARIANTS(forward_rows, (const Problem<T>& p, int64_t r0, int64_t r1), (p, r0, r1))
+SSMKIT_VARIANTS(backward_task, (const Problem<T>& p, int64_t bi, int64_t d0, int64_t d1, T* dBt, T* dCt),
+                (p, bi, d0, d1, dBt, dCt))
 
 void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
            const at::Tensor& Ct, const at::Tensor& Dskip, const at::Tensor& z, int64_t chunk) {

@@ -103,6 +103,18 @@ inline bool cpu_has_avx2() {
 inline bool cpu_has_avx2() { return false; }
 #endif
 
+// Defines NAME_avx2 (compiled for AVX2+FMA) and NAME_base (baseline) for a template<T> function NAME whose body is
+// SSMKIT_INLINE: both call it with the same arguments, and the caller picks one with use_avx2().
+#define SSMKIT_VARIANTS(NAME, PARAMS, ARGS)     \
+  template <typename T>                         \
+  SSMKIT_AVX2 void NAME##_avx2 PARAMS {         \
+    NAME ARGS;                                  \
+  }                                             \
+  template <typename T>                         \
+  void NAME##_base PARAMS {                     \
+    NAME ARGS;                                  \
+  }
+
 inline bool use_avx2() {
   const char* off = std::getenv("SSMKIT_SIMD_BASELINE");
   return cpu_has_avx2() && !(off != nullptr && off[0] == '1');

@@ -176,7 +176,10 @@ def _as_scan_dtype(u, delta, A, B, C, h0):
 
 
 def _torch_scan(u, delta, A, B, C, h0, chunk):
-    return _SelectiveScan.apply(*_as_scan_dtype(u, delta, A, B, C, h0), chunk)
+    u, delta, A, B, C, h0 = _as_scan_dtype(u, delta, A, B, C, h0)
+    if u.shape[-1] == 0:  # an empty sequence: no output, the state unchanged
+        return u * 0, h0 * 1
+    return _SelectiveScan.apply(u, delta, A, B, C, h0, chunk)
 
 
 # --- the fused CPU scan of ssmkit's extension ---

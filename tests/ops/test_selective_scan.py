@@ -132,6 +132,13 @@ def test_state_passing_equals_one_pass(backend):
     torch.testing.assert_close(h2, h)
 
 
+def test_an_empty_sequence_leaves_the_state(backend):
+    u, delta, A, B, C, D, h0 = (t[..., :0] if t.dim() == 3 and t.shape[-1] == 70 else t for t in problem())
+    y, h = selective_scan(u, delta, A, B, C, D, h0=h0, backend=backend)
+    assert y.shape == (2, 3, 0)
+    torch.testing.assert_close(h, h0)
+
+
 def test_step_equals_scan(backend):
     u, delta, A, B, C, D, h0 = problem(L=20)
     y, h = selective_scan(u, delta, A, B, C, D, h0=h0, backend=backend)

@@ -34,9 +34,13 @@ def test_missing_extension_says_why_and_how_to_fix(monkeypatch):
     backends.reset()
 
 
-def test_an_extension_without_the_mamba_kernels_says_to_rebuild():
-    row = doctor.check_mamba_cpu(object(), "rebuild-hint")
+def test_an_extension_without_the_mamba_kernels_says_to_rebuild(monkeypatch):
+    backends.reset()
+    old_build = object()
+    monkeypatch.setitem(backends._probes, "extension", backends.Probe(True, "an old build", old_build))
+    row = doctor.check_mamba_cpu(old_build, "rebuild-hint")
     assert row.status == doctor.WARN and "predates" in row.detail and "rebuild-hint" in row.fix
+    backends.reset()
 
 
 def test_compiled_step_check_names_the_missing_compiler(monkeypatch):

@@ -89,25 +89,27 @@ def test_doctor_builds_the_extension_and_its_self_test_passes(fresh_env):
     line = next(x for x in built.stdout.splitlines() if "extension (CPU)" in x)
     assert "compiled on first use" in line and "self-test" in line and "MISSING" not in line.upper(), built.stdout
 
+    def cached(*argv):  # python in the fresh venv, first-use builds switched off
+        return _run([str(fresh_env["py"]), *argv], env={**fresh_env["env"], "SSMKIT_BUILD_EXTENSION": "0"},
+                    cwd=fresh_env["cwd"])
+
     # A later process loads the cached build without compiling, even with first-use builds switched off.
-    use = _run([str(fresh_env["py"]), "-c",
+    use = cached("-c",
                 "import torch; from ssmkit.ops import cauchy; "
                 "v = torch.randn(3, 4, dtype=torch.cfloat); w = torch.randn(3, 4, dtype=torch.cfloat); "
                 "z = torch.exp(1j * torch.linspace(0, 3, 5)).to(torch.cfloat); "
                 "a = cauchy.cauchy(v, z, w, backend='extension'); b = cauchy.cauchy(v, z, w, backend='torch'); "
-                "print(float((a - b).abs().max()))"],
-               env={**fresh_env["env"], "SSMKIT_BUILD_EXTENSION": "0"}, cwd=fresh_env["cwd"])
+                "print(float((a - b).abs().max()))")
     assert use.returncode == 0, use.stderr
     assert "compiling" not in use.stderr and "fall" not in use.stderr.lower(), use.stderr
     assert float(use.stdout.strip()) < 1e-4
     # ... and Mamba's fused CPU scan in it
-    scan = _run([str(fresh_env["py"]), "-W", "error", "-c",
+    scan = cached("-W", "error", "-c",
                  "import torch; from ssmkit.ops.selective_scan import selective_scan; "
                  "g = torch.Generator().manual_seed(0); u = torch.randn(2, 3, 40, generator=g); "
                  "d = torch.rand(2, 3, 40, generator=g) * 0.2; A = -torch.rand(3, 5, generator=g); "
                  "B, C = torch.randn(2, 5, 40, generator=g), torch.randn(2, 5, 40, generator=g); "
                  "a = selective_scan(u, d, A, B, C, backend='extension')[0]; "
-                 "b = selective_scan(u, d, A, B, C, backend='torch')[0]; print(float((a - b).abs().max()))"],
-                env={**fresh_env["env"], "SSMKIT_BUILD_EXTENSION": "0"}, cwd=fresh_env["cwd"])
+                 "b = selective_scan(u, d, A, B, C, backend='torch')[0]; print(float((a - b).abs().max()))")
     assert scan.returncode == 0, scan.stderr
     assert float(scan.stdout.strip()) < 1e-4

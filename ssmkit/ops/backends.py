@@ -149,6 +149,19 @@ def settle(op: str, device: torch.device, candidate: str, requested: str, why: s
     return "torch"
 
 
+def max_relative_error(candidate: Callable, reference: Callable, args: list[torch.Tensor], loss: Callable) -> float:
+    """A self-test's error: candidate(*args) against reference(*args), each on fresh leaf copies of args; the
+    largest difference of the outputs and of the gradients of ``loss(*outputs)`` with respect to every arg,
+    relative to 1 + the reference's magnitude."""
+    outs = []
+    for fn in (candidate, reference):
+        inputs = [t.clone().requires_grad_() for t in args]
+        out = fn(*inputs)
+        out = out if isinstance(out, tuple) else (out,)
+        outs.append([o.detach() for o in out] + list(torch.autograd.grad(loss(*out), inputs)))
+    return max((a - r).abs().max().item() / (1 + r.abs().max().item()) for a, r in zip(*outs))
+
+
 def extension_kernel_reason(function: str, what: str, op: str, run: Callable[[], float], tol: float) -> str | None:
     """None if the compiled extension has ``function`` (one of its CPU kernels, ``what`` in words) and it passed
     its self-test ``run`` (max error against the torch path) on the CPU; otherwise why not, in one line."""

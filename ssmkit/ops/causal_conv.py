@@ -61,12 +61,13 @@ def _self_test_error() -> float:
     g = torch.Generator().manual_seed(0)
     args = [torch.randn(2, 5, 37, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, generator=g),
             torch.randn(2, 5, 3, generator=g)]
-    outs = []
-    for fn in (_extension_conv, _torch_conv):
-        inputs = [t.clone().requires_grad_() for t in args]
-        y = fn(*inputs)
-        outs.append([y.detach(), *torch.autograd.grad(y.square().sum(), inputs)])
-    return max((a - r).abs().max().item() / (1 + r.abs().max().item()) for a, r in zip(*outs))
+    return backends.max_relative_error(_extension_conv, _torch_conv, args, lambda y: y.square().sum())
+
+
+def _extension_reason() -> str | None:
+    """None if the extension's fused convolution can run, else why not."""
+    return backends.extension_kernel_reason("causal_conv_silu_fwd", "causal convolution", "causal_conv",
+                                            _self_test_error, 1e-5)
 
 
 def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
@@ -75,8 +76,7 @@ def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
         raise ValueError(f"unknown causal-convolution backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
         return "torch"
-    why = "it runs on the CPU only" if x.device.type != "cpu" else backends.extension_kernel_reason(
-        "causal_conv_silu_fwd", "causal convolution", "causal_conv", _self_test_error, 1e-5)
+    why = "it runs on the CPU only" if x.device.type != "cpu" else _extension_reason()
     return backends.settle("causal_conv", x.device, "extension", backend, why,
                            "fused C++ convolution + SiLU, self-test passed")
 

@@ -1,4 +1,5 @@
-"""Compiles the C++/CUDA extension (the Cauchy product; Mamba's selective scan on the CPU) on first use, for users who installed ssmkit with plain ``pip``.
+"""Compiles the C++/CUDA extension (the Cauchy product; Mamba's selective scan and causal convolution on the
+CPU) on first use, for users who installed ssmkit with plain ``pip``.
 
 A wheel cannot carry a binary that matches every torch a user may have, so ssmkit ships the extension's
 sources inside the package (``ssmkit/_csrc``, the files of ``extensions/cauchy/csrc``) and compiles them

@@ -222,13 +222,10 @@ def _extension_error() -> float:
     args = [torch.randn(b, d, L, generator=g), torch.rand(b, d, L, generator=g) * 0.2 + 1e-3,
             -torch.rand(d, n, generator=g) * 4, torch.randn(b, n, L, generator=g), torch.randn(b, n, L, generator=g),
             torch.randn(b, d, n, generator=g), torch.randn(d, generator=g), torch.randn(b, d, L, generator=g)]
-    outs = []
-    for name in ("extension", "torch"):
-        inputs = [t.clone().requires_grad_() for t in args]
-        y, h = _scan(name, *inputs[:6], CHUNK, *inputs[6:])
-        grads = torch.autograd.grad(y.square().sum() + h.sum(), inputs)
-        outs.append([y.detach(), h.detach(), *grads])
-    return max((a - r).abs().max().item() / (1 + r.abs().max().item()) for a, r in zip(*outs))
+    def run(name):
+        return lambda *a: _scan(name, *a[:6], CHUNK, *a[6:])
+
+    return backends.max_relative_error(run("extension"), run("torch"), args, lambda y, h: y.square().sum() + h.sum())
 
 
 def _extension_reason() -> str | None:

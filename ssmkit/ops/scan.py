@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit.ops.vandermonde import _flush
+
 #: chunk lengths: doubling steps are log2(chunk) passes; the Toeplitz GEMM costs chunk MACs per element
 CHUNK_VARYING = 256
 CHUNK_INVARIANT = 32
@@ -52,31 +54,48 @@ def _reduce_to(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> tor
     return grad.to(dtype)
 
 
-def _toeplitz_powers(a: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """a (..., 1) -> M (..., T, T) with M[t, s] = a^(t-s) for s <= t (else 0), and a^(t+1) (..., T)."""
-    k = torch.arange(T + 1, device=a.device)
-    # in double precision: a^k by exp(k log a) in float32 loses ~k ulps of phase, compounding over chunks
+def _toeplitz_powers(a: torch.Tensor, T: int, a_wide: torch.Tensor | None = None):
+    """a (..., 1) -> M (..., T, T) with M[t, s] = a^(t-s) for s <= t (else 0), a^(t+1) (..., T), and a^T (..., 1)
+    in double precision (the next level's decay).
+
+    The powers are repeated products (a cumulative product of [1, a, ..., a]) in float64 / complex128, never
+    ``a ** k`` or exp(k log a): torch gives NaN for the complex 0 ** 0 (a decay that underflowed to 0 at an
+    upper level of the recursion: 0.05^1024, or 0.9^1024 in float32), and log 0 = -inf. A product that
+    underflows is an exact 0, and |a| <= 1 never overflows. Double precision keeps the phase: k products
+    lose ~k ulps of float64, where a float32 exp(k log a) would lose ~k ulps of float32 and compound over
+    the levels. ``a_wide`` is a in double precision when the caller has it (a^T of the level above), so no
+    level starts from a value rounded to float32. Entries below the smallest normal number are flushed to 0
+    (``vandermonde._flush``): decayed powers land in float32's denormals, which slow a GEMM on x86 many-fold.
+    """
     wide = torch.complex128 if a.is_complex() else torch.float64
-    powers = (a.to(wide) ** k).to(a.dtype)  # (..., T+1): a^0 .. a^T
-    lag = k[:T, None] - k[None, :T]  # (T, T): t - s
+    aw = a.to(wide) if a_wide is None else a_wide
+    powers = torch.cat([torch.ones_like(aw), aw.expand(*aw.shape[:-1], T)], dim=-1).cumprod(dim=-1)  # a^0 .. a^T
+    k = torch.arange(T, device=a.device)
+    lag = k[:, None] - k[None, :]  # (T, T): t - s
     M = powers[..., lag.clamp(min=0)] * (lag >= 0)
-    return M, powers[..., 1:]
+    return _flush(M, a.dtype), _flush(powers[..., 1:], a.dtype), powers[..., T:]
 
 
-def _scan_chunked(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, chunk: int | None) -> torch.Tensor:
-    """The forward recurrence without autograd: all h (shape of a * b)."""
+def _scan_chunked(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, chunk: int | None, a_wide: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The forward recurrence without autograd: all h (shape of a * b). ``a_wide``: a time-invariant a in
+    double precision (see ``_toeplitz_powers``)."""
     L = b.shape[-1]
     shape = torch.broadcast_shapes(a.shape, b.shape)
     if a.shape[-1] == 1:
         T = min(L, chunk or CHUNK_INVARIANT)
         n_chunks = -(-L // T)
-        M, a_pow = _toeplitz_powers(a, T)  # (..., T, T), (..., T)
+        M, a_pow, a_T = _toeplitz_powers(a, T, a_wide)  # (..., T, T), (..., T), (..., 1) double
         bc = F.pad(b, (0, n_chunks * T - L)).unflatten(-1, (n_chunks, T))  # (..., n_chunks, T)
         # every chunk from a zero state; einsum makes it one GEMM per state row of M (2x faster than matmul's broadcast)
         local = torch.einsum("...ct,...st->...cs", bc, M)
         # the state entering each chunk: the same recurrence over the chunk ends, with decay a^T
         ends = local[..., T - 1]  # (..., n_chunks)
-        starts = _scan_chunked(a_pow[..., T - 1 :], ends[..., :-1], h0, chunk) if n_chunks > 1 else ends[..., :0]
+        if n_chunks > 1:
+            starts = _scan_chunked(a_pow[..., T - 1 :], ends[..., :-1], h0, chunk, a_T)
+        else:
+            starts = ends[..., :0]
         if h0 is not None:
             starts = torch.cat([h0.expand(starts.shape[:-1]).unsqueeze(-1), starts], dim=-1)
         else:

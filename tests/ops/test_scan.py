@@ -105,3 +105,65 @@ def test_bad_shapes_are_refused():
         linear_scan(torch.rand(3, 4), torch.randn(3, 10))
     with pytest.raises(ValueError, match="chunk must be a positive"):
         linear_scan(torch.rand(3, 1), torch.randn(3, 10), chunk=0)
+
+
+#: |a| across the whole range: exactly 0, underflowing products (0.05^32 is below float32's smallest normal,
+#: 0.9^1024 below its denormals), moderate, close to 1, exactly 1 (a pure rotation) and -1.
+EXTREME_MODULI = (0.0, 1e-20, 0.05, 0.5, 0.9, 0.999, 0.99999, 1.0, 1.0)
+
+
+def _extreme_decays(complex_: bool, gen) -> torch.Tensor:
+    r = torch.tensor(EXTREME_MODULI, dtype=torch.float64)
+    if not complex_:
+        return r * torch.tensor([1, 1, -1, 1, 1, -1, 1, 1, -1], dtype=torch.float64)
+    return torch.polar(r, torch.rand(r.shape, generator=gen, dtype=torch.float64) * 6.3)
+
+
+def _reference_with_adjoint(a, b, dh):
+    """float64 forward loop h_t = a_t h_{t-1} + b_t and the adjoint loop g_t = dh_t + conj(a_{t+1}) g_{t+1}
+    (the definition of the gradient of sum Re(conj(dh) h)): returns h, dL/da, dL/db."""
+    a = a.expand(b.shape) if a.shape[-1] == b.shape[-1] else a.expand(*b.shape[:-1], 1)
+    L = b.shape[-1]
+    a_t = (lambda t: a[..., t]) if a.shape[-1] == L else (lambda t: a[..., 0])  # noqa: E731
+    h = torch.empty_like(b)
+    state = torch.zeros(b.shape[:-1], dtype=b.dtype)
+    for t in range(L):
+        state = a_t(t) * state + b[..., t]
+        h[..., t] = state
+    g = torch.empty_like(b)
+    state = torch.zeros_like(state)
+    for t in range(L - 1, -1, -1):
+        state = dh[..., t] + (a_t(t + 1).conj() * state if t + 1 < L else 0)
+        g[..., t] = state
+    da = g[..., 1:] * h[..., :-1].conj()
+    da = da.sum(-1, keepdim=True) if a.shape[-1] == 1 else torch.nn.functional.pad(da, (1, 0))
+    return h, da, g
+
+
+@pytest.mark.parametrize("varying", [False, True], ids=["invariant", "varying"])
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("dtype", ["single", "double"])
+def test_extreme_decays_at_long_lengths_match_the_float64_loop(varying, complex_, dtype):
+    """Every |a| in [0, 1] (exactly 0 and exactly 1 included) over 65,536 steps (4,096 for a time-varying a):
+    value and gradients finite and equal to the float64 loops, at float32 accuracy in single precision.
+    Before the fix, the time-invariant scan returned NaN once a^(chunk^k) underflowed to 0 (complex 0 ** 0)."""
+    gen = torch.Generator().manual_seed(3)
+    L = 4096 if varying else 65536
+    a64 = _extreme_decays(complex_, gen).unsqueeze(-1)  # (9, 1)
+    if varying:  # each step draws one of the extreme decays (so exact zeros and ones occur mid-sequence)
+        a64 = a64.expand(9, L).gather(-1, torch.randint(0, 9, (9, L), generator=gen))
+    c64 = torch.complex128 if complex_ else torch.float64
+    b64 = torch.randn(9, L, generator=gen, dtype=c64)
+    dh64 = torch.randn(9, L, generator=gen, dtype=c64)
+    low = {"single": torch.complex64 if complex_ else torch.float32, "double": c64}[dtype]
+    a, b = a64.to(low).requires_grad_(), b64.to(low).requires_grad_()
+    h, _ = linear_scan(a, b)
+    da, db = torch.autograd.grad((h * dh64.to(low).conj()).real.sum(), (a, b))
+    # the reference runs on the inputs as the scan saw them (rounded to float32 in single precision)
+    ref_h, ref_da, ref_db = _reference_with_adjoint(a.detach().to(c64), b.detach().to(c64), dh64.to(low).to(c64))
+    tol = 2e-5 if dtype == "single" else 1e-11
+    for got, want, name in ((h, ref_h, "h"), (da, ref_da, "da"), (db, ref_db, "db")):
+        assert torch.isfinite(torch.view_as_real(got) if got.is_complex() else got).all(), name
+        want = want if complex_ else want.real
+        err = (got.to(want.dtype) - want).abs().amax(-1) / want.abs().amax(-1).clamp(min=1e-30)  # per state
+        assert err.max().item() < tol, f"{name}: relative error {err.tolist()}"

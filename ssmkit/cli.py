@@ -5,6 +5,7 @@
     ssmkit train RECIPE --processes N     (N local processes; or: accelerate launch / torchrun -m ssmkit train)
     ssmkit eval RUN_DIR_OR_CHECKPOINT [--split val|test] [--checkpoint latest|best] [key.sub=value ...]
     ssmkit recipes | recipes show NAME | recipes cp NAME PATH
+    ssmkit sweep RECIPE key=v1,v2 ... [--seeds N] [--processes N]   (ssmkit/sweep.py)
 
 Every :class:`~ssmkit.errors.UserError` (and every usage error) becomes one line on stderr and exit
 code 2, without a traceback. Other modules add commands through ``COMMAND_MODULES``: each exposes
@@ -28,7 +29,7 @@ from ssmkit.errors import UserError
 
 #: Modules that add commands; a missing one is an ImportError (fix it, do not skip it).
 COMMAND_MODULES: tuple[str, ...] = ("ssmkit.tasks.data_cli", "ssmkit.doctor", "ssmkit.profile", "ssmkit.generation_cli",
-                                      "ssmkit.runs_cli")
+                                      "ssmkit.runs_cli", "ssmkit.sweep")
 
 
 def _click_exceptions() -> list:

@@ -267,13 +267,25 @@ def register(app: typer.Typer) -> None:
 
     @app.command("plot")
     def plot_command(
-        runs: list[Path] = typer.Argument(..., help="one or more run directories"),
+        runs: list[Path] = typer.Argument(None, help="one or more run directories"),
         metric: str = typer.Option(None, "--metric", help="evaluation metric to plot, e.g. val/accuracy "
                                    "(default: the task's main metric)"),
-        out: Path = typer.Option(Path("curves.png"), "--out", help="image to write (.png, .pdf or .svg)"),
+        out: Path = typer.Option(None, "--out", help="image to write (.png, .pdf or .svg; default curves.png, "
+                                 "with --sweep SWEEP_DIR/<y>-vs-<x>.png)"),
         force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
+        sweep: Path = typer.Option(None, "--sweep", help="a sweep folder (ssmkit sweep): plot --y against --x"),
+        x: str = typer.Option(None, "--x", help="with --sweep: the swept key on the x axis, e.g. model.layer.d_state"),
+        y: str = typer.Option(None, "--y", help="with --sweep: the final metric, e.g. val/accuracy"),
     ) -> None:
-        """Loss and metric curves of one or several runs on shared axes."""
+        """Loss and metric curves of one or several runs on shared axes; or, with --sweep, a metric against a swept value."""
+        if sweep is not None or x is not None or y is not None:  # the sweep plot lives with the sweep (ssmkit/sweep.py)
+            from ssmkit.sweep import plot_sweep_command
+
+            plot_sweep_command(sweep, x, y, out, force, runs, metric)
+            return
+        if not runs:
+            raise UserError("missing RUN: ssmkit plot RUN [RUN...] (or: ssmkit plot --sweep DIR --x KEY --y METRIC)")
+        out = Path("curves.png") if out is None else out
         if out.suffix.lower() not in PLOT_SUFFIXES:
             raise UserError(f"--out must end in {', '.join(PLOT_SUFFIXES)}, got {out}")
         if out.exists() and not force:

@@ -1,4 +1,4 @@
-"""Checkpoints that are written atomically and load without running any code.
+"""Checkpoints that are crash-safe at every instant and load without running any code.
 
 A checkpoint is a directory ``checkpoints/step-00001200/`` holding
 
@@ -9,17 +9,36 @@ A checkpoint is a directory ``checkpoints/step-00001200/`` holding
 - ``state.json``: step, epoch, batches done in the epoch, best metric, scheduler state, Python/NumPy RNG,
 - ``recipe.yaml``: the resolved recipe.
 
-It is written into ``.tmp-step-.../`` and renamed into place, then the ``latest`` pointer file (and
-``best`` when it is the best so far) is replaced atomically. A run killed at any moment leaves either
-the previous complete checkpoint or the new one, never half of one. Checkpoints are named by global
-step and found through our own pointers (Accelerate's automatic naming restarts its counter on resume).
+The save sequence (:func:`save_checkpoint`), each file and directory fsynced before the next rename:
+
+1. every file is written into a fresh, uniquely named ``.tmp-XXXXXXXX/`` (``tempfile.mkdtemp``: a planted
+   symlink at a fixed name is never followed);
+2. a new step: ``.tmp-*`` is renamed to ``step-N``. A same-step re-save (resuming a run whose last checkpoint is
+   its final step, a signal right after a periodic save, an epoch-end evaluation on a save step): the old
+   ``step-N`` is first renamed aside to ``.old-step-N``, the new one renamed into place, then the aside deleted;
+3. the ``latest`` pointer (and ``best`` when it is the best so far) is replaced through a unique temp file;
+4. old step checkpoints are pruned (never the ones a pointer names).
+
+A run killed at any instant leaves the old or the new checkpoint loadable: the loader ignores ``.tmp-*``, takes
+``.old-step-N`` when ``step-N`` is missing or incomplete (:func:`find_checkpoint`), and the next save finishes or
+undoes an interrupted one (:func:`recover`). ``tests/train/test_checkpoint_safety.py`` kills the sequence at
+every rename and delete.
+
+Every path read from a run directory stays in it: a pointer names a ``step-N`` folder of ``checkpoints/`` and
+nothing else (no ``..``, no absolute path, no symlink out of it), pointer files are opened without following
+symlinks, and a checkpoint's files must be regular files inside it. A disk that is full or read-only while
+saving is one :class:`UserError` (the previous checkpoint intact). Checkpoints are named by global step and
+found through our own pointers (Accelerate's automatic naming restarts its counter on resume).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +47,62 @@ from safetensors.torch import load_file, save_file
 
 from ssmkit.errors import UserError
 
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json", "recipe.yaml")
+_STEP_NAME = re.compile(r"step-(\d{8,})")
+_ASIDE = ".old-"  # ``.old-step-N``: the previous same-step checkpoint while its replacement moves in
+_TMP = ".tmp-"  # temp folders and pointer files of a save; never read
+
 
 def _fsync_write(path: Path, data: bytes | str) -> None:
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(path, mode) as f:
-        f.write(data)
+    """Writes a new file (it must not exist: O_EXCL, so no planted symlink is followed) and fsyncs it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
 
 
+def _fsync_dir(path: Path) -> None:
+    """Makes the renames and creations inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _replace_pointer(directory: Path, name: str, content: dict) -> None:
-    tmp = directory / f".{name}.tmp"
-    _fsync_write(tmp, json.dumps(content))
-    os.replace(tmp, directory / name)
+    """``directory/name`` replaced atomically by ``content`` (JSON): a unique temp file, fsync, rename, fsync."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{_TMP}{name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(content).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / name)
+    except OSError:
+        _remove(Path(tmp))
+        raise
+    _fsync_dir(directory)
+
+
+def _remove(path: Path) -> None:
+    """Deletes a file, a symlink (never its target) or a directory tree; a missing path is fine."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
 
 
 def rng_state() -> tuple[dict, torch.Tensor]:
@@ -74,72 +136,216 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> No
         torch.cuda.set_rng_state(state, device)
 
 
+def _save_error(e: OSError, where: Path, run_dir: Path) -> UserError:
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+           errno.EPERM: "permission denied"}.get(e.errno, e.strerror or type(e).__name__)
+    return UserError(f"cannot save a checkpoint in {where}: {why} ({Path(e.filename or where).name}); the previous "
+                     f"checkpoint is intact: free space or fix the folder, then continue with: ssmkit train --resume {run_dir}")
+
+
+def checkpoint_root(run_dir: str | Path, create: bool = False) -> Path:
+    """``run_dir/checkpoints``, refused when it is a symlink (or anything else) leading out of the run directory."""
+    run_dir = Path(run_dir)
+    root = run_dir / "checkpoints"
+    if create and not root.exists() and not root.is_symlink():
+        root.mkdir(parents=True)
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise UserError(f"{root} is not a folder of this run (a symbolic link or a file); ssmkit reads and writes "
+                        "checkpoints only inside the run directory: move it away")
+    return root
+
+
 def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, state: dict, recipe_yaml: str,
                     best: bool = False, keep: int = 1, rng_by_rank: list[torch.Tensor] | None = None,
                     device_rng_by_rank: list[torch.Tensor | None] | None = None) -> Path:
-    """Writes ``checkpoints/step-XXXXXXXX`` atomically, moves the pointers, prunes old step checkpoints.
+    """Writes ``checkpoints/step-XXXXXXXX`` crash-safely, moves the pointers, prunes old step checkpoints.
 
     ``rng_by_rank``: every process's torch CPU RNG state, ``device_rng_by_rank`` its GPU generator state
-    (None on CPU), so dropout continues exactly on each of them."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+    (None on CPU), so dropout continues exactly on each of them. A full or read-only disk is one UserError.
+    The caller holds the run's lock (``ssmkit/train/lock.py``): leftovers of interrupted saves are cleaned up."""
+    run_dir = Path(run_dir)
+    try:
+        ckpt_root = checkpoint_root(run_dir, create=True)
+    except OSError as e:
+        raise _save_error(e, run_dir, run_dir) from None
     name = f"step-{state['step']:08d}"
-    final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state["step"])})
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    rng_json, rng_torch = rng_state()
-    torch.save({"torch": rng_torch, "by_rank": list(rng_by_rank or []),
-                "device_by_rank": list(device_rng_by_rank or [])}, tmp / "rng.pt")
-    _fsync_write(tmp / "state.json", json.dumps({**state, "rng": rng_json}))
-    _fsync_write(tmp / "recipe.yaml", recipe_yaml)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = {"checkpoint": name, "step": state["step"], "metric": state.get("metric")}
-    _replace_pointer(ckpt_root, "latest", pointer)
-    if best:
-        _replace_pointer(ckpt_root, "best", pointer)
-    _prune(ckpt_root, keep)
+    final, aside = ckpt_root / name, ckpt_root / f"{_ASIDE}{name}"
+    try:
+        recover(ckpt_root)
+        tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=_TMP))
+    except OSError as e:
+        raise _save_error(e, ckpt_root, run_dir) from None
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state["step"])})
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        rng_json, rng_torch = rng_state()
+        torch.save({"torch": rng_torch, "by_rank": list(rng_by_rank or []),
+                    "device_by_rank": list(device_rng_by_rank or [])}, tmp / "rng.pt")
+        _fsync_write(tmp / "state.json", json.dumps({**state, "rng": rng_json}))
+        _fsync_write(tmp / "recipe.yaml", recipe_yaml)
+        for f in ("model.safetensors", "optimizer.pt", "rng.pt"):
+            _fsync_file(tmp / f)
+        _fsync_dir(tmp)
+    except OSError as e:
+        _remove(tmp)
+        raise _save_error(e, ckpt_root, run_dir) from None
+    try:
+        if final.exists() or final.is_symlink():  # a same-step re-save: the old one stays loadable as the aside
+            os.rename(final, aside)
+            _fsync_dir(ckpt_root)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                os.rename(aside, final)
+                raise
+            _fsync_dir(ckpt_root)
+            _remove(aside)
+        else:
+            os.rename(tmp, final)
+            _fsync_dir(ckpt_root)
+        pointer = {"checkpoint": name, "step": state["step"], "metric": state.get("metric")}
+        _replace_pointer(ckpt_root, "latest", pointer)
+        if best:
+            _replace_pointer(ckpt_root, "best", pointer)
+    except OSError as e:
+        _remove(tmp)
+        raise _save_error(e, ckpt_root, run_dir) from None
+    try:
+        _prune(ckpt_root, keep)
+    except OSError:
+        pass  # an old checkpoint left in place costs disk space, nothing else; the next save prunes again
     return final
 
 
+def recover(ckpt_root: Path) -> None:
+    """Finishes or undoes a save that was interrupted (needs the run's lock: it renames and deletes).
+
+    ``.old-step-N`` next to a complete ``step-N``: the new one had landed, the aside is deleted; without it (or
+    next to a broken one) the aside is renamed back. Leftover ``.tmp-*`` folders and pointer files are deleted."""
+    for aside in sorted(ckpt_root.glob(f"{_ASIDE}step-*")):
+        main = ckpt_root / aside.name[len(_ASIDE):]
+        if aside.is_symlink() or not _complete(aside) or _complete(main):
+            _remove(aside)
+            continue
+        if main.exists() or main.is_symlink():
+            _remove(main)  # incomplete: it can never be loaded
+        os.rename(aside, main)
+        _fsync_dir(ckpt_root)
+    for tmp in ckpt_root.glob(f"{_TMP}*"):
+        _remove(tmp)
+
+
+def _check_confined(ckpt: Path) -> None:
+    """Refuses a checkpoint whose files are symlinks leading out of its folder."""
+    inside = ckpt.resolve()
+    for f in CHECKPOINT_FILES:
+        p = ckpt / f
+        if p.is_symlink() and not p.resolve().is_relative_to(inside):
+            raise UserError(f"{p} is a symbolic link to {os.readlink(p)}; ssmkit reads a checkpoint's files only from "
+                            "inside its folder: replace the link by the file")
+
+
+def _complete(path: Path) -> bool:
+    """A real folder (not a symlink) holding every checkpoint file as a regular file."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all((path / f).is_file() and not (path / f).is_symlink() for f in CHECKPOINT_FILES)
+
+
+def _step_of(name: str) -> int | None:
+    m = _STEP_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
 def _read_pointer(ckpt_root: Path, name: str) -> str | None:
+    """The checkpoint folder named by the ``latest``/``best`` pointer; None when there is no pointer file.
+    A malformed pointer, or one naming anything but a ``step-N`` folder of ``checkpoints/``, is a UserError."""
+    path = ckpt_root / name
     try:
-        return json.loads((ckpt_root / name).read_text())["checkpoint"]
-    except (OSError, ValueError, KeyError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; ssmkit reads pointers only from files in the run directory: "
+                            "delete it (the newest complete checkpoint is then used)") from None
+        raise UserError(f"cannot read {path} ({e.strerror}); fix its permissions or delete it") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(1 << 16)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); delete it (the newest complete checkpoint is then used)") from None
+    try:
+        target = json.loads(text.decode("utf-8"))["checkpoint"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: not a checkpoint pointer (expected JSON like {{\"checkpoint\": \"step-00000100\"}}); "
+                        "delete it (the newest complete checkpoint is then used)") from None
+    if not isinstance(target, str) or _step_of(target) is None:
+        raise UserError(f"{path} points at {str(target)[:80]!r}, not a step-XXXXXXXX folder of {ckpt_root}; ssmkit "
+                        "never follows a pointer out of the run directory: delete it (the newest complete checkpoint is then used)")
+    return target
+
+
+def _named(ckpt_root: Path, name: str) -> Path | None:
+    """``step-N`` if complete, else its aside ``.old-step-N`` of an interrupted same-step save, else ``step-N`` if
+    it exists (its loader names the missing file), else None."""
+    main = ckpt_root / name
+    if main.is_symlink():
+        raise UserError(f"{main} is a symbolic link; ssmkit loads checkpoints only from folders inside the "
+                        "run directory: move it away")
+    for candidate in (main, ckpt_root / f"{_ASIDE}{name}"):
+        if _complete(candidate):
+            return candidate
+    return main if main.is_dir() else None
+
+
+def _newest_complete(ckpt_root: Path) -> Path | None:
+    """The complete checkpoint (or aside of one) with the highest step."""
+    found: dict[int, Path] = {}
+    for p in ckpt_root.iterdir():
+        is_aside = p.name.startswith(_ASIDE)
+        step = _step_of(p.name[len(_ASIDE):] if is_aside else p.name)
+        if step is not None and _complete(p) and (step not in found or not is_aside):
+            found[step] = p
+    return found[max(found)] if found else None
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:
-    """Keeps the ``keep`` newest step checkpoints plus the ones ``latest`` and ``best`` point at."""
-    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
-    protected = {_read_pointer(ckpt_root, "latest"), _read_pointer(ckpt_root, "best")}
-    for p in steps[:-keep]:
+    """Keeps the ``keep`` newest step checkpoints plus the ones ``latest`` and ``best`` point at. Nothing is
+    deleted while a pointer cannot be read (it might name any of them), and symlinks are never followed."""
+    try:
+        protected = {_read_pointer(ckpt_root, "latest"), _read_pointer(ckpt_root, "best")}
+    except UserError:
+        return
+    steps = sorted((s, p) for p in ckpt_root.glob("step-*") if (s := _step_of(p.name)) is not None
+                   and p.is_dir() and not p.is_symlink())
+    for _, p in steps[:-keep]:
         if p.name not in protected:
-            shutil.rmtree(p, ignore_errors=True)
+            _remove(p)
 
 
 def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
-    """A checkpoint directory from a run directory (its ``latest`` or ``best``) or a checkpoint directory."""
+    """A checkpoint directory from a run directory (its ``latest`` or ``best``) or a checkpoint directory.
+
+    Read-only (safe while the run trains): an interrupted same-step save is read from its aside."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
+        _check_confined(path)
         return path
-    ckpt_root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     if not path.exists():
         raise UserError(f"no run directory or checkpoint at {path}")
+    ckpt_root = checkpoint_root(path) if (path / "checkpoints").exists() or (path / "checkpoints").is_symlink() else path
+    if not ckpt_root.is_dir():
+        raise UserError(f"no {which} checkpoint in {path} (expected {path}/checkpoints/step-XXXXXXXX/model.safetensors)")
     name = _read_pointer(ckpt_root, which)
-    if name is not None and (ckpt_root / name / "model.safetensors").is_file():
-        return ckpt_root / name
-    # The pointer is missing or points at a pruned checkpoint: take the newest complete one.
-    complete = sorted(p for p in ckpt_root.glob("step-*") if (p / "state.json").is_file())
-    if which == "latest" and complete:
-        return complete[-1]
+    if name is not None and (found := _named(ckpt_root, name)) is not None:
+        return found
+    # The pointer is missing or names a pruned or broken checkpoint: take the newest complete one.
+    newest = _newest_complete(ckpt_root) if which == "latest" else None
+    if newest is not None:
+        return newest
     raise UserError(f"no {which} checkpoint in {path} (expected {ckpt_root}/step-XXXXXXXX/model.safetensors)")
 
 
@@ -227,6 +433,7 @@ def load_checkpoint(ckpt: Path, training_state: bool = True) -> dict:
 
     ``training_state=False`` (evaluation) reads only the weights, ``state.json`` and the recipe."""
     ckpt = Path(ckpt)
+    _check_confined(ckpt)
     state = read_state(ckpt) if training_state else read_state(ckpt, {"step": int})
     out = {"model": load_weights_file(ckpt / "model.safetensors"), "state": state,
            "recipe_yaml": _read_text(ckpt / "recipe.yaml")}

@@ -8,11 +8,24 @@ One MIMO diagonal SSM over all H features instead of H SISO ones (S5, sections 3
 - Lambda: the eigenvalues of HiPPO-N, the normal part of HiPPO-LegS (A_LegS + p p^T / 2, Re = -1/2), via
   ``ops.hippo.nplr``; with ``blocks`` J the state is J copies of the P/J HiPPO-N block on the diagonal
   (S5, appendix B.1.1), and its eigenvectors V are block diagonal.
-- B~ = V^-1 B with B (P, H) lecun-normal; C~ = C V with C by ``C_init``: ``trunc_standard_normal`` or
-  ``lecun_normal`` (a complex C in the HiPPO basis, each part N(0, 1) truncated at 2 std, or N(0, 1/P)),
-  or ``complex_normal`` (C~ sampled directly, each part N(0, 1/2)). D (H,) ~ N(0, 1).
-- A log step size per state (``dt_global``: one for all), log-uniform in [dt_min, dt_max] = [1e-3, 1e-1];
-  ``disc`` zoh (Lambda_bar = exp(Lambda dt), B_bar = (Lambda_bar - 1) / Lambda B~) or bilinear.
+- The initialisation is the official code's (lindermanlab/S5, ``s5/ssm_init.py`` and ``s5/ssm.py``), whose
+  ``jax.nn.initializers.lecun_normal()`` is ``variance_scaling(1, "fan_in", "truncated_normal", in_axis=-2,
+  out_axis=-1)``: for a shape s, fan_in = s[-2] * prod(s) / (s[-2] s[-1]) (the size of axis -2 times every
+  axis but the last two), and a draw is a standard normal truncated to [-2, 2] times sqrt(1 / fan_in) /
+  0.87962566103423978 (the std of that truncated normal), so its std is exactly 1 / sqrt(fan_in) and it is cut
+  at +-2.2737 of it (``lecun_normal`` below). With P the full (conjugate-completed) state size:
+  B~ = V^-1 B, B real (P, H) lecun-normal on shape (P, H): fan_in P, std 1/sqrt(P).
+  C~ = C V, C complex (H, P) stored as (H, P, 2), by ``C_init``:
+  ``trunc_standard_normal`` draws each of the H rows lecun-normal on shape (1, P, 2): fan_in P, each part std
+  1/sqrt(P); ``lecun_normal`` draws all of it on shape (H, P, 2): fan_in P*H, std 1/sqrt(P H) (a bidirectional
+  layer draws its two C the same way, one after the other); ``complex_normal`` samples C~ directly, each part
+  N(0, 1/2) (not truncated, not multiplied by V). D (H,) ~ N(0, 1).
+- A log step size per state, log-uniform in [dt_min, dt_max] = [1e-3, 1e-1] (``dt_shared``: one for all
+  states); ``disc`` zoh (Lambda_bar = exp(Lambda dt), B_bar = (Lambda_bar - 1) / Lambda B~) or bilinear.
+- ``dt_global`` is the official training code's flag (``s5/train_helpers.py``, ``create_train_state``): the
+  step sizes stay one per state, but log_dt leaves the SSM group and is trained with the regular AdamW group,
+  at the optimizer's lr and weight decay (``param._optim = {"regular": True}``, read by
+  ``ssmkit.train.optim.param_groups``), so ``lr``/``wd`` dicts may not name ``dt`` with it.
 - ``conj_sym``: P/2 states are stored and Re is doubled (the other half are their conjugates).
 - ``bidirectional``: a second scan over the reversed input, with its own C~ (y = 2 Re(C1 x_fwd + C2 x_bwd)).
 - ``rate`` multiplies dt, the paper's zero-shot resolution change (S5, section 6.3).
@@ -25,9 +38,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 
 from ssmkit.kernels.base import log_uniform
 from ssmkit.kernels.mimo import DiagonalMIMO
+from ssmkit.ops.discretize import bilinear_log, phi1
 from ssmkit.ops.hippo import conj_basis, nplr
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
@@ -46,8 +61,16 @@ def hippo_n(P: int, blocks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return Lambda.repeat(blocks), V_full
 
 
-def _trunc_normal(*shape: int, std: float) -> torch.Tensor:
-    return torch.nn.init.trunc_normal_(torch.empty(*shape, dtype=torch.float64), std=std, a=-2 * std, b=2 * std)
+#: the standard deviation of a standard normal truncated to [-2, 2] (JAX's variance_scaling divides by it)
+TRUNC_STD = 0.87962566103423978
+
+
+def lecun_normal(*shape: int) -> torch.Tensor:
+    """JAX's ``lecun_normal()`` (in_axis -2, out_axis -1) in float64: a standard normal truncated to [-2, 2],
+    times sqrt(1 / fan_in) / TRUNC_STD, with fan_in = shape[-2] * prod(shape[:-2]) (module docstring)."""
+    fan_in = shape[-2] * math.prod(shape[:-2])
+    std = math.sqrt(1.0 / fan_in) / TRUNC_STD
+    return torch.nn.init.trunc_normal_(torch.empty(*shape, dtype=torch.float64), std=1.0, a=-2.0, b=2.0) * std
 
 
 class S5(DiagonalMIMO):
@@ -62,7 +85,10 @@ class S5(DiagonalMIMO):
         C_init: trunc_standard_normal | lecun_normal | complex_normal (see the module docstring).
         disc: zoh | bilinear.
         dt_min, dt_max: the range of the initial step sizes (log-uniform).
-        dt_global: one step size shared by all states instead of one per state.
+        dt_global: train log_dt with the optimizer's lr and weight decay (the official code's regular AdamW
+            group) instead of the SSM settings in ``lr``/``wd``; dt stays one per state.
+        dt_shared: one step size shared by all states instead of one per state (not an option of the
+            official code; before it existed, ``dt_global`` meant this).
         clip_eigs: keep Re(Lambda) <= -1e-4 (the paper's option for stability on long inputs).
         mode: scan (chunked parallel scan) | conv (FFT convolution in state space; from a given state, the scan).
         lr, wd: per-parameter settings with keys Lambda, B, C, dt. The paper trains Lambda, B and dt at its
@@ -84,6 +110,7 @@ class S5(DiagonalMIMO):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         dt_global: bool = False,
+        dt_shared: bool = False,
         clip_eigs: bool = False,
         mode: str = "scan",
         lr=None,
@@ -100,32 +127,46 @@ class S5(DiagonalMIMO):
         if not conj_sym:
             Lambda, V = torch.cat([Lambda, Lambda.conj()]), conj_basis(V)
         self.P = Lambda.shape[0]
+        if dt_global:
+            for name, spec in (("lr", lr), ("wd", wd)):
+                if isinstance(spec, dict) and "dt" in spec:
+                    raise ValueError(f"dt_global=True trains log_dt with the optimizer's lr and weight decay (the S5 code's "
+                                     f"regular AdamW group), so {name}.dt cannot apply; drop {name}.dt or dt_global")
+        self.dt_global, self.dt_shared = dt_global, dt_shared
         H = d_model
-        B = torch.randn(d_state, H, dtype=torch.float64) / math.sqrt(H)  # lecun normal, fan_in H
+        B = lecun_normal(d_state, H)  # (P, H): fan_in P
         B_tilde = V.conj().T @ B.to(V.dtype)  # V^-1 B, V orthonormal (P_stored, H)
         if C_init == "complex_normal":
             C_tilde = torch.randn(self.n_dir, H, self.P, 2, dtype=torch.float64) * math.sqrt(0.5)
         else:
-            std = 1.0 if C_init == "trunc_standard_normal" else 1 / math.sqrt(d_state)
-            C = torch.complex(_trunc_normal(self.n_dir, H, d_state, std=std), _trunc_normal(self.n_dir, H, d_state, std=std))
-            C_tilde = torch.view_as_real(C @ V)
+            if C_init == "trunc_standard_normal":  # row by row on (1, P, 2): fan_in P
+                C = torch.stack([torch.cat([lecun_normal(1, d_state, 2) for _ in range(H)]) for _ in range(self.n_dir)])
+            else:  # on (H, P, 2): fan_in P * H
+                C = torch.stack([lecun_normal(H, d_state, 2) for _ in range(self.n_dir)])
+            C_tilde = torch.view_as_real(torch.view_as_complex(C.contiguous()) @ V)  # (n_dir, H, P_stored, 2)
         self.register("Lambda_re", Lambda.real.float(), "Lambda")
         self.register("Lambda_im", Lambda.imag.float(), "Lambda")
         self.register("B", torch.view_as_real(B_tilde).float().contiguous(), "B")
         self.register("C", C_tilde.float().contiguous(), "C", ssm=False)
-        self.register("log_dt", torch.log(log_uniform((1 if dt_global else self.P,), dt_min, dt_max)), "dt")
+        log_dt = torch.log(log_uniform((1 if dt_shared else self.P,), dt_min, dt_max))
+        if dt_global:
+            self.log_dt = nn.Parameter(log_dt)
+            self.log_dt._optim = {"regular": True}  # the optimizer's lr and weight decay, though it is 1-d
+        else:
+            self.register("log_dt", log_dt, "dt")
 
     def C_matrix(self) -> torch.Tensor:
         return torch.view_as_complex(self.C)  # (n_dir, H, P)
 
-    def discrete(self, rate: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lambda_bar (P,) and B_bar (P, H) for step sizes dt * rate (S5, eq. 6 for ZOH)."""
+    def discrete_log(self, rate: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """log Lambda_bar (P,) and B_bar (P, H) for step sizes dt * rate (S5, eq. 6 for ZOH), by
+        ``ops.discretize``: B_bar = dt phi1(Lambda dt) B = (Lambda_bar - 1)/Lambda B without its cancellation
+        at small dt, and the log finite where Lambda_bar underflows (dt 1e4)."""
         re = self.Lambda_re.clamp(max=-1e-4) if self.clip_eigs else self.Lambda_re
         Lambda = torch.complex(re, self.Lambda_im)
         dt = torch.exp(self.log_dt) * rate
         B = torch.view_as_complex(self.B)
+        z = Lambda * dt
         if self.disc == "zoh":
-            lam = torch.exp(Lambda * dt)
-            return lam, ((lam - 1) / Lambda).unsqueeze(-1) * B
-        denom = 1 - Lambda * dt / 2
-        return (1 + Lambda * dt / 2) / denom, (dt / denom).unsqueeze(-1) * B
+            return z, (dt * phi1(z)).unsqueeze(-1) * B
+        return bilinear_log(z), (dt / (1 - z / 2)).unsqueeze(-1) * B

@@ -2,7 +2,8 @@
 
 Kernels tag their parameters with ``param._optim = {"lr": ..., "weight_decay": ...}`` (see
 ``Kernel.register``). Everything else gets the optimizer's lr; weights of linear/embedding layers get
-its weight decay, and norms, biases and skip terms (1-d tensors) get none.
+its weight decay, and norms, biases and skip terms (1-d tensors) get none, unless tagged
+``_optim = {"regular": True}`` (the optimizer's lr and weight decay whatever the shape).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
         if not p.requires_grad:
             continue
         optim = getattr(p, "_optim", {})
-        default_wd = 0.0 if p.dim() < 2 or name.endswith(".D") else weight_decay
+        # ``regular``: the optimizer's lr and weight decay whatever the shape (S5's dt_global log_dt)
+        default_wd = 0.0 if (p.dim() < 2 or name.endswith(".D")) and not optim.get("regular") else weight_decay
         key = (float(optim.get("lr", lr)), float(optim.get("weight_decay", default_wd)))
         group = groups.setdefault(key, {"params": [], "names": [], "lr": key[0], "weight_decay": key[1]})
         group["params"].append(p)

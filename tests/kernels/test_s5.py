@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import run_steps
 
+import ssmkit.kernels.s5 as s5_module
 from ssmkit import SequenceLayer, SequenceModel, param_groups
 from ssmkit.kernels.s5 import S5, hippo_n
 
@@ -94,14 +95,62 @@ def test_conjugate_symmetry_is_the_full_system():
     torch.testing.assert_close(full(u)[0], reference(full, u), rtol=1e-10, atol=1e-10)
 
 
-def test_C_init_scales():
-    """complex_normal: C~ parts N(0, 1/2); lecun_normal is trunc_standard_normal scaled by 1/sqrt(P) (C~ = C V, V orthonormal)."""
-    torch.manual_seed(2)
-    P = 64
-    std = {c: torch.view_as_complex(S5(32, d_state=P, blocks=4, C_init=c).C).abs().square().mean().sqrt().item()
-           for c in ("trunc_standard_normal", "lecun_normal", "complex_normal")}
-    assert abs(std["complex_normal"] - 1.0) < 0.1
-    assert abs(std["trunc_standard_normal"] / std["lecun_normal"] / math.sqrt(P) - 1) < 0.1
+def _truncated_normal_std(c: float = 2.0) -> float:
+    """The std of a standard normal truncated to [-c, c], written out: sqrt(1 - 2 c phi(c) / (Phi(c) - Phi(-c)))."""
+    phi = math.exp(-c * c / 2) / math.sqrt(2 * math.pi)
+    mass = math.erf(c / math.sqrt(2))
+    return math.sqrt(1 - 2 * c * phi / mass)
+
+
+def test_jax_truncation_constant():
+    """JAX's variance_scaling divides by 0.87962566103423978, the std of N(0, 1) truncated to [-2, 2]."""
+    assert abs(s5_module.TRUNC_STD - _truncated_normal_std()) < 1e-12
+
+
+def _draws(P: int, n: int, **options) -> list[S5]:
+    torch.manual_seed(P)
+    return [S5(64, d_state=P, blocks=P // 16, **options) for _ in range(n)]
+
+
+@pytest.mark.parametrize("P", [64, 256])
+def test_B_is_lecun_normal_on_P_by_H(P):
+    """The official code draws real B on shape (P, H) with lecun_normal (fan_in = P): std 1/sqrt(P) exactly, cut at
+    2 / 0.8796 of it; B~ = V^-1 B. B comes back from B~ as 2 Re(V B~) (V and its conjugate span C^P, B is real)."""
+    _, V = hippo_n(P, P // 16)
+    B = torch.cat([2 * (V @ torch.view_as_complex(m.B.double())).real for m in _draws(P, 16384 // (P * 64) + 1)])
+    std = 1 / math.sqrt(P)
+    assert abs(B.square().mean().sqrt().item() / std - 1) < 0.03
+    bound = 2 * std / _truncated_normal_std()
+    assert B.abs().max().item() <= bound * (1 + 1e-5)
+    assert B.abs().max().item() > 0.95 * bound  # truncated there, not a plain normal scaled to that std
+    assert abs(B.mean().item()) < 4 * std / math.sqrt(B.numel())
+
+
+@pytest.mark.parametrize("P", [64, 256])
+@pytest.mark.parametrize("C_init,fan_in", [("trunc_standard_normal", "P"), ("lecun_normal", "P*H"), ("complex_normal", None)])
+def test_C_init_statistics(P, C_init, fan_in):
+    """C~ = C V with V's columns orthonormal, so each part of C~ has the variance of each part of C: 1/fan_in, fan_in P
+    for trunc_standard_normal (each row lecun_normal on (1, P, 2)) and P H for lecun_normal (on (H, P, 2)); complex_normal
+    samples C~ directly with variance 1/2 per part."""
+    H = 64
+    C = torch.cat([m.C.double().flatten() for m in _draws(P, 2, C_init=C_init, bidirectional=True)])
+    var = 0.5 if fan_in is None else 1 / {"P": P, "P*H": P * H}[fan_in]
+    assert abs(C.square().mean().item() / var - 1) < 0.05, (C.square().mean().item(), var)
+
+
+def test_dt_global_is_the_official_regular_group():
+    """dt_global (the S5 training code's flag): log_dt stays one per state and trains with the optimizer's lr and weight
+    decay, while Lambda and B keep the SSM lr without weight decay; dt_shared is one step size for all states."""
+    layer = dict(kernel="s5", d_state=8, dt_global=True, lr={"Lambda": 1e-3, "B": 1e-3})
+    m = SequenceModel(3, 2, d_model=8, n_layers=1, layer=layer)
+    groups = {n: (g["lr"], g["weight_decay"]) for g in param_groups(m, lr=4e-3, weight_decay=0.05) for n in g["names"]}
+    assert groups["blocks.0.layer.mixer.log_dt"] == (4e-3, 0.05)
+    for name in ("Lambda_re", "Lambda_im", "B"):
+        assert groups[f"blocks.0.layer.mixer.{name}"] == (1e-3, 0.0), name
+    assert m.blocks[0].layer.mixer.log_dt.shape == (4,)  # one per stored state
+    assert S5(H, d_state=8, dt_shared=True).log_dt.shape == (1,)
+    with pytest.raises(ValueError, match="dt_global=True trains log_dt with the optimizer's lr and weight decay.*drop lr.dt"):
+        S5(H, d_state=8, dt_global=True, lr={"Lambda": 1e-3, "dt": 1e-3})
 
 
 def test_rate_scales_the_step_and_step_mode_follows():

@@ -81,9 +81,9 @@ class LRU(DiagonalMIMO):
     def C_matrix(self) -> torch.Tensor:
         return torch.view_as_complex(self.C)  # (n_dir, H, N)
 
-    def discrete(self, rate: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """lambda (N,) and gamma * B (N, H)."""
+    def discrete_log(self, rate: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """log lambda (N,) and gamma * B (N, H)."""
         if rate != 1.0:
             raise ValueError(f"LRU has no step size, so a sampling-rate factor cannot rescale it; got rate={rate}, use rate=1")
-        lam = torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
-        return lam, torch.exp(self.gamma_log).unsqueeze(-1) * torch.view_as_complex(self.B)
+        log_lam = torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log))
+        return log_lam, torch.exp(self.gamma_log).unsqueeze(-1) * torch.view_as_complex(self.B)

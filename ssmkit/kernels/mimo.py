@@ -11,8 +11,11 @@ x = lambda^l * (Bbar u) by FFT (``mode: conv``). A bidirectional layer runs a se
 sequence with its own output matrix (S5, section 4). Everything here runs in float32 (float64 for double
 parameters) with autocast off.
 
-Subclasses set ``self.P`` and implement ``discrete(rate) -> (lambda (P,), Bbar (P, H))`` and ``C_matrix()
--> (n_dir, H, P)``.
+Subclasses set ``self.P`` and implement ``discrete_log(rate) -> (log lambda (P,), Bbar (P, H))`` and
+``C_matrix() -> (n_dir, H, P)``; ``discrete(rate)`` gives lambda itself. The convolution's powers lambda^l
+are exp(l log lambda) from that log, not from log(lambda): a decayed lambda (exp(Lambda dt) at dt 1e4, or a
+ring radius near 0) underflows to 0, and log 0 = -inf made exp(-inf * 0) a NaN at l = 0 and inf * 0 NaN
+gradients; the log itself stays finite (-5000 + i phi), so every power and gradient does.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch.nn as nn
 from ssmkit.kernels.base import Kernel
 from ssmkit.ops.fftconv import _fft_len
 from ssmkit.ops.scan import linear_scan
+from ssmkit.ops.vandermonde import _flush
 
 MODES = ("scan", "conv")
 
@@ -38,12 +42,14 @@ def _real_output(C: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([C.real, -C.imag], dim=-1) @ xr
 
 
-def _conv_states(lam: torch.Tensor, Bu: torch.Tensor) -> torch.Tensor:
-    """x[..., t] = sum_{s <= t} lam^(t-s) Bu[..., s] by a zero-padded complex FFT."""
+def _conv_states(log_lam: torch.Tensor, Bu: torch.Tensor) -> torch.Tensor:
+    """x[..., t] = sum_{s <= t} lam^(t-s) Bu[..., s] by a zero-padded complex FFT, lam^l = exp(l log lam) with
+    the product l log lam in complex128 (phase exact at long l); denormal powers are flushed to 0."""
     L = Bu.shape[-1]
     n = _fft_len(2 * L)
-    wide = torch.complex128 if lam.dtype == torch.complex128 else torch.complex64
-    k = torch.exp(lam.log().to(torch.complex128).unsqueeze(-1) * torch.arange(L, device=lam.device)).to(wide)  # (P, L)
+    wide = torch.complex128 if log_lam.dtype == torch.complex128 else torch.complex64
+    ell = torch.arange(L, device=log_lam.device, dtype=torch.float64)
+    k = _flush(torch.exp(log_lam.to(torch.complex128).unsqueeze(-1) * ell), wide)  # (P, L)
     return torch.fft.ifft(torch.fft.fft(Bu, n) * torch.fft.fft(k, n), n)[..., :L]
 
 
@@ -70,15 +76,21 @@ class DiagonalMIMO(Kernel):
     def has_state(self) -> bool:
         return not self.bidirectional
 
-    def discrete(self, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def discrete_log(self, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log lambda (P,), Bbar (P, H)), complex."""
         raise NotImplementedError
+
+    def discrete(self, rate: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda (P,), Bbar (P, H))."""
+        log_lam, Bbar = self.discrete_log(rate)
+        return torch.exp(log_lam), Bbar
 
     def C_matrix(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def _states(self, lam: torch.Tensor, Bu: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    def _states(self, log_lam: torch.Tensor, lam: torch.Tensor, Bu: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
         if self.mode == "conv" and h0 is None:
-            return _conv_states(lam, Bu)
+            return _conv_states(log_lam, Bu)
         return linear_scan(lam.unsqueeze(-1), Bu, h0)[0]
 
     def forward(self, u: torch.Tensor, state: torch.Tensor | None = None, return_state: bool = False,
@@ -92,15 +104,16 @@ class DiagonalMIMO(Kernel):
             raise ValueError(f"bidirectional {type(self).__name__} has no recurrent state; use bidirectional=False")
         dtype = u.dtype
         with torch.autocast(device_type=u.device.type, enabled=False):
-            lam, Bbar = self.discrete(rate)  # (P,), (P, H)
+            log_lam, Bbar = self.discrete_log(rate)  # (P,), (P, H)
+            lam = torch.exp(log_lam)
             real = torch.float64 if lam.dtype == torch.complex128 else torch.float32
             u = u.to(real)
             Bu = _apply_complex(Bbar, u)  # (B, P, L)
             C = self.C_matrix()  # (n_dir, H, P)
-            x = self._states(lam, Bu, state)  # (B, P, L)
+            x = self._states(log_lam, lam, Bu, state)  # (B, P, L)
             y = self.output_scale * _real_output(C[0], x)
             if self.bidirectional:
-                x_rev = self._states(lam, Bu.flip(-1), None).flip(-1)
+                x_rev = self._states(log_lam, lam, Bu.flip(-1), None).flip(-1)
                 y = y + self.output_scale * _real_output(C[1], x_rev)
             y = y + self.D.to(real).unsqueeze(-1) * u
         next_state = x[..., -1] if return_state else None

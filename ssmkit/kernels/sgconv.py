@@ -180,15 +180,25 @@ class SGConvKernel(Kernel):
 
     def _scale_weights(self, norm: torch.Tensor | None) -> list[torch.Tensor]:
         """The factor of each sub-kernel, (C, H, 1) or (H, 1): the fixed decay m^(n-1-i), alpha^i, or 1,
-        divided by ``norm``. Applied to the d taps before upsampling (which is linear), never to the L taps."""
+        divided by ``norm``. Applied to the d taps before upsampling (which is linear), never to the L taps.
+
+        The powers and the division are formed in float64 (the norm's precision) and only the quotient is
+        cast: a decay of 1e4 over 12 scales is 1e44, past float32's range, while power / norm is of order 1
+        (its norm was measured with the same powers), so a float32 kernel stays finite for any decay."""
         n = self.n_scales
+        dtype, device = self.kernel_0.dtype, self.kernel_0.device
+        wide = torch.float64 if device.type != "mps" else dtype  # MPS has no float64
         if self.use_alpha:
-            factors = [self.alpha.unsqueeze(-1) ** i for i in range(n)]
+            base = self.alpha.to(wide).unsqueeze(-1)
+            factors = [base**i for i in range(n)]
         elif self.options["learnable"]:
-            factors = [torch.ones((), dtype=self.kernel_0.dtype, device=self.kernel_0.device)] * n
+            factors = [torch.ones((), dtype=wide, device=device)] * n
         else:
-            factors = [(self.multiplier ** (n - 1 - i)).unsqueeze(-1) for i in range(n)]
-        return factors if norm is None else [f / norm for f in factors]
+            base = self.multiplier.to(wide)
+            factors = [(base ** (n - 1 - i)).unsqueeze(-1) for i in range(n)]
+        if norm is not None:
+            factors = [f / norm.to(wide) for f in factors]
+        return [f.to(dtype) for f in factors]
 
     def _up(self, w: torch.Tensor, factor: int, taps: int) -> torch.Tensor:
         """The first ``taps`` samples of w (C, H, d) upsampled by ``factor``, reading only the taps needed."""
@@ -236,7 +246,7 @@ class SGConvKernel(Kernel):
         if rate != 1.0:
             raise ValueError(f"sgconv has no step size to rescale; rate must be 1.0, got {rate}")
         taps = min(L, self.length)
-        k = self._taps(taps, self.kernel_norm.to(self.kernel_0.dtype))  # (C, H, taps)
+        k = self._taps(taps, self.kernel_norm)  # (C, H, taps); the norm is divided in float64 (``_scale_weights``)
         if L > self.length:
             if not self._warned_short:
                 warnings.warn(

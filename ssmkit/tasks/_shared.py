@@ -47,6 +47,17 @@ def require_files(paths: Iterable[Path], what: str, how: str) -> None:
         raise DataError(f"{what}: missing {shown}; {how}")
 
 
+def user_path(text: str) -> Path:
+    """A data path a user wrote in a recipe: absolute as given (``~`` expanded); relative, from the current
+    directory when it exists there, else under ``$SSMKIT_DATA`` (where a missing path is then reported)."""
+    from ssmkit.tasks.base import data_root
+
+    path = Path(text).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return data_root() / path
+
+
 def read_text(path: Path) -> str:
     """A data file as UTF-8 text; binary or non-UTF-8 bytes are one DataError naming the file."""
     try:

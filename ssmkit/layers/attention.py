@@ -62,7 +62,8 @@ class Attention(nn.Module):
             causal attention, which also has a recurrent ``step`` through a key-value cache.
         n_heads: the number of heads; must divide d_model.
         chunk_size: None for full attention, or the chunk length of local attention.
-        dropout: dropout on the attention weights (training only).
+        attn_dropout: dropout on the attention weights (training only). Named apart from ``SequenceLayer``'s
+            ``dropout`` (on the layer's features before its output map), which would otherwise take the value.
         learn_temperature: learn the logit scale tau (initialised to d_head^-1/2), as the DLR reference.
         rotary_base: the RoPE base (10000).
         attn_ff: not part of the mixer: must be 0 (use the model's ``mlp_ratio``; see the module docstring).
@@ -74,7 +75,7 @@ class Attention(nn.Module):
         bidirectional: bool = False,
         n_heads: int = 4,
         chunk_size: int | None = None,
-        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
         learn_temperature: bool = True,
         rotary_base: float = 10000.0,
         attn_ff: float = 0,
@@ -89,13 +90,13 @@ class Attention(nn.Module):
             raise ValueError(f"n_heads must be a positive divisor of d_model={d_model}, got {n_heads!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive integer or null (full attention), got {chunk_size!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0 <= attn_dropout < 1:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout}")
         if rotary_base <= 1:
             raise ValueError(f"rotary_base must be > 1, got {rotary_base}")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
         self.bidirectional, self.causal = bidirectional, not bidirectional
-        self.chunk_size, self.dropout, self.rotary_base = chunk_size, dropout, rotary_base
+        self.chunk_size, self.attn_dropout, self.rotary_base = chunk_size, attn_dropout, rotary_base
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         tau = torch.tensor(self.d_head**-0.5)
@@ -123,7 +124,7 @@ class Attention(nn.Module):
         return self.out(y.transpose(-2, -3).flatten(-2))
 
     def _attend(self, q, k, v, mask=None, is_causal=False):
-        p = self.dropout if self.training else 0.0
+        p = self.attn_dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal, scale=1.0)
 
     # --- whole sequences ---

@@ -1,9 +1,18 @@
 """SequenceLayer: a token mixer by name, plus the position-wise parts around it.
 
-    u (B, H, L) -> kernel K (C, H, L) -> FFT convolution -> + D u -> activation -> output linear/GLU -> dropout
+    u (B, H, L) -> kernel K (C, H, L) -> FFT convolution -> + D u -> activation -> dropout -> output linear/GLU
 
+or, for a token mixer (attention, S5, LRU, Mamba), u -> mixer -> activation -> dropout -> output linear/GLU.
 Recurrent kernels also run token by token (``step``) and from/to a state (``forward(..., state=...)``);
 both give the same numbers as the convolution.
+
+Every argument reaches one owner. The layer's own arguments (``channels``, ``bidirectional``,
+``max_kernel_length``, ``dropout``, ...) are the layer's; the ones a kernel also takes are passed on to it
+(``ROUTED``), and no kernel may take another layer argument's name (a kernel option that the layer's
+argument would silently shadow is refused when the layer is built; attention's weight dropout is therefore
+``attn_dropout``). A layer argument that cannot act on the chosen kernel is refused with a one-line
+``ValueError`` instead of being ignored (``D``, ``max_kernel_length``, ``rate`` != 1 or a GLU activation on a
+token mixer without them, ``tie_dropout`` without dropout).
 """
 from __future__ import annotations
 
@@ -34,24 +43,39 @@ OUTPUTS = ("glu", "linear", None)
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch < 2.3 has none
 
 
+#: SequenceLayer arguments that a kernel's constructor may take too: the layer passes its value on (d_model;
+#: the kernel channels it computes from ``channels``, the activation and the direction; ``bidirectional`` to
+#: mixers; ``max_kernel_length`` to DLR, whose kernel then knows it is cut). Any other shared name is refused.
+ROUTED = ("d_model", "channels", "bidirectional", "max_kernel_length")
+DEFAULT_ACTIVATION = "auto"
+
+
 class SequenceLayer(nn.Module):
     """A sequence-to-sequence layer around a named kernel.
 
     Args:
         d_model: H, the number of features.
         kernel: a name from ``ssmkit.kernels.KERNELS`` (``s4d``, ...).
-        channels: C, kernels per feature; the output linear maps C*H back to H.
-        bidirectional: add an anticausal kernel so position t also sees the inputs after t.
-        activation: after the convolution and skip: gelu, silu, relu, tanh, sigmoid, id, or glu
-            (the kernel makes 2C channels and a GLU halves them).
+        channels: C, kernels per feature; the output linear maps C*H back to H (convolution kernels only).
+        bidirectional: add an anticausal kernel so position t also sees the inputs after t (token mixers get
+            it as their own ``bidirectional``).
+        activation: after the convolution and skip (or after the token mixer): gelu, silu, relu, tanh,
+            sigmoid, id/None, or glu (convolution kernels only: the kernel makes 2C channels and a GLU halves
+            them). ``auto`` (the default): gelu, except after attention and Mamba, whose blocks end in their
+            own output projection (no activation); an activation named explicitly is always applied.
         output: position-wise output map: ``glu`` (Linear C*H -> 2H, then GLU), ``linear``, or None
             (only when C == 1).
-        dropout: dropout after the activation and after the output map; ``tie_dropout`` shares the mask
-            over the sequence (Dropout1d).
+        dropout: the layer's dropout, applied once: after the activation, before the output map (on the C*H
+            mixed features). ``tie_dropout`` shares the mask over the sequence (Dropout1d; needs dropout > 0).
+            Attention's dropout on its weights is the kernel option ``attn_dropout``; the model's dropout
+            after each block is ``SequenceModel(dropout=...)`` (recipe ``model.dropout``).
         transposed: inputs and outputs are (B, H, L) if True, (B, L, H) if False.
-        D: learn the skip term y += D u.
-        rate: default sampling-rate factor: the step size of every discretised kernel is multiplied by it.
-        max_kernel_length: compute the kernel only up to this length (the convolution still covers the input).
+        D: learn the skip term y += D u (convolution kernels; S5, LRU and Mamba learn their own D, so
+            ``D=False`` on a token mixer is refused).
+        rate: default sampling-rate factor: the step size of every discretised kernel is multiplied by it
+            (refused, unless 1, by kernels without a step size).
+        max_kernel_length: compute the kernel only up to this length (the convolution still covers the input);
+            convolution kernels only.
         **kernel_options: passed to the kernel (d_state, init, lr, ...); unknown names are errors.
     """
 
@@ -61,7 +85,7 @@ class SequenceLayer(nn.Module):
         kernel: str = "s4d",
         channels: int = 1,
         bidirectional: bool = False,
-        activation: str | None = "gelu",
+        activation: str | None = DEFAULT_ACTIVATION,
         output: str | None = "glu",
         dropout: float = 0.0,
         tie_dropout: bool = False,
@@ -72,45 +96,59 @@ class SequenceLayer(nn.Module):
         **kernel_options,
     ):
         super().__init__()
-        if activation not in ACTIVATIONS:
+        if activation not in ACTIVATIONS and activation != DEFAULT_ACTIVATION:
             raise ValueError(
                 f"unknown activation {activation!r}{did_you_mean(activation, [a for a in ACTIVATIONS if a])}; "
-                f"choose one of {', '.join(str(a) for a in ACTIVATIONS)}"
+                f"choose one of auto, {', '.join(str(a) for a in ACTIVATIONS)}"
             )
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of glu, linear, None")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if tie_dropout and not dropout:
+            raise ValueError("tie_dropout=True shares the dropout mask over the sequence, but dropout is 0; "
+                             "set dropout > 0 or drop tie_dropout")
         if max_kernel_length is not None and max_kernel_length <= 0:
             raise ValueError(f"max_kernel_length must be positive or null, got {max_kernel_length}")
         cls = KERNELS.get(kernel)
         self.kind = KERNELS.meta(kernel)["kind"]
+        _refuse_shadowed(kernel, cls)
+        takes = inspect.signature(cls).parameters
         self.d_model, self.kernel_name, self.channels = d_model, kernel, channels
         self.bidirectional, self.transposed, self.rate = bidirectional, transposed, rate
         self.max_kernel_length = max_kernel_length
+        mixer = self.kind == "mixer"
+        if activation == DEFAULT_ACTIVATION:
+            # token mixers get an activation by default only if their block has one (S5, LRU: SSM -> GELU -> GLU)
+            activation = "gelu" if not mixer or getattr(cls, "takes_activation", False) else None
         self.activation_name = activation
 
-        if self.kind == "mixer":
-            check_options(cls, kernel_options, f"kernel {kernel!r}", skip=("d_model",))
-            if channels != 1:
-                raise ValueError(f"kernel {kernel!r} is a token mixer: it has no channels, set channels=1 (got {channels})")
+        if mixer:
+            check_options(cls, kernel_options, f"kernel {kernel!r}", skip=ROUTED)
+            self._refuse_for_mixer(channels != 1, f"it has no channels, set channels=1 (got {channels})")
+            self._refuse_for_mixer(activation == "glu", "activation='glu' halves a convolution kernel's doubled "
+                                   "channels; use output='glu' for a gate after it, or another activation")
+            self._refuse_for_mixer(not D, "the layer's D skip belongs to convolution kernels (S5, LRU and Mamba learn "
+                                   "their own D, attention has none); drop D")
+            self._refuse_for_mixer(max_kernel_length is not None, "max_kernel_length cuts a convolution kernel and a "
+                                   "token mixer has none (attention: chunk_size); drop max_kernel_length")
             self.mixer = cls(d_model, bidirectional=bidirectional, **kernel_options)
             # what the mixer's forward accepts beyond (u, state, return_state), read once, not per call
             self._mixer_params = frozenset(inspect.signature(self.mixer.forward).parameters) & {"lengths", "rate"}
             self.kernel = None
+            self._check_rate(rate)
             d_mixed = d_model
         else:
             # Channels the kernel makes: C, doubled for GLU activation, doubled again for the reverse direction.
             self.kernel_channels = channels * (2 if activation == "glu" else 1)
             n_kernel = self.kernel_channels * (2 if bidirectional else 1)
-            check_options(cls, kernel_options, f"kernel {kernel!r}", skip=("d_model", "channels"))
-            self.kernel = cls(d_model, channels=n_kernel, **kernel_options)
+            check_options(cls, kernel_options, f"kernel {kernel!r}", skip=ROUTED)
+            routed = {"max_kernel_length": max_kernel_length} if "max_kernel_length" in takes else {}
+            self.kernel = cls(d_model, channels=n_kernel, **routed, **kernel_options)
             self.D = nn.Parameter(torch.randn(self.kernel_channels, d_model)) if D else None
             d_mixed = channels * d_model
 
-        # token mixers get the activation only if they ask for it (S5, LRU: SSM -> activation -> output map)
-        mixer_act = self.kind == "mixer" and getattr(cls, "takes_activation", False)
-        self.act = nn.Identity() if activation == "glu" or (self.kind == "mixer" and not mixer_act) else ACTIVATIONS[activation]()
+        self.act = nn.Identity() if activation == "glu" else ACTIVATIONS[activation]()
         if output is None and d_mixed != d_model:
             raise ValueError(f"output=None needs channels=1 (the output map folds C*H={d_mixed} back to H={d_model})")
         if output == "glu":
@@ -124,6 +162,16 @@ class SequenceLayer(nn.Module):
         self._step_key = None
         self.kernel_cache = KernelCache()
         self.cache_in_training = False
+
+    def _refuse_for_mixer(self, refused: bool, why: str) -> None:
+        if refused:
+            raise ValueError(f"kernel {self.kernel_name!r} is a token mixer: {why}")
+
+    def _check_rate(self, rate: float) -> None:
+        """A token mixer without a step size (attention, Mamba) cannot take a sampling-rate factor."""
+        if self.kernel is None and rate != 1.0 and "rate" not in self._mixer_params:
+            raise ValueError(f"kernel {self.kernel_name!r} has no step size, so a sampling-rate factor cannot rescale "
+                             f"it; got rate={rate}, use rate=1")
 
     def _mixer_lengths(self, lengths: torch.Tensor) -> dict:
         """A token mixer masks padded keys itself (``forward(..., lengths=)``); a causal one that does not
@@ -235,6 +283,7 @@ class SequenceLayer(nn.Module):
             u = u * mask.to(u.dtype)
         if self.kernel is None:
             masked = {} if lengths is None else self._mixer_lengths(lengths)
+            self._check_rate(rate)
             if "rate" in self._mixer_params:
                 masked["rate"] = rate  # mixers with a step size (S5)
             y, next_state = self.mixer(u, state=state, return_state=return_state, **masked)  # (B, H, L)
@@ -272,6 +321,7 @@ class SequenceLayer(nn.Module):
     def setup_step(self, rate: float | None = None) -> None:
         """Precomputes the discrete recurrence (done on demand by ``step``; redone when parameters change)."""
         rate = self.rate if rate is None else rate
+        self._check_rate(rate)
         core = self.mixer if self.kernel is None else self.kernel
         if hasattr(core, "cache_key"):
             key = core.cache_key(rate)
@@ -294,3 +344,13 @@ class SequenceLayer(nn.Module):
             y = y + x.unsqueeze(1) * self.D.to(x.dtype)
         y = self.dropout(self._mix(y.unsqueeze(-1)).squeeze(-1))  # (B, C*H)
         return self.out(y), state  # one token: nn.Linear (+ GLU) on (B, C*H) is the cheaper call
+
+
+def _refuse_shadowed(name: str, cls) -> None:
+    """A kernel option named like a SequenceLayer argument (other than the ``ROUTED`` ones) could never be set:
+    the layer's argument would take the value. Refused, so that no such kernel can be registered unnoticed."""
+    layer_args = set(inspect.signature(SequenceLayer.__init__).parameters) - {"self", "kernel_options", "kernel"}
+    shadowed = sorted((set(inspect.signature(cls).parameters) & layer_args) - set(ROUTED))
+    if shadowed:
+        raise TypeError(f"kernel {name!r} takes {', '.join(shadowed)}, which SequenceLayer's argument(s) of the same "
+                        "name would shadow; rename the kernel's option")

@@ -44,6 +44,9 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.prenorm = prenorm
         self.norm = _Norm(norm, d_model)
+        for key, owner in (("d_model", "the model's d_model"), ("transposed", "the block (it works on (B, L, H))")):
+            if key in layer:
+                raise ValueError(f"layer option {key!r} is set by {owner}, not by the layer options; drop layer.{key}")
         self.layer = SequenceLayer(d_model, transposed=False, **layer)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.mlp = None
@@ -96,7 +99,8 @@ class SequenceModel(GenerationMixin, nn.Module):
         layer: options of every ``SequenceLayer`` (kernel, d_state, ...).
         prenorm: normalise before each sub-block (True) or after the residual sum (False).
         norm: ``layer``, ``batch`` or None.
-        dropout: after each sub-block, before the residual sum.
+        dropout: after each sub-block, before the residual sum (``layer["dropout"]`` is another one, inside each
+            SequenceLayer before its output map; both apply when both are set).
         pool: ``mean``, ``last`` or None (a prediction per position).
         encoder: ``linear`` or ``embedding``.
         mlp_ratio: if > 0, each block also has a position-wise MLP of width mlp_ratio * d_model.

@@ -104,6 +104,10 @@ def build_loop_model(recipe: Recipe, task) -> torch.nn.Module:
     model = build_model(recipe, task)
     rate = float(getattr(task, "rate", 1.0) or 1.0)
     if rate != 1.0:
+        layer_rate = recipe.model.layer.get("rate", 1.0)
+        if layer_rate != 1.0:  # set_rate would silently replace it
+            raise RecipeError(f"{recipe.source}: model.layer.rate={layer_rate} and the task's sampling-rate factor {rate:g} "
+                              "both set the layers' step-size factor; drop model.layer.rate (the task sets it)")
         model.set_rate(rate)
     if hasattr(task, "wrap_model"):
         model = task.wrap_model(model)

@@ -147,7 +147,7 @@ def test_bidirectional_sees_the_future_and_causal_does_not(chunk_size):
 
 def test_gradients_reach_all_parameters_and_dropout_is_training_only():
     torch.manual_seed(0)
-    m = Attention(8, n_heads=2, chunk_size=3, dropout=0.5)
+    m = Attention(8, n_heads=2, chunk_size=3, attn_dropout=0.5)
     u = torch.randn(2, 8, 10, requires_grad=True)
     m(u)[0].square().sum().backward()
     for name, p in m.named_parameters():
@@ -162,7 +162,7 @@ def test_gradients_reach_all_parameters_and_dropout_is_training_only():
     [
         (dict(n_heads=3), "n_heads must be a positive divisor of d_model=8"),
         (dict(chunk_size=0), "chunk_size must be a positive integer"),
-        (dict(dropout=1.0), "dropout must be in"),
+        (dict(attn_dropout=1.0), "attn_dropout must be in"),
         (dict(attn_ff=2), "set model.mlp_ratio=2"),
     ],
 )

@@ -1,0 +1,283 @@
+"""Every option reaches its owner or is refused (issue 21, section 2).
+
+For every registered kernel and token mixer, every option in its constructor's signature and every argument of
+``SequenceLayer`` is set to a non-default value through ``SequenceLayer`` (the way recipes reach them), and the built
+module must differ from the default one: its state dict, which tensors are parameters and their optimizer tags, its
+attributes, its structure, or its output. An option that cannot act on a kernel must be refused with a ValueError
+instead. For a kernel option the comparison looks at the kernel (or mixer) itself, not at the layer around it, so a
+value taken by a layer argument of the same name (the shadowing this file guards against) fails here.
+"""
+import inspect
+
+import pytest
+import torch
+
+from ssmkit.kernels import KERNELS
+from ssmkit.layers.sequence import ROUTED, SequenceLayer
+
+H, L = 8, 12  # H != L, so a transposed output differs in shape
+
+#: small settings used for both builds of a comparison (speed); an option under test overrides them
+BASE = {
+    "s4": {"d_state": 4}, "s4d": {"d_state": 4}, "dss": {"d_state": 4}, "dlr": {"d_state": 4}, "lssl": {"d_state": 4},
+    "sgconv": {"l_max": 16, "kernel_dim": 4}, "s5": {"d_state": 8}, "lru": {"d_state": 4}, "mamba": {"d_state": 4},
+    "attn": {"n_heads": 2},
+}
+
+#: kernel -> option -> a non-default value (with, if needed, other options it needs, set in both builds)
+VALUES = {
+    "s4": {"d_state": 6, "mode": "dplr", "init": "lagt", "rank": 2, "n_ssm": 2, "deterministic": True, "dt_min": 0.01,
+           "dt_max": 0.5, "step_mode": "dense", "precision": "double", "B_clip": None, "lr": {"A": 0.0},
+           "wd": {"A": 0.1}, "backend": "torch"},
+    "s4d": {"d_state": 6, "init": "lin", "disc": "bilinear", "real_transform": "relu", "dt_min": 0.01, "dt_max": 0.5,
+            "B_clip": None, "lr": {"A": 0.0}, "wd": {"A": 0.1}, "backend": "torch"},
+    "dss": {"d_state": 6, "version": "softmax", "Lambda_init": "lin", "sep_dt_re_im": True, "dt_min": 0.01, "dt_max": 0.5,
+            "softmax_length": (16, {"version": "softmax"}), "kernel_to_real": "imag", "lr": {"Lambda": 0.0},
+            "wd": {"Lambda": 0.1}, "backend": "torch"},
+    "dlr": {"d_state": 6, "Lambda_init": "randn", "version": "Lambda_imag", "kernel_to_real": "imag", "dt_min": 0.01,
+            "dt_max": 0.5, "W_scale": 0.5, "lr": {"Lambda": 0.0}, "wd": {"Lambda": 0.1}, "backend": "torch"},
+    "lssl": {"d_state": 6, "init": "legt", "learn": 2, "dt_min": 0.01, "dt_max": 0.5, "dt_per_channel": (True, {}),
+             "lr": {"A": 0.0}, "wd": {"A": 0.1}},
+    "sgconv": {"l_max": 64, "kernel_dim": 8, "n_scales": 4, "init_scale": 1, "mode": "cat_cos", "decay_min": 1.0,
+               "decay_max": 3.0, "alpha_min": (0.7, {"alpha_min": 0.5, "alpha_max": 0.9}),
+               "alpha_max": (0.9, {"alpha_min": 0.5, "alpha_max": 0.5}),
+               "lr": {"kernel": 0.0}, "wd": {"kernel": 0.1}},
+    "s5": {"d_state": 4, "blocks": 2, "conj_sym": False, "C_init": "lecun_normal", "disc": "bilinear", "dt_min": 0.01,
+           "dt_max": 0.5, "dt_global": True, "dt_shared": True, "clip_eigs": True, "mode": "conv", "lr": {"Lambda": 0.0},
+           "wd": {"Lambda": 0.1}},
+    "lru": {"d_state": 6, "r_min": 0.5, "r_max": 0.9, "max_phase": 1.0, "mode": "conv", "lr": {"Lambda": 0.0},
+            "wd": {"Lambda": 0.1}},
+    "mamba": {"d_state": 6, "d_conv": 2, "expand": 1, "dt_rank": 2, "dt_min": 0.01, "dt_max": 0.5, "dt_init_floor": 0.05,
+              "conv_bias": False, "bias": True, "lr": 1e-2, "backend": "torch"},
+    "attn": {"n_heads": 4, "chunk_size": 4, "attn_dropout": 0.5, "learn_temperature": False, "rotary_base": 100.0},
+}
+
+#: options whose every non-default value is refused, with the reason the error names (the short exceptions list)
+REFUSED = {
+    ("attn", "attn_ff"): (1.0, "model.mlp_ratio"),  # position-wise MLPs are the model's (SequenceModel(mlp_ratio=...))
+}
+
+#: SequenceLayer arguments -> a non-default value (with options it needs in both builds)
+LAYER_VALUES = {
+    "channels": (2, {}), "bidirectional": (True, {}), "activation": ("tanh", {}), "output": ("linear", {}),
+    "dropout": (0.5, {}), "tie_dropout": (True, {"dropout": 0.5}), "transposed": (False, {}), "D": (False, {}),
+    "rate": (2.0, {}), "max_kernel_length": (4, {}),
+}
+MIXER_REFUSES = {"channels": "it has no channels", "D": "D skip belongs to convolution kernels",
+                 "max_kernel_length": "token mixer has none"}
+#: kernels without a step size refuse rate != 1 (at build or at the first forward)
+NO_STEP_SIZE = {"attn", "mamba", "dlr", "sgconv", "lru"}
+
+
+def _value(spec):
+    return spec if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], dict) else (spec, {})
+
+
+def _kernel_options(name: str) -> set[str]:
+    return {p for p in inspect.signature(KERNELS.get(name)).parameters if p not in ("self", "d_model")}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _structure(module: torch.nn.Module) -> list:
+    """State dict, parameters (trainable, optimizer tags), plain attributes of every submodule, and the repr."""
+    out = [(k, v.detach()) for k, v in sorted(module.state_dict().items())]
+    out += [(n, p.requires_grad, getattr(p, "_optim", None)) for n, p in module.named_parameters()]
+    for name, m in module.named_modules():
+        out += [(name, k, v) for k, v in sorted(vars(m).items())
+                if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, type(None), tuple))]
+    return out + [repr(module)]
+
+
+def _layer_output(layer: SequenceLayer, x: torch.Tensor, train: bool) -> torch.Tensor:
+    layer.train(train)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return layer(x if layer.transposed else x.transpose(1, 2))
+
+
+def _core_output(layer: SequenceLayer, x: torch.Tensor) -> torch.Tensor:
+    """The kernel's (C', H, L) taps, or the mixer's own output in training mode (attention dropout included)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        if layer.kernel is not None:
+            return layer.kernel(L)[0]
+        return layer.mixer.train()(x)[0]
+
+
+def _build(name: str, **options) -> SequenceLayer:
+    torch.manual_seed(0)
+    return SequenceLayer(H, kernel=name, **options)
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(2, H, L, generator=torch.Generator().manual_seed(2))
+
+
+def test_every_kernel_option_is_listed():
+    """A new kernel or option must be added to VALUES (or, if refused, to REFUSED) with a value that changes it."""
+    for name in KERNELS.names():
+        listed = set(VALUES[name]) | {opt for (k, opt) in REFUSED if k == name}
+        assert listed == _kernel_options(name) - set(ROUTED), name
+
+
+def test_no_kernel_option_is_shadowed_by_the_layer():
+    """A kernel option named like a SequenceLayer argument is only allowed if the layer passes it on (ROUTED)."""
+    layer_args = set(inspect.signature(SequenceLayer.__init__).parameters) - {"self", "kernel", "kernel_options"}
+    for name in KERNELS.names():
+        assert _kernel_options(name) & layer_args <= set(ROUTED), name
+
+
+@pytest.mark.parametrize("name,option", [(k, o) for k in sorted(VALUES) for o in VALUES[k]])
+def test_kernel_option_changes_the_kernel(name, option):
+    value, needs = _value(VALUES[name][option])
+    base = {**BASE[name], **needs}
+    default, changed = _build(name, **base), _build(name, **{**base, option: value})
+    core = lambda layer: layer.mixer if layer.kernel is None else layer.kernel  # noqa: E731
+    x = _x()
+    a = _structure(core(default)) + [_core_output(default, x)]
+    b = _structure(core(changed)) + [_core_output(changed, x)]
+    assert not _same(a, b), f"{name}.{option}={value!r} changed nothing in the kernel"
+
+
+@pytest.mark.parametrize("name,option", sorted(REFUSED))
+def test_refused_kernel_options(name, option):
+    value, match = REFUSED[(name, option)]
+    with pytest.raises(ValueError, match=match):
+        _build(name, **BASE[name], **{option: value})
+
+
+def _refusal(name: str, option: str) -> str | None:
+    if KERNELS.meta(name)["kind"] == "mixer" and option in MIXER_REFUSES:
+        return MIXER_REFUSES[option]
+    if option == "rate" and name in NO_STEP_SIZE:
+        return "step size"
+    return None
+
+
+@pytest.mark.parametrize("name,option", [(k, o) for k in KERNELS.names() for o in LAYER_VALUES])
+def test_layer_argument_reaches_its_owner_or_is_refused(name, option):
+    value, needs = LAYER_VALUES[option]
+    base = {**BASE[name], **needs}
+    x = _x()
+    refusal = _refusal(name, option)
+    if refusal is not None:
+        with pytest.raises(ValueError, match=refusal):
+            _layer_output(_build(name, **{**base, option: value}), x, train=False)
+        return
+    default, changed = _build(name, **base), _build(name, **{**base, option: value})
+    if option in ROUTED:  # passed on: the kernel itself must differ
+        core = lambda layer: layer.mixer if layer.kernel is None else layer.kernel  # noqa: E731
+        a, b = _structure(core(default)), _structure(core(changed))
+        reached = not _same(a, b) if option in _kernel_options(name) else True
+        assert reached, f"{option}={value!r} did not reach kernel {name!r}"
+    a = _structure(default) + [_layer_output(default, x, True), _layer_output(default, x, False)]
+    b = _structure(changed) + [_layer_output(changed, x, True), _layer_output(changed, x, False)]
+    assert not _same(a, b), f"SequenceLayer({option}={value!r}) changed nothing for kernel {name!r}"
+
+
+def test_attention_dropout_and_layer_dropout_are_two_options():
+    """The issue's case: the layer's dropout no longer swallows attention's; each reaches its own module."""
+    layer = SequenceLayer(16, kernel="attn", dropout=0.3, attn_dropout=0.2)
+    assert layer.mixer.attn_dropout == 0.2 and layer.dropout.p == 0.3
+    assert SequenceLayer(16, kernel="attn", dropout=0.3).mixer.attn_dropout == 0.0
+
+
+def test_dlr_max_kernel_length_reaches_the_kernel():
+    layer = SequenceLayer(4, kernel="dlr", d_state=4, max_kernel_length=6)
+    assert layer.kernel.max_kernel_length == 6 and not layer.kernel.has_state
+    assert layer.kernel_fn(20).shape[-1] == 6
+
+
+def test_explicit_activation_applies_after_any_mixer_and_glu_is_refused():
+    """``auto`` keeps each block's usual activation (none after attention or Mamba); a named one is applied."""
+    assert isinstance(SequenceLayer(8, kernel="attn").act, torch.nn.Identity)
+    assert isinstance(SequenceLayer(8, kernel="s5", d_state=4).act, torch.nn.GELU)
+    assert isinstance(SequenceLayer(8, kernel="s4d", d_state=4).act, torch.nn.GELU)
+    assert isinstance(SequenceLayer(8, kernel="attn", activation="gelu").act, torch.nn.GELU)
+    with pytest.raises(ValueError, match="token mixer: activation='glu'"):
+        SequenceLayer(8, kernel="mamba", activation="glu")
+
+
+def test_rate_set_later_is_refused_by_a_mixer_without_step_size():
+    layer = SequenceLayer(8, kernel="attn")
+    layer.rate = 2.0  # as SequenceModel.set_rate does
+    with pytest.raises(ValueError, match="'attn' has no step size.*use rate=1"):
+        layer(_x())
+    with pytest.raises(ValueError, match="no step size"):
+        layer.setup_step()
+
+
+def test_tie_dropout_needs_dropout():
+    with pytest.raises(ValueError, match="tie_dropout=True .* dropout is 0"):
+        SequenceLayer(8, tie_dropout=True)
+
+
+def test_a_shadowing_kernel_cannot_be_built(monkeypatch):
+    """A kernel that takes a layer argument's name (other than the routed ones) is refused when the layer is built."""
+
+    class Shadowing(torch.nn.Module):
+        def __init__(self, d_model: int, bidirectional: bool = False, dropout: float = 0.0):
+            super().__init__()
+
+    monkeypatch.setitem(KERNELS._items, "shadowing", Shadowing)
+    monkeypatch.setitem(KERNELS._meta, "shadowing", {"kind": "mixer"})
+    with pytest.raises(TypeError, match="kernel 'shadowing' takes dropout, which SequenceLayer's argument"):
+        SequenceLayer(8, kernel="shadowing")
+
+
+def test_model_refuses_layer_keys_it_sets_itself():
+    from ssmkit.models.sequence import SequenceModel
+
+    for key, value in (("d_model", 4), ("transposed", True)):
+        with pytest.raises(ValueError, match=f"layer option '{key}' is set by"):
+            SequenceModel(3, 2, d_model=8, n_layers=1, layer={"kernel": "s4d", key: value})
+
+
+# --- recipe level: model.* keys next to model.layer.* keys ---
+def _recipe(model: dict, task: dict | None = None):
+    from ssmkit.recipe import validate
+
+    return validate({"task": task or {"name": "shift", "L": 16}, "model": model}, source="r.yaml")
+
+
+def test_model_and_layer_dropout_both_reach_their_modules():
+    """model.dropout (after each block) and model.layer.dropout (inside the layer, before its output map) are two
+    options with two owners; neither replaces the other."""
+    from ssmkit.recipe import build_model, build_task
+
+    r = _recipe({"d_model": 8, "n_layers": 1, "dropout": 0.1, "layer": {"kernel": "s4d", "d_state": 4, "dropout": 0.2}})
+    block = build_model(r, build_task(r)).blocks[0]
+    assert block.drop.p == 0.1 and block.layer.dropout.p == 0.2
+
+
+def test_sashimi_expand_and_mamba_expand_both_reach_their_modules():
+    from ssmkit.recipe import build_model, build_task
+
+    r = _recipe({"backbone": "sashimi", "d_model": 8, "n_layers": 1, "pool_factors": [2], "expand": 3,
+                 "layer": {"kernel": "mamba", "d_state": 4, "expand": 1}}, {"name": "shift", "L": 16})
+    model = build_model(r, build_task(r))
+    widths = sorted({layer.d_model for layer in model.layers})
+    assert widths == [8, 24]  # model.expand: the level widths
+    assert all(layer.mixer.d_inner == layer.d_model for layer in model.layers)  # layer.expand: Mamba's inner width
+
+
+def test_task_rate_and_layer_rate_together_are_refused():
+    """A task with a sampling-rate factor (speech at 8 kHz) sets every layer's rate; a model.layer.rate would be
+    silently replaced, so the pair is one RecipeError."""
+    from ssmkit.errors import RecipeError
+    from ssmkit.recipe import build_task
+    from ssmkit.train.loop import build_loop_model
+
+    model = {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4, "rate": 2.0}}
+    r = _recipe(model, {"name": "sc10", "sample_rate": 8000})
+    with pytest.raises(RecipeError, match=r"model.layer.rate=2.0 and the task's sampling-rate factor 2 .*drop model.layer.rate"):
+        build_loop_model(r, build_task(r))
+    r = _recipe({**model, "layer": {"kernel": "s4d", "d_state": 4}}, {"name": "sc10", "sample_rate": 8000})
+    assert {layer.rate for layer in build_loop_model(r, build_task(r)).layers} == {2.0}

@@ -22,6 +22,7 @@ import math
 import torch
 
 from ssmkit.kernels.base import Kernel, log_uniform
+from ssmkit.ops.discretize import bilinear_log, phi1
 from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
 from ssmkit.ops.vandermonde import log_vandermonde, log_vandermonde_transpose
 
@@ -56,13 +57,6 @@ def s4d_init(init: str, N: int, B_clip: float | None = B_CLIP) -> tuple[torch.Te
     n = torch.arange(N // 2, dtype=torch.float64)
     imag = math.pi * n if init == "lin" else s4d_inverse_imag(N)
     return torch.complex(torch.full_like(imag, -0.5), imag), torch.ones(N // 2, dtype=torch.complex128)
-
-
-def _phi1(z: torch.Tensor) -> torch.Tensor:
-    """(exp(z) - 1)/z, equal to 1 at z = 0."""
-    small = z.abs() < 1e-6
-    safe = torch.where(small, torch.ones_like(z), z)
-    return torch.where(small, 1 + z / 2, (torch.exp(safe) - 1) / safe)
 
 
 class S4DKernel(Kernel):
@@ -157,9 +151,9 @@ class S4DKernel(Kernel):
         dtA = (dt * rate).unsqueeze(-1) * A  # (H, n)
         if self.disc == "zoh":
             log_dA = dtA
-            dB = (dt * rate).unsqueeze(-1) * _phi1(dtA) * B
+            dB = (dt * rate).unsqueeze(-1) * phi1(dtA) * B  # expm1: no cancellation at small dt
         else:
-            log_dA = torch.log((1 + dtA / 2) / (1 - dtA / 2))
+            log_dA = bilinear_log(dtA)  # 2 atanh(dtA/2): the log of a ratio near 1 keeps its digits
             dB = (dt * rate).unsqueeze(-1) / (1 - dtA / 2) * B
         return log_dA, dB, C
 

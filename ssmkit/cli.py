@@ -112,6 +112,8 @@ def train(
     max_steps: int = typer.Option(None, "--max-steps", min=1, help="stop after this many optimizer steps"),
     resume: Path = typer.Option(None, "--resume", help="continue this run directory from its latest checkpoint"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, build, show the model, run one batch, exit"),
+    download: bool = typer.Option(False, "--download", help="fetch the task's dataset first if its files are missing "
+                                  "(as `ssmkit data download NAME`)"),
     processes: int = typer.Option(1, "--processes", min=1, help="start this many local processes (torchrun-style; "
                                   "train.batch_size is per process)"),
 ):
@@ -150,13 +152,14 @@ def train(
             if value is not None:
                 args += [flag, str(value)]
         hint = (resume, run_dir, None if resume or run_dir else str(Path(parsed.train.runs_dir) / parsed.name))
-        sys.exit(launch_local(processes, ["train", *args, *(["--dry-run"] if dry_run else [])], run_hint=hint))
+        flags = [*(["--dry-run"] if dry_run else []), *(["--download"] if download else [])]
+        sys.exit(launch_local(processes, ["train", *args, *flags], run_hint=hint))
     from ssmkit.train.launch import PEER_LOST, end_distributed_worker, leave_distributed_worker, lost_peer
 
     console = _console(err=False)
     try:
         summary = run_training(parsed, run_dir=run_dir, resume=resume, max_steps=max_steps, dry_run=dry_run,
-                               console=console)
+                               console=console, download=download)
     except BaseException as e:
         if lost_peer(e):  # another rank died: the launcher says which, in one line
             leave_distributed_worker(PEER_LOST)

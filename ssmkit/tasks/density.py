@@ -8,7 +8,7 @@ in bits.
 
 The files and splits are those of the classification tasks (``tasks/images.py``: torchvision's MNIST idx
 files and CIFAR-10 python batches under ``$SSMKIT_DATA``, validation a fixed ``val_fraction`` of the training
-set); ``download: true`` fetches them through torchvision.
+set); ``download: true`` fetches them (``ssmkit data download mnist`` / ``cifar10``, ``tasks/download.py``).
 """
 from __future__ import annotations
 
@@ -50,9 +50,14 @@ class _Density(GenerativeTask):
     def check_data(self) -> None:
         self.source.check_data()
 
+    def validation_missing(self) -> str | None:
+        return self.source.validation_missing()
+
     def images(self, split: str) -> np.ndarray:
         """The split's uint8 images (N, H, W, C), split exactly as the classification task splits them."""
         check_split(split)
+        if split == "val" and not self.has_validation:
+            raise self.no_validation_error()
         return self.source.dataset(split).images
 
     def dataset(self, split: str, seed: int = 0) -> _PixelDataset:

@@ -24,12 +24,12 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -131,7 +131,7 @@ _ETT = tuple(Remote(f"ETT-small/{f}", s, md5=m) for f, s, m in (
     ("ETTm1.csv", 10_360_719, "82d6bd89109c63d075d99c1077b33f38"),
 ))
 _LRA_ANY = r"(?:.*/)?"  # the release nests its folders (lra_release/..., lra_release/lra_release/tsv_data/...)
-_RESOLUTIONS = (32, 64, 128, 256)
+LRA_PATHFINDER_RESOLUTIONS = (32, 64, 128, 256)
 _PF_DIRS = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
 
 
@@ -166,17 +166,17 @@ _SOURCES = [
            "https://wikitext.smerity.com/", _WT_RAW, "zip", ((r"(wikitext-103-raw/wiki\.(?:train|valid|test)\.raw)", r"\1"),),
            tuple(f"wikitext-103-raw/wiki.{s}.raw" for s in ("train", "valid", "test")), ("lm",)),
     Source("lra", "the LRA release: ListOps, AAN retrieval and Pathfinder 32-256 in one pass", "lra", _LRA_BASE, _LRA,
-           "tar", (_LISTOPS_RULE, _AAN_RULE, *_pathfinder_rules(_RESOLUTIONS)),
-           _LISTOPS_OUT + _AAN_OUT + _pathfinder_outputs(_RESOLUTIONS), ("listops", "aan", "pathfinder", "pathx")),
+           "tar", (_LISTOPS_RULE, _AAN_RULE, *_pathfinder_rules(LRA_PATHFINDER_RESOLUTIONS)),
+           _LISTOPS_OUT + _AAN_OUT + _pathfinder_outputs(LRA_PATHFINDER_RESOLUTIONS), ("listops", "aan", "pathfinder", "pathx")),
     Source("lra-listops", "LRA ListOps (basic_*.tsv, from the LRA release)", "lra", _LRA_BASE, _LRA, "tar",
            (_LISTOPS_RULE,), _LISTOPS_OUT, ("listops",)),
     Source("lra-retrieval", "LRA Retrieval, AAN pairs (from the LRA release)", "lra", _LRA_BASE, _LRA, "tar",
            (_AAN_RULE,), _AAN_OUT, ("aan",)),
     Source("lra-pathfinder", "LRA Pathfinder, all resolutions 32-256 (from the LRA release)", "lra", _LRA_BASE, _LRA,
-           "tar", _pathfinder_rules(_RESOLUTIONS), _pathfinder_outputs(_RESOLUTIONS), ("pathfinder", "pathx")),
+           "tar", _pathfinder_rules(LRA_PATHFINDER_RESOLUTIONS), _pathfinder_outputs(LRA_PATHFINDER_RESOLUTIONS), ("pathfinder", "pathx")),
     *(Source(f"lra-pathfinder{r}", f"LRA Pathfinder {r}x{r} only" + (" (Path-X)" if r == 128 else ""), "lra",
              _LRA_BASE, _LRA, "tar", _pathfinder_rules((r,)), _pathfinder_outputs((r,)),
-             ("pathfinder", "pathx") if r == 128 else ("pathfinder",)) for r in _RESOLUTIONS),
+             ("pathfinder", "pathx") if r == 128 else ("pathfinder",)) for r in LRA_PATHFINDER_RESOLUTIONS),
     Source("lra-text", "LRA Text: the IMDB reviews (aclImdb train/test)", "imdb", "https://ai.stanford.edu/~amaas/data/sentiment/",
            _IMDB, "tar", ((r"(aclImdb/(?:train|test)/(?:pos|neg)/[^/]+\.txt)", r"imdb/\1"),),
            tuple(f"imdb/aclImdb/{s}/{c}" for s in ("train", "test") for c in ("pos", "neg")), ("imdb",)),
@@ -216,6 +216,12 @@ def base_url(source: Source) -> str:
     if every:
         return f"{every.rstrip('/')}/{source.mirror}/"
     return source.base
+
+
+def fetch_hint(source: str, root: Path | None = None) -> str:
+    """How a task's missing-data message says to get the files: the download command, and the train flag."""
+    where = "" if root is None or Path(root) == data_root() else f" --root {root}"
+    return f"run `ssmkit data download {source}{where}` (or train with --download)"
 
 
 def missing_outputs(source: Source, root: Path) -> list[str]:
@@ -309,7 +315,6 @@ def fetch(source: Source, remote: Remote, dest: Path, report: _Report) -> None:
     """``base/remote.path`` into ``dest`` through ``dest.part``, resuming it; verified, then renamed."""
     url = base_url(source) + remote.path
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     mirror = f"set {source.mirror_env} (or {ALL_MIRROR_ENV}) to a mirror that serves {remote.path}"
     cuts = 0
     while True:
@@ -343,6 +348,7 @@ def fetch(source: Source, remote: Remote, dest: Path, report: _Report) -> None:
             total = have + int(length) if length and length.isdigit() else remote.size
             report.start(f"{source.name}: {remote.filename}", total, have)
             try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(part, mode) as f:
                     while True:
                         try:
@@ -397,11 +403,15 @@ def _write(stream, dest: Path, force: bool) -> bool:
     """Copies ``stream`` to ``dest`` atomically; an existing file is kept unless ``force``."""
     if dest.exists() and not force:
         return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            shutil.copyfileobj(stream, f, CHUNK)
+            while block := stream.read(CHUNK):  # errors reading the archive reach unpack(); writing ones are ours
+                try:
+                    f.write(block)
+                except OSError as e:
+                    raise DataError(f"cannot write {dest} ({e.strerror}); free some space or choose another --root") from None
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -437,7 +447,7 @@ def unpack(source: Source, archive: Path, root: Path, force: bool = False) -> tu
                 for info in z.infolist():
                     if not info.is_dir():
                         put(info.filename, lambda info=info: z.open(info))
-    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, OSError) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         raise DataError(f"{archive}: cannot unpack it ({type(e).__name__}: {e}); delete it and run "
                         f"`ssmkit data download {source.name} --force`") from None
     return written, kept
@@ -522,6 +532,9 @@ def _pathfinder(o: dict, default_res: int):
     from ssmkit.tasks.pathfinder import DIFFICULTIES
 
     res = o.get("resolution", default_res)
+    if res not in LRA_PATHFINDER_RESOLUTIONS:
+        return None, (f"the LRA release has no pathfinder{res}; make it with "
+                      f"`ssmkit data generate pathfinder --resolution {res}`")
     diff = DIFFICULTIES.get(o.get("difficulty", "hard"), "curv_contour_length_14")
     return _named_dir(o, f"lra-pathfinder{res}", f"pathfinder{res}", diff)
 
@@ -558,16 +571,16 @@ def source_for_task(name: str, options: dict) -> tuple[str | None, Path | str]:
     return resolve(options)
 
 
-def prepare_data(recipe, download: bool = False, accelerator=None):
-    """The recipe's task, built after fetching its dataset when asked (``ssmkit train --download`` or the task
-    option ``download: true``) and its files are missing. The main process downloads first; the others then find
+def prepare_data(recipe, asked: bool = False, accelerator=None):
+    """The recipe's task, built after fetching its dataset when ``asked`` (``ssmkit train --download``) or the task
+    option ``download: true`` is set and its files are missing. The main process downloads first; the others then find
     the files. Called by the training loop right before ``task.check_data()``."""
     from contextlib import nullcontext
 
     from ssmkit.recipe import build_task
 
     options = {k: v for k, v in recipe.task.items() if k != "name"}
-    if not (download or options.get("download") is True):
+    if not (asked or options.get("download") is True):
         return build_task(recipe)
     name = recipe.task["name"]
     source, root = source_for_task(name, options)

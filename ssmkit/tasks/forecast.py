@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ssmkit.errors import DataError
 from ssmkit.tasks._shared import check_choice, check_split, read_text, require_files
 from ssmkit.tasks.base import TASKS, Task, data_root
+from ssmkit.tasks.download import fetch_hint
 
 FEATURES = ("S", "M", "MS")
 HORIZONS = (24, 48, 168, 336, 720)  # the Informer/S4 horizons (ETTm1 also uses 96, 288, 672)
@@ -162,8 +163,9 @@ class _Informer(Task):
         self.out_cols = self.in_cols if self.features == "M" else [len(names) - 1]
 
     def check_data(self) -> None:
+        fetch = f"{fetch_hint('ett')}, or " if self.name.startswith("ett") and self.path == data_root() / self.file else ""
         require_files([self.path], f"{self.name} data",
-                      f"put the Informer CSV there (ETDataset's ETT-small/{Path(self.file).name} for ETT, the Informer "
+                      f"{fetch}put the Informer CSV there (ETDataset's ETT-small/{Path(self.file).name} for ETT, the Informer "
                       "repository's WTH.csv and ECL.csv), or 'ssmkit data generate ett' for a synthetic ETTh1-format file")
 
     def _load(self):

@@ -4,9 +4,11 @@ Pixels are read row-major as a sequence: MNIST L=784 with 1 feature, CIFAR L=102
 grayscale; LRA-Image is grayscale CIFAR-10). Files are the ones torchvision downloads, in the same places
 under ``$SSMKIT_DATA``: ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` and
 ``cifar-10-batches-py/{data_batch_1..5,test_batch}``. We read them ourselves (idx arrays; CIFAR pickles
-through an unpickler that only admits numpy arrays, so a data file never runs code); torchvision is used
-only to download, and only when the task option ``download: true`` (CLI ``--download``) is given.
-Validation is a fixed 10% (``val_fraction``) of the official training set, split with seed 42.
+through an unpickler that only admits numpy arrays, so a data file never runs code). ``ssmkit data download mnist``
+/ ``cifar10`` fetches them (``tasks/download.py``), as do ``ssmkit train --download`` and the task option
+``download: true``.
+Validation is a fixed 10% (``val_fraction``) of the official training set, split with seed 42. ``val_fraction: 0``
+means no validation split (never the test set in its place): the loop then keeps the last step as ``best``.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from ssmkit.errors import DataError
 from ssmkit.tasks._shared import ClassificationTask, check_fraction, check_split, require_files, split_indices
 from ssmkit.tasks.base import TASKS, data_root
+from ssmkit.tasks.download import download, fetch_hint
 
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -112,8 +115,13 @@ class _SequentialImage(ClassificationTask):
             img = img.flip(1)
         return img
 
+    def validation_missing(self) -> str | None:
+        return "task.val_fraction is 0: no training images are held out" if self.val_fraction == 0 else None
+
     def dataset(self, split: str, seed: int = 0) -> torch.utils.data.Dataset:
         check_split(split)
+        if split == "val" and self.val_fraction == 0:
+            raise self.no_validation_error()
         if self.download:
             self.fetch()
         self.check_data()
@@ -125,8 +133,6 @@ class _SequentialImage(ClassificationTask):
             train_idx, val_idx = split_indices(len(labels), (1 - self.val_fraction, self.val_fraction), seed=42)
             idx = np.array(sorted(train_idx if split == "train" else val_idx))
             images, labels = images[idx], labels[idx]
-        elif split == "val":
-            images, labels = self._arrays.setdefault("test", self.load("test"))
         return _ImageDataset(images, labels, self, train=split == "train", seed=seed)
 
 
@@ -137,14 +143,11 @@ class _Mnist(_SequentialImage):
         return [self.root / "MNIST" / "raw" / f for pair in MNIST_FILES.values() for f in pair]
 
     def check_data(self) -> None:
-        require_files(self.files(), f"{self.name} data (MNIST)",
-                      f"run `ssmkit train ... --download` (or task.download=true) to fetch it into {self.root}")
+        require_files(self.files(), f"{self.name} data (MNIST)", fetch_hint("mnist", self.root))
 
     def fetch(self) -> None:
-        from torchvision.datasets import MNIST
-
-        for train in (True, False):
-            MNIST(str(self.root), train=train, download=True)
+        if any(not p.exists() for p in self.files()):
+            download("mnist", self.root)
 
     def load(self, source: str) -> tuple[np.ndarray, np.ndarray]:
         img_file, lab_file = (self.root / "MNIST" / "raw" / f for f in MNIST_FILES[source])
@@ -193,13 +196,11 @@ class _Cifar(_SequentialImage):
         return [self.root / "cifar-10-batches-py" / f for fs in CIFAR_FILES.values() for f in fs]
 
     def check_data(self) -> None:
-        require_files(self.files(), f"{self.name} data (CIFAR-10)",
-                      f"run `ssmkit train ... --download` (or task.download=true) to fetch it into {self.root}")
+        require_files(self.files(), f"{self.name} data (CIFAR-10)", fetch_hint("cifar10", self.root))
 
     def fetch(self) -> None:
-        from torchvision.datasets import CIFAR10
-
-        CIFAR10(str(self.root), train=True, download=True)
+        if any(not p.exists() for p in self.files()):
+            download("cifar10", self.root)
 
     def load(self, source: str) -> tuple[np.ndarray, np.ndarray]:
         parts = [read_cifar_batch(self.root / "cifar-10-batches-py" / f) for f in CIFAR_FILES[source]]

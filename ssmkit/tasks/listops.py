@@ -41,6 +41,7 @@ from ssmkit.tasks._shared import (
     token_lengths,
 )
 from ssmkit.tasks.base import TASKS, Task, data_root
+from ssmkit.tasks.download import fetch_hint
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -268,7 +269,8 @@ class ListOps(ClassificationTask):
 
     def check_data(self) -> None:
         require_files(self.files().values(), "ListOps data",
-                      "run `ssmkit data generate listops` or copy lra_release/listops-1000/basic_*.tsv there")
+                      "run `ssmkit data generate listops`" + (", or fetch the LRA release's files: "
+                      + fetch_hint("lra-listops", self.dir.parent) if self.dir.name == "listops" else ""))
 
     def dataset(self, split: str, seed: int = 0) -> torch.utils.data.Dataset:
         check_split(split)

@@ -5,8 +5,10 @@ Byte-level tokens: a text's UTF-8 bytes b -> id b + 1, 0 is padding (vocabulary 
 
 Files:
 - IMDB: the original release ``<data>/imdb/aclImdb/{train,test}/{pos,neg}/*.txt`` (LRA reads the same
-  reviews through tfds). LRA has no IMDB validation set; ``val_fraction: 0`` (default) evaluates ``val`` on
-  the test set as LRA and S4 do, ``val_fraction > 0`` holds out that share of train (seed 42).
+  reviews through tfds). LRA has no IMDB validation set (the S4 code's IMDB val loader is None, state-spaces/s4
+  #119), and ssmkit never evaluates ``val`` on the test set: ``val_fraction: 0`` (default: all 25k reviews
+  train) means no validation split, so the loop keeps the last step as ``best``; ``val_fraction > 0`` holds
+  out that share of train (seed 42).
 - AAN: ``<data>/aan/new_aan_pairs.{train,eval,test}.tsv`` from ``lra_release/lra_release/tsv_data``,
   tab-separated ``label id1 id2 text1 text2`` without a header.
 
@@ -36,6 +38,7 @@ from ssmkit.tasks._shared import (
     token_lengths,
 )
 from ssmkit.tasks.base import TASKS, data_root
+from ssmkit.tasks.download import fetch_hint
 
 BYTE_VOCAB = 257
 
@@ -78,7 +81,7 @@ class Imdb(ClassificationTask):
 
     def check_data(self) -> None:
         require_files([self.root / s / c for s in ("train", "test") for c in ("pos", "neg")], "IMDB data",
-                      f"download aclImdb_v1.tar.gz (https://ai.stanford.edu/~amaas/data/sentiment/) and unpack it into {self.root.parent}")
+                      fetch_hint("lra-text", self.root.parent.parent))
 
     def _read(self, source: str) -> list[tuple[str, int]]:
         rows = []
@@ -92,10 +95,15 @@ class Imdb(ClassificationTask):
             raise DataError(f"IMDB data: no *.txt reviews in {self.root / source}/pos or neg")
         return rows
 
+    def validation_missing(self) -> str | None:
+        return "LRA has no IMDB validation set and task.val_fraction is 0" if self.val_fraction == 0 else None
+
     def dataset(self, split: str, seed: int = 0) -> torch.utils.data.Dataset:
         check_split(split)
+        if split == "val" and self.val_fraction == 0:
+            raise self.no_validation_error()
         self.check_data()
-        if split == "test" or (split == "val" and self.val_fraction == 0):
+        if split == "test":
             return _Pairs(self._read("test"), self.l_max)
         rows = self._read("train")
         if self.val_fraction > 0:
@@ -148,7 +156,7 @@ class AAN(ClassificationTask):
 
     def check_data(self) -> None:
         require_files([self.root / f for f in AAN_FILES.values()], "AAN data",
-                      f"copy lra_release/lra_release/tsv_data/new_aan_pairs.*.tsv (from the LRA release lra_release.gz) into {self.root}")
+                      fetch_hint("lra-retrieval", self.root.parent))
 
     def dataset(self, split: str, seed: int = 0) -> torch.utils.data.Dataset:
         check_split(split)

@@ -42,6 +42,7 @@ from ssmkit.tasks._shared import (
     split_indices,
 )
 from ssmkit.tasks.base import TASKS, Task, data_root
+from ssmkit.tasks.download import LRA_PATHFINDER_RESOLUTIONS, fetch_hint
 
 RESOLUTIONS = (32, 64, 128, 256, 512)
 DIFFICULTIES = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9", "hard": "curv_contour_length_14"}
@@ -302,8 +303,11 @@ class _PathfinderBase:
 
     def _how(self) -> str:
         seg = "-segmentation" if self.pool is None else ""
+        official = (self.root.parent.name == f"pathfinder{self.resolution}"  # the release's layout under a data root
+                    and self.resolution in LRA_PATHFINDER_RESOLUTIONS)
         return (f"run `ssmkit data generate pathfinder{seg} --resolution {self.resolution} --out {self.root}`"
-                + ("" if seg else f" or copy lra_release/pathfinder{self.resolution}/{self.root.name} there"))
+                + ("" if seg or not official else ", or fetch the LRA release's images: "
+                   + fetch_hint(f"lra-pathfinder{self.resolution}", self.root.parent.parent)))
 
     def check_data(self) -> None:
         if not any((self.root / "metadata").glob("*.npy")):

@@ -19,6 +19,7 @@ import torch
 from ssmkit.errors import DataError
 from ssmkit.tasks._shared import ClassificationTask, check_split, read_text, require_files
 from ssmkit.tasks.base import TASKS, data_root
+from ssmkit.tasks.download import fetch_hint
 
 SC10_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SC35_WORDS = ("backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go",
@@ -70,8 +71,7 @@ class _SpeechCommands(ClassificationTask):
         return self.sample_rate  # one second
 
     def check_data(self) -> None:
-        how = ("download speech_commands_v0.02.tar.gz (http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz) "
-               f"and unpack it into {self.root}")
+        how = fetch_hint("speechcommands", self.root.parent.parent)  # the release unpacks to <root>/SpeechCommands/...
         require_files([self.root / "validation_list.txt", self.root / "testing_list.txt"]
                       + [self.root / w for w in self.words], f"{self.name} data", how)
 

@@ -36,7 +36,8 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gat
 
 from ssmkit.errors import RecipeError, UserError
 from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
-from ssmkit.recipe import Recipe, build_model, build_task, validate
+from ssmkit.recipe import Recipe, build_model, build_task, validate  # noqa: F401  (build_task: used via loop.)
+from ssmkit.tasks.download import prepare_data
 from ssmkit.train.checkpoint import (
     device_rng_state,
     find_checkpoint,
@@ -215,12 +216,15 @@ def _print(accelerator: Accelerator, console, *args) -> None:
 
 
 def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path | None = None,
-          max_steps: int | None = None, dry_run: bool = False, console=None, return_model: bool = False):
+          max_steps: int | None = None, dry_run: bool = False, console=None, return_model: bool = False,
+          download: bool = False):
     """Trains ``recipe``; returns the summary (also written to ``summary.json``), and the prepared
     model too if ``return_model``.
 
     ``resume``: a run directory (or checkpoint) to continue; ``recipe`` must then be the run's recipe.
     ``max_steps`` overrides ``train.max_steps``. ``dry_run``: build everything, run one batch, write nothing.
+    ``download`` (or the task option ``download: true``): fetch the task's dataset first when its files are
+    missing (``ssmkit/tasks/download.py``).
     """
     cfg = recipe.train
     if max_steps is not None:
@@ -229,7 +233,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     set_seed(cfg.seed)
 
     # --- task, model, data, optimizer, schedule ---
-    task = build_task(recipe)
+    task = prepare_data(recipe, download, accelerator)  # build_task, after fetching the data if asked
     task.check_data()
     model = build_loop_model(recipe, task)
     saved = None

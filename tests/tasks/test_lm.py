@@ -218,9 +218,9 @@ def test_adaptive_tail_too_narrow_is_refused(tmp_path):
 
 
 def test_check_data_names_files_and_commands(tmp_path):
-    with pytest.raises(DataError, match=r"wikitext-103/wiki\.train\.tokens.*wikitext-103-v1\.zip"):
+    with pytest.raises(DataError, match=r"wikitext-103/wiki\.train\.tokens.*ssmkit data download wikitext-103"):
         lm(tmp_path).check_data()
-    with pytest.raises(DataError, match=r"wiki\.train\.raw.*wikitext-103-raw-v1\.zip"):
+    with pytest.raises(DataError, match=r"wiki\.train\.raw.*ssmkit data download wikitext-103-raw"):
         lm(tmp_path, raw=True).check_data()
     with pytest.raises(DataError, match=r"mine/wiki\.valid\.tokens.*ssmkit data generate text --out"):
         lm(tmp_path, corpus="mine").check_data()

@@ -63,7 +63,7 @@ def test_prompts_and_wav_samples(tmp_path):
 
 
 def test_check_data_and_options(tmp_path):
-    with pytest.raises(DataError, match=r"validation_list\.txt.*speech_commands_v0\.02\.tar\.gz"):
+    with pytest.raises(DataError, match=r"validation_list\.txt.*ssmkit data download speechcommands"):
         SC09(data_dir=str(tmp_path)).check_data()
     write_sc(tmp_path)  # the ten SC10 words only: no digit folders
     with pytest.raises(DataError, match="zero"):

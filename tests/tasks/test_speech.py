@@ -52,7 +52,7 @@ def test_mfcc_and_options(tmp_path):
 
 
 def test_missing_and_corrupt(tmp_path):
-    with pytest.raises(DataError, match=r"validation_list.txt.*speech_commands_v0.02.tar.gz"):
+    with pytest.raises(DataError, match=r"validation_list.txt.*ssmkit data download speechcommands"):
         SC35(data_dir=str(tmp_path)).dataset("train")
     base = write_sc(tmp_path)
     (base / "yes" / "spk0_nohash_0.wav").write_bytes(b"RIFF....garbage")

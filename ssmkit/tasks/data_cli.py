@@ -94,6 +94,9 @@ def check_task(name: str, options: dict | None = None) -> list[str]:
     task.check_data()
     lines = []
     for split in ("train", "val", "test"):
+        if split not in getattr(task, "splits", ("train", "val", "test")):  # an optional split the user left out
+            lines.append(f"{name} {split}: none given")
+            continue
         if split == "val" and not task.has_validation:
             lines.append(f"{name} val: none ({task.validation_missing()}; training keeps its last step as best)")
             continue
@@ -104,6 +107,8 @@ def check_task(name: str, options: dict | None = None) -> list[str]:
         ds[0]  # reads one sample, so a broken file format shows here
         ds[n - 1]
         lines.append(f"{name} {split}: {n} samples")
+    if hasattr(task, "describe"):  # what the task inferred from the user's data
+        lines.append(task.describe())
     return lines
 
 

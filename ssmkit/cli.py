@@ -109,21 +109,25 @@ def train(
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. optimizer.lr=1e-3"),
     name: str = typer.Option(None, "--name", help="run name: the run goes to <train.runs_dir>/<name>"),
     run_dir: Path = typer.Option(None, "--run-dir", help="exact run directory (must not exist yet)"),
-    max_steps: int = typer.Option(None, "--max-steps", min=1, help="stop after this many optimizer steps"),
-    resume: Path = typer.Option(None, "--resume", help="continue this run directory from its latest checkpoint"),
+    max_steps: int = typer.Option(None, "--max-steps", min=1, help="a new run: its length in optimizer steps (as "
+                                  "train.max_steps); on resume: stop at this step, the schedule unchanged"),
+    resume: str = typer.Option(None, "--resume", help="RUN_DIR: continue it from its latest checkpoint (one without a "
+                               "checkpoint starts again); auto: continue --run-dir (or <runs_dir>/<name>) if it has a "
+                               "checkpoint, else start it (for requeued jobs)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, build, show the model, run one batch, exit"),
     download: bool = typer.Option(False, "--download", help="fetch the task's dataset first if its files are missing "
                                   "(as `ssmkit data download NAME`)"),
     processes: int = typer.Option(1, "--processes", min=1, help="start this many local processes (torchrun-style; "
                                   "train.batch_size is per process)"),
 ):
-    """Train a model from a recipe."""
+    """Train a model from a recipe. Exit codes: 0 finished (or stopped at --max-steps), 2 bad input, 3 non-finite
+    loss, 130/143 interrupted by SIGINT/SIGTERM (checkpoint saved)."""
     from ssmkit.recipe import load_recipe, validate
-    from ssmkit.train.loop import load_run_recipe
     from ssmkit.train.loop import train as run_training
+    from ssmkit.train.resume import AUTO, recipe_to_resume
 
     overrides = list(overrides or [])
-    if resume is not None:
+    if resume is not None and resume != AUTO:
         if recipe is not None and "=" not in recipe:
             raise UserError(f"--resume takes the recipe from {resume}; drop {recipe!r} (only train.* overrides are allowed)")
         if recipe is not None:
@@ -133,7 +137,7 @@ def train(
             raise UserError(f"on --resume only train.* keys may change (the run must continue the same experiment), got {bad[0]!r}")
         if name or run_dir:
             raise UserError("--resume continues the run in place; drop --name/--run-dir")
-        parsed, _ = load_run_recipe(resume, overrides)
+        parsed = recipe_to_resume(resume, overrides)
     else:
         if recipe is None:
             raise UserError("missing RECIPE: give a YAML file or a shipped recipe name (list them with: ssmkit recipes)")
@@ -144,14 +148,18 @@ def train(
         parsed = load_recipe(recipe, overrides)
         if name is not None:
             parsed = validate({**parsed.to_dict(), "name": name}, parsed.source)
+        if resume == AUTO:  # continue the run there if it has a checkpoint (its recipe, train.* from this one)
+            parsed = recipe_to_resume(AUTO, overrides, given=parsed, run_dir=run_dir)
     if processes > 1:  # the recipe is valid (checked above): start the processes
         from ssmkit.train.launch import launch_local
 
-        args = list(overrides) if resume is not None else [recipe, *overrides]  # on --resume, overrides hold them all
+        args = list(overrides) if resume not in (None, AUTO) else [recipe, *overrides]  # on --resume, overrides hold them all
         for flag, value in (("--name", name), ("--run-dir", run_dir), ("--max-steps", max_steps), ("--resume", resume)):
             if value is not None:
                 args += [flag, str(value)]
-        hint = (resume, run_dir, None if resume or run_dir else str(Path(parsed.train.runs_dir) / parsed.name))
+        auto = Path(run_dir or Path(parsed.train.runs_dir) / parsed.name) if resume == AUTO else None
+        hint = (None if resume in (None, AUTO) else Path(resume), run_dir or auto,
+                None if resume or run_dir else str(Path(parsed.train.runs_dir) / parsed.name))
         flags = [*(["--dry-run"] if dry_run else []), *(["--download"] if download else [])]
         sys.exit(launch_local(processes, ["train", *args, *flags], run_hint=hint))
     from ssmkit.train.launch import PEER_LOST, end_distributed_worker, leave_distributed_worker, lost_peer
@@ -163,18 +171,42 @@ def train(
     except BaseException as e:
         if lost_peer(e):  # another rank died: the launcher says which, in one line
             leave_distributed_worker(PEER_LOST)
-        end_distributed_worker(barrier=False)  # another rank may never reach a barrier
-        raise
-    distributed = end_distributed_worker(barrier=True)
+        from ssmkit.train.guard import NonFiniteLoss
+
+        together = isinstance(e, NonFiniteLoss)  # every rank stops at the same step: the main one reports
+        if end_distributed_worker(barrier=together) and together:
+            if _is_main():
+                click.echo(f"error: {_user_message(e)}", err=True)
+            leave_distributed_worker(e.exit_code if _is_main() else 0)
+        raise  # another rank may never reach a barrier
+    code = _train_exit_code(summary)
     if not dry_run and _is_main():
-        final = summary["final"]
-        metric = f"val/{summary['main_metric']}"
-        status = "finished" if summary["status"] == "finished" else "stopped (resume with: ssmkit train --resume " + summary["run_dir"] + ")"
-        console.print(f"{status}: {summary['step']} steps in {summary['time_s']:.1f}s; {metric} = {_fmt(final.get(metric))}")
-        console.print(f"run directory: {summary['run_dir']}")
-        console.print(f"evaluate it:   ssmkit eval {summary['run_dir']}")
-    if distributed:
-        leave_distributed_worker(0)
+        _train_summary(console, summary)
+    if end_distributed_worker(barrier=True):  # only the main process's exit code carries the outcome
+        leave_distributed_worker(code if _is_main() else 0)
+    return code
+
+
+def _train_exit_code(summary: dict) -> int:
+    """0, or 128 + the signal (130 SIGINT, 143 SIGTERM) for an interrupted run, so batch systems see it."""
+    import signal
+
+    if summary.get("status") == "interrupted" and summary.get("signal") in signal.Signals.__members__:
+        return 128 + signal.Signals[summary["signal"]]
+    return 0
+
+
+def _train_summary(console, summary: dict) -> None:
+    from ssmkit.train.progress import say
+    from ssmkit.train.signals import resume_command
+
+    final = summary["final"]
+    metric = f"val/{summary['main_metric']}"
+    status = {"finished": "finished"}.get(summary["status"], f"{summary['status']} (resume with: "
+                                          f"{resume_command(summary['run_dir'])})")
+    say(console, f"{status}: {summary['step']} steps in {summary['time_s']:.1f}s; {metric} = {_fmt(final.get(metric))}")
+    say(console, f"run directory: {summary['run_dir']}")
+    say(console, f"evaluate it:   ssmkit eval {summary['run_dir']}")
 
 
 @app.command("eval")
@@ -191,7 +223,7 @@ def eval_command(
         raise UserError(f"unknown --split {split!r}; choose val or test")
     if checkpoint not in ("latest", "best"):
         raise UserError(f"unknown --checkpoint {checkpoint!r}; choose latest or best")
-    result = evaluate_run(path, split, list(overrides or []), which=checkpoint)
+    result = evaluate_run(path, split, list(overrides or []), which=checkpoint, console=_console(err=True))
     if not _is_main():
         return
     table = Table(title=f"{split} metrics of {result['checkpoint']} (step {result['step']})")

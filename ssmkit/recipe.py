@@ -95,13 +95,15 @@ class TrainConfig:
     grad_clip: float | None = _f(None, "clip the global gradient norm to this (null: off)", low=0.0, low_open=True)
     seed: int = _f(0, "seed of model initialisation, shuffling and dropout", low=0)
     eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of each epoch)", low=0)
-    log_every: int = _f(50, "write a metrics.jsonl line every N optimizer steps", low=1)
+    log_every: int = _f(50, "write a metrics.jsonl line (and a log line off a terminal) every N optimizer steps", low=1)
     save_every: int = _f(0, "also checkpoint every N optimizer steps (0: only at evaluations)", low=0)
     keep_checkpoints: int = _f(1, "newest step checkpoints kept besides the best one", low=1)
     num_workers: int = _f(0, "DataLoader worker processes per process", low=0)
     log_with: list = _f([], "trackers through Accelerate: tensorboard, wandb")
     distributed: str = _f("ddp", "several processes: ddp (replicated model) or fsdp (sharded; GPUs only)", choices=DISTRIBUTED)
     compile: bool = _f(False, "torch.compile the model (falls back to eager with a warning if it fails)")
+    on_nonfinite: str = _f("stop", "a NaN/inf training loss: stop (exit 3, nothing applied or saved) or skip the step",
+                           choices=("stop", "skip"))
     runs_dir: str = _f("runs", "where new run directories are made")
 
 

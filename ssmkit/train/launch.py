@@ -81,22 +81,55 @@ def describe_failure(failures: dict, resume_hint: str) -> str:
     return f"{'; '.join(parts)}, so the launch stopped; {resume_hint}"
 
 
-def _resume_hint(run_hint: tuple[Path | None, Path | None, str | None], started: float) -> str:
-    """The ``--resume`` command of the run the launch was writing (its run directory, when a checkpoint exists)."""
+def _run_of_launch(run_hint: tuple[Path | None, Path | None, str | None], started: float) -> Path | None:
+    """The run directory the launch was writing: ``--resume``/``--run-dir``, else the newest ``<name>[-N]``
+    made since the launch started."""
     resume, run_dir, pattern = run_hint
-    candidates: list[Path] = []
     if resume is not None or run_dir is not None:
-        candidates = [Path(resume or run_dir)]
-    elif pattern is not None:
+        return Path(resume or run_dir)
+    if pattern is not None:
         root, name = Path(pattern).parent, Path(pattern).name
         if root.is_dir():
-            candidates = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(re.escape(name) + r"(-\d+)?", p.name)
-                                 and p.stat().st_mtime >= started - 1), key=lambda p: p.stat().st_mtime, reverse=True)
-    for run in candidates[:1]:
-        if any((run / "checkpoints").glob("step-*/model.safetensors")):
-            return f"continue from its last checkpoint with: ssmkit train --resume {run}"
-        return f"{run} has no checkpoint yet; start the run again"
-    return "no checkpoint was written; start the run again"
+            made = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(re.escape(name) + r"(-\d+)?", p.name)
+                           and p.stat().st_mtime >= started - 1), key=lambda p: p.stat().st_mtime, reverse=True)
+            return made[0] if made else None
+    return None
+
+
+def _resume_hint(run_hint: tuple[Path | None, Path | None, str | None], started: float, processes: int = 1) -> str:
+    """The ``--resume`` command of the run the launch was writing (with ``--processes N``); a run without a
+    checkpoint is started again by the same command."""
+    from ssmkit.train.signals import resume_command
+
+    run = _run_of_launch(run_hint, started)
+    if run is None:
+        return "no checkpoint was written; start the run again"
+    if any((run / "checkpoints").glob("step-*/model.safetensors")):
+        return f"continue from its last checkpoint with: {resume_command(run, processes)}"
+    return f"{run} has no checkpoint yet; start it again with: {resume_command(run, processes)}"
+
+
+#: Exit codes whose one line the main worker has already printed (a user error, a non-finite loss, an
+#: interruption saved by the workers): the launcher only passes them on.
+REPORTED_BY_WORKER = (2, 3, 130, 143)
+
+
+def _after_signal(signum: int, run_hint, started: float, processes: int) -> str | None:
+    """The launcher got SIGINT/SIGTERM and passed it to the workers, which have stopped: None when the run
+    recorded its own stop (its summary.json says interrupted; rank 0 printed the resume command), else one line."""
+    import json
+    import signal
+
+    run = _run_of_launch(run_hint, started)
+    summary = run / "summary.json" if run is not None else None
+    try:
+        if summary is not None and summary.stat().st_mtime >= started - 1 and \
+                json.loads(summary.read_text()).get("status") == "interrupted":
+            return None
+    except (OSError, ValueError):
+        pass
+    name = signal.Signals(signum).name
+    return f"stopped by {name} before the workers could save; {_resume_hint(run_hint, started, processes)}"
 
 
 def launch_local(processes: int, ssmkit_args: list[str],
@@ -106,10 +139,14 @@ def launch_local(processes: int, ssmkit_args: list[str],
     ``run_hint``: (``--resume`` dir, ``--run-dir``, or ``<runs_dir>/<name>`` of a new run), so that a
     rank that dies is reported in one line with the ``--resume`` command that continues the run."""
     import logging
+    import sys
     import time
 
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
+
+    from ssmkit.train.signals import PROCESSES_ENV, exit_code
 
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         raise UserError("--processes inside an already distributed launch (torchrun / accelerate launch); drop --processes")
@@ -123,21 +160,30 @@ def launch_local(processes: int, ssmkit_args: list[str],
     args = get_args_parser().parse_args(
         ["--standalone", "--nproc_per_node", str(processes), "--module", "ssmkit", *ssmkit_args]
     )
+    # The workers' resume hint keeps --processes N; on SIGINT/SIGTERM the launcher passes the signal on and
+    # gives them this long to save before SIGKILL (below the ~120 s grace period of cluster schedulers).
+    os.environ[PROCESSES_ENV] = str(processes)
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "100")
     elastic = logging.getLogger("torch.distributed.elastic")
     level, started = elastic.level, time.time()
     elastic.setLevel(logging.CRITICAL)  # its per-failure log lines and tracebacks; we report in one line
     try:
         run(args)
+    except SignalException as e:  # Ctrl-C or SIGTERM on the launcher: the workers got it too and saved
+        line = _after_signal(e.sigval, run_hint, started, processes)
+        if line is not None:
+            print(f"error: {line}", file=sys.stderr)
+        return exit_code(e.sigval)
     except ChildFailedError as e:
         failures = e.failures
         codes = sorted({f.exitcode for f in failures.values()})
-        if codes == [2]:  # a user error, already printed in one line by the process that hit it
-            return 2
-        import sys
-
-        print(f"error: {describe_failure(failures, _resume_hint(run_hint, started))}", file=sys.stderr)
+        main = failures.get(0)
+        if main is not None and main.exitcode in REPORTED_BY_WORKER or len(codes) == 1 and codes[0] in REPORTED_BY_WORKER:
+            return (main or next(iter(failures.values()))).exitcode  # the main worker printed its one line
+        print(f"error: {describe_failure(failures, _resume_hint(run_hint, started, processes))}", file=sys.stderr)
         code = next((f.exitcode for f in failures.values() if f.exitcode != PEER_LOST), codes[0])
         return 128 - code if code < 0 else (code or 1)
     finally:
         elastic.setLevel(level)
+        os.environ.pop(PROCESSES_ENV, None)
     return 0

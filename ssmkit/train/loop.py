@@ -1,10 +1,15 @@
 """The training loop: one readable PyTorch loop on Hugging Face Accelerate.
 
-    set-up (seed, task, model, data, optimizer, schedule, accelerator.prepare, resume)
-    for each epoch: for each batch: forward, loss, backward (accumulated), clip, step, schedule
-        every log_every steps: a metrics.jsonl line; every eval_every steps (or each epoch): evaluate,
-        checkpoint (best and last)
+    set-up (where to start, seed, task, model, data, optimizer, schedule, accelerator.prepare, resume, banner)
+    for each epoch: for each batch: forward, loss, backward (accumulated); per optimizer step the finite
+        check, clip, step, schedule; every log_every steps: a metrics.jsonl line (and a plain log line off a
+        terminal); every eval_every steps (or each epoch): evaluate, checkpoint (best and last)
     end: final evaluation and checkpoint, summary.json
+
+``train()`` sets up and ``_Run`` runs; each concern beside the loop has its own module: where a run starts
+(``resume.py``), the non-finite check (``guard.py``), signals and exit codes (``signals.py``), the display
+(``progress.py``, ``banner.py``), trackers (``trackers.py``), checkpoints and run directories
+(``checkpoint.py``, ``rundir.py``).
 
 Conventions:
 - A *step* is an optimizer step (``grad_accum`` forward passes on every process). Schedules count steps,
@@ -18,12 +23,13 @@ Conventions:
   rate is not scaled with the number of processes (scale it in the recipe if you want that).
 - Kernels, Cauchy/Vandermonde products and FFTs run in float32/complex64 under bf16/fp16 autocast
   (``tests/train/test_precision.py`` checks every registered kernel).
-- SIGINT/SIGTERM finish the current step, save a checkpoint and return with status ``interrupted``.
+- SIGINT/SIGTERM finish the current step (or abandon an evaluation within a batch), save a checkpoint and
+  return with status ``interrupted`` (the CLI exits 130/143). A non-finite loss is never applied to the
+  weights and no checkpoint holds NaN (``guard.py``).
 """
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 import warnings
@@ -37,7 +43,9 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gat
 from ssmkit.errors import RecipeError, UserError
 from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
 from ssmkit.recipe import Recipe, build_model, build_task, validate  # noqa: F401  (build_task: used via loop.)
+from ssmkit.tasks.base import no_validation_note
 from ssmkit.tasks.download import prepare_data
+from ssmkit.train.banner import print_banner, slow_step
 from ssmkit.train.checkpoint import (
     device_rng_state,
     find_checkpoint,
@@ -46,15 +54,28 @@ from ssmkit.train.checkpoint import (
     set_device_rng_state,
     set_rng_state,
 )
+from ssmkit.train.guard import LossGuard, NonFiniteLoss, causes, parameters_finite
+from ssmkit.train.lock import hold_run_lock, releases_run_locks
 from ssmkit.train.optim import build_optimizer, build_scheduler, describe_groups, param_groups
 from ssmkit.train.progress import Progress
-from ssmkit.train.rundir import append_metrics, new_run_dir, truncate_metrics, write_json
+from ssmkit.train.resume import Start, has_checkpoint, plan_start
+from ssmkit.train.rundir import (
+    append_metrics,
+    new_run_dir,
+    read_metrics,
+    truncate_metrics,
+    write_summary,
+    write_text,
+)
+from ssmkit.train.signals import SecondInterrupt, StopFlag, StoppedAtOnce, resume_command
+from ssmkit.train.trackers import check_trackers, finish_trackers, start_trackers
 
 
-def make_accelerator(recipe: Recipe, run_dir: Path | None = None, trackers: bool = True) -> Accelerator:
+def make_accelerator(recipe: Recipe) -> Accelerator:
     """An Accelerator for this recipe (CPU when no GPU is visible; fp16 and FSDP on CPU are refused).
 
     Works unchanged under ``accelerate launch`` and ``torchrun`` (Accelerate reads their environment).
+    Trackers are started later, once the run directory exists (``ssmkit/train/trackers.py``).
     """
     on_cpu = not torch.cuda.is_available()
     if recipe.train.mixed_precision == "fp16" and on_cpu:
@@ -72,14 +93,11 @@ def make_accelerator(recipe: Recipe, run_dir: Path | None = None, trackers: bool
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") not in (None, recipe.train.mixed_precision):
         AcceleratorState._reset_state()
-    log_with = list(recipe.train.log_with) if trackers else []
     return Accelerator(
         cpu=on_cpu,
         mixed_precision=recipe.train.mixed_precision,
         fsdp_plugin=fsdp_plugin,
         gradient_accumulation_steps=recipe.train.grad_accum,
-        log_with=log_with or None,
-        project_dir=str(run_dir) if run_dir is not None and log_with else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.train.seed),
     )
 
@@ -185,72 +203,48 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _print(accelerator: Accelerator, console, *args) -> None:
-    if accelerator.is_main_process and console is not None:
-        console.print(*args)
-
-
+@releases_run_locks  # the run directory's lock (hold_run_lock) ends with the call, however it ends
 def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path | None = None,
           max_steps: int | None = None, dry_run: bool = False, console=None, return_model: bool = False,
           download: bool = False):
     """Trains ``recipe``; returns the summary (also written to ``summary.json``), and the prepared
     model too if ``return_model``.
 
-    ``resume``: a run directory (or checkpoint) to continue; ``recipe`` must then be the run's recipe.
-    ``max_steps`` overrides ``train.max_steps``. ``dry_run``: build everything, run one batch, write nothing.
-    ``download`` (or the task option ``download: true``): fetch the task's dataset first when its files are
-    missing (``ssmkit/tasks/download.py``).
+    ``resume``: a run directory (or checkpoint) to continue (one without a checkpoint starts again from step 0),
+    or ``"auto"``: continue ``run_dir`` (default ``<runs_dir>/<name>``) if it has a checkpoint, else start it
+    (``ssmkit/train/resume.py``). ``max_steps``: on a new run its length (``train.max_steps``, schedule
+    included); on a resumed run a stop point that leaves the schedule as planned. ``dry_run``: build
+    everything, run one batch, write nothing. ``download`` (or the task option ``download: true``): fetch the
+    task's dataset first when its files are missing (``ssmkit/tasks/download.py``). A non-finite loss raises
+    ``NonFiniteLoss`` after writing the summary (``ssmkit/train/guard.py``).
     """
     cfg = recipe.train
-    if max_steps is not None:
-        cfg.max_steps = max_steps
-    accelerator = make_accelerator(recipe, trackers=not dry_run)
+    start = plan_start(recipe, run_dir, resume)
+    if max_steps is not None and not start.resuming:
+        cfg.max_steps = max_steps  # a new run: its length, recorded in its recipe.yaml
+    check_trackers([] if dry_run else cfg.log_with, recipe.source)
+    accelerator = make_accelerator(recipe)
     set_seed(cfg.seed)
+    notes = console if accelerator.is_main_process else None
 
     # --- task, model, data, optimizer, schedule ---
     task = prepare_data(recipe, download, accelerator)  # build_task, after fetching the data if asked
-    task.check_data()
+    with slow_step(notes, f"checking the {recipe.task['name']} data"):
+        task.check_data()
     model = build_loop_model(recipe, task)
     saved = None
-    if resume is not None:  # full weights into the unwrapped model, before DDP/FSDP wraps (and shards) it
-        ckpt = find_checkpoint(resume)
-        saved = load_checkpoint(ckpt)
-        _load_weights(model, saved["model"], ckpt)
+    if start.resuming:  # full weights into the unwrapped model, before DDP/FSDP wraps (and shards) it
+        saved = load_checkpoint(start.checkpoint)
+        _load_weights(model, saved["model"], start.checkpoint)
     groups = param_groups(model, recipe.optimizer.lr, recipe.optimizer.weight_decay)
     optimizer = build_optimizer(model, recipe.optimizer)
-    train_loader = make_loader(task, "train", recipe, cfg.seed)
-    val_loader = make_loader(task, "val", recipe, cfg.seed)
+    with slow_step(notes, f"reading the {recipe.task['name']} training split"):
+        train_loader = make_loader(task, "train", recipe, cfg.seed)
+    no_val = no_validation_note(task, recipe.scheduler.name)  # no validation split: never select on test
+    with slow_step(notes, f"reading the {recipe.task['name']} validation split"):
+        val_loader = make_loader(task, "val", recipe, cfg.seed) if no_val is None else None
+    data = {"train": len(train_loader.dataset), "val": len(val_loader.dataset) if val_loader is not None else 0}
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    net = _Compiled(model) if cfg.compile else model  # what the loop calls; ``model`` is what is saved
-    # Under accumulation, compute each kernel once per optimizer step. Single process only: under DDP the
-    # kernel parameters would get their gradient after DDP's all-reduce.
-    cache_kernels = cfg.grad_accum > 1 and accelerator.num_processes == 1
-    set_kernel_caching(model, cache_kernels)
     batches_per_epoch = len(train_loader)  # this process's share
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -260,164 +254,345 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
             f"{recipe.source}: train.batch_size={cfg.batch_size} x {accelerator.num_processes} process(es) is larger "
             f"than the training set ({len(train_loader.dataset)} samples); lower it or raise task.samples_per_epoch"
         )
+    stop_at = _stop_point(max_steps if start.resuming else None, saved, total_steps)
 
     if dry_run:
         return _dry_run(recipe, model, groups, task, train_loader, accelerator, console)
 
-    # --- run directory (made by the main process, shared with the others) ---
-    if resume is not None:
-        run_path = ckpt.parent.parent
-    else:
-        made = [str(new_run_dir(cfg.runs_dir, recipe.name, run_dir)) if accelerator.is_main_process else None]
-        run_path = Path(broadcast_object_list(made)[0])
-    if accelerator.is_main_process:
-        (run_path / "recipe.yaml").write_text(recipe.to_yaml())
-    if cfg.log_with:
-        accelerator.init_trackers(recipe.name, config=_flat(recipe.to_dict()))
-
-    # --- resume: weights, optimizer, schedule, RNG, position in the data ---
-    step, epoch, batch_in_epoch, best = 0, 0, 0, None
+    run_path = _run_directory(start, recipe, run_dir, accelerator)
+    start_trackers(accelerator, recipe, run_path)
+    run = _Run(recipe, accelerator, task, model, optimizer, scheduler, train_loader, val_loader, run_path,
+               console, total_steps, batches_per_epoch)
     if saved is not None:
-        _load_optimizer(accelerator, model, optimizer, saved["optimizer"])
+        run.restore(saved)
+    first_step = run.step
+    parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    print_banner(notes, run_dir=run_path, new=start.run_dir is None, start_step=run.step, recipe=recipe,
+                 parameters=parameters, accelerator=accelerator, total_steps=total_steps,
+                 steps_per_epoch=steps_per_epoch, data=data)
+    if notes is not None and no_val is not None:
+        notes.print(no_val)
+    try:
+        run.run(stop_at)
+    finally:
+        summary = run.summary(parameters)
+        if accelerator.is_main_process:
+            summary = write_summary(run_path, summary, first_step)  # time_s summed over resumed segments
+        finish_trackers(accelerator)
+    return (summary, model) if return_model else summary
+
+
+def _stop_point(max_steps: int | None, saved: dict | None, total_steps: int) -> int:
+    """Where a resumed run with ``--max-steps`` stops (the schedule keeps the run's ``total_steps``)."""
+    if max_steps is None:
+        return total_steps
+    at = saved["state"]["step"]
+    if max_steps > total_steps:
+        raise UserError(f"--max-steps {max_steps} is past the end of this run ({total_steps} steps, which its schedule "
+                        f"is planned for); to make the run longer set train.max_steps={max_steps} (re-plans the schedule)")
+    if max_steps < at:
+        raise UserError(f"--max-steps {max_steps}: the run is already at step {at}; give a later step (up to {total_steps})")
+    return max_steps
+
+
+def _run_directory(start: Start, recipe: Recipe, run_dir, accelerator: Accelerator) -> Path:
+    """The run directory, made (or prepared for a restart) by the main process and shared with the others;
+    ``recipe.yaml`` written into it."""
+    made = [None]
+    if accelerator.is_main_process:
+        if start.run_dir is None:
+            path = new_run_dir(recipe.train.runs_dir, recipe.name, run_dir)
+            hold_run_lock(path)  # one trainer per run directory (ssmkit/train/lock.py)
+        else:
+            path = start.run_dir
+            path.mkdir(parents=True, exist_ok=True)
+            hold_run_lock(path)  # a second trainer of this run: one line naming the first one, exit 2
+            if not start.resuming:  # a run that stopped before its first checkpoint starts again from step 0
+                truncate_metrics(path, 0)
+        write_text(path / "recipe.yaml", recipe.to_yaml())  # atomically, never through a planted symlink
+        made = [str(path)]
+    return Path(broadcast_object_list(made)[0])
+
+
+class _Run:
+    """One training run's state and steps: ``run`` goes through the epochs; the step, the logging, the
+    evaluation and the checkpoint are methods, so each reads on its own."""
+
+    def __init__(self, recipe, accelerator, task, model, optimizer, scheduler, train_loader, val_loader,
+                 run_path: Path, console, total_steps: int, batches_per_epoch: int):
+        self.recipe, self.cfg, self.accelerator, self.task = recipe, recipe.train, accelerator, task
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.train_loader, self.val_loader, self.run_path = train_loader, val_loader, run_path
+        self.total_steps, self.batches_per_epoch = total_steps, batches_per_epoch
+        self.net = _Compiled(model) if self.cfg.compile else model  # what the loop calls; ``model`` is what is saved
+        # Under accumulation, compute each kernel once per optimizer step. Single process only: under DDP the
+        # kernel parameters would get their gradient after DDP's all-reduce.
+        self.cache_kernels = self.cfg.grad_accum > 1 and accelerator.num_processes == 1
+        set_kernel_caching(model, self.cache_kernels)
+        self.guard = LossGuard(accelerator, self.cfg.on_nonfinite)
+        self.console = console
+        self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, None
+        self.status, self.signal = "finished", None
+        self.last_metrics: dict = {}
+        self.evaluated_at = -1
+        self.start_time = time.time()
+        self.stop: StopFlag | None = None
+
+    # --- resume ---
+    def restore(self, saved: dict) -> None:
+        """Optimizer, schedule, every process's RNG streams and the position in the data, from a checkpoint."""
+        _load_optimizer(self.accelerator, self.model, self.optimizer, saved["optimizer"])
         state = saved["state"]
-        scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict(state["scheduler"])
         by_rank = saved["rng_by_rank"]
         # Each process continues its own dropout stream; on another process count, all take the main one's.
-        same_layout = len(by_rank) == accelerator.num_processes
-        set_rng_state(state["rng"], by_rank[accelerator.process_index] if same_layout else saved["rng_torch"])
+        same_layout = len(by_rank) == self.accelerator.num_processes
+        rank = self.accelerator.process_index
+        set_rng_state(state["rng"], by_rank[rank] if same_layout else saved["rng_torch"])
         device_by_rank = saved["device_rng_by_rank"]
-        if same_layout and len(device_by_rank) == accelerator.num_processes:
-            set_device_rng_state(accelerator.device, device_by_rank[accelerator.process_index])
-        step, epoch, batch_in_epoch, best = state["step"], state["epoch"], state["batch_in_epoch"], state.get("best")
-        if accelerator.is_main_process:
-            truncate_metrics(run_path, step)
-        _print(accelerator, console, f"resuming {run_path} from step {step} (epoch {epoch})")
+        if same_layout and len(device_by_rank) == self.accelerator.num_processes:
+            set_device_rng_state(self.accelerator.device, device_by_rank[rank])
+        self.step, self.epoch, self.batch_in_epoch, self.best = (state["step"], state["epoch"], state["batch_in_epoch"],
+                                                                 state.get("best"))
+        if self.accelerator.is_main_process:
+            truncate_metrics(self.run_path, self.step)
+        # A checkpoint made by an evaluation: its metrics stand (a requeued finished run is not evaluated again).
+        val = [r for r in read_metrics(self.run_path) if r["step"] == self.step and r.get("loss") is None
+               and r.get("metrics")] if state.get("metric") is not None else []
+        if val:
+            self.last_metrics = {k.removeprefix("val/"): v for k, v in val[-1]["metrics"].items()}
+            self.evaluated_at = self.step
 
-    def checkpoint(metric: float | None = None, is_best: bool = False) -> None:
-        accelerator.wait_for_everyone()
-        model_state, optimizer_state = _full_states(accelerator, model, optimizer)  # collective under FSDP
-        mine = (torch.get_rng_state(), device_rng_state(accelerator.device))
-        pairs = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
-        if accelerator.is_main_process:
-            state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": best,
-                     "metric": metric, "main_metric": task.main_metric, "scheduler": scheduler.state_dict(),
-                     "processes": accelerator.num_processes}
-            save_checkpoint(run_path, model_state, optimizer_state,
-                            state, recipe.to_yaml(), best=is_best, keep=cfg.keep_checkpoints,
-                            rng_by_rank=[p[0] for p in pairs], device_rng_by_rank=[p[1] for p in pairs])
-        accelerator.wait_for_everyone()
+    # --- checkpoints and evaluation ---
+    def _check_weights(self) -> None:
+        """Never evaluate or save a non-finite model (a finite loss can still overflow the update)."""
+        if not parameters_finite(self.model, self.accelerator):
+            raise NonFiniteLoss(self._nonfinite_line(f"step {self.step}: the weights became NaN or infinite "
+                                                     "(the loss before the update was finite)"))
 
-    def run_eval() -> dict:
-        nonlocal best
-        metrics = evaluate(model, val_loader, task, accelerator)
-        value = metrics.get(task.main_metric)
-        improved = _is_better(value, best, task.main_mode)
+    def checkpoint(self, metric: float | None = None, is_best: bool = False) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        model_state, optimizer_state = _full_states(acc, self.model, self.optimizer)  # collective under FSDP
+        mine = (torch.get_rng_state(), device_rng_state(acc.device))
+        pairs = gather_object([mine]) if acc.num_processes > 1 else [mine]
+        if acc.is_main_process:
+            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
+                     "metric": metric, "main_metric": self.task.main_metric, "scheduler": self.scheduler.state_dict(),
+                     "processes": acc.num_processes}
+            save_checkpoint(self.run_path, model_state, optimizer_state, state, self.recipe.to_yaml(), best=is_best,
+                            keep=self.cfg.keep_checkpoints, rng_by_rank=[p[0] for p in pairs],
+                            device_rng_by_rank=[p[1] for p in pairs])
+        acc.wait_for_everyone()
+
+    def run_eval(self) -> None:
+        """Evaluates, logs, checkpoints (best when the main metric improved). A signal during the evaluation
+        abandons it within a batch; the loop then saves and stops."""
+        self._check_weights()
+        if self.val_loader is None:  # no validation split (no_validation_note): the last step is the best
+            self.checkpoint(None, True)
+            self.last_metrics, self.evaluated_at = {}, self.step
+            return
+        loader = _StopAware(self.val_loader, self.stop, self.accelerator)
+        metrics = evaluate(self.model, loader, self.task, self.accelerator)
+        if loader.interrupted:
+            return
+        value = metrics.get(self.task.main_metric)
+        improved = _is_better(value, self.best, self.task.main_mode)
         if improved:
-            best = value
-        if recipe.scheduler.name == "plateau" and value is not None:
-            scheduler.step(value)
-        record = {"step": step, "epoch": epoch, "lr": _lr(optimizer), "loss": None,
+            self.best = value
+        if self.recipe.scheduler.name == "plateau" and value is not None:
+            self.scheduler.step(value)
+        record = {"step": self.step, "epoch": self.epoch, "lr": _lr(self.optimizer), "loss": None,
                   "metrics": {f"val/{k}": v for k, v in metrics.items()}, "tokens_per_s": None}
-        if accelerator.is_main_process:
-            append_metrics(run_path, record)
-            progress.eval_line(step, total_steps, epoch, metrics, task.main_metric)
-        accelerator.log(record["metrics"], step=step)
-        checkpoint(value, improved)
-        return metrics
+        if self.accelerator.is_main_process:
+            append_metrics(self.run_path, record)
+            self.progress.eval_line(self.step, self.total_steps, self.epoch, metrics, self.task.main_metric)
+        self.accelerator.log(record["metrics"], step=self.step)
+        self.checkpoint(value, improved)
+        self.last_metrics, self.evaluated_at = metrics, self.step
 
-    # --- the loop ---
-    model.train()
-    start_time = time.time()
-    window_loss, window_batches, window_tokens, window_start = torch.zeros((), device=accelerator.device), 0, 0, time.time()
-    last_metrics: dict = {}
-    evaluated_at = -1
-    status = "finished"
-    progress = Progress(accelerator.is_main_process, total_steps, step, console)
-    with _StopFlag() as stop, progress:
-        while step < total_steps and (cfg.max_steps or epoch < cfg.epochs):
+    # --- one batch ---
+    def train_batch(self, x, y) -> bool | None:
+        """Forward and backward; at the end of an accumulation, the finite check and the optimizer step.
+        Returns None mid-accumulation, else whether the step was applied (False: non-finite, skipped)."""
+        acc = self.accelerator
+        with acc.accumulate(self.model):
+            loss = self.task.loss(forward(self.net, self.task, x), y)
+            self.guard.add(loss)
+            acc.backward(loss)
+            if not acc.sync_gradients:
+                return None
+            if self.cache_kernels:
+                flush_kernel_caches(self.model)  # the step's one kernel backward
+            finite, self.step_loss = self.guard.finish_step()
+            if finite:
+                if self.cfg.grad_clip:
+                    acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                self.optimizer.step()
+            self.optimizer.zero_grad()
+            return finite
+
+    def _nonfinite_line(self, where: str) -> str:
+        ckpt = "no checkpoint was written yet" if not has_checkpoint(self.run_path) else \
+            f"the last checkpoint is good: {resume_command(self.run_path)} continues from it"
+        skip = "" if self.cfg.on_nonfinite == "skip" else "; to skip such steps set train.on_nonfinite=skip"
+        return f"{where}; likely causes: {causes(self.recipe)}; {ckpt}{skip}"
+
+    def after_step(self, window: _Window) -> None:
+        """Schedule, log line, progress, evaluation or checkpoint after an applied optimizer step."""
+        cfg, acc = self.cfg, self.accelerator
+        self.step += 1
+        if self.recipe.scheduler.name != "plateau" and not acc.optimizer_step_was_skipped:
+            self.scheduler.step()
+        window.losses.append(self.step_loss)
+        lr = _lr(self.optimizer)
+        if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            mean_loss, rate = window.close()
+            record = {"step": self.step, "epoch": self.epoch, "lr": lr, "loss": mean_loss, "metrics": {},
+                      "tokens_per_s": rate}
+            if acc.is_main_process:
+                append_metrics(self.run_path, record)
+            acc.log({"train/loss": mean_loss, "lr": lr}, step=self.step)
+            self.progress.update(self.step, self.epoch, self.step_loss, lr, tokens_per_s=rate, logged=True)
+        else:
+            self.progress.update(self.step, self.epoch, self.step_loss, lr)
+        if cfg.eval_every and self.step % cfg.eval_every == 0:
+            self.run_eval()
+        elif cfg.save_every and self.step % cfg.save_every == 0:
+            self._check_weights()
+            self.checkpoint()
+
+    # --- the epochs ---
+    def run(self, stop_at: int) -> None:
+        self.progress = Progress(self.accelerator.is_main_process, self.total_steps, self.step, self.console,
+                                 self.cfg.log_every)
+        try:
+            with StopFlag() as self.stop, self.progress:
+                self._epochs(stop_at)
+                self._finish(stop_at)
+        except SecondInterrupt:
+            self.status = "aborted"
+            raise StoppedAtOnce(f"stopped at once by a second Ctrl-C at step {self.step}, without saving; "
+                                + self._restart_hint()) from None
+        except NonFiniteLoss:
+            self.status = "nonfinite"
+            raise
+
+    def _restart_hint(self) -> str:
+        if has_checkpoint(self.run_path):
+            return f"continue from the last checkpoint with: {resume_command(self.run_path)}"
+        return f"no checkpoint was written yet; start it again with: {resume_command(self.run_path)}"
+
+    def _epochs(self, stop_at: int) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        window = _Window(acc.num_processes)
+        while self.step < stop_at and (cfg.max_steps or self.epoch < cfg.epochs):
             # A new shuffle, and fresh data for datasets with set_epoch (Accelerate skips the dataset's
             # set_epoch when the sampler has one, so call both).
-            loader = accelerator.skip_first_batches(train_loader, batch_in_epoch) if batch_in_epoch else train_loader
-            loader.set_epoch(epoch)
-            if hasattr(train_loader.dataset, "set_epoch"):
-                train_loader.dataset.set_epoch(epoch)
+            resumed = self.batch_in_epoch
+            loader = acc.skip_first_batches(self.train_loader, resumed) if resumed else self.train_loader
+            loader.set_epoch(self.epoch)
+            if hasattr(self.train_loader.dataset, "set_epoch"):
+                self.train_loader.dataset.set_epoch(self.epoch)
             for x, y in loader:
-                with accelerator.accumulate(model):
-                    loss = task.loss(forward(net, task, x), y)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cache_kernels:
-                        flush_kernel_caches(model)  # the step's one kernel backward
-                    if accelerator.sync_gradients and cfg.grad_clip:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                batch_in_epoch += 1
-                window_loss += loss.detach().float()
-                window_batches += 1
-                window_tokens += x.shape[0] * x.shape[1] * accelerator.num_processes
-                if not accelerator.sync_gradients:
+                applied = self.train_batch(x, y)
+                self.batch_in_epoch += 1
+                window.tokens += x.shape[0] * x.shape[1]
+                if applied is None:
                     continue
-                step += 1
-                if recipe.scheduler.name != "plateau" and not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
-
-                if step % cfg.log_every == 0 or step == total_steps:
-                    mean_loss = accelerator.reduce(window_loss / window_batches, "mean").item()
-                    rate = window_tokens / max(time.time() - window_start, 1e-9)
-                    record = {"step": step, "epoch": epoch, "lr": _lr(optimizer), "loss": mean_loss,
-                              "metrics": {}, "tokens_per_s": rate}
-                    if accelerator.is_main_process:
-                        append_metrics(run_path, record)
-                    accelerator.log({"train/loss": mean_loss, "lr": record["lr"]}, step=step)
-                    progress.update(step, loss=mean_loss, lr=record["lr"], tokens_per_s=rate)
-                    window_loss.zero_()
-                    window_batches, window_tokens, window_start = 0, 0, time.time()
+                if applied:
+                    self.after_step(window)
                 else:
-                    progress.update(step)
-
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    last_metrics, evaluated_at = run_eval(), step
-                elif cfg.save_every and step % cfg.save_every == 0:
-                    checkpoint()
-                if _should_stop(stop, accelerator):
-                    status = "interrupted"
+                    self.guard.skip_or_stop(self.step, self._nonfinite_line)
+                    self.progress.note(f"step {self.step + 1}: non-finite training loss, step skipped "
+                                       f"(train.on_nonfinite=skip; {self.guard.skipped} skipped so far)")
+                if self.stop.requested(acc):
+                    self.status = "interrupted"
+                    return
+                if self.step >= stop_at:
                     break
-                if step >= total_steps:
-                    break
-            if status == "interrupted":
-                break
-            if batch_in_epoch >= batches_per_epoch:  # the epoch is complete
-                epoch += 1
-                batch_in_epoch = 0
-                if not cfg.eval_every and evaluated_at != step:
-                    last_metrics, evaluated_at = run_eval(), step
-                    if _should_stop(stop, accelerator):
-                        status = "interrupted"
-                        break
+            if self.batch_in_epoch >= self.batches_per_epoch:  # the epoch is complete
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if not cfg.eval_every and self.evaluated_at != self.step:
+                    self.run_eval()
+                    if self.stop.requested(acc):
+                        self.status = "interrupted"
+                        return
 
-        if status == "finished" and evaluated_at != step:
-            last_metrics, evaluated_at = run_eval(), step
-        elif status == "interrupted":
-            checkpoint()
-            sig = signal.Signals(stop.signal).name if stop.signal else "a signal"
-            _print(accelerator, console, f"stopped by {sig} at step {step}; checkpoint saved. Continue with: "
-                   f"ssmkit train --resume {run_path}")
+    def _finish(self, stop_at: int) -> None:
+        if self.status == "interrupted":
+            self._check_weights()
+            self.checkpoint()
+            self.signal = self.stop.name
+            self.progress.note(f"stopped by {self.stop.name} at step {self.step}; checkpoint saved. "
+                               f"Continue with: {resume_command(self.run_path)}")
+            return
+        if self.evaluated_at != self.step:
+            self.run_eval()
+            if self.evaluated_at != self.step:  # a signal abandoned the final evaluation
+                self.status = "interrupted"
+                return self._finish(stop_at)
+        if stop_at < self.total_steps and self.step >= stop_at:
+            self.status = "stopped"
+            self.progress.note(f"stopped at step {self.step} of {self.total_steps} (--max-steps); continue with: "
+                               f"{resume_command(self.run_path)}")
 
-    summary = {
-        "name": recipe.name, "run_dir": str(run_path), "status": status, "step": step, "epoch": epoch,
-        "total_steps": total_steps, "main_metric": task.main_metric, "best": best,
-        "final": {f"val/{k}": v for k, v in last_metrics.items()}, "time_s": time.time() - start_time,
-        "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
-        "processes": accelerator.num_processes,
-    }
-    if cfg.compile:
-        summary["compiled"] = net.failed is None
-        summary["compile_error"] = net.failed
-    if accelerator.is_main_process:
-        write_json(run_path / "summary.json", summary)
-    for tracker in accelerator.trackers:  # not end_training(): that also ends the process group
-        tracker.finish()
-    return (summary, model) if return_model else summary
+    def summary(self, parameters: int) -> dict:
+        acc = self.accelerator
+        out = {
+            "name": self.recipe.name, "run_dir": str(self.run_path), "status": self.status, "step": self.step,
+            "epoch": self.epoch, "total_steps": self.total_steps, "main_metric": self.task.main_metric,
+            "best": self.best, "final": {f"val/{k}": v for k, v in self.last_metrics.items()},
+            "time_s": time.time() - self.start_time, "parameters": parameters, "processes": acc.num_processes,
+            "skipped_steps": self.guard.skipped,
+        }
+        if self.signal is not None:
+            out["signal"] = self.signal
+        if self.cfg.compile:
+            out["compiled"] = self.net.failed is None
+            out["compile_error"] = self.net.failed
+        return out
+
+
+class _Window:
+    """The steps since the last log line: their losses (each already the mean over processes) and tokens."""
+
+    def __init__(self, processes: int):
+        self.processes = processes
+        self.losses: list[float] = []
+        self.tokens = 0
+        self.t0 = time.time()
+
+    def close(self) -> tuple[float | None, float]:
+        """(mean loss, tokens/s over all processes) of the window; starts the next one."""
+        mean = sum(self.losses) / len(self.losses) if self.losses else None
+        rate = self.tokens * self.processes / max(time.time() - self.t0, 1e-9)
+        self.losses, self.tokens, self.t0 = [], 0, time.time()
+        return mean, rate
+
+
+class _StopAware:
+    """An evaluation loader that reports each batch (``on_batch``, a progress display) and ends early
+    (``interrupted``) once a signal reached any process: all processes check after every batch, so they leave
+    the evaluation together."""
+
+    def __init__(self, loader, stop: StopFlag | None, accelerator: Accelerator, on_batch=None):
+        self.loader, self.stop, self.accelerator, self.on_batch = loader, stop, accelerator, on_batch
+        self.interrupted = False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch
+            if self.on_batch is not None:
+                self.on_batch()
+            if self.stop is not None and self.stop.requested(self.accelerator):
+                self.interrupted = True
+                return
 
 
 def _load_weights(model: torch.nn.Module, weights: dict, ckpt: Path) -> None:
@@ -453,29 +628,9 @@ def _load_optimizer(accelerator: Accelerator, model, optimizer, state: dict) -> 
     optimizer.load_state_dict(state)
 
 
-def _should_stop(stop: _StopFlag, accelerator: Accelerator) -> bool:
-    """All processes stop together if any of them got a signal."""
-    flag = stop.signal is not None
-    if accelerator.num_processes > 1:
-        t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-        flag = bool(accelerator.reduce(t, "sum").item() > 0)
-    return flag
-
-
 def _lr(optimizer) -> float:
     """The largest group lr (the optimizer's base lr; kernels' own lrs may be lower)."""
     return max(g["lr"] for g in optimizer.param_groups)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-    return out
 
 
 def _dry_run(recipe, model, groups, task, loader, accelerator, console) -> dict:
@@ -489,6 +644,8 @@ def _dry_run(recipe, model, groups, task, loader, accelerator, console) -> dict:
     if accelerator.is_main_process and console is not None:
         console.print(f"recipe {recipe.name} ({recipe.source}): task {recipe.task['name']}, "
                       f"kernel {recipe.model.layer['kernel']}, {recipe.model.n_layers} x d_model {recipe.model.d_model}")
+        if hasattr(task, "describe"):  # what a task inferred from the user's data (vocabulary, classes, loss, ...)
+            console.print(f"data: {task.describe()}")
         console.print(f"model: {n_params:,} parameters; input {tuple(x.shape)} -> target {tuple(y.shape)}")
         table = Table(title="parameter groups")
         columns = ("lr", "weight_decay", "tensors", "elements", "names")
@@ -515,18 +672,24 @@ def load_run_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (
 
 
 def evaluate_run(path: str | Path, split: str = "val", overrides: list[str] | tuple[str, ...] = (),
-                 which: str = "latest") -> dict:
-    """Loads a run's recipe and checkpoint and evaluates it on ``split``: {metrics..., samples, step, checkpoint}."""
+                 which: str = "latest", console=None) -> dict:
+    """Loads a run's recipe and checkpoint and evaluates it on ``split``: {metrics..., samples, step, checkpoint}.
+    ``console`` (stderr in ``ssmkit eval``): a progress bar over the batches, and notes for slow data reading."""
     if split not in ("val", "test"):
         raise UserError(f"unknown split {split!r}; choose val or test")
     from ssmkit.generation.load import load  # the one loading path (ssmkit.load)
+    from ssmkit.train.progress import EvalProgress
 
-    run = load(path, which, overrides, check_data=True)
+    with slow_step(console, f"loading {path}"):
+        run = load(path, which, overrides, check_data=True)
     recipe, task = run.recipe, run.task
-    accelerator = make_accelerator(recipe, trackers=False)
-    loader = make_loader(task, split, recipe, recipe.train.seed)
+    accelerator = make_accelerator(recipe)
+    console = console if accelerator.is_main_process else None
+    with slow_step(console, f"reading the {recipe.task['name']} {split} split"):
+        loader = make_loader(task, split, recipe, recipe.train.seed)
     model, loader = accelerator.prepare(run.model, loader)
-    metrics = evaluate(model, loader, task, accelerator)
+    with EvalProgress(console, len(loader), f"evaluating on {split}") as progress:
+        metrics = evaluate(model, _StopAware(loader, None, accelerator, on_batch=progress), task, accelerator)
     return {"split": split, "checkpoint": str(run.checkpoint), "step": run.step,
             "rate": float(getattr(task, "rate", 1.0) or 1.0), **metrics}
 

@@ -438,10 +438,11 @@ def unpack(source: Source, archive: Path, root: Path, force: bool = False) -> tu
         elif source.unpack == "gz":
             put(archive.name, lambda: gzip.open(archive, "rb"))
         elif source.unpack == "tar":
-            with tarfile.open(archive, "r:*") as tar:
+            with tarfile.open(archive, "r|*") as tar:  # one forward pass
                 for m in tar:
                     if m.isreg():  # never links, devices or folders: folders come from the files' paths
                         put(m.name, lambda m=m: tar.extractfile(m))
+                    tar.members = []  # the LRA release has millions of members: keep none in memory
         elif source.unpack == "zip":
             with zipfile.ZipFile(archive) as z:
                 for info in z.infolist():
@@ -587,7 +588,9 @@ def prepare_data(recipe, asked: bool = False, accelerator=None):
     if source is None:
         raise UserError(f"--download: task {name!r} has nothing to download: {root}")
     with accelerator.main_process_first() if accelerator is not None else nullcontext():
-        if missing_outputs(SOURCES[source], Path(root)):
+        try:
+            build_task(recipe).check_data()  # the task's own files may be there (generated, or copied by hand)
+        except DataError:
             download(source, root)
     return build_task(recipe)
 

@@ -465,3 +465,18 @@ def test_train_download_for_a_generated_task_is_refused(tmp_path):
     path.write_text(yaml.safe_dump({"name": "x", "task": {"name": "shift"}, "model": {"d_model": 4, "n_layers": 1}}))
     line = one_line_error(cli("train", str(path), "--download", "--max-steps", "1", data=tmp_path / "data"))
     assert "--download: task 'shift' has nothing to download" in line
+
+
+def test_train_download_leaves_data_that_is_there(tmp_path, monkeypatch):
+    from test_images import write_mnist
+
+    from ssmkit.recipe import load_recipe
+
+    write_mnist(tmp_path / "data")  # the task's files, put there by hand
+    monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SSMKIT_MIRROR_MNIST", "http://127.0.0.1:9/")  # any fetch would fail
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "task": {"name": "smnist"}, "model": {"d_model": 4, "n_layers": 1}}))
+    task = dl.prepare_data(load_recipe(str(path), []), True)
+    task.check_data()
+    assert not (tmp_path / "data" / "downloads").exists()

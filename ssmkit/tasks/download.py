@@ -235,7 +235,7 @@ class _Report:
     def __init__(self, console=None):
         from rich.console import Console
 
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, markup=False)
         self.bar = None
 
     def start(self, label: str, total: int | None, done: int) -> None:
@@ -465,7 +465,7 @@ def download(name: str, root: Path | str | None = None, force: bool = False, con
 
     source = get_source(name)
     root = Path(root) if root is not None else data_root()
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, markup=False)
     if source.manual:
         raise DataError(f"{source.name}: {source.manual}; put it at {root / source.outputs[0]}")
     if not force and not missing_outputs(source, root):

@@ -49,8 +49,9 @@ class _Exploit:
 
 # --- the harness ---------------------------------------------------------------------------------
 def snapshot(root: Path) -> dict[str, str]:
+    """Every file's hash, but a run's ``.lock`` (it records the last trainer that took it: ssmkit/train/lock.py)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def assert_one_line_exit_2(result, fragment: str | None = None) -> str:

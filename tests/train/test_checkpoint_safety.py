@@ -221,3 +221,50 @@ def test_saving_never_writes_through_a_planted_symlink(tmp_path):
         save(run, step, float(step), True)
     assert victim.read_text() == "precious" and (outside / "keep.txt").read_text() == "mine"
     assert loaded(run, "latest") == (4, 4.0)
+
+
+def test_a_full_disk_during_training_is_one_line_and_the_run_continues_later(tmp_path, monkeypatch):
+    """ssmkit train: the second checkpoint hits ENOSPC -> one line, exit 2; the first checkpoint loads and the lock
+    is free, so --resume continues."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from ssmkit.cli import app
+    from ssmkit.train.lock import is_locked
+
+    recipe = {"name": "tiny", "task": {"name": "cumsum", "L": 8, "samples_per_epoch": 16, "val_samples": 8},
+              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "train": {"epochs": 2, "batch_size": 8, "log_every": 1, "runs_dir": str(tmp_path / "runs")}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    real, calls = ck.save_file, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ck, "save_file", second_fails)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml"), "--run-dir", str(run)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "disk is full" in lines[0] and "previous checkpoint is intact" in lines[0]
+    assert load_checkpoint(find_checkpoint(run))["state"]["step"] == 2 and is_locked(run) is None
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(find_checkpoint(run))["state"]["step"] == 4
+
+    # a malformed pointer or summary.json: one line, exit 2, no traceback
+    def one_line(args, fragment):
+        result = CliRunner().invoke(app, args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+        assert fragment in lines[0], lines[0]
+
+    (run / "summary.json").write_text("{\"time_s\": ")
+    one_line(["train", "--resume", str(run)], "summary.json: not valid JSON")
+    (run / "checkpoints" / "latest").write_text('{"checkpoint": "../../elsewhere"}')
+    one_line(["eval", str(run)], "never follows a pointer out of the run directory")
+    one_line(["train", "--resume", str(run)], "never follows a pointer out of the run directory")

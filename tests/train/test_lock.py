@@ -86,3 +86,38 @@ def test_a_planted_symlink_lock_file_is_refused(tmp_path):
     with pytest.raises(UserError, match="symbolic link"):
         RunLock(run).acquire()
     assert victim.read_text() == "precious" and is_locked(run) is None
+
+
+# --- through the training loop ------------------------------------------------------------------------
+def tiny_run(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from ssmkit.cli import app
+
+    recipe = {"name": "tiny", "task": {"name": "cumsum", "L": 8, "samples_per_epoch": 16, "val_samples": 8},
+              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "train": {"epochs": 1, "batch_size": 8, "log_every": 1, "runs_dir": str(tmp_path / "runs")}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "run"
+
+
+def test_a_second_trainer_of_a_run_is_one_line_and_changes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssmkit.cli import app
+
+    run = tiny_run(tmp_path)
+    assert is_locked(run) is None  # the first trainer ended and let go
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    with RunLock(run):  # stands for a trainer still running
+        result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "is in use by" in lines[0] and f"pid {os.getpid()}" in lines[0] and str(run) in lines[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == files
+    again = CliRunner().invoke(app, ["train", "--resume", str(run)])  # free again: it continues
+    assert again.exit_code == 0, again.output
+    assert is_locked(run) is None

@@ -43,7 +43,7 @@ def read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
         data = np.frombuffer(raw, np.uint8, offset=4 * (1 + ndim))
         return data.reshape(dims)
     except (ValueError, struct.error) as e:
-        raise DataError(f"{path}: not a valid MNIST idx file ({e}); delete it and download again") from None
+        raise DataError(f"{path}: not a valid MNIST idx file ({e}); fetch it again: `ssmkit data download mnist --force`") from None
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -67,7 +67,8 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if len(labels) != len(data):
             raise ValueError(f"{len(data)} images but {len(labels)} labels")
     except Exception as e:  # unpickling raises many types for broken files
-        raise DataError(f"{path}: not a valid CIFAR-10 batch ({type(e).__name__}: {e}); delete it and download again") from None
+        raise DataError(f"{path}: not a valid CIFAR-10 batch ({type(e).__name__}: {e}); fetch it again: "
+                        "`ssmkit data download cifar10 --force`") from None
     return data, labels
 
 

@@ -536,6 +536,8 @@ def run_sweep(grid: Grid, sweep_dir: Path, processes: int = 1, force: bool = Fal
     total = len(todo)
     if total:
         log(f"{counts['skipped']} of {len(selected)} run(s) already finished; running {total}, {processes} at a time")
+    else:
+        log(f"all {len(selected)} run(s) already finished; nothing to run")
     free_gpus = list(gpus[:processes]) if gpus else []
     running: list[_Child] = []
     (sweep_dir / "logs").mkdir(exist_ok=True)
@@ -604,6 +606,17 @@ def _start(grid: Grid, sweep_dir: Path, run: Run, processes: int, gpu: str | Non
                   resumed=resume, gpu=gpu)
 
 
+def _is_running(sweep_dir: Path, name: str) -> bool:
+    """Whether a process holds the run's lock (a sweep, or an array task, is running it now)."""
+    if not (sweep_dir / "locks" / f"{name}.lock").exists():
+        return False
+    lock = _try_run_lock(sweep_dir, name)
+    if lock is None:
+        return True
+    lock.close()
+    return False
+
+
 def _read_record(sweep_dir: Path, name: str) -> dict:
     return next((r for r in read_sweep(sweep_dir)["runs"] if r.get("name") == name), {})
 
@@ -619,10 +632,12 @@ def _finish(sweep_dir: Path, child: _Child) -> dict:
         fields["status"] = "interrupted"
     else:
         fields["status"] = "failed"
-        how = f"exit code {code}" if code is None or code >= 0 else f"killed by {signal.Signals(-code).name}"
-        fields["error"] = _last_line(child.err_path, child.err_offset) or how
-        if code == 0:
+        if code is not None and code < 0:
+            fields["error"] = f"killed by {signal.Signals(-code).name}"
+        elif code == 0:
             fields["error"] = "ssmkit train exited without a summary.json"
+        else:
+            fields["error"] = _last_line(child.err_path, child.err_offset) or f"exit code {code}"
     update_run(sweep_dir, child.run.name, **fields)
     return fields
 
@@ -654,9 +669,9 @@ def collect(sweep_dir: Path) -> dict:
         state = run_state(run_dir)
         summary = _summary(run_dir) if state in ("finished", "interrupted") else None
         status = state
-        if state in ("pending", "started") and record.get("status") in ("failed", "running"):
-            status = record["status"]
-        if state == "unfinished" and record.get("status") == "failed":
+        if state != "finished" and _is_running(sweep_dir, name):
+            status = "running"
+        elif state != "finished" and record.get("status") == "failed":
             status = "failed"
         run = {"run": name, "seed": record.get("seed"), "status": status,
                "error": record.get("error") if status == "failed" else None}

@@ -326,6 +326,13 @@ def _prune(ckpt_root: Path, keep: int) -> None:
             _remove(p)
 
 
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint to continue from: a ``step-N`` folder, or the aside of a same-step save
+    interrupted between its two renames (``step-N`` is missing then, the run is not new)."""
+    root = Path(run_dir) / "checkpoints"
+    return any(root.glob("step-*/model.safetensors")) or any(root.glob(f"{_ASIDE}step-*/model.safetensors"))
+
+
 def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
     """A checkpoint directory from a run directory (its ``latest`` or ``best``) or a checkpoint directory.
 

@@ -130,6 +130,7 @@ def test_the_aside_is_read_while_the_new_checkpoint_is_not_in_place(tmp_path):
     os.rename(root / "step-00000005", root / ".old-step-00000005")  # the instant between the two renames
     (root / ".tmp-abcd").mkdir()  # the new one, not yet renamed (the loader never reads it)
     assert find_checkpoint(tmp_path).name == ".old-step-00000005" and loaded(tmp_path, "best") == (5, 1.0)
+    assert ck.has_checkpoint(tmp_path)  # the run is not new: `--resume` must not restart it from step 0
     ck.recover(root)
     assert sorted(p.name for p in root.iterdir()) == ["best", "latest", "step-00000005"]
 

@@ -164,9 +164,14 @@ def launch_local(processes: int, ssmkit_args: list[str],
     # gives them this long to save before SIGKILL (below the ~120 s grace period of cluster schedulers).
     os.environ[PROCESSES_ENV] = str(processes)
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "100")
-    elastic = logging.getLogger("torch.distributed.elastic")
-    level, started = elastic.level, time.time()
-    elastic.setLevel(logging.CRITICAL)  # its per-failure log lines and tracebacks; we report in one line
+    # torch elastic's per-failure and per-signal log lines and tracebacks: we report in one line. Its modules'
+    # loggers carry their own levels, so each is silenced, not only the parent.
+    started = time.time()
+    elastic = [logging.getLogger(name) for name in ("torch.distributed.elastic", *logging.root.manager.loggerDict)
+               if name.startswith("torch.distributed.elastic")]
+    levels = [(log, log.level) for log in elastic]
+    for log in elastic:
+        log.setLevel(logging.CRITICAL)
     try:
         run(args)
     except SignalException as e:  # Ctrl-C or SIGTERM on the launcher: the workers got it too and saved
@@ -184,6 +189,7 @@ def launch_local(processes: int, ssmkit_args: list[str],
         code = next((f.exitcode for f in failures.values() if f.exitcode != PEER_LOST), codes[0])
         return 128 - code if code < 0 else (code or 1)
     finally:
-        elastic.setLevel(level)
+        for log, level in levels:
+            log.setLevel(level)
         os.environ.pop(PROCESSES_ENV, None)
     return 0

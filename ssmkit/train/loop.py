@@ -259,6 +259,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     if dry_run:
         return _dry_run(recipe, model, groups, task, train_loader, accelerator, console)
 
+    new = start.run_dir is None or not (start.run_dir.is_dir() and any(start.run_dir.iterdir()))
     run_path = _run_directory(start, recipe, run_dir, accelerator)
     start_trackers(accelerator, recipe, run_path)
     run = _Run(recipe, accelerator, task, model, optimizer, scheduler, train_loader, val_loader, run_path,
@@ -267,7 +268,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
         run.restore(saved)
     first_step = run.step
     parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    print_banner(notes, run_dir=run_path, new=start.run_dir is None, start_step=run.step, recipe=recipe,
+    print_banner(notes, run_dir=run_path, new=new, start_step=run.step, recipe=recipe,
                  parameters=parameters, accelerator=accelerator, total_steps=total_steps,
                  steps_per_epoch=steps_per_epoch, data=data)
     if notes is not None and no_val is not None:

@@ -62,4 +62,4 @@ def test_killed_worker_is_one_line_naming_rank_signal_and_resume(tmp_path):
     assert len(lines) == 1, err
     assert "Traceback" not in err + out and "[rank" not in err
     assert lines[0].startswith(f"error: rank 1 (pid {workers[1]}) was killed by SIGKILL"), lines[0]
-    assert lines[0].endswith("continue from its last checkpoint with: ssmkit train --resume runs/slow"), lines[0]
+    assert lines[0].endswith("continue from its last checkpoint with: ssmkit train --resume runs/slow --processes 2"), lines[0]

@@ -1,0 +1,89 @@
+"""`ssmkit train my.yaml > my.log`: off a terminal every log_every steps is one plain, flushed, unwrapped line with
+step, epoch, loss, lr, tokens/s, elapsed and ETA, after a start banner; `ssmkit eval` reports its progress."""
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from ssmkit.cli import app
+from ssmkit.train.rundir import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+LINE = re.compile(r"^step (\d+)/(\d+) \((\d+)%\) epoch (\d+) \| loss ([0-9.e+-]+) \| lr ([0-9.e+-]+) \| ([0-9,]+) tok/s \| "
+                  r"elapsed \d+:\d\d:\d\d \| eta \d+:\d\d:\d\d$")
+
+
+def recipe(tmp_path, **train) -> dict:
+    return {
+        # a long run name and path, so a wrapped line would show
+        "name": "a-run-name-long-enough-that-an-80-column-console-would-have-to-wrap-every-line-of-it",
+        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 64, "val_samples": 16},
+        "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 8}},
+        "optimizer": {"lr": 1e-2},
+        "train": {"max_steps": 12, "batch_size": 8, "eval_every": 6, "log_every": 3, "runs_dir": str(tmp_path / "runs"),
+                  **train},
+    }
+
+
+def test_a_piped_run_logs_a_line_every_log_every_steps(tmp_path):
+    """In-process (stdout is not a terminal, 80 columns); the next test checks the flushing in a real process."""
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe(tmp_path)))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    run_dir = tmp_path / "runs" / recipe(tmp_path)["name"]
+    banner = lines[:6]
+    assert banner[0] == f"run      {run_dir} (new)"  # whole, however long
+    assert [b.split()[0] for b in banner] == ["run", "recipe", "model", "device", "steps", "data"]
+    assert "parameters" in banner[2] and "cpu, precision no, 1 process(es)" in banner[3]
+    assert banner[4].startswith("steps    12 (train.max_steps") and banner[5] == "data     train 64 samples, val 16 samples"
+
+    logged = [LINE.match(line) for line in lines if " tok/s " in line]
+    assert all(logged), [line for line in lines if " tok/s " in line]
+    assert [int(m[1]) for m in logged] == [3, 6, 9, 12] and all(m[2] == "12" for m in logged)
+    assert [int(m[3]) for m in logged] == [25, 50, 75, 100]
+    # the loss on each line is the mean of the window's steps, as in metrics.jsonl
+    records = {r["step"]: r for r in read_metrics(run_dir) if r["loss"] is not None}
+    for m in logged:
+        step = int(m[1])
+        assert float(m[5]) == float(f"{records[step]['loss']:.4g}")
+        assert float(m[6]) == float(f"{records[step]['lr']:.3g}")
+    assert sum(line.startswith("step 6/12 epoch") and "| val mse" in line for line in lines) == 1
+    assert lines[-3].startswith("finished: 12 steps") and lines[-2] == f"run directory: {run_dir}"
+
+
+def test_lines_arrive_while_the_run_is_going(tmp_path):
+    """`> my.log`: the lines are in the file while the run goes (a redirected stdout is block-buffered unless each
+    line is flushed)."""
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe(tmp_path, max_steps=100_000, eval_every=0, log_every=1,
+                                                           epochs=1000)))
+    log = tmp_path / "my.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ssmkit", "train", "r.yaml"], cwd=tmp_path, env=env,
+                                stdout=out, stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 120
+            while sum(bool(LINE.match(line)) for line in log.read_text().splitlines()) < 3:
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=60)
+    assert proc.returncode == 143
+
+
+def test_eval_reports_progress_off_a_terminal(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(tmp_path, max_steps=2, eval_every=0)))
+    run = tmp_path / "run"
+    assert CliRunner().invoke(app, ["train", str(path), "--run-dir", str(run)]).exit_code == 0
+    result = CliRunner().invoke(app, ["eval", str(run)])
+    assert result.exit_code == 0, result.output
+    progress = [line for line in result.stderr.splitlines() if line.startswith("evaluating on val:")]
+    assert progress and progress[-1].startswith("evaluating on val: 2/2 batches | elapsed"), result.stderr

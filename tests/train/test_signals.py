@@ -1,0 +1,119 @@
+"""Real signals to real `ssmkit train` processes: SIGINT exits 130 and SIGTERM 143 after saving; SIGTERM during a
+long evaluation stops within seconds; a second Ctrl-C stops at once with one line; Ctrl-C on the `--processes`
+launcher passes the signal to the workers, which save, and the resume hint keeps `--processes N`."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssmkit.train.checkpoint import find_checkpoint, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recipe(**train) -> dict:
+    return {
+        "name": "sig",
+        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 64, "val_samples": 24},
+        "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 8}},
+        "train": {"max_steps": 100_000, "epochs": 1000, "batch_size": 8, "eval_every": 0, "log_every": 1,
+                  "runs_dir": "runs", **train},
+    }
+
+
+def start(tmp_path, data: dict, *args) -> subprocess.Popen:
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo"}
+    return subprocess.Popen([sys.executable, "-m", "ssmkit", "train", "r.yaml", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path):
+    """(SIGTERM's 143: the long-evaluation test below, and test_loop's SIGTERM test.)"""
+    sig = signal.SIGINT
+    proc = start(tmp_path, recipe(), "--run-dir", "run")
+    wait_for(tmp_path / "run" / "metrics.jsonl", proc)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err  # 130 / 143
+    assert err.strip() == "" and "Traceback" not in out
+    name = signal.Signals(sig).name
+    assert f"stopped by {name} at step" in out and "Continue with: ssmkit train --resume run" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == name
+    assert load_checkpoint(find_checkpoint(tmp_path / "run"))["state"]["step"] == summary["step"] > 0
+
+
+def test_sigterm_during_a_long_evaluation_stops_within_seconds(tmp_path):
+    # an evaluation of 200,000 samples in batches of 8 takes minutes here; it starts right after step 2
+    data = recipe(eval_every=2, eval_batch_size=8)
+    data["task"]["val_samples"] = 200_000
+    data["task"]["L"] = 256
+    proc = start(tmp_path, data, "--run-dir", "run")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    wait_for(metrics, proc)
+    while '"step": 2' not in metrics.read_text():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the evaluation
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    out, err = proc.communicate(timeout=120)
+    assert time.time() - sent < 15, "the evaluation was not abandoned"
+    assert proc.returncode == 143, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["step"] == 2 and summary["final"] == {}
+    saved = load_checkpoint(find_checkpoint(tmp_path / "run"))
+    assert saved["state"]["step"] == 2 and saved["state"]["metric"] is None  # no metric from half an evaluation
+    assert not (tmp_path / "run" / "checkpoints" / "best").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path):
+    # a long step (L 4096) so that the second Ctrl-C arrives while the first is still waiting for the step's end
+    data = recipe(batch_size=16)
+    data["task"]["L"] = 4096
+    data["model"]["d_model"] = 64
+    proc = start(tmp_path, data, "--run-dir", "run")
+    wait_for(tmp_path / "run" / "recipe.yaml", proc)
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: stopped at once by a second Ctrl-C at step"), lines[0]
+    assert lines[0].endswith("ssmkit train --resume run"), lines[0]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "aborted"
+
+
+@pytest.mark.distributed
+def test_ctrl_c_on_the_processes_launcher(tmp_path):
+    proc = start(tmp_path, recipe(), "--run-dir", "run", "--processes", "2")
+    wait_for(tmp_path / "run" / "metrics.jsonl", proc, timeout=180)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # the launcher only: its workers run in their own sessions
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in out + err and err.strip() == "", err
+    assert "stopped by SIGINT at step" in out
+    assert "Continue with: ssmkit train --resume run --processes 2" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["processes"] == 2
+    assert load_checkpoint(find_checkpoint(tmp_path / "run"))["state"]["step"] == summary["step"]

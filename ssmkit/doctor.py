@@ -131,13 +131,15 @@ def check_auto() -> list[Check]:
     logging.getLogger("ssmkit.ops").setLevel(logging.WARNING)
     c = cauchy.choose_backend(v, z, v)
     vd = vandermonde.choose_backend(v, v, L)
-    from ssmkit.ops import selective_scan
+    from ssmkit.ops import causal_conv, selective_scan
 
-    sc = selective_scan.choose_backend(torch.zeros(1, 1, 1, device=device), None)
+    x = torch.zeros(1, 1, 1, device=device)
+    sc, cc = selective_scan.choose_backend(x, None), causal_conv.choose_backend(x)
     return [
         Check("auto: cauchy", OK, f"{c} (S4, H={H}, N={2 * n}, L={L}, {device.type})"),
         Check("auto: vandermonde", OK, f"{vd} (S4D, H={H}, N={2 * n}, L={L}, {device.type})"),
         Check("auto: selective scan", OK, f"{sc} (Mamba, {device.type})"),
+        Check("auto: causal conv", OK, f"{cc} (Mamba, {device.type})"),
     ]
 
 

@@ -3,9 +3,13 @@
 Every optional backend (``keops``: pykeops; ``extension``: the compiled ``ssmkit_cauchy``) is probed
 once: its import is guarded by the exceptions an import can really raise (never a bare ``except``)
 and the reason for a failure is kept, so that ``ssmkit doctor`` can print it. Before its first use on a
-device, a backend is self-tested against the ``torch`` backend on a tiny problem. ``auto`` choices are
-logged once per (op, device, backend); a backend that is asked for but cannot run falls back with a
-one-line warning that says why.
+device, a backend is self-tested against the ``torch`` backend on a tiny problem, whatever the caller's
+mode: gradients on, outside inference mode and autocast, on fresh inputs (a first call under ``torch.no_grad()``
+or ``torch.inference_mode()``, as in ``ssmkit eval`` or generation, once failed the gradient part of the test and
+dropped the extension for the whole process). ``auto`` choices are logged once per (op, device, backend),
+fallbacks included, with the reason (logger ``ssmkit.ops``, INFO); a failed self-test is logged once as a WARNING
+(it means a broken build, not a missing one); a backend that is asked for by name but cannot run falls back with
+a one-line ``RuntimeWarning`` that says why. ``ssmkit doctor`` runs the same self-tests and shows their result.
 """
 from __future__ import annotations
 
@@ -107,11 +111,16 @@ def probe_mamba_ssm() -> Probe:
 
 
 def self_test(op: str, backend: str, device: torch.device, run: Callable[[], float], tol: float) -> Probe:
-    """Runs ``run()`` (returns the max abs error vs the torch backend) once per (op, backend, device type)."""
+    """Runs ``run()`` (returns the max abs error vs the torch backend) once per (op, backend, device type).
+
+    ``run`` makes its own inputs, so it runs here with gradients enabled, outside inference mode and with autocast
+    off, whatever the caller's mode: the result (cached for the process) depends on the backend only. A failure
+    is logged once as a warning."""
     key = (op, backend, device.type)
     if key not in _self_tests:
         try:
-            with torch.autocast(device.type, enabled=False):  # a first use inside autocast must not test in bf16
+            # a first use inside no_grad / inference_mode / autocast must not test without gradients or in bf16
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
                 err = run()
             ok = err <= tol
             _self_tests[key] = Probe(ok, f"self-test error {err:.2e}" + ("" if ok else f" > tolerance {tol:.0e}"))
@@ -119,6 +128,9 @@ def self_test(op: str, backend: str, device: torch.device, run: Callable[[], flo
             # keops raises plain RuntimeError / ValueError on compile failures; the extension raises
             # RuntimeError from TORCH_CHECK. Anything else is a bug and should propagate.
             _self_tests[key] = Probe(False, f"self-test raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        if not _self_tests[key].ok:
+            log.warning("%s on %s: the %s backend failed its self-test (%s); it will not be used in this process",
+                        op, device.type, backend, _self_tests[key].reason)
     return _self_tests[key]
 
 
@@ -139,13 +151,15 @@ def warn_fallback(op: str, wanted: str, got: str, why: str, stacklevel: int = 4)
 
 def settle(op: str, device: torch.device, candidate: str, requested: str, why: str | None, how: str) -> str:
     """The end of a choice between an optional backend and ``torch``: ``candidate`` when nothing stops it
-    (``why`` is None; the choice is logged once), else ``torch``, with a warning when ``candidate`` was asked
-    for by name."""
+    (``why`` is None; the choice is logged once), else ``torch``: with a warning when ``candidate`` was asked
+    for by name, logged once with the reason when ``auto`` falls back."""
     if why is None:
         log_choice(op, device, candidate, how)
         return candidate
     if requested == candidate:
         warn_fallback(op, candidate, "torch", why, stacklevel=5)
+    else:
+        log_choice(op, device, "torch", f"{candidate} not used: {why}")
     return "torch"
 
 

@@ -36,8 +36,10 @@ into it; the other backends apply them after the scan.
 
 ``backend="mamba_ssm"`` is the fused CUDA kernel of the ``mamba_ssm`` package (``selective_scan_fn``),
 used only on CUDA tensors and without a start state (it has none); ``auto`` takes it when it imports and
-passed its self-test against ours on that device (``ssmkit.ops.backends``), otherwise ``torch``. Every
-backend is checked against a float64 recurrence in ``tests/ops/test_selective_scan.py``.
+passed its self-test against ours on that device (``ssmkit.ops.backends``), otherwise ``torch``. Self-tests
+(values and gradients) run with gradients on whatever the caller's mode, so a first call under ``no_grad`` or
+``inference_mode`` picks the same backend; an ``auto`` fallback is logged with its reason. Every backend is
+checked against a float64 recurrence in ``tests/ops/test_selective_scan.py``.
 """
 from __future__ import annotations
 

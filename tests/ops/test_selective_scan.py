@@ -1,5 +1,10 @@
 """The selective scan against the recurrence written out in float64, step by step, in this file: the plain-torch
 scan and the fused C++ scan of the extension (both its AVX2+FMA and its baseline variant), each the same way."""
+import json
+import logging
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -206,6 +211,63 @@ def test_extension_without_the_scan_falls_back_to_torch(monkeypatch):
         y, _ = selective_scan(u, delta, A, B, C, D, backend="extension")
     assert any("predates the selective scan" in str(w.message) for w in caught)
     torch.testing.assert_close(y, recurrence(u, delta, A, B, C, D)[0])
+    backends.reset()
+
+
+_FIRST_CALL = textwrap.dedent("""
+    import json, sys, torch
+    import ssmkit.ops.causal_conv as cc
+    import ssmkit.ops.selective_scan as ss
+    from ssmkit.layers.mamba import Mamba
+
+    picks = {"scan": [], "conv": []}
+
+    def spy(mod, key):  # the backend each op settles on, seen at the boundary
+        real = mod.choose_backend
+        mod.choose_backend = lambda *a, **k: picks[key].append(real(*a, **k)) or picks[key][-1]
+
+    spy(ss, "scan")
+    spy(cc, "conv")
+    m = Mamba(8, d_state=4).eval()
+    with getattr(torch, sys.argv[1])():
+        m(torch.randn(2, 8, 16))
+    print(json.dumps(picks))
+""")
+
+
+@needs_ext
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_a_first_call_without_gradients_still_picks_the_extension(mode):
+    """A fresh process (``ssmkit eval``, generation) whose first Mamba forward runs under no_grad or inference_mode
+    self-tests the extension with gradients anyway and uses it (it once settled on the torch scan, ~10x slower)."""
+    out = subprocess.run([sys.executable, "-c", _FIRST_CALL, mode], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {"scan": ["extension"], "conv": ["extension"]}
+
+
+@needs_ext
+def test_self_test_passes_inside_inference_mode():
+    u = problem(dtype=torch.float32)[0]
+    backends.reset()
+    with torch.inference_mode():
+        assert choose_backend(u, None, "auto") == "extension"
+    assert backends._self_tests[("selective_scan", "extension", "cpu")].ok
+    backends.reset()
+
+
+def test_auto_fallbacks_are_logged(monkeypatch, caplog):
+    """A failed self-test is a WARNING (a broken build), and ``auto`` logs the torch choice with the reason."""
+    u = problem(dtype=torch.float32)[0]
+    backends.reset()
+    fake = type("Ext", (), {"selective_scan_fwd": None})()
+    monkeypatch.setitem(backends._probes, "extension", backends.Probe(True, "a broken build", fake))
+    monkeypatch.setattr(ss, "_extension_error", lambda: 1.0)
+    with caplog.at_level(logging.INFO, logger="ssmkit.ops"):
+        assert choose_backend(u, None, "auto") == "torch"
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "extension backend failed its self-test (self-test error 1.00e+00" in warned[0].getMessage()
+    assert any(r.levelno == logging.INFO and "using the torch backend (extension not used: self-test error" in r.getMessage()
+               for r in caplog.records)
     backends.reset()
 
 

@@ -194,10 +194,9 @@ def read_summary(run_dir: Path) -> dict | None:
             summary = json.loads(f.read().decode("utf-8"))
     except OSError as e:
         raise UserError(f"cannot read {path} ({'a symbolic link' if e.errno == errno.ELOOP else e.strerror}); "
-                        "delete it (the run's time then counts from this segment)") from None
+                        "delete it") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: not valid JSON ({str(e).splitlines()[0][:80]}); fix it or delete it (the run's time "
-                        "then counts from this segment)") from None
+        raise UserError(f"{path}: not valid JSON ({str(e).splitlines()[0][:80]}); fix it or delete it") from None
     if not isinstance(summary, dict):
         raise UserError(f"{path}: expected a JSON object, got a {type(summary).__name__}; fix it or delete it")
     _segments(summary, path)
@@ -216,8 +215,7 @@ def _segments(summary: dict, path: Path) -> list[dict]:
         isinstance(s, dict) and isinstance(s.get("time_s"), int | float) and not isinstance(s.get("time_s"), bool)
         and math.isfinite(s["time_s"]) and s["time_s"] >= 0 for s in segments)
     if not ok:
-        raise UserError(f"{path}: segments/time_s must hold non-negative numbers of seconds; fix it or delete it "
-                        "(the run's time then counts from this segment)")
+        raise UserError(f"{path}: segments/time_s must hold non-negative numbers of seconds; fix it or delete it")
     return segments
 
 

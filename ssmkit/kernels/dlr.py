@@ -76,8 +76,10 @@ class DLRKernel(Kernel):
         dt_min, dt_max: only set the initial decay: Re log lambda = -dt/2, dt log-uniform in [dt_min, dt_max].
         W_scale: W ~ N(0, 1) * W_scale (each of Re and Im); None means 1/d_state.
         max_kernel_length: compute the kernel only up to this length (inputs longer than it are still
-            convolved over their whole length, with a kernel that is zero beyond it). Composes with
-            ``SequenceLayer(max_kernel_length=...)``: the shorter one wins. None: as long as the input.
+            convolved over their whole length, with a kernel that is zero beyond it). None: as long as the
+            input. ``SequenceLayer(kernel="dlr", max_kernel_length=...)`` (recipe ``model.layer.max_kernel_length``)
+            passes its value here and cuts the kernel itself too (one option, both places agree); set on the
+            kernel afterwards, the shorter of the two wins.
         lr, wd: per-parameter learning rate / weight decay, a float or a dict with keys Lambda (the
             imaginary part, and the real part unless Lambda_re is given), Lambda_re, W. The paper's runs
             use lr 1e-4 for Lambda and W on the atomic tasks. lr 0 (or null in the dict) freezes it.

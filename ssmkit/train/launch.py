@@ -99,12 +99,13 @@ def _run_of_launch(run_hint: tuple[Path | None, Path | None, str | None], starte
 def _resume_hint(run_hint: tuple[Path | None, Path | None, str | None], started: float, processes: int = 1) -> str:
     """The ``--resume`` command of the run the launch was writing (with ``--processes N``); a run without a
     checkpoint is started again by the same command."""
+    from ssmkit.train.checkpoint import has_checkpoint
     from ssmkit.train.signals import resume_command
 
     run = _run_of_launch(run_hint, started)
     if run is None:
         return "no checkpoint was written; start the run again"
-    if any((run / "checkpoints").glob("step-*/model.safetensors")):
+    if has_checkpoint(run):
         return f"continue from its last checkpoint with: {resume_command(run, processes)}"
     return f"{run} has no checkpoint yet; start it again with: {resume_command(run, processes)}"
 

@@ -49,6 +49,7 @@ from ssmkit.train.banner import print_banner, slow_step
 from ssmkit.train.checkpoint import (
     device_rng_state,
     find_checkpoint,
+    has_checkpoint,
     load_checkpoint,
     save_checkpoint,
     set_device_rng_state,
@@ -58,7 +59,7 @@ from ssmkit.train.guard import LossGuard, NonFiniteLoss, causes, parameters_fini
 from ssmkit.train.lock import hold_run_lock, releases_run_locks
 from ssmkit.train.optim import build_optimizer, build_scheduler, describe_groups, param_groups
 from ssmkit.train.progress import Progress
-from ssmkit.train.resume import Start, has_checkpoint, plan_start
+from ssmkit.train.resume import Start, plan_start
 from ssmkit.train.rundir import (
     append_metrics,
     new_run_dir,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssmkit.errors import RecipeError, UserError
-from ssmkit.train.checkpoint import find_checkpoint
+from ssmkit.train.checkpoint import find_checkpoint, has_checkpoint
 
 AUTO = "auto"
 
@@ -29,10 +29,6 @@ class Start:
     @property
     def resuming(self) -> bool:
         return self.checkpoint is not None
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    return any((Path(run_dir) / "checkpoints").glob("step-*/model.safetensors"))
 
 
 def _restartable(path: Path) -> bool:

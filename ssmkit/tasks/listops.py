@@ -279,9 +279,10 @@ class ListOps(ClassificationTask):
         rows = []
         for line, row in enumerate(_read_tsv(path, ("Source", "Target")), start=2):
             try:
-                target = int(float(row["Target"]))
-                if not 0 <= target <= 9:
+                value = float(row["Target"])  # "nan"/"inf" parse as floats: refused below, not cast
+                if not (value.is_integer() and 0 <= value <= 9):
                     raise ValueError
+                target = int(value)
             except (TypeError, ValueError):
                 raise DataError(f"{path}:{line}: Target {row['Target']!r} is not a digit 0-9") from None
             rows.append((encode(tokenize(row["Source"] or ""), self.l_max), torch.tensor(target)))

@@ -106,6 +106,9 @@ class _SpeechCommands(ClassificationTask):
             raise DataError(f"{path}: cannot read this WAV file ({type(e).__name__}: {e})") from None
         if sr != SOURCE_RATE or wav.shape[1] != 1:
             raise DataError(f"{path}: expected mono 16000 Hz audio, got {wav.shape[1]} channel(s) at {sr} Hz")
+        if not np.isfinite(wav).all():  # a float WAV can hold NaN/inf, which would train every weight to NaN
+            first = int(np.flatnonzero(~np.isfinite(wav[:, 0]))[0])
+            raise DataError(f"{path}: sample {first} is {wav[first, 0]} (a NaN or infinite value); replace or delete this file")
         out = np.zeros(SOURCE_RATE, np.float32)
         n = min(len(wav), SOURCE_RATE)
         out[:n] = wav[:n, 0]

@@ -124,3 +124,29 @@ def test_on_nonfinite_is_validated(tmp_path):
 
     with pytest.raises(RecipeError, match="train.on_nonfinite='drop' is not allowed.*stop, skip"):
         validate(recipe(tmp_path, on_nonfinite="drop"))
+
+
+def test_data_readers_refuse_nan_and_inf(tmp_path):
+    """Where the check is cheap the readers refuse non-finite data in one line naming the file (and row): a float
+    WAV with a NaN sample (Speech Commands, SC09), a ListOps target of nan/inf/4.5."""
+    import numpy as np
+    import soundfile
+
+    from ssmkit.errors import DataError
+    from ssmkit.tasks import TASKS
+
+    wav = tmp_path / "bad.wav"
+    samples = np.zeros(16000, np.float32)
+    samples[1234] = np.nan
+    soundfile.write(wav, samples, 16000, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"bad.wav: sample 1234 is nan \(a NaN or infinite value\)"):
+        TASKS.get("sc10")(data_dir=str(tmp_path)).read(wav)
+    samples[1234] = 0.5  # the same file with a finite value reads
+    soundfile.write(wav, samples, 16000, subtype="FLOAT")
+    assert TASKS.get("sc10")(data_dir=str(tmp_path)).read(wav)[1234] == 0.5
+
+    for bad in ("nan", "inf", "-inf", "4.5"):
+        for split in ("train", "val", "test"):
+            (tmp_path / f"basic_{split}.tsv").write_text(f"Source\tTarget\n[MAX 2 3 ]\t3\n[MIN 2 3 ]\t{bad}\n")
+        with pytest.raises(DataError, match=rf"basic_train.tsv:3: Target '{bad}' is not a digit 0-9"):
+            TASKS.get("listops")(data_dir=str(tmp_path)).dataset("train")

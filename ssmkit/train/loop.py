@@ -40,7 +40,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 
-from ssmkit.errors import RecipeError, UserError
+from ssmkit.errors import DataError, RecipeError, UserError
 from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
 from ssmkit.recipe import Recipe, build_model, build_task, validate  # noqa: F401  (build_task: used via loop.)
 from ssmkit.tasks.base import no_validation_note
@@ -245,6 +245,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     with slow_step(notes, f"reading the {recipe.task['name']} validation split"):
         val_loader = make_loader(task, "val", recipe, cfg.seed) if no_val is None else None
     data = {"train": len(train_loader.dataset), "val": len(val_loader.dataset) if val_loader is not None else 0}
+    if val_loader is not None and data["val"] == 0:  # an empty file: nothing to select on (and 0/0 metrics)
+        raise DataError(f"{task.name}: the validation split is empty; check its data (ssmkit data check {task.name})")
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     batches_per_epoch = len(train_loader)  # this process's share
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))

@@ -121,3 +121,19 @@ def test_training_without_validation_keeps_the_last_step_and_never_reads_test(tm
     good = CliRunner().invoke(app, ["eval", str(run), "--split", "test", "--checkpoint", "best"])
     assert good.exit_code == 0, good.output
     assert json.loads(good.stdout.strip().splitlines()[-1])["samples"] == 16
+
+
+def test_an_empty_validation_file_is_one_line(tmp_path, monkeypatch):
+    from ssmkit.tasks.listops import generate, write_listops
+
+    write_listops(tmp_path / "listops", generate(8, seed=0, max_depth=3, max_args=3, min_length=5, max_length=40),
+                  n_val=0, n_test=2)  # basic_val.tsv: the header only
+    monkeypatch.setenv("SSMKIT_DATA", str(tmp_path))
+    recipe = {"name": "empty-val", "task": {"name": "listops", "l_max": 40},
+              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "train": {"epochs": 1, "batch_size": 2, "runs_dir": str(tmp_path / "runs")}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml")])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "listops: the validation split is empty" in lines[0]

@@ -48,23 +48,35 @@ def data_root(tmp_path_factory):
         os.environ["SSMKIT_DATA"] = old
 
 
-def shrink_overrides(data: dict, runs: Path) -> list[str]:
-    """``key=value`` overrides that keep the recipe's choices but make every size tiny."""
+#: Task options that count samples, not positions (kept tiny also at the real lengths).
+SAMPLE_COUNTS = ("samples_per_epoch", "val_samples", "test_samples")
+
+
+def shrink_overrides(data: dict, runs: Path, lengths: bool = True, batch_size: int = 2) -> list[str]:
+    """``key=value`` overrides that keep the recipe's choices but make every size tiny. ``lengths=False``
+    keeps every length as shipped (task lengths, resolutions, sample rates, SGConv's l_max, kernel and
+    attention-chunk lengths) and shrinks only width, depth, state size and sample counts
+    (tests/test_recipes_real_length.py)."""
     task, model = data["task"], data.get("model") or {}
     layer = model.get("layer") or {}
-    out = [f"train.runs_dir={runs}", "train.batch_size=2", "train.grad_accum=1", "train.num_workers=0",
+    out = [f"train.runs_dir={runs}", f"train.batch_size={batch_size}", "train.grad_accum=1", "train.num_workers=0",
            "model.d_model=8", f"model.n_layers={min(int(model.get('n_layers', 4)), 2)}"]
     for key, value in TASK_SHRINK.items():
-        if key in task:
+        if key in task and (lengths or key in SAMPLE_COUNTS):
             out.append(f"task.{key}={min(int(task[key]), value)}")
     if task["name"] in SYNTHETIC:
         out += ["task.samples_per_epoch=4", "task.val_samples=2"]
-        if "L" not in task:
+        if "L" not in task and lengths:
             out.append("task.L=16")
-    if task["name"] in PATHFINDER_32:
+    if lengths and task["name"] in PATHFINDER_32:
         out.append("task.resolution=32")
-    if task["name"] in ("sc10", "sc35"):
+    if lengths and task["name"] in ("sc10", "sc35"):
         out.append("task.sample_rate=8000")
+    return out + _shrink_layer(layer, lengths)
+
+
+def _shrink_layer(layer: dict, lengths: bool) -> list[str]:
+    out = []
     if "d_state" in layer:
         out.append(f"model.layer.d_state={min(int(layer['d_state']), 8)}")
     if "blocks" in layer:
@@ -73,6 +85,8 @@ def shrink_overrides(data: dict, runs: Path) -> list[str]:
         out.append("model.layer.n_ssm=1")
     if "n_heads" in layer:
         out.append("model.layer.n_heads=2")
+    if not lengths:
+        return out
     if "kernel_dim" in layer:
         out.append(f"model.layer.kernel_dim={min(int(layer['kernel_dim']), 4)}")
     if "l_max" in layer:

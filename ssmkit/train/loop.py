@@ -223,7 +223,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     start = plan_start(recipe, run_dir, resume)
     if max_steps is not None and not start.resuming:
         cfg.max_steps = max_steps  # a new run: its length, recorded in its recipe.yaml
-    check_trackers([] if dry_run else cfg.log_with, recipe.source)
+    check_trackers(cfg.log_with, recipe.source)  # a missing package: one line before anything is built
     accelerator = make_accelerator(recipe)
     set_seed(cfg.seed)
     notes = console if accelerator.is_main_process else None

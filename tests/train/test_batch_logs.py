@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -87,3 +88,30 @@ def test_eval_reports_progress_off_a_terminal(tmp_path):
     assert result.exit_code == 0, result.output
     progress = [line for line in result.stderr.splitlines() if line.startswith("evaluating on val:")]
     assert progress and progress[-1].startswith("evaluating on val: 2/2 batches | elapsed"), result.stderr
+
+
+def test_trackers_missing_package_is_one_line_and_tensorboard_writes_into_the_run(tmp_path, monkeypatch):
+    import ssmkit.train.trackers as trackers
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(tmp_path, max_steps=3, eval_every=0, log_every=1, log_with=["tensorboard"])))
+    with monkeypatch.context() as m:  # as on a machine without the package
+        m.setattr(trackers, "_installed", lambda name: False)
+        for args in ([], ["--dry-run"]):
+            result = CliRunner().invoke(app, ["train", str(path), "--run-dir", str(tmp_path / "no"), *args])
+            assert result.exit_code == 2 and not (tmp_path / "no").exists()
+            assert result.stderr.strip().endswith("train.log_with has tensorboard, but tensorboard is not installed; "
+                                                  "pip install 'ssmkit[tensorboard]', or drop tensorboard from train.log_with")
+
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (part of ssmkit[all]) is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(path), "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(next(run.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    records = {r["step"]: r["loss"] for r in read_metrics(run) if r["loss"] is not None}
+    assert sorted(logged) == [1, 2, 3] and all(abs(logged[s] - records[s]) < 1e-6 for s in logged)
+    assert {e.step for e in events.Scalars("val/mse")} == {3}

@@ -57,6 +57,7 @@ from ssmkit.train.checkpoint import (
 )
 from ssmkit.train.guard import LossGuard, NonFiniteLoss, causes, parameters_finite
 from ssmkit.train.lock import hold_run_lock, releases_run_locks
+from ssmkit.train.memory import one_line_out_of_memory
 from ssmkit.train.optim import build_optimizer, build_scheduler, describe_groups, param_groups
 from ssmkit.train.progress import Progress
 from ssmkit.train.resume import Start, plan_start
@@ -232,7 +233,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     task = prepare_data(recipe, download, accelerator)  # build_task, after fetching the data if asked
     with slow_step(notes, f"checking the {recipe.task['name']} data"):
         task.check_data()
-    model = build_loop_model(recipe, task)
+    with one_line_out_of_memory(recipe, "building the model"):
+        model = build_loop_model(recipe, task)
     saved = None
     if start.resuming:  # full weights into the unwrapped model, before DDP/FSDP wraps (and shards) it
         saved = load_checkpoint(start.checkpoint)
@@ -277,7 +279,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
     if notes is not None and no_val is not None:
         notes.print(no_val)
     try:
-        run.run(stop_at)
+        with one_line_out_of_memory(recipe, lambda: f"training (step {run.step + 1})"):
+            run.run(stop_at)
     finally:
         summary = run.summary(parameters)
         if accelerator.is_main_process:
@@ -471,6 +474,7 @@ class _Run:
     def run(self, stop_at: int) -> None:
         self.progress = Progress(self.accelerator.is_main_process, self.total_steps, self.step, self.console,
                                  self.cfg.log_every)
+        self.model.train()
         try:
             with StopFlag() as self.stop, self.progress:
                 self._epochs(stop_at)
@@ -481,6 +485,9 @@ class _Run:
                                 + self._restart_hint()) from None
         except NonFiniteLoss:
             self.status = "nonfinite"
+            raise
+        except BaseException:
+            self.status = "failed"  # summary.json never says finished for a run that raised
             raise
 
     def _restart_hint(self) -> str:

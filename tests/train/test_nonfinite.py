@@ -150,3 +150,28 @@ def test_data_readers_refuse_nan_and_inf(tmp_path):
             (tmp_path / f"basic_{split}.tsv").write_text(f"Source\tTarget\n[MAX 2 3 ]\t3\n[MIN 2 3 ]\t{bad}\n")
         with pytest.raises(DataError, match=rf"basic_train.tsv:3: Target '{bad}' is not a digit 0-9"):
             TASKS.get("listops")(data_dir=str(tmp_path)).dataset("train")
+
+
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch):
+    """A real allocation failure (1 PiB) in a training step: one line naming the step, what failed and the sizes to
+    lower, exit 2; summary.json says failed, not finished. (Sizes no machine holds, model.d_model=1e9, are refused
+    before anything is allocated: tests/test_bad_inputs.py.)"""
+    from ssmkit.models.sequence import SequenceModel
+
+    real_forward = SequenceModel.forward
+
+    def forward(self, *args, **kwargs):
+        if self.training and forward.calls >= 2:  # the third training step (after an evaluation)
+            torch.empty(2**50, dtype=torch.uint8)  # the CPU allocator refuses this
+        forward.calls += 1
+        return real_forward(self, *args, **kwargs)
+
+    forward.calls = 0
+    monkeypatch.setattr(SequenceModel, "forward", forward)
+    result, run = _train(tmp_path, recipe(tmp_path))
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in result.output
+    assert "out of memory while training (step 3) (tried to allocate 1125899906842624 bytes)" in line
+    assert "train.batch_size=8" in line and "model.d_model=8" in line
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"

@@ -628,8 +628,8 @@ def _finish(sweep_dir: Path, child: _Child) -> dict:
     fields = {"returncode": code, "time_s": round(time.time() - child.started, 3), "error": None}
     if state == "finished":
         fields["status"] = "finished"
-    elif code == 0 and state in ("interrupted", "unfinished"):
-        fields["status"] = "interrupted"
+    elif state in ("interrupted", "unfinished") and code in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+        fields["status"] = "interrupted"  # stopped by a signal after saving (ssmkit train exits 130/143)
     else:
         fields["status"] = "failed"
         if code is not None and code < 0:
@@ -723,9 +723,7 @@ def sweep_table(results: dict):
     metric_names = sorted({k for p in results["points"] for k in p["metrics"]})
     mains = {p["main_metric"] for p in results["points"] if p["main_metric"]}
     best_name = f"best val/{next(iter(mains))}" if len(mains) == 1 else "best"
-    seeds = len(results["seeds"]) or 1
-    table = Table(title=f"sweep {results['sweep_dir']} ({results['recipe']}, {seeds} seed(s) per point)",
-                  title_justify="left")
+    table = Table()
     for key in results["axes"]:
         table.add_column(labels.get(key, key))
     table.add_column("runs")
@@ -758,7 +756,9 @@ def print_table(results: dict, console=None) -> None:
     if console is None:
         console = Console(highlight=False, markup=False)
         if not console.is_terminal:  # a file or a pipe: never cut or wrap at 80 columns
-            console = Console(highlight=False, markup=False, width=100_000)
+            console = Console(highlight=False, markup=False, width=100_000, soft_wrap=True)
+    seeds = len(results["seeds"]) or 1
+    console.print(f"sweep {results['sweep_dir']} ({results['recipe']}, {seeds} seed(s) per point)")
     console.print(sweep_table(results))
 
 

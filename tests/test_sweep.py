@@ -269,7 +269,7 @@ def test_sigterm_stops_the_sweep_and_the_same_command_continues(recipe, tmp_path
     summary = json.loads((folder / "base-seed3" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["step"] < 200, (summary, err)
     assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err
-    assert "1 interrupted" in out
+    assert "1 interrupted" in out, out
     again = invoke(recipe, "train.max_steps=200", "train.epochs=100", "train.log_every=1", "--dir", folder, cwd=tmp_path)
     assert again.exit_code == 0, again.output
     assert "resume base-seed3" in again.stderr

@@ -125,6 +125,42 @@ def test_list_prints_one_line_per_run(recipe, tmp_path):
     assert not (tmp_path / "runs").exists()  # listing writes nothing
 
 
+def test_children_get_threads_or_one_gpu_each(recipe, tmp_path, monkeypatch):
+    import ssmkit.sweep as sweep_module
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep_module, "_cpu_count", lambda: 16)
+    env = sweep_module.child_env(4, None)
+    assert env["OMP_NUM_THREADS"] == "4"  # 16 cores / 4 runs at a time
+    assert env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")  # no GPU given: unchanged
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    env = sweep_module.child_env(4, "5")
+    assert env["OMP_NUM_THREADS"] == "3" and env["CUDA_VISIBLE_DEVICES"] == "5"  # the user's setting wins
+    monkeypatch.setattr(sweep_module, "_gpus", lambda: ["0", "1"])
+    result = invoke(recipe, "model.layer.d_state=4,8", "--processes", "3", "--dir", tmp_path / "s", cwd=tmp_path)
+    assert result.exit_code == 2 and "--processes 3 but 2 GPU(s) visible" in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_broken_sweep_folders_are_one_line(recipe, tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    result = invoke(recipe, "model.layer.d_state=4,8", "--dir", folder, cwd=tmp_path)
+    assert result.exit_code == 2 and "is not empty and holds no sweep.json" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["locks", "notes.txt"]  # nothing of the user's touched
+    (folder / "sweep.json").write_bytes(b"\x00\xff{")
+    for args in (["--table", "--dir", folder], [recipe, "model.layer.d_state=4,8", "--dir", folder]):
+        result = invoke(*args, cwd=tmp_path)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "not readable JSON" in result.stderr
+    for args, fragment in ((["plot", "--x", "d_state", "--y", "val/r2"], "--x/--y go with --sweep"),
+                           (["plot", "--sweep", tmp_path, "--x", "a", "--y", "b"], "not a sweep folder"),
+                           (["plot", "--sweep", folder, "--x", "a"], "needs --x KEY"),
+                           (["plot", tmp_path, "--sweep", folder, "--x", "a", "--y", "b"], "not both")):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+
+
 # --- real sweeps --------------------------------------------------------------------------------------
 def _summaries(folder: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/summary.json")}

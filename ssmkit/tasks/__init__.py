@@ -9,8 +9,10 @@ from ssmkit.tasks import (  # noqa: F401  (register the real-data tasks)
     pathfinder,
     sc09,
     selective,
+    sequences,
     speech,
     synthetic,  # noqa: F401  (registers the synthetic tasks)
+    timeseries,
 )
 from ssmkit.tasks.base import TASKS, Task, data_root
 

@@ -33,17 +33,18 @@ class WindowNorm(nn.Module):
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x (B, L, d) -> (x with its observed values normalised, (mean, std) each (B, 1, n_values))."""
         n, s = self.n_values, self.seq_len
-        observed = x[:, :s, :n].float()
+        dtype = torch.promote_types(x.dtype, torch.float32)  # statistics in float32 at least (float64 stays)
+        observed = x[:, :s, :n].to(dtype)
         mean = observed.mean(1, keepdim=True)
         std = (observed.var(1, keepdim=True, unbiased=False) + self.eps).sqrt()
-        values = torch.cat([(observed - mean) / std, x[:, s:, :n].float()], dim=1).to(x.dtype)
+        values = torch.cat([(observed - mean) / std, x[:, s:, :n].to(dtype)], dim=1).to(x.dtype)
         return torch.cat([values, x[..., n:]], dim=-1), (mean, std)
 
     def denormalize(self, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Forecasts y (B, P, len(out_index)) in window units -> the task's units."""
         mean, std = stats
         idx = self.out_index
-        return y.float() * std[..., idx] + mean[..., idx]
+        return y.to(std.dtype) * std[..., idx] + mean[..., idx]
 
     def extra_repr(self) -> str:
         return f"n_values={self.n_values}, seq_len={self.seq_len}, out_index={self.out_index}"

@@ -1,6 +1,12 @@
-"""Language modelling on text files in the WikiText-103 layout (task ``lm``).
+"""Language modelling on text files (task ``lm``): your own files, or the WikiText-103 layout.
 
-Files: ``<data>/<corpus>/wiki.{train,valid,test}.tokens`` (``corpus`` defaults to ``wikitext-103``, the
+Your own text: ``files:`` (one glob, file or folder, cut by ``split`` fractions, default 0.9/0.05/0.05 by
+position; or ``{train: ..., valid: ..., test: ...}``), at ``level: byte``, ``word`` or ``tokenizer``
+(``tokenizer:`` a ``tokenizers`` JSON file or a Hugging Face tokenizer folder), documents joined by
+``separator``; tokenised once in a streaming pass into a memory-mapped cache, so a corpus larger than memory
+works (``tasks/text_corpus.py`` says how). Everything below (windows, adaptive softmax, metrics) is shared.
+
+WikiText layout: ``<data>/<corpus>/wiki.{train,valid,test}.tokens`` (``corpus`` defaults to ``wikitext-103``, the
 folder the official ``wikitext-103-v1.zip`` unpacks to), or with ``raw: true`` the byte-level release,
 ``<data>/<corpus>-raw/wiki.{train,valid,test}.raw``. ``ssmkit data generate text`` writes a small synthetic
 corpus in the same layout (``<data>/synthetic-text``), for CPU runs and tests.
@@ -31,7 +37,7 @@ tokens stacked over their targets, and for such an input the wrapped model retur
 each target (``AdaptiveLogSoftmaxWithLoss.forward``, which evaluates a tail cluster only for the tokens in
 it), which the loss negates.
 
-Word streams and the vocabulary are cached next to the files (``ssmkit-cache/``, keyed by the files'
+WikiText word streams and the vocabulary are cached next to the files (``ssmkit-cache/``, keyed by the files'
 sizes and modification times); an unwritable folder just means no cache.
 """
 from __future__ import annotations
@@ -52,6 +58,7 @@ from ssmkit.tasks._shared import IGNORE_INDEX, check_choice, check_split, requir
 from ssmkit.tasks.base import TASKS, data_root
 from ssmkit.tasks.download import fetch_hint
 from ssmkit.tasks.generative import GenerativeTask, check_causal
+from ssmkit.tasks.text_corpus import TextCorpus
 
 SPLIT_FILES = {"train": "train", "val": "valid", "test": "test"}
 EOS, UNK = "<eos>", "<unk>"
@@ -188,14 +195,15 @@ class AdaptiveLM(nn.Module):
         self.backbone.set_rate(rate)
 
 
-@TASKS.register("lm", description="Language modelling on WikiText-103-style files: bytes (bits/byte) or words (perplexity)")
+@TASKS.register("lm", description="Language modelling on your own text files or WikiText-103: bytes (bits/byte), words or a tokenizer")
 class LanguageModel(GenerativeTask):
     name = "lm"
 
     def __init__(self, corpus: str = "wikitext-103", level: str = "word", raw: bool = False, seq_len: int = 1024,
                  adaptive: bool = True, cutoffs: tuple = WT103_CUTOFFS, div_value: float = 4.0,
-                 tie_adaptive: bool = True, data_dir: str | None = None):
-        check_choice("level", level, ("word", "byte"))
+                 tie_adaptive: bool = True, data_dir: str | None = None, files=None, split: list | None = None,
+                 tokenizer: str | None = None, separator: str = "\n"):
+        check_choice("level", level, ("word", "byte", "tokenizer"))
         for key, v in (("raw", raw), ("adaptive", adaptive), ("tie_adaptive", tie_adaptive)):
             if not isinstance(v, bool):
                 raise ValueError(f"task option {key}={v!r} must be true or false")
@@ -211,6 +219,17 @@ class LanguageModel(GenerativeTask):
         self.corpus, self.level, self.raw, self.seq_len = corpus, level, raw, seq_len
         self.adaptive_option, self.cutoffs_option, self.div_value = adaptive, cutoffs, float(div_value)
         self.tie_adaptive = tie_adaptive
+        self.text: TextCorpus | None = None
+        if files is not None:
+            for key, value, default in (("corpus", corpus, "wikitext-103"), ("raw", raw, False), ("data_dir", data_dir, None)):
+                if value != default:
+                    raise ValueError(f"task option {key} is for the WikiText layout; task.files names your own files: "
+                                     f"drop task.{key}")
+            self.text = TextCorpus(files, split, level, tokenizer, separator)
+        else:
+            if level == "tokenizer" or tokenizer is not None or split is not None or separator != "\n":
+                raise ValueError("task options level=tokenizer, tokenizer, split and separator are for your own files: "
+                                 "give task.files (a glob, file or folder, or {train: ..., valid: ..., test: ...})")
         root = Path(data_dir) if data_dir else data_root()
         self.folder = root / (f"{corpus}-raw" if raw else corpus)
         self.bits_name = "bits_per_byte" if level == "byte" else "bits_per_token"
@@ -222,7 +241,16 @@ class LanguageModel(GenerativeTask):
     def path(self, split: str) -> Path:
         return self.folder / f"wiki.{SPLIT_FILES[split]}.{'raw' if self.raw else 'tokens'}"
 
+    def where(self, split: str) -> str:
+        """The split's source, for messages."""
+        if self.text is None:
+            return str(self.path(split))
+        return f"the {'valid' if split == 'val' else split} split of task.files"
+
     def check_data(self) -> None:
+        if self.text is not None:
+            self.text.check()
+            return
         if self.corpus == "wikitext-103":
             how = (fetch_hint("wikitext-103-raw" if self.raw else "wikitext-103", self.folder.parent)
                    + "; or give task.corpus=synthetic-text after `ssmkit data generate text`")
@@ -259,6 +287,9 @@ class LanguageModel(GenerativeTask):
         """Word level: the symbols by id (``<eos>`` first, then training words by decreasing count)."""
         if self.level == "byte":
             raise UserError("a byte-level task has no word vocabulary (its tokens are the 256 byte values)")
+        if self._vocab is None and self.text is not None:
+            self._vocab = self.text.vocab
+            self._index = {w: i for i, w in enumerate(self._vocab)}
         if self._vocab is None:
             self.check_data()
             train = self.path("train")
@@ -278,6 +309,8 @@ class LanguageModel(GenerativeTask):
 
     @property
     def vocab_size(self) -> int:
+        if self.text is not None:
+            return self.text.vocab_size
         return 256 if self.level == "byte" else len(self.vocab)
 
     @property
@@ -316,6 +349,9 @@ class LanguageModel(GenerativeTask):
     def stream(self, split: str) -> np.ndarray:
         """The split as one token array (uint8 bytes or int32 word ids)."""
         check_split(split)
+        if split not in self._streams and self.text is not None:
+            self.check_data()
+            self._streams[split] = self.text.stream(split)
         if split not in self._streams:
             self.check_data()
             path = self.path(split)
@@ -331,8 +367,19 @@ class LanguageModel(GenerativeTask):
         return self._streams[split]
 
     def dataset(self, split: str, seed: int = 0) -> WindowDataset:
-        return WindowDataset(self.stream(split), self.seq_len, partial=split != "train",
-                             pairs=self.level == "word" and self.adaptive)
+        try:
+            return WindowDataset(self.stream(split), self.seq_len, partial=split != "train",
+                                 pairs=self.level == "word" and self.adaptive)
+        except DataError as e:
+            raise DataError(f"{self.where(split)}: {e}") from None
+
+    def describe(self) -> str:
+        """One line: the files, level, vocabulary and tokens per split (``ssmkit train --dry-run``, ``data check``)."""
+        source = self.text.describe_files() if self.text is not None else str(self.folder)
+        tokens = " / ".join(f"{len(self.stream(s)):,}" for s in ("train", "val", "test"))
+        head = "adaptive softmax" if self.adaptive else "softmax"
+        return (f"lm: {source}; level {self.level}, vocabulary {self.vocab_size:,}; train/valid/test {tokens} tokens; "
+                f"windows of {self.seq_len}; {head}, metric {self.bits_name}")
 
     # --- model, loss ---
     def wrap_model(self, model: nn.Module) -> nn.Module:
@@ -352,6 +399,8 @@ class LanguageModel(GenerativeTask):
         become <unk> when the vocabulary has it, else UserError naming them)."""
         if self.level == "byte":
             return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
+        if self.text is not None:
+            return torch.from_numpy(self.text.encode(text))
         self.vocab  # noqa: B018
         words = list(words_of(text.split("\n")))[:-1]  # no <eos> after the last piece: the text goes on from there
         try:
@@ -364,6 +413,8 @@ class LanguageModel(GenerativeTask):
         """Token ids -> text: bytes decoded as UTF-8 (bad sequences replaced), or words joined by spaces
         with <eos> as a line break."""
         ids = [int(i) for i in torch.as_tensor(ids).flatten()]
+        if self.text is not None:
+            return self.text.decode(ids)
         if self.level == "byte":
             return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
         vocab = self.vocab
@@ -386,7 +437,7 @@ class LanguageModel(GenerativeTask):
         """``n`` windows of ``seq_len // 2`` test tokens at offsets drawn with ``seed``."""
         s, Lp = self.stream("test"), self.prompt_length
         if len(s) < Lp:
-            raise DataError(f"{self.path('test')}: {len(s)} tokens, fewer than one prompt of {Lp}")
+            raise DataError(f"{self.where('test')}: {len(s)} tokens, fewer than one prompt of {Lp}")
         starts = self._pick(len(s) - Lp + 1, n, seed)
         return torch.stack([torch.from_numpy(np.asarray(s[i:i + Lp], dtype=np.int64)) for i in starts])
 

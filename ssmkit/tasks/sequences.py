@@ -58,7 +58,7 @@ class ArraySource:
 
     def item(self, i: int):
         length = int(self.lengths[i]) if self.lengths is not None else self.x.shape[1]
-        return np.asarray(self.x[i]), np.asarray(self.y[i]), length
+        return np.array(self.x[i]), np.array(self.y[i]), length  # copies: memory-mapped rows are read-only
 
     def scan(self, stats: dict) -> None:
         """Adds this split's ranges to ``stats`` (blocks of ``_CHUNK`` samples; errors name the sample)."""
@@ -87,7 +87,7 @@ def _scan_labels(yb: np.ndarray, start: int, where: str, stats: dict) -> None:
     if stats["classes"]:
         if (yb < 0).any() or (yb != np.round(yb)).any():
             i = start + int(np.argwhere((yb < 0) | (yb != np.round(yb)))[0][0])
-            raise DataError(f"{where}: y[{i}] = {yb[i - start]!r} is not a class id 0, 1, 2, ...; "
+            raise DataError(f"{where}: y[{i}] = {yb[i - start].item()!r} is not a class id 0, 1, 2, ...; "
                             "set task.labels=values for regression targets")
         stats["max_label"] = max(stats.get("max_label", -1), int(yb.max()))
     elif not np.isfinite(yb.astype(np.float64)).all():
@@ -277,19 +277,63 @@ def load_hf(name: str):
     except ImportError:
         raise DataError("task.hf reads Hugging Face datasets, which needs the datasets library: pip install datasets") from None
     path = user_path(name)
+    offline = False
     try:
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
             return datasets.load_from_disk(str(path))
-        return datasets.load_dataset(str(path) if path.exists() else name)
+        if path.exists():
+            return datasets.load_dataset(str(path))
+        offline = not _hub_reachable()
+        with _hub_offline(offline):  # no network: the library's cache only, at once (not five retries per file)
+            return datasets.load_dataset(name)
     except Exception as e:  # noqa: BLE001 - the datasets library raises many types (connection, not found, format)
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if path.exists():
             raise DataError(f"{path}: not a Hugging Face dataset the datasets library can read ({type(e).__name__}: "
                             f"{reason})") from None
-        raise DataError(f"Hugging Face dataset {name!r} could not be loaded ({type(e).__name__}: {reason}); it is "
-                        "neither a local folder nor reachable: on a machine with the network run "
+        why = "the Hugging Face Hub cannot be reached from here and it is not in the local cache" if offline else \
+            f"{type(e).__name__}: {reason}"
+        raise DataError(f"Hugging Face dataset {name!r} could not be loaded ({why}); on a machine with the network run "
                         f"datasets.load_dataset({name!r}).save_to_disk(FOLDER), copy FOLDER here and set "
                         "task.hf=FOLDER") from None
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hub's host name resolves (``$HF_ENDPOINT`` or huggingface.co); offline settings count as no."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+class _hub_offline:
+    """Sets the datasets and huggingface_hub offline flags for the ``with`` block when ``on`` (they are read from
+    the environment once, at import)."""
+
+    def __init__(self, on: bool):
+        self.on, self.saved = on, []
+
+    def __enter__(self):
+        if self.on:
+            import datasets.config
+            import huggingface_hub.constants
+
+            for module in (datasets.config, huggingface_hub.constants):
+                self.saved.append((module, module.HF_HUB_OFFLINE))
+                module.HF_HUB_OFFLINE = True
+        return self
+
+    def __exit__(self, *exc):
+        for module, value in self.saved:
+            module.HF_HUB_OFFLINE = value
 
 
 # --- the task ---

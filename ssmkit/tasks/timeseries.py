@@ -465,7 +465,8 @@ class TimeSeries(Task):
         names, dates, values = self.series()
         b1, b2 = self.borders(len(values))
         rows = "/".join(str(b2[k] - max(b1[k], 0) - (self.seq_len if k else 0)) for k in range(3))
-        when = f"every {FREQ_NAMES[self.freq]}, {dates[0]} .. {dates[-1]}" if dates else "no dates"
+        show = (lambda d: str(d.date())) if self.freq in ("d", "w", "m", "y") else str
+        when = f"every {FREQ_NAMES[self.freq]}, {show(dates[0])} .. {show(dates[-1])}" if dates else "no dates"
         cal = ", ".join(CALENDAR[self.freq]) if self.time_features and CALENDAR[self.freq] else "none"
         return (f"{self.name} {self.path.name}: {len(values)} rows ({when}), train/val/test {rows} rows; inputs "
                 f"{', '.join(names)}{' + mask' if self.mask_token else ''}; forecasts {', '.join(names[i] for i in self.out_cols)} "

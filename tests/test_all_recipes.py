@@ -37,7 +37,7 @@ PATHFINDER_32 = {"pathfinder", "pathx", "pathfinder-segmentation"}
 def data_root(tmp_path_factory):
     """Tiny datasets in the real formats for every real task; ``$SSMKIT_DATA`` points here."""
     root = tmp_path_factory.mktemp("data")
-    for name in ("listops", "listops-subtrees", "pathfinder", "smnist", "scifar", "sc10", "imdb", "aan", "lm", "sc09", "forecast"):
+    for name in ("listops", "listops-subtrees", "pathfinder", "smnist", "scifar", "sc10", "imdb", "aan", "lm", "sc09", "forecast", "own"):
         make_data(name, root)  # one writer per on-disk format, shared with tests/tasks/test_train_tasks.py
     old = os.environ.get("SSMKIT_DATA")
     os.environ["SSMKIT_DATA"] = str(root)

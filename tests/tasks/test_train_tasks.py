@@ -65,6 +65,21 @@ def make_data(name, root):
     elif name in ("forecast", "weather"):  # Informer CSVs: ETT at full split sizes, WTH/ECL tiny, and the synthetic ETTh1 file
         write_informer(root, rows=1200)
         write_synthetic_ett(root / "informer/synthetic/ETTh1.csv", 20 * 720)
+    elif name == "own":  # the files recipes/own/ name, small (scripts/own_data_examples.py exports the real ones)
+        import numpy as np
+
+        own = root / "own"
+        rng = np.random.default_rng(0)
+        (own / "digits").mkdir(parents=True)
+        for split, n in (("train", 40), ("test", 10)):
+            np.savez(own / "digits" / f"{split}.npz", x=rng.integers(0, 17, (n, 64)), y=np.arange(n) % 10)
+        from datetime import date, timedelta
+
+        rows = [f"{date(1960, 1, 2) + timedelta(weeks=i)},{315 + i / 50:.2f}" for i in range(600)]
+        (own / "co2-weekly.csv").write_text("date,co2\n" + "\n".join(rows) + "\n")
+        (own / "python-help").mkdir()
+        for i in range(6):
+            (own / "python-help" / f"topic{i}.txt").write_text(f"Topic {i}: statements and expressions.\n" * 30)
     elif name == "aan":  # LRA's new_aan_pairs.*.tsv: label id1 id2 text1 text2, no header
         (root / "aan").mkdir(parents=True)
         for split in ("train", "eval", "test"):

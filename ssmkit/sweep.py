@@ -27,6 +27,9 @@ Table. One row per grid point (seeds aggregated): the swept values, how many run
 validation metric and the best value of the main metric as mean ± sample std (n), and the mean run time;
 failed runs show the last line of their error. ``plot_sweep`` draws a metric against one swept value, one
 line per combination of the other swept values, error bars over seeds (``ssmkit plot --sweep``).
+
+Exit codes: 0 every run finished (or was already), 1 a run failed (the table says which and why), 2 bad input
+(one line, nothing started), 130/143 the sweep was stopped by SIGINT/SIGTERM (the trainings saved checkpoints).
 """
 from __future__ import annotations
 
@@ -293,12 +296,17 @@ def open_sweep(grid: Grid, sweep_dir: Path, force: bool) -> dict:
     sweep_dir = Path(sweep_dir)
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--dir {sweep_dir} is a file; give a folder for the sweep")
+    def foreign() -> bool:  # a folder with files of its own is not ours to fill
+        return not (sweep_dir / SWEEP_FILE).exists() and any(p.name != "locks" for p in sweep_dir.iterdir())
+
+    if sweep_dir.is_dir() and foreign():
+        raise UserError(f"{sweep_dir} is not empty and holds no {SWEEP_FILE}; give a new or empty --dir for the sweep")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(sweep_dir / "locks" / "sweep.lock"):
         old = None
         if (sweep_dir / SWEEP_FILE).exists():
             old = read_sweep(sweep_dir)
-        elif any(p.name not in ("locks",) for p in sweep_dir.iterdir()):
+        elif foreign():
             raise UserError(f"{sweep_dir} is not empty and holds no {SWEEP_FILE}; give a new or empty --dir for the sweep")
         definition = grid.definition()
         if old is not None and old.get("definition") != definition and not force:
@@ -546,8 +554,11 @@ def run_sweep(grid: Grid, sweep_dir: Path, processes: int = 1, force: bool = Fal
         while (todo and stop.signal is None) or running:
             while todo and len(running) < processes and stop.signal is None:
                 run = todo.pop(0)
-                child = _start(grid, sweep_dir, run, processes, free_gpus.pop(0) if free_gpus else None, log)
-                if child is None:
+                gpu = free_gpus.pop(0) if free_gpus else None
+                child = _start(grid, sweep_dir, run, processes, gpu, log)
+                if child is None:  # another process runs it, or has just finished it
+                    if gpu is not None:
+                        free_gpus.insert(0, gpu)
                     counts["busy"] += 1
                     done += 1
                     continue
@@ -926,21 +937,20 @@ def register(app: typer.Typer) -> None:
         if index is not None:
             run = grid.runs[index]
             record = _read_record(folder, run.name)
-            state = run_state(folder / run.name)
-            status = "finished" if state == "finished" else record.get("status") or state
+            status = "finished" if run_state(folder / run.name) == "finished" else record.get("status") or "pending"
             error = f": {record.get('error')}" if status == "failed" and record.get("error") else ""
             say(f"run {index} ({run.name}): {status}{error}")
-            if status == "failed":
-                raise typer.Exit(1)
+            n_failed = int(status == "failed")
         else:
-            _show(folder, as_json)
+            results = collect(folder)
+            _print_results(results, folder, as_json)
+            n_failed = failed(results)
         if counts.get("signal"):
-            say(f"sweep stopped by {signal.Signals(counts['signal']).name}; runs saved a checkpoint. "
-                "Continue with the same command.")
+            say(f"sweep stopped by {signal.Signals(counts['signal']).name}; the running trainings saved a checkpoint; "
+                "the same command continues them")
             raise typer.Exit(128 + counts["signal"])
-        if counts["failed"] or (index is None and failed(collect(folder))):
-            say(f"{counts['failed'] or failed(collect(folder))} run(s) failed; their output is in {folder / 'logs'}; "
-                "re-running the same command retries them")
+        if n_failed:
+            say(f"{n_failed} run(s) failed; their output is in {folder / 'logs'}; re-running the same command retries them")
             raise typer.Exit(1)
 
 
@@ -949,7 +959,10 @@ def _say():
 
 
 def _show(folder: Path, as_json: bool) -> None:
-    results = collect(folder)
+    _print_results(collect(folder), folder, as_json)
+
+
+def _print_results(results: dict, folder: Path, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     else:

@@ -898,7 +898,7 @@ def register(app: typer.Typer) -> None:
     def sweep_command(
         recipe: str = typer.Argument(None, help="recipe YAML file or shipped recipe name"),
         overrides: list[str] = typer.Argument(None, help="key=v1,v2,... to sweep (one value: a fixed override); "
-                                              "commas inside [lists] or quotes do not split"),
+                                              "a comma inside brackets or quotes does not split"),
         sweep_dir: Path = typer.Option(None, "--dir", help="the sweep folder (default: <train.runs_dir>/sweeps/<recipe name>)"),
         seeds: int = typer.Option(1, "--seeds", help="seeds per point: train.seed, train.seed+1, ..."),
         processes: int = typer.Option(1, "--processes", help="runs at a time (one GPU each when GPUs are visible)"),
@@ -916,6 +916,13 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--processes must be at least 1, got {processes}")
         if sum([list_only, index is not None, table_only]) > 1:
             raise UserError("give one of --list, --index and --table")
+        mode = "--list" if list_only else "--table" if table_only else "--index" if index is not None else None
+        unused = [flag for flag, given, modes in (
+            ("--json", as_json, ("--list", "--index")), ("--force", force, ("--list", "--table")),
+            ("--processes", processes != 1, ("--list", "--table", "--index")),
+            ("--seeds", seeds != 1 and recipe is None, ("--table",))) if given and mode in modes]
+        if unused:
+            raise UserError(f"{unused[0]} does nothing with {mode}; drop it")
         if recipe is None:
             if table_only and sweep_dir is not None:
                 _show(sweep_dir, as_json)

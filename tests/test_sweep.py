@@ -105,6 +105,9 @@ def test_bad_sweep_commands_are_one_line(recipe, tmp_path):
         (["--table"], "missing RECIPE"),
         (["--table", "--dir", folder], "no sweep folder"),
         ([recipe, "--list", "--table"], "give one of --list, --index and --table"),
+        ([recipe, "--list", "--json"], "--json does nothing with --list"),
+        ([recipe, "--index", "0", "--processes", "2"], "--processes does nothing with --index"),
+        (["--table", "--dir", folder, "--force"], "--force does nothing with --table"),
     ]
     for args, fragment in cases:
         result = invoke(*args, cwd=tmp_path)

@@ -103,7 +103,7 @@ def baselines(out: Path) -> None:
                   f"test max {z[b1[2] + 104:].max():+.2f} train sd")
 
     # text: a compressor's bits per byte on the test split, alone and after the training text
-    task = LanguageModel(folder=str(out / "python-help"), level="byte")
+    task = LanguageModel(files=str(out / "python-help"), level="byte")
     train, test = bytes(task.stream("train")), bytes(task.stream("test"))
     for name, compress in (("gzip -9", lambda b: gzip.compress(b, 9)), ("bz2 -9", lambda b: bz2.compress(b, 9)),
                            ("xz -9e", lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME))):

@@ -341,7 +341,7 @@ class _hub_offline:
 class Sequences(Task):
     name = "sequences"
 
-    def __init__(self, train: str | None = None, val=0.1, test: str | None = None, hf: str | None = None,
+    def __init__(self, train: str | None = None, val: float | str | None = None, test: str | None = None, hf: str | None = None,
                  input: str | None = None, label: str | None = None, split=None, labels: str = "auto",
                  num_classes: int | None = None, vocab_size: int | None = None, l_max: int | None = None,
                  pool: str = "mean"):
@@ -361,6 +361,8 @@ class Sequences(Task):
         elif test is not None or isinstance(val, str):
             raise ValueError("with task.hf, task.split picks the dataset's splits; task.test and a task.val path are "
                              "for NumPy files")
+        if val is None:
+            val = 0.1  # a path or a fraction; the default is a number, so the recipe check leaves the type to us
         if isinstance(val, str):
             if not val:
                 raise ValueError("task option val='' must be a path or a fraction of the training data")

@@ -157,9 +157,11 @@ def test_trains_and_evaluates_from_npz_files(tmp_path, monkeypatch):
     monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "data"))
     (tmp_path / "data" / "mine").mkdir(parents=True)
     np.savez(tmp_path / "data" / "mine" / "train.npz", **token_data(n=40, lengths=True))
+    np.savez(tmp_path / "data" / "mine" / "val.npz", **token_data(n=5, seed=2, lengths=True))
     np.savez(tmp_path / "data" / "mine" / "test.npz", **token_data(n=9, seed=1, lengths=True))
-    recipe = _recipe(tmp_path, {"name": "sequences", "train": "mine/train.npz", "test": "mine/test.npz"})  # under $SSMKIT_DATA
-    m = _train_and_eval(tmp_path, recipe, "test", 9, "data: sequences: train 36 / val 4 / test 9 samples")
+    recipe = _recipe(tmp_path, {"name": "sequences", "train": "mine/train.npz", "val": "mine/val.npz",
+                                "test": "mine/test.npz"})  # under $SSMKIT_DATA
+    m = _train_and_eval(tmp_path, recipe, "test", 9, "data: sequences: train 40 / val 5 / test 9 samples")
     assert 0 <= m["accuracy"] <= 1 and np.isfinite(m["loss"])
     result = CliRunner().invoke(app, ["data", "check", "sequences", "-o", "train=mine/train.npz"])
     assert result.exit_code == 0 and "sequences test: none given" in result.output

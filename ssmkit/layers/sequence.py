@@ -189,12 +189,12 @@ class SequenceLayer(nn.Module):
 
     def _no_state_reason(self) -> str | None:
         core = self.mixer if self.kernel is None else self.kernel
+        if self.kernel is not None and self.max_kernel_length is not None:  # before has_state: DLR gets it too
+            return f"max_kernel_length={self.max_kernel_length} cuts the kernel, so it is no recurrence"
         if not core.has_state:
             return f"kernel {self.kernel_name!r} with these options has no recurrence"
         if self.kernel is not None and self.bidirectional:
             return "a bidirectional layer sees the future"
-        if self.kernel is not None and self.max_kernel_length is not None:
-            return f"max_kernel_length={self.max_kernel_length} cuts the kernel, so it is no recurrence"
         return None
 
     def _refuse_state(self, what: str = "recurrent state") -> ValueError:

@@ -204,11 +204,12 @@ class TextCorpus:
     def dtype(self):
         return np.uint8 if self.level == "byte" else np.int32
 
-    def _routed(self):
-        """(split index, path, line number, bytes) over every line and separator, in corpus order."""
+    def _routed(self, train_only: bool = False):
+        """(split index, path, line number, bytes) over every line and separator, in corpus order (with
+        ``train_only``, files given per split stop after the training files)."""
         files, sep = self.files(), self.separator.encode("utf-8")
         if self.fractions is None:
-            for k, split in enumerate(SPLITS):
+            for k, split in enumerate(SPLITS[:1] if train_only else SPLITS):
                 for path in files[split]:
                     for number, piece in _pieces(path):
                         yield k, path, number, piece
@@ -244,7 +245,7 @@ class TextCorpus:
                 self._vocab = json.loads(path.read_text(encoding="utf-8"))
             else:
                 counts: Counter = Counter()
-                for k, p, number, piece in self._routed():
+                for k, p, number, piece in self._routed(train_only=True):
                     if k == 0:
                         counts.update(self._text(p, number, piece).split())
                 counts.pop(EOS, None)

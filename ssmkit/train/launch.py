@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import torch
@@ -77,6 +78,8 @@ def describe_failure(failures: dict, resume_hint: str) -> str:
     """One line: which rank(s) died and how (the ranks that only lost their peers are not the cause),
     and how to continue."""
     cause = {r: f for r, f in failures.items() if f.exitcode != PEER_LOST} or failures
+    # torch elastic sends SIGTERM to the ranks still running once one has failed: those are not the cause either
+    cause = {r: f for r, f in cause.items() if f.exitcode != -signal.SIGTERM} or cause
     parts = [f"rank {rank} (pid {f.pid}) {_how(f)}" for rank, f in sorted(cause.items())]
     return f"{'; '.join(parts)}, so the launch stopped; {resume_hint}"
 
@@ -119,7 +122,6 @@ def _after_signal(signum: int, run_hint, started: float, processes: int) -> str 
     """The launcher got SIGINT/SIGTERM and passed it to the workers, which have stopped: None when the run
     recorded its own stop (its summary.json says interrupted; rank 0 printed the resume command), else one line."""
     import json
-    import signal
 
     run = _run_of_launch(run_hint, started)
     summary = run / "summary.json" if run is not None else None

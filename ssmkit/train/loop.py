@@ -278,14 +278,18 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: str | Path 
                  steps_per_epoch=steps_per_epoch, data=data)
     if notes is not None and no_val is not None:
         notes.print(no_val)
-    try:
-        with one_line_out_of_memory(recipe, lambda: f"training (step {run.step + 1})"):
-            run.run(stop_at)
-    finally:
-        summary = run.summary(parameters)
-        if accelerator.is_main_process:
-            summary = write_summary(run_path, summary, first_step)  # time_s summed over resumed segments
-        finish_trackers(accelerator)
+    # The handlers stay through the summary too: a signal arriving while it is written (a launcher passing one on
+    # after a peer died) only sets the flag, and a second Ctrl-C no longer interrupts anything.
+    with StopFlag() as stop:
+        try:
+            with one_line_out_of_memory(recipe, lambda: f"training (step {run.step + 1})"):
+                run.run(stop_at, stop)
+        finally:
+            stop.hold()
+            summary = run.summary(parameters)
+            if accelerator.is_main_process:
+                summary = write_summary(run_path, summary, first_step)  # time_s summed over resumed segments
+            finish_trackers(accelerator)
     return (summary, model) if return_model else summary
 
 
@@ -471,12 +475,13 @@ class _Run:
             self.checkpoint()
 
     # --- the epochs ---
-    def run(self, stop_at: int) -> None:
+    def run(self, stop_at: int, stop: StopFlag) -> None:
         self.progress = Progress(self.accelerator.is_main_process, self.total_steps, self.step, self.console,
                                  self.cfg.log_every)
         self.model.train()
+        self.stop = stop
         try:
-            with StopFlag() as self.stop, self.progress:
+            with self.progress:
                 self._epochs(stop_at)
                 self._finish(stop_at)
         except SecondInterrupt:

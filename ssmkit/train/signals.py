@@ -56,6 +56,10 @@ class StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
+    def hold(self) -> None:
+        """From now on a second Ctrl-C only sets the flag (the run is already ending: let it write its summary)."""
+        self._launched = True
+
     def _handle(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT and not self._launched:
             raise SecondInterrupt

@@ -60,9 +60,9 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
 
 
 def test_sigterm_during_a_long_evaluation_stops_within_seconds(tmp_path):
-    # an evaluation of 200,000 samples in batches of 8 takes minutes here; it starts right after step 2
+    # an evaluation of 2,000,000 samples in batches of 8 takes many minutes; it starts right after step 2
     data = recipe(eval_every=2, eval_batch_size=8)
-    data["task"]["val_samples"] = 200_000
+    data["task"]["val_samples"] = 2_000_000
     data["task"]["L"] = 256
     proc = start(tmp_path, data, "--run-dir", "run")
     metrics = tmp_path / "run" / "metrics.jsonl"

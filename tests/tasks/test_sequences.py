@@ -223,3 +223,27 @@ def test_unreachable_hub_name_is_one_line(tmp_path, monkeypatch):
     line = assert_one_line_exit_2(CliRunner().invoke(app, ["train", recipe, "--max-steps", "1"]))
     assert "Hugging Face dataset 'someone/no-such-dataset' could not be loaded (the Hugging Face Hub cannot be reached" in line
     assert "save_to_disk" in line
+
+
+def test_hf_columns_of_token_lists_and_of_vectors(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="task.hf reads Hugging Face datasets (pip install datasets)")
+    rng = np.random.default_rng(3)
+    ids = [rng.integers(0, 30, n).tolist() for n in (5, 9, 2, 7, 9, 4)]
+    datasets.Dataset.from_dict({"ids": ids, "y": [0, 2, 1, 2, 0, 1]}).save_to_disk(str(tmp_path / "tok"))
+    task = seq(hf=str(tmp_path / "tok"), input="ids", label="y", val=0.5, l_max=6)
+    assert task.tokens and task.variable and task.length == 6 and task.num_classes == 3
+    assert task.vocab_size == max(max(r) for r in ids) + 2
+    x, _ = task.dataset("train")[0]
+    row = ids[task.sources()["train"].indices[0]][:6]
+    assert x[:len(row)].tolist() == [i + 1 for i in row] and (x[len(row):] == 0).all()  # cut at l_max, then padded
+    vecs = [rng.normal(size=(n, 2)).tolist() for n in (3, 5, 4, 5)]
+    targets = [[1.5], [-0.5], [0.25], [2.0]]
+    datasets.Dataset.from_dict({"text": vecs, "label": targets}).save_to_disk(str(tmp_path / "vec"))
+    reg = seq(hf=str(tmp_path / "vec"), val=0.25)
+    assert not reg.tokens and not reg.classification and (reg.d_input, reg.d_output) == (2, 1) and reg.variable
+    i = reg.sources()["val"].indices[0]
+    x, y = reg.dataset("val")[0]
+    n = len(vecs[i])
+    np.testing.assert_allclose(x[:n, :2].numpy(), np.array(vecs[i]), rtol=1e-6)
+    assert x[:n, 2].tolist() == [1.0] * n and (x[n:] == 0).all() and y.tolist() == targets[i]
+    assert reg.lengths(x[None]).tolist() == [n]

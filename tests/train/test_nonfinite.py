@@ -175,3 +175,26 @@ def test_out_of_memory_is_one_line(tmp_path, monkeypatch):
     assert "out of memory while training (step 3) (tried to allocate 1125899906842624 bytes)" in line
     assert "train.batch_size=8" in line and "model.d_model=8" in line
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.distributed
+def test_two_processes_stop_together_in_one_line(tmp_path):
+    """Under --processes 2 the decision is one all-reduce: both ranks stop at the same step, rank 0 reports once."""
+    import os
+    import subprocess
+    import sys
+
+    data = recipe(tmp_path, eval_every=0, max_steps=50)
+    data["optimizer"] = {"name": "sgd", "lr": 1e38, "momentum": 0.0}  # the first update overflows
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "ssmkit", "train", "r.yaml", "--run-dir", "run", "--processes", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert lines[0].startswith("error: step ") and "optimizer.lr=1e+38" in lines[0]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "nonfinite" and summary["processes"] == 2
+    assert all(_finite(w) for w in _checkpoints(tmp_path / "run").values())

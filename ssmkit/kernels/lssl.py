@@ -32,6 +32,7 @@ from ssmkit.kernels.base import Kernel, log_uniform
 from ssmkit.kernels.s4 import matrix_power
 from ssmkit.ops.hippo import MEASURES, transition
 from ssmkit.ops.krylov import krylov, power_series
+from ssmkit.ops.linalg import solve
 
 LEARN = (0, 1, 2)
 
@@ -42,7 +43,7 @@ def bilinear(A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor) -> tuple[torch.
     half = (dt / 2)[..., None, None] * A
     shape = torch.broadcast_shapes(half.shape[:-2], B.shape[:-1], dt.shape)
     rhs = torch.cat([(eye + half).expand(*shape, *eye.shape), (dt[..., None] * B).expand(*shape, B.shape[-1]).unsqueeze(-1)], -1)
-    sol = torch.linalg.solve(eye - half, rhs)  # (..., N, N + 1)
+    sol = solve(eye - half, rhs)  # (..., N, N + 1)
     return sol[..., :-1], sol[..., -1]
 
 

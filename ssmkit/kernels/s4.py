@@ -36,6 +36,7 @@ from ssmkit.kernels.s4d import B_CLIP, S4DKernel, s4d_init
 from ssmkit.kernels.s4d import INITS as DIAG_INITS
 from ssmkit.ops.cauchy import cauchy
 from ssmkit.ops.hippo import MEASURES, dplr_dense, nplr
+from ssmkit.ops.linalg import solve
 
 MODES = ("nplr", "dplr", "diag")
 HIPPO_INITS = MEASURES  # legs, legt, lagt, fourier, fout
@@ -218,7 +219,7 @@ class S4Kernel(Kernel):
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
         half = (dt / 2).to(A.dtype)[:, None, None] * A
         rhs = torch.cat([eye + half, (dt.to(A.dtype)[:, None] * _conj_full(B)).unsqueeze(-1)], dim=-1)
-        sol = torch.linalg.solve(eye - half, rhs)  # (H, N, N+1)
+        sol = solve(eye - half, rhs)  # (H, N, N+1)
         return sol[..., :-1], sol[..., -1]
 
     def _dense128(self, rate: float = 1.0):
@@ -236,7 +237,7 @@ class S4Kernel(Kernel):
             return _conj_full(Ct)
         M = torch.eye(dA.shape[-1], dtype=dA.dtype, device=dA.device) - matrix_power(dA, Lk)
         # Ct_f = (I - dA^L)^T C_f
-        return torch.linalg.solve(M.transpose(-1, -2), _conj_full(Ct).unsqueeze(-1)).squeeze(-1)
+        return solve(M.transpose(-1, -2), _conj_full(Ct).unsqueeze(-1)).squeeze(-1)
 
     @torch.no_grad()
     def _set_length(self, L: int) -> None:

@@ -152,6 +152,7 @@ def _recipe(tmp_path, task: dict) -> str:
 
 def test_trains_and_evaluates_from_a_folder_of_txt(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")  # the --dry-run lines unwrapped
     write_docs(tmp_path / "my notes")
     recipe = _recipe(tmp_path, {"name": "lm", "files": "my notes", "level": "byte", "seq_len": 16, "split": [0.6, 0.2, 0.2]})
     result = CliRunner().invoke(app, ["train", recipe, "--dry-run"])

@@ -141,7 +141,7 @@ def _recipe(tmp_path, task: dict, extra: dict | None = None) -> str:
 
 
 def _train_and_eval(tmp_path, recipe: str, split: str, expect_samples: int, dry: str) -> dict:
-    result = CliRunner().invoke(app, ["train", recipe, "--dry-run"])
+    result = CliRunner().invoke(app, ["train", recipe, "--dry-run"], env={"COLUMNS": "1000"})  # lines unwrapped
     assert result.exit_code == 0, result.output
     assert dry in result.output, result.output
     result = CliRunner().invoke(app, ["train", recipe, "--max-steps", "3"])

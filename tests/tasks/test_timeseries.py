@@ -200,6 +200,7 @@ def _recipe(tmp_path, task: dict) -> str:
 
 def test_trains_and_evaluates_from_a_users_csv(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a path relative to the current directory
+    monkeypatch.setenv("COLUMNS", "1000")  # the --dry-run lines unwrapped
     write_series(tmp_path / "my data" / "shop_sales_2020.csv", n=150)
     recipe = _recipe(tmp_path, {"name": "timeseries", "csv": "my data/shop_sales_2020.csv", "date": "day",
                                 "target": "sales", "features": "MS", "columns": ["price"], "seq_len": 14, "pred_len": 7})

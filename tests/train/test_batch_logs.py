@@ -115,3 +115,21 @@ def test_trackers_missing_package_is_one_line_and_tensorboard_writes_into_the_ru
     records = {r["step"]: r["loss"] for r in read_metrics(run) if r["loss"] is not None}
     assert sorted(logged) == [1, 2, 3] and all(abs(logged[s] - records[s]) < 1e-6 for s in logged)
     assert {e.step for e in events.Scalars("val/mse")} == {3}
+
+
+def test_the_bar_shows_a_running_loss_from_step_1():
+    import io
+
+    from rich.console import Console
+
+    from ssmkit.train.progress import Progress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    with Progress(True, 10, 0, console, log_every=5) as progress:
+        progress.update(1, 0, 0.5, 1e-3)
+        assert progress._bar.tasks[0].fields["loss"] == "0.5"  # not "-" until step 5
+        progress.update(2, 0, 0.25, 1e-3)
+        assert progress._bar.tasks[0].fields["loss"] == "0.375"  # the mean since the last log line
+        progress.update(5, 0, 1.0, 1e-3, tokens_per_s=10.0, logged=True)
+        progress.update(6, 0, 2.0, 1e-3)
+        assert progress._bar.tasks[0].fields["loss"] == "2"  # a new window after the log line

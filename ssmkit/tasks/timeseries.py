@@ -158,11 +158,15 @@ class Table:
 
 
 def read_table(path: Path) -> Table:
-    """A CSV (header row first) or, for a ``.parquet`` name, a Parquet file -> :class:`Table`."""
+    """A CSV (header row first; comma, semicolon, tab or bar separated) or, for a ``.parquet`` name, a Parquet
+    file -> :class:`Table`."""
     path = Path(path)
     if path.suffix.lower() in (".parquet", ".pq"):
         return _read_parquet(path)
-    reader = csv.reader(io.StringIO(read_text(path)))
+    text = read_text(path).removeprefix("\ufeff")  # a byte-order mark, as spreadsheet programs write
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t|", key=first.count)  # comma, or the semicolon / tab / bar of other exports
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter if first.count(delimiter) else ",")
     rows, lines = [], []
     try:
         for row in reader:

@@ -152,6 +152,16 @@ def test_bad_cells_name_line_and_column(tmp_path, bad, match):
         ts(tmp_path / "s.csv", seq_len=8, pred_len=2).dataset("train")
 
 
+def test_spreadsheet_exports_semicolons_and_a_byte_order_mark(tmp_path):
+    raw = write_series(tmp_path / "s.csv", n=60, extra=False)
+    text = (tmp_path / "s.csv").read_text().replace(",", ";")
+    (tmp_path / "excel.csv").write_text("\ufeff" + text, encoding="utf-8")
+    a, b = ts(tmp_path / "s.csv", seq_len=8, pred_len=2), ts(tmp_path / "excel.csv", seq_len=8, pred_len=2)
+    assert a.series()[0] == b.series()[0] == ["sales"]
+    np.testing.assert_array_equal(a.series()[2], b.series()[2])
+    np.testing.assert_allclose(b.series()[2][:, 0], raw[:, 0], atol=1e-6)
+
+
 def test_unused_text_column_is_fine_and_used_one_is_named(tmp_path):
     write_series(tmp_path / "s.csv")
     assert len(ts(tmp_path / "s.csv", features="S", seq_len=8, pred_len=2).dataset("train")) > 0

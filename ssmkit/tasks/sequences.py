@@ -361,6 +361,7 @@ class Sequences(Task):
         elif test is not None or isinstance(val, str):
             raise ValueError("with task.hf, task.split picks the dataset's splits; task.test and a task.val path are "
                              "for NumPy files")
+        self.val_given = val is not None
         if val is None:
             val = 0.1  # a path or a fraction; the default is a number, so the recipe check leaves the type to us
         if isinstance(val, str):
@@ -437,6 +438,10 @@ class Sequences(Task):
             self.check_data()
             if self.hf is not None:
                 sources = self._hf_sources()
+                if "val" in sources and self.val_given:
+                    raise DataError(f"{self.hf}: task.val={self.val_option} would hold out part of train, but the dataset's "
+                                    f"validation split ({sources['val'].where}) is used; drop task.val, or set "
+                                    "task.split to name only the splits to use")
             else:
                 sources = {"train": load_arrays(user_path(self.train_path), "train")}
                 for key, value in (("val", self.val_option), ("test", self.test_path)):

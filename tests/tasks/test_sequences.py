@@ -203,6 +203,13 @@ def test_saved_hf_dataset_text_as_bytes(tmp_path):
     assert "2 classes: neg, pos" in task.describe() and "UTF-8 bytes" in task.describe()
     with pytest.raises(DataError, match=r"has no column 'sentence' \(columns: text, label\); set task.input"):
         seq(hf=str(tmp_path / "reviews"), input="sentence").dataset("train")
+    datasets = pytest.importorskip("datasets")
+    dd = datasets.load_from_disk(str(tmp_path / "reviews"))
+    dd["validation"] = dd["test"]
+    dd.save_to_disk(str(tmp_path / "with-val"))
+    assert seq(hf=str(tmp_path / "with-val")).sources()["val"].n == 5  # the dataset's own validation split
+    with pytest.raises(DataError, match="task.val=0.2 would hold out part of train, but the dataset's validation split"):
+        seq(hf=str(tmp_path / "with-val"), val=0.2).dataset("train")
     with pytest.raises(DataError, match=r"no split 'validation' \(it has train, test\)"):
         seq(hf=str(tmp_path / "reviews"), split={"train": "train", "val": "validation"}).dataset("train")
 

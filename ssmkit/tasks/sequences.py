@@ -20,7 +20,7 @@ with ``save_to_disk`` where there is a network). ``input`` is the column of sequ
 ``label`` the target column (default ``label``; a ``ClassLabel`` gives the number of classes). ``split`` maps
 our splits to the dataset's: ``{train: NAME, val: NAME, test: NAME}``, or one name for the training split;
 by default ``train``, the first of ``validation``/``valid``/``val``/``dev`` (else the ``val`` fraction of
-train) and ``test`` when present. Sequences of different lengths are padded at the end, with their lengths.
+train; an explicit ``val`` beside such a split is refused) and ``test`` when present. Sequences of different lengths are padded at the end, with their lengths.
 
 Inferred from the data (and printed by ``ssmkit train --dry-run`` and ``ssmkit data check``): tokens or
 features and their width, the vocabulary (the largest id + 1, over every split; ``vocab_size`` to reserve

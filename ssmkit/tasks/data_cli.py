@@ -68,7 +68,12 @@ def generate_data(kind: str, n: int | None = None, resolution: int | None = None
             exprs = listops.generate(n, seed=seed, progress=True, **cfg)
         except ValueError as e:
             raise UserError(str(e)) from None
-        (listops.write_subtrees if sub else listops.write_listops)(folder, exprs, val, test)
+        from rich.console import Console
+
+        from ssmkit.train.banner import slow_step
+
+        with slow_step(Console(stderr=True, highlight=False), f"writing {n:,} expressions to {folder}"):  # minutes at LRA size
+            (listops.write_subtrees if sub else listops.write_listops)(folder, exprs, val, test)
         return folder
     if min_length is not None or max_length is not None or val is not None or test is not None:
         raise UserError("--min-length/--max-length/--val/--test are for listops only (pathfinder splits 80/10/10)")

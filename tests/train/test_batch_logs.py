@@ -133,3 +133,22 @@ def test_the_bar_shows_a_running_loss_from_step_1():
         progress.update(5, 0, 1.0, 1e-3, tokens_per_s=10.0, logged=True)
         progress.update(6, 0, 2.0, 1e-3)
         assert progress._bar.tasks[0].fields["loss"] == "2"  # a new window after the log line
+
+
+def test_a_slow_set_up_step_says_what_it_is_doing():
+    import io
+
+    from rich.console import Console
+
+    from ssmkit.train.banner import slow_step
+
+    out = io.StringIO()
+    console = Console(file=out, width=80)
+    with slow_step(console, "reading the listops training split", after=0.05):
+        pass  # quick: nothing said
+    assert out.getvalue() == ""
+    with slow_step(console, "reading the listops training split", after=0.05):
+        time.sleep(0.3)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "reading the listops training split..." and len(lines) == 2
+    assert re.fullmatch(r"reading the listops training split: done in \d+\.\d s", lines[1])

@@ -25,6 +25,14 @@ by ``torch.einsum``, which runs the same pairwise contractions):
   output  both repositories' ``TransposedLinear`` on the (B, C*H, L) activations: einsum('bul,vu->bvl',
           y, weight) + bias[:, None]; ``glu`` (postact glu) maps to 2H, then GLU over the channel dim.
 
+Contention (``--contention K``): every round is timed twice, once idle and once while K busy background
+processes (``ssmkit/contention.py``: pure-Python spin loops, stopped at the end and on Ctrl-C) compete for the
+cores, the idle and loaded halves in alternating order, each with both layers interleaved as above. Per layer
+it prints the idle and loaded medians, ``loaded/idle`` (how much the layer slows down under the load; the
+lower the better) and the loaded rounds' min/median/max (how steady a step is).
+
+    OMP_NUM_THREADS=2 python scripts/bench_reference_layers.py --contention 2 --rounds 6 --output linear
+
 Ours is ``ssmkit.profile._build_layer`` (the layer ``ssmkit profile`` and scripts/bench_kernels.py time).
 Before timing, each pair is checked to compute the same function: our parameters are copied into the
 reference layer (before its first forward, so its kernel norm is measured on the same weights) and both
@@ -38,11 +46,16 @@ import math
 import statistics
 import time
 
+# isort: off
+import ssmkit  # noqa: F401  first: sets OpenMP's wait policy before torch loads its runtime (ssmkit/openmp.py)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+# isort: on
 
-from ssmkit import profile
+from ssmkit import openmp, profile
+from ssmkit.contention import BusyLoad, check_k
+from ssmkit.errors import UserError
 
 
 class RefLinear(nn.Module):
@@ -159,7 +172,9 @@ def check_same(kernel: str, output: str, B: int = 2, H: int = 8, N: int = 16, L:
     return err
 
 
-def time_pair(ref: nn.Module, ours: nn.Module, x: torch.Tensor, rounds: int) -> dict:
+def time_pair(ref: nn.Module, ours: nn.Module, x: torch.Tensor, rounds: int, load: BusyLoad | None = None) -> dict:
+    """Interleaved forward+backward times (ms). With a ``load`` (K > 0), every round has an idle and a loaded
+    half (order alternating), and the row gets each layer's loaded/idle slowdown and its loaded spread."""
     def run(layer: nn.Module) -> float:
         layer.zero_grad(set_to_none=True)
         x.grad = None
@@ -170,15 +185,54 @@ def time_pair(ref: nn.Module, ours: nn.Module, x: torch.Tensor, rounds: int) -> 
     for layer in (ref, ours):
         for _ in range(2):
             run(layer)
-    times = {"reference": [], "ssmkit": []}
-    for i in range(rounds):
-        order = ("reference", "ssmkit") if i % 2 == 0 else ("ssmkit", "reference")
-        for name in order:
-            times[name].append(run(ref if name == "reference" else ours) * 1e3)
-    ratios = [r / o for r, o in zip(times["reference"], times["ssmkit"])]
-    ref_ms, ours_ms = statistics.median(times["reference"]), statistics.median(times["ssmkit"])
-    return {"reference_ms": ref_ms, "ssmkit_ms": ours_ms, "ratio": ref_ms / ours_ms, "ratio_min": min(ratios),
-            "ratio_max": max(ratios), "times_ms": times}
+    phases = ("idle", "loaded") if load is not None and load.k > 0 else ("idle",)
+    times = {phase: {"reference": [], "ssmkit": []} for phase in phases}
+    try:
+        for i in range(rounds):
+            for phase in phases if i % 2 == 0 else phases[::-1]:
+                if phase == "loaded":
+                    load.start()
+                order = ("reference", "ssmkit") if i % 2 == 0 else ("ssmkit", "reference")
+                for name in order:
+                    times[phase][name].append(run(ref if name == "reference" else ours) * 1e3)
+                if load is not None:
+                    load.stop()
+    finally:
+        if load is not None:
+            load.stop()
+    idle = times["idle"]
+    ratios = [r / o for r, o in zip(idle["reference"], idle["ssmkit"])]
+    ref_ms, ours_ms = statistics.median(idle["reference"]), statistics.median(idle["ssmkit"])
+    row = {"reference_ms": ref_ms, "ssmkit_ms": ours_ms, "ratio": ref_ms / ours_ms, "ratio_min": min(ratios),
+           "ratio_max": max(ratios), "times_ms": idle}
+    if "loaded" in times:
+        loaded = times["loaded"]
+        row["loaded_times_ms"] = loaded
+        for name in ("reference", "ssmkit"):
+            med = statistics.median(loaded[name])
+            row[f"{name}_loaded"] = {"min_ms": min(loaded[name]), "median_ms": med, "max_ms": max(loaded[name]),
+                                     "slowdown": med / statistics.median(idle[name])}
+        row["loaded_ratio"] = row["reference_loaded"]["median_ms"] / row["ssmkit_loaded"]["median_ms"]
+    return row
+
+
+def print_row(r: dict, first: bool) -> None:
+    if "loaded_ratio" not in r:
+        if first:
+            print(f"{'kernel':7} {'output':7} {'reference ms':>12} {'ssmkit ms':>10} {'ref/ours':>8} "
+                  f"{'min':>5} {'max':>5}  same function (f64 rel. err)")
+        print(f"{r['kernel']:7} {r['output']:7} {r['reference_ms']:12.1f} {r['ssmkit_ms']:10.1f} {r['ratio']:7.2f}x "
+              f"{r['ratio_min']:5.2f} {r['ratio_max']:5.2f}  {r['check_rel_err_f64']:.1e}", flush=True)
+        return
+    if first:
+        print(f"{'kernel':7} {'output':7} {'layer':9} {'idle ms':>8} {'loaded ms':>9} {'loaded/idle':>11} "
+              f"{'loaded min':>10} {'max':>7}")
+    for name in ("reference", "ssmkit"):
+        d = r[f"{name}_loaded"]
+        print(f"{r['kernel']:7} {r['output']:7} {name:9} {r[f'{name}_ms']:8.1f} {d['median_ms']:9.1f} "
+              f"{d['slowdown']:10.2f}x {d['min_ms']:10.1f} {d['max_ms']:7.1f}")
+    print(f"{'':7} {'':7} ref/ours idle {r['ratio']:.2f}x, loaded {r['loaded_ratio']:.2f}x; "
+          f"same function (f64 rel. err) {r['check_rel_err_f64']:.1e}", flush=True)
 
 
 def main() -> None:
@@ -190,13 +244,21 @@ def main() -> None:
     ap.add_argument("--d-state", type=int, default=64, help="DLR's N (SGConv has kernel_dim 64)")
     ap.add_argument("--output", default="linear,glu", help="output maps: linear (the DLR repo's), glu")
     ap.add_argument("--kernels", default="dlr,sgconv")
+    ap.add_argument("--contention", type=int, default=0, metavar="K",
+                    help="also time every round under K busy background processes (loaded/idle per layer)")
     ap.add_argument("--json", default=None, help="write the rows (with every round's times) to this file")
     args = ap.parse_args()
+    try:
+        check_k(args.contention)
+    except UserError as e:
+        ap.error(str(e))
     B, H, N, L = args.batch, args.d_model, args.d_state, args.length
     outputs, kernels = args.output.split(","), args.kernels.split(",")
     assert set(outputs) <= {"linear", "glu"} and set(kernels) <= {"dlr", "sgconv"}, "unknown --output or --kernels"
-    machine = profile.machine()
-    print(f"machine: {machine}; B={B} H={H} N={N} L={L}, forward+backward, {args.rounds} interleaved rounds")
+    machine = {**profile.machine(), "openmp": openmp.summary()}
+    load = BusyLoad(args.contention)
+    print(f"machine: {machine}; B={B} H={H} N={N} L={L}, forward+backward, {args.rounds} interleaved rounds"
+          + (f", idle and under {load.describe()}" if load.k else ""))
     rows = []
     for kernel in kernels:
         for output in outputs:
@@ -207,17 +269,12 @@ def main() -> None:
             with torch.no_grad():
                 assert ref(x).shape == ours(x).shape == x.shape
             rows.append({"kernel": kernel, "output": output, "check_rel_err_f64": err,
-                         **time_pair(ref, ours, x, args.rounds)})
-            r = rows[-1]
-            if len(rows) == 1:
-                print(f"{'kernel':7} {'output':7} {'reference ms':>12} {'ssmkit ms':>10} {'ref/ours':>8} "
-                      f"{'min':>5} {'max':>5}  same function (f64 rel. err)")
-            print(f"{kernel:7} {output:7} {r['reference_ms']:12.1f} {r['ssmkit_ms']:10.1f} {r['ratio']:7.2f}x "
-                  f"{r['ratio_min']:5.2f} {r['ratio_max']:5.2f}  {err:.1e}", flush=True)
+                         **time_pair(ref, ours, x, args.rounds, load)})
+            print_row(rows[-1], first=len(rows) == 1)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "shape": {"B": B, "H": H, "N": N, "L": L}, "rounds": args.rounds,
-                       "rows": rows}, f, indent=2)
+                       "contention": load.describe(), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

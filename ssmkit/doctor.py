@@ -143,6 +143,23 @@ def check_auto() -> list[Check]:
     ]
 
 
+def check_openmp() -> Check:
+    """The OpenMP runtime(s) in this process (after the extension was loaded) and the wait policy in effect
+    (``ssmkit/openmp.py``): one runtime is right; a spinning policy slows layers down on a busy machine."""
+    from ssmkit import openmp
+
+    libs = openmp.runtimes()
+    names = ", ".join(p.split("site-packages/")[-1] for p in libs) or "none found (no /proc here?)"
+    detail = f"{names}; {openmp.wait_policy()}"
+    if len(libs) > 1:
+        return Check("OpenMP", WARN, f"{len(libs)} runtimes loaded: {detail}",
+                     "two thread pools compete for the cores: rebuild the extension against this torch "
+                     "(ssmkit doctor --build) and do not preload another OpenMP library")
+    if openmp.decision == "late":
+        return Check("OpenMP", WARN, detail, "import ssmkit before torch, or export OMP_WAIT_POLICY=PASSIVE")
+    return Check("OpenMP", OK, detail)
+
+
 def check_compiled_step() -> Check:
     """What ``SequenceModel.compile_step()`` can use: AOTInductor needs torch.export and a C++ compiler."""
     import shutil
@@ -162,6 +179,7 @@ def run_checks(build: bool = False) -> list[Check]:
     rows.append(_version("accelerate", "pip install accelerate"))
     rows.append(check_keops())
     rows.extend(check_extension(build))
+    rows.append(check_openmp())
     rows.append(check_compiled_step())
     rows.append(check_mamba_ssm())
     rows.append(_version("torchvision", "pip install 'ssmkit[vision]' (image tasks)"))

@@ -7,6 +7,10 @@ Each point runs in a fresh child process by default, so its peak memory is its o
 allocator's peak on GPU, the RSS high-water mark above the pre-run RSS on CPU. Out-of-memory is
 caught per point. ``floor`` is the bare FFT convolution (``ssmkit.ops.fftconv``) of the same shape and
 mode, so each kernel's overhead over the convolution it feeds is ``ratio = time / floor``.
+
+``--contention K`` times every point twice, idle and while K busy background processes compete for the cores
+(``ssmkit/contention.py``), and adds ``loaded ms`` (median), ``loaded max`` (slowest repetition) and
+``loaded/idle``: how much a layer slows down on a shared machine.
 """
 from __future__ import annotations
 
@@ -45,6 +49,10 @@ class Point:
     tokens_per_s: float | None = None
     floor_ms: float | None = None
     ratio: float | None = None
+    max_ms: float | None = None  # the slowest of the timed calls (time_ms is their median)
+    loaded_ms: float | None = None
+    loaded_max_ms: float | None = None
+    slowdown: float | None = None
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -138,9 +146,10 @@ def median_ms(fn, repeat: int = 5, device: torch.device | str = "cpu") -> float:
     return _timed(fn, torch.device(device), repeat) * 1e3
 
 
-def _timed(fn, device: torch.device, repeat: int) -> float:
+def _timed(fn, device: torch.device, repeat: int, times: list | None = None) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` calls after a warm-up; every call's time goes to ``times``."""
     fn()  # warm-up (allocations, keops/cuFFT plans)
-    times = []
+    times = [] if times is None else times
     for _ in range(repeat):
         _sync(device)
         t0 = time.perf_counter()
@@ -194,6 +203,7 @@ def measure_point(
     dev = torch.device(device)
     pt = Point(kernel, length, mode, backend, batch, d_model, d_state)
     B, H, L = batch, d_model, length
+    times: list[float] = []
     try:
         if kernel not in _registry():
             pt.status = f"not registered yet (available: {', '.join(_registry().names())})"
@@ -215,8 +225,8 @@ def measure_point(
                         _, state = layer.step(x[t], state)
 
                 base = _reset_peak(dev)
-                t = _timed(run, dev, repeat) / n
-            pt.time_ms, pt.peak_mb, pt.tokens_per_s = t * 1e3, _peak(dev, base), B / t
+                t = _timed(run, dev, repeat, times) / n
+            pt.time_ms, pt.peak_mb, pt.tokens_per_s, pt.max_ms = t * 1e3, _peak(dev, base), B / t, max(times) * 1e3 / n
             return asdict(pt)
         x = torch.randn(B, H, L, device=dev, requires_grad=mode == "fwd+bwd")
 
@@ -226,9 +236,9 @@ def measure_point(
                 y.sum().backward()
 
         base = _reset_peak(dev)
-        t = _timed(run, dev, repeat)
+        t = _timed(run, dev, repeat, times)
         pt.peak_mb = _peak(dev, base)
-        pt.time_ms, pt.tokens_per_s = t * 1e3, B * L / t
+        pt.time_ms, pt.tokens_per_s, pt.max_ms = t * 1e3, B * L / t, max(times) * 1e3
         layer = x = None  # free them before timing the floor
         if floor:
             pt.floor_ms = _timed(_floor_fn(B, H, L, mode, dev), dev, repeat) * 1e3
@@ -270,11 +280,24 @@ def run_point(spec: dict, isolate: bool = True) -> dict:
     return result
 
 
-def sweep(kernels: list[str], lengths: list[int], *, isolate: bool = True, progress=None, **common) -> list[dict]:
+def sweep(kernels: list[str], lengths: list[int], *, isolate: bool = True, progress=None, contention: int = 0,
+          **common) -> list[dict]:
+    """One row per (kernel, length). With ``contention`` K > 0 each point is measured idle, then again under K
+    busy background processes (``ssmkit.contention.BusyLoad``, stopped after each point and on any exit)."""
+    from ssmkit.contention import BusyLoad
+
+    load = BusyLoad(contention)
     rows = []
     for k in kernels:
         for L in lengths:
-            row = run_point({"kernel": k, "length": L, **common}, isolate=isolate)
+            spec = {"kernel": k, "length": L, **common}
+            row = run_point(spec, isolate=isolate)
+            if load.k and row["status"] == "ok":
+                with load:
+                    loaded = run_point(spec, isolate=isolate)
+                if loaded["status"] == "ok":
+                    row["loaded_ms"], row["loaded_max_ms"] = loaded["time_ms"], loaded["max_ms"]
+                    row["slowdown"] = loaded["time_ms"] / row["time_ms"]
             rows.append(row)
             if progress:
                 progress(row)
@@ -290,12 +313,18 @@ def table(rows: list[dict], title: str = "ssmkit profile"):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("kernel", "L", "mode", "backend", "time ms", "peak MB", "tokens/s", "floor ms", "ratio", "status"):
+    loaded = any(r.get("slowdown") is not None for r in rows)
+    cols = ["kernel", "L", "mode", "backend", "time ms", "peak MB", "tokens/s", "floor ms", "ratio"]
+    cols += ["loaded ms", "loaded max", "loaded/idle"] if loaded else []
+    for col in cols + ["status"]:
         t.add_column(col, justify="right" if col not in ("kernel", "mode", "backend", "status") else "left")
     for r in rows:
-        t.add_row(r["kernel"], str(r["length"]), r["mode"], r["backend"], _fmt(r["time_ms"], ".2f"),
-                  _fmt(r["peak_mb"], ".0f"), _fmt(r["tokens_per_s"], ".3g"), _fmt(r["floor_ms"], ".2f"),
-                  _fmt(r["ratio"], ".2f"), r["status"])
+        cells = [r["kernel"], str(r["length"]), r["mode"], r["backend"], _fmt(r["time_ms"], ".2f"),
+                 _fmt(r["peak_mb"], ".0f"), _fmt(r["tokens_per_s"], ".3g"), _fmt(r["floor_ms"], ".2f"),
+                 _fmt(r["ratio"], ".2f")]
+        if loaded:
+            cells += [_fmt(r.get("loaded_ms"), ".2f"), _fmt(r.get("loaded_max_ms"), ".2f"), _fmt(r.get("slowdown"), ".2f")]
+        t.add_row(*cells, r["status"])
     return t
 
 
@@ -373,9 +402,13 @@ def register(app) -> None:
         device: str = typer.Option("auto", help="cpu | cuda | auto"),
         out: Path | None = typer.Option(None, help="write the points to .json or .csv"),
         plot_path: Path | None = typer.Option(None, "--plot", help="write a log-log plot (PNG) of time and memory"),
+        contention: int = typer.Option(0, metavar="K", help="also time each point under K busy background processes "
+                                       "(adds loaded ms, loaded max and loaded/idle)"),
     ) -> None:
         """Time, peak memory and tokens/s of kernels over a sweep of lengths."""
         from rich.console import Console
+
+        from ssmkit.contention import BusyLoad, check_k
 
         if mode not in MODES:
             raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -388,6 +421,7 @@ def register(app) -> None:
         for name, val in (("--d-model", d_model), ("--d-state", d_state), ("--batch", batch), ("--repeat", repeat)):
             if val <= 0:
                 raise UserError(f"{name} must be positive, got {val}")
+        check_k(contention)
         kernels = check_kernels(kernel)
         lengths = parse_lengths(length)
         check_backend(backend)
@@ -397,10 +431,11 @@ def register(app) -> None:
             raise UserError(f"--plot must end in {', '.join(PLOT_SUFFIXES)}, got {plot_path}")
         console = Console()
         console.print(f"profiling {', '.join(kernels)} at L = {', '.join(map(str, lengths))} ({mode}, {device}, "
-                      f"B={batch}, H={d_model}, N={d_state}, {torch.get_num_threads()} threads)")
+                      f"B={batch}, H={d_model}, N={d_state}, {torch.get_num_threads()} threads)"
+                      + (f"; idle and under {BusyLoad(contention).describe()}" if contention else ""))
         rows = sweep(kernels, lengths, isolate=isolate, mode=mode, backend=backend, batch=batch, d_model=d_model,
                      d_state=d_state, repeat=repeat, floor=floor and mode != "step", device=device,
-                     threads=torch.get_num_threads(), output=output,
+                     threads=torch.get_num_threads(), output=output, contention=contention,
                      progress=lambda r: console.print(f"  {r['kernel']} L={r['length']}: {r['status']}"
                                                       + (f", {r['time_ms']:.2f} ms" if r["time_ms"] else "")))
         console.print(table(rows))

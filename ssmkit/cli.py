@@ -318,5 +318,11 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. Once the command is done, a further Ctrl-C (the second of a double press that
+    stopped a run) is ignored while the interpreter exits, instead of printing a traceback from an exit handler."""
+    import signal
+
+    try:
+        app()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

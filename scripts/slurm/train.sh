@@ -3,6 +3,9 @@
 # Usage:  sbatch scripts/slurm/train.sh RECIPE [key.sub=value ...]
 #         sbatch --nodes 4 scripts/slurm/train.sh recipes/lra/listops.yaml train.batch_size=16
 # Resume (same number of nodes or not): sbatch scripts/slurm/train.sh --resume runs/NAME
+# Requeued jobs (the same command every time: starts the run, or continues it from its checkpoint):
+#         sbatch --requeue scripts/slurm/train.sh RECIPE --run-dir runs/NAME --resume auto
+# Exit codes: 0 finished, 2 bad input, 3 non-finite loss, 143 stopped by SIGTERM after saving (requeue it).
 # train.batch_size is per process: the global batch is batch_size x grad_accum x nodes x GPUs per node.
 #SBATCH --job-name=ssmkit
 #SBATCH --nodes=2

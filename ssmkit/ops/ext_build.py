@@ -33,7 +33,7 @@ import torch
 SOURCES_DIR = Path(__file__).resolve().parent.parent / "_csrc"
 _CPP = ("bindings.cpp", "cauchy_cpu.cpp", "selective_scan_cpu.cpp", "causal_conv_cpu.cpp")
 _CUDA = ("cauchy_cuda.cu",)
-_HEADERS = ("cauchy.h", "selective_scan.h", "causal_conv.h", "simd.h")
+_HEADERS = ("cauchy.h", "selective_scan.h", "causal_conv.h", "simd.h", "parallel.h")
 
 
 class BuildFailed(RuntimeError):

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cauchy.h"
+#include "parallel.h"
 
 namespace {
 
@@ -26,7 +27,7 @@ void forward_kernel(const T* vr, const T* vi, const T* wr, const T* wi, const T*
                     T* outr, T* outi, int64_t batch, int64_t P, int64_t N, int64_t L, bool symmetric) {
   const int64_t R = batch / P;
   const int64_t nblocks = (L + kBlockL - 1) / kBlockL;
-  at::parallel_for(0, P * nblocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P * nblocks, ssmkit::grain_for(R * N * kBlockL), [&](int64_t begin, int64_t end) {
     std::vector<T> accr(R * kBlockL), acci(R * kBlockL);
     alignas(64) T f1[kBlockL], f2[kBlockL], f3[kBlockL], f4[kBlockL];
     for (int64_t task = begin; task < end; ++task) {
@@ -95,7 +96,7 @@ void backward_kernel(const T* vr, const T* vi, const T* wr, const T* wi, const T
   //   S1 = sum_l g conj(a) [+ conj(g) b],  S2 = sum_l g conj(a)^2 [+ conj(g) b^2],
   //   a = 1/(z - w), b = 1/(z - conj(w)).
   const int64_t R = batch / P;
-  at::parallel_for(0, P * N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P * N, ssmkit::grain_for(R * L), [&](int64_t begin, int64_t end) {
     std::vector<T> s(4 * R);
     alignas(64) T car[kBlockL], cai[kBlockL], br[kBlockL], bi[kBlockL];
     alignas(64) T ca2r[kBlockL], ca2i[kBlockL], b2r[kBlockL], b2i[kBlockL];

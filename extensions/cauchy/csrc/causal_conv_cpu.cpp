@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "causal_conv.h"
+#include "parallel.h"
 #include "simd.h"
 
 using namespace ssmkit_simd;
@@ -155,7 +156,7 @@ at::Tensor causal_conv_silu_fwd_cpu(const at::Tensor& x, const at::Tensor& w, co
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_silu_fwd_cpu", [&] {
     auto c = make<scalar_t>(x, w, b, prev);
     c.y = y.data_ptr<scalar_t>();
-    at::parallel_for(0, x.size(0) * x.size(1), 1, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, x.size(0) * x.size(1), ssmkit::grain_for(x.size(2) * w.size(1)), [&](int64_t r0, int64_t r1) {
       (avx2 ? forward_rows_avx2<scalar_t> : forward_rows_base<scalar_t>)(c, r0, r1);
     });
   });
@@ -178,7 +179,7 @@ std::vector<at::Tensor> causal_conv_silu_bwd_cpu(const at::Tensor& x, const at::
     auto c = make<scalar_t>(x, w, b, prev);
     c.gy = g.data_ptr<scalar_t>(), c.dx = dx.data_ptr<scalar_t>(), c.dprev = dprev.data_ptr<scalar_t>();
     c.dw = dw.data_ptr<scalar_t>(), c.dbias = dbias.defined() ? dbias.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, B * E, 1, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, B * E, ssmkit::grain_for(x.size(2) * K), [&](int64_t r0, int64_t r1) {
       (avx2 ? backward_rows_avx2<scalar_t> : backward_rows_base<scalar_t>)(c, r0, r1);
     });
   });

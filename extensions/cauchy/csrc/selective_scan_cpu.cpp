@@ -30,6 +30,7 @@
 #include <cstring>
 #include <vector>
 
+#include "parallel.h"
 #include "selective_scan.h"
 #include "simd.h"
 
@@ -262,7 +263,7 @@ std::vector<at::Tensor> selective_scan_fwd_cpu(const at::Tensor& u, const at::Te
     p.Dskip = ptr_or_null<scalar_t>(Ds), p.z = ptr_or_null<scalar_t>(zs);
     p.D = D, p.L = L, p.N = Np, p.chunk = chunk, p.nc = nc;
     p.y = y.data_ptr<scalar_t>(), p.hlast = hlast.data_ptr<scalar_t>(), p.starts = starts.data_ptr<scalar_t>();
-    at::parallel_for(0, b * D, 1, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, b * D, ssmkit::grain_for(L * Np), [&](int64_t r0, int64_t r1) {
       (avx2 ? forward_rows_avx2<scalar_t> : forward_rows_base<scalar_t>)(p, r0, r1);
     });
   });
@@ -306,7 +307,7 @@ std::vector<at::Tensor> selective_scan_bwd_cpu(const at::Tensor& u, const at::Te
     p.du = du.data_ptr<scalar_t>(), p.ddl = ddl.data_ptr<scalar_t>(), p.dA = dA.data_ptr<scalar_t>();
     p.dD = ptr_or_null<scalar_t>(dD), p.dz = ptr_or_null<scalar_t>(dz);
     scalar_t *pdB = dBt.data_ptr<scalar_t>(), *pdC = dCt.data_ptr<scalar_t>();
-    at::parallel_for(0, b * groups, 1, [&](int64_t k0, int64_t k1) {
+    at::parallel_for(0, b * groups, ssmkit::grain_for(per * L * Np), [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t bi = k / groups, g = k % groups;
         const int64_t d0 = g * per, d1 = std::min(D, d0 + per);

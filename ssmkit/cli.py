@@ -4,7 +4,8 @@
     ssmkit train --resume RUN_DIR [train.key=value ...]
     ssmkit train RECIPE --processes N     (N local processes; or: accelerate launch / torchrun -m ssmkit train)
     ssmkit eval RUN_DIR_OR_CHECKPOINT [--split val|test] [--checkpoint latest|best] [key.sub=value ...]
-    ssmkit recipes | recipes show NAME | recipes cp NAME PATH
+    ssmkit recipes [PATTERN] | recipes show NAME [--defaults] | recipes cp NAME PATH
+    ssmkit --version
     ssmkit sweep RECIPE key=v1,v2 ... [--seeds N] [--processes N]   (ssmkit/sweep.py)
 
 Every :class:`~ssmkit.errors.UserError` (and every usage error) becomes one line on stderr and exit
@@ -95,12 +96,57 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-recipes_app = typer.Typer(help="List, show and copy the shipped recipes.", invoke_without_command=True)
+
+
+class _RecipesGroup(TyperGroup):
+    """``ssmkit recipes PATTERN``: a first argument that is not a subcommand (show, cp) is the pattern."""
+
+    def parse_args(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["--pattern", args[0], *args[1:]]
+        return super().parse_args(ctx, args)
+
+
+recipes_app = typer.Typer(cls=_RecipesGroup, help="List (optionally only those matching PATTERN), show and copy the "
+                          "shipped recipes.", invoke_without_command=True, subcommand_metavar="[PATTERN | COMMAND [ARGS]...]")
 app.add_typer(recipes_app, name="recipes")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        import ssmkit
+
+        try:
+            installed = version("ssmkit")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            installed = ssmkit.__version__
+        click.echo(f"ssmkit {installed} (torch {_torch_version()}, python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+def _torch_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print ssmkit's version (and torch's, python's) and exit"),
+) -> None:
+    """State-space and global-convolution sequence models: train, evaluate, and explore recipes."""
+
+
 def _console(err: bool = False) -> Console:
-    return Console(stderr=err, highlight=False, markup=False)
+    from ssmkit.console import console
+
+    return console(stderr=err, markup=False)
 
 
 @app.command()
@@ -238,28 +284,55 @@ def eval_command(
     click.echo(json.dumps(result))
 
 
+def _recipe_matches(pattern: str, key: str, description: str) -> bool:
+    """A glob (``*`` ``?`` ``[``) matches the name (``s4/lra-*``); other text is a case-insensitive substring
+    of the name or the description (``cifar``, ``s4d``)."""
+    import fnmatch
+
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(key, pattern) or fnmatch.fnmatchcase(key.rsplit("/", 1)[-1], pattern)
+    return pattern.lower() in key.lower() or pattern.lower() in description.lower()
+
+
 @recipes_app.callback()
-def recipes_list(ctx: typer.Context):
-    """List the shipped recipes (group, name, description)."""
+def recipes_list(
+    ctx: typer.Context,
+    pattern: str = typer.Option(None, "--pattern", hidden=True, help="only recipes matching this (glob or text)"),
+):
+    """List the shipped recipes (group, name, description); ssmkit recipes PATTERN lists those whose name
+    matches the glob PATTERN (s4/lra-*) or whose name or description contains it (cifar)."""
     if ctx.invoked_subcommand is not None:
+        if pattern is not None:
+            raise UserError(f"give a PATTERN or a subcommand ({ctx.invoked_subcommand}), not both")
         return
     from ssmkit.recipe import recipe_description, shipped_recipes
 
     shipped = shipped_recipes()
     if not shipped:
         raise UserError("no shipped recipes found (the package was installed without its recipes folder)")
+    if pattern is not None and not pattern.strip():
+        raise UserError("the recipe PATTERN is empty; give a glob such as 's4/lra-*' or text such as cifar")
+    descriptions = {key: recipe_description(path) for key, path in shipped.items()}
+    keys = [k for k in shipped if pattern is None or _recipe_matches(pattern, k, descriptions[k])]
+    if not keys:
+        from ssmkit.registry import did_you_mean
+
+        raise UserError(f"no shipped recipe matches {pattern!r}{did_you_mean(pattern, shipped)}; "
+                        "list them all with: ssmkit recipes")
     console = _console()
     groups: dict[str, list[str]] = {}
-    for key in shipped:
+    for key in keys:
         groups.setdefault(key.rsplit("/", 1)[0] if "/" in key else "", []).append(key)
-    for group, keys in sorted(groups.items()):  # a group before its subgroups (dlr, then dlr/atomic)
+    for group, names in sorted(groups.items()):  # a group before its subgroups (dlr, then dlr/atomic)
         table = Table(title=group or "recipes", title_justify="left", show_header=False, box=None)
         table.add_column("name", style="bold")
         table.add_column("description")
-        for key in keys:
-            table.add_row(key, recipe_description(shipped[key]))
+        for key in names:
+            table.add_row(key, descriptions[key])
         console.print(table)
-    console.print("train one: ssmkit train NAME [key=value ...]; copy one: ssmkit recipes cp NAME my.yaml")
+    shown = f"{len(keys)} of {len(shipped)} recipes" if pattern is not None else f"{len(keys)} recipes"
+    console.print(f"{shown}; train one: ssmkit train NAME [key=value ...]; copy one: ssmkit recipes cp NAME my.yaml; "
+                  "every key with its default: ssmkit recipes show NAME --defaults")
 
 
 def _shipped(name: str) -> Path:
@@ -272,13 +345,38 @@ def _shipped(name: str) -> Path:
 
 
 @recipes_app.command("show")
-def recipes_show(name: str = typer.Argument(..., help="shipped recipe name, e.g. quick/s4d-shift")):
-    """Print a recipe's YAML."""
-    from ssmkit.recipe import load_yaml
+def recipes_show(
+    name: str = typer.Argument(..., help="shipped recipe name, e.g. quick/s4d-shift, or a YAML file"),
+    defaults: bool = typer.Option(False, "--defaults", help="every key of the resolved recipe with its value, its "
+                                  "default and what it does (* marks a value that differs from the default)"),
+):
+    """Print a recipe's YAML, or with --defaults every key it resolves to."""
+    from ssmkit.recipe import load_recipe, load_yaml, settings
 
     path = _shipped(name)
     load_yaml(path)  # a binary or malformed file: one line naming it
-    click.echo(path.read_text(encoding="utf-8"), nl=False)
+    if not defaults:
+        click.echo(path.read_text(encoding="utf-8"), nl=False)
+        return
+    table = Table(title=f"{name}: every key (* set by the recipe to a value other than the default)",
+                  title_justify="left", box=None)
+    for col in ("key", "value", "default", "help"):
+        table.add_column(col)
+    for row in settings(load_recipe(str(path))):
+        mark = "*" if row.changed else ""
+        table.add_row(f"{mark}{row.key}", _yaml_text(row.value), _yaml_text(row.default), row.help)
+    _console().print(table)
+
+
+def _yaml_text(value) -> str:
+    """A value as a recipe spells it: null, true, 0.001, [0.9, 0.999]; a key without default: required."""
+    from ssmkit.recipe import REQUIRED
+
+    if value is REQUIRED:
+        return "required"
+    if value is None or isinstance(value, (bool, list, dict)):
+        return json.dumps(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 @recipes_app.command("cp")

@@ -211,10 +211,10 @@ def register(app) -> None:
                                    "version) if it is not installed or cached"),
     ) -> None:
         """Check the installation: torch, CUDA, optional packages, the compiled extension, backends."""
-        from rich.console import Console
+        from ssmkit.console import console as make_console
 
         rows = run_checks(build)
-        console = Console()
+        console = make_console()  # off a terminal: rows never cut at 80 columns
         console.print(render(rows))
         missing = [r for r in rows if r.status != OK]
         console.print(f"{len(rows) - len(missing)} ok, {len(missing)} to look at" if missing else "all ok")

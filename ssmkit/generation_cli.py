@@ -14,6 +14,7 @@ recurrent step) is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -45,10 +46,27 @@ def _device(name: str) -> torch.device:
     return device
 
 
+#: The largest --seed: torch generators take unsigned 64-bit seeds.
+MAX_SEED = 2**64 - 1
+
+
+def _check_utf8(text: str, what: str) -> None:
+    """Command-line text that was not UTF-8 arrives with its bad bytes as lone surrogates (U+DC80..U+DCFF)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = text[e.start]
+        byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"U+{ord(char):04X}"
+        raise UserError(f"{what} is not valid UTF-8 text ({byte} at character {e.start}); give UTF-8 text, or "
+                        "write the prompt to a UTF-8 file and pass --prompt-file") from None
+
+
 def _prompt_text(prompt: str | None, prompt_file: Path | None) -> str | None:
     if prompt is not None and prompt_file is not None:
         raise UserError("give --prompt or --prompt-file, not both")
     if prompt_file is None:
+        if prompt is not None:
+            _check_utf8(prompt, "--prompt")
         return prompt
     try:
         return prompt_file.read_text(encoding="utf-8")
@@ -68,6 +86,77 @@ def _prompts(task, text: str | None, n: int, seed: int) -> torch.Tensor:
     if ids.numel() == 0:
         raise UserError("the prompt encodes to no tokens; give some text")
     return ids.reshape(1, -1).expand(n, -1)
+
+
+def _check_out(out: Path | None, is_text: bool) -> None:
+    """Refuses an --out that cannot be written, before any token is generated: an existing file or non-empty
+    folder (never written over), a missing folder for a text file, a file in the way of a samples folder."""
+    if out is None:
+        return
+    if out.exists() and (is_text or not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} already exists; give a new path (samples are never written over)")
+    if is_text and not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it or give another path")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--out {out}: {parent} is a file, not a folder")
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (Linux MemAvailable on CPU), None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    from ssmkit.recipe import physical_memory_bytes
+
+    return physical_memory_bytes()
+
+
+def _state_bytes(model) -> int:
+    """The recurrent state of one sequence, in bytes (every tensor of ``model.default_state(1)``)."""
+    try:
+        state = model.default_state(1)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
+        return 0
+    stack, total = [state], 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack += list(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack += list(item)
+    return total
+
+
+def _check_memory(loaded, n: int, prompt_len: int, new: int, device: torch.device) -> None:
+    """Refuses a generation whose tokens, states and scores clearly exceed the free memory (--num-samples 10**9,
+    --max-new-tokens 10**11) with one line saying how many samples would fit, before anything is allocated."""
+    available = _available_memory(device)
+    if available is None:
+        return
+    recipe, vocab = loaded.recipe.model, max(1, int(getattr(loaded.task, "d_output", 1) or 1))
+    width = recipe.d_model * (recipe.expand ** len(recipe.pool_factors) if recipe.backbone == "sashimi" else 1)
+    per_sample = (16 * (prompt_len + new)  # the new tokens, stacked, and the output with the prompt
+                  + prompt_len * (64 * width + 4 * vocab)  # the prompt's forward: FFT buffers and every position's scores
+                  + _state_bytes(loaded.model) * 3 + 16 * vocab)  # the state (and its next), a step's scores
+    fixed = 200 * new  # one small tensor per generated position
+    need = n * per_sample + fixed
+    if need <= available:
+        return
+    from ssmkit.recipe import _size
+
+    fits = max(0, (available - fixed) // per_sample)
+    advice = (f"at most about {fits:,} samples fit at once (--num-samples)" if fits >= 1
+              else "lower --max-new-tokens")
+    raise UserError(f"--num-samples {n:,} x ({prompt_len:,} prompt + {new:,} new tokens) needs about {_size(need)} "
+                    f"for tokens, states and scores, more than the {_size(available)} free on {device.type}; {advice}")
 
 
 def _free_folder(base: Path) -> Path:
@@ -99,7 +188,8 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(1.0, "--temperature", help="0 is greedy; >1 flatter, <1 sharper"),
         top_k: int = typer.Option(None, "--top-k", help="sample among the k most likely tokens only"),
         top_p: float = typer.Option(None, "--top-p", help="sample within the smallest set of probability >= p"),
-        seed: int = typer.Option(0, "--seed", help="seed of the sampling and of the choice of prompts"),
+        seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED,
+                                 help="seed of the sampling and of the choice of prompts (0 to 2^64-1)"),
         out: Path = typer.Option(None, "--out", help="lm: a text file (default stdout); images/audio: a new folder"),
         checkpoint: str = typer.Option("best", "--checkpoint", help="best or latest (for a run directory)"),
         compile: str = typer.Option("auto", "--compile", help="the step: auto, aot, inductor or none"),
@@ -109,23 +199,28 @@ def register(app: typer.Typer) -> None:
         from ssmkit.generation import generate, load
         from ssmkit.generation.sampling import check_sampling
 
+        if not math.isfinite(temperature):
+            raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
         check_sampling(temperature, top_k, top_p)
         if checkpoint not in ("best", "latest"):
             raise UserError(f"unknown --checkpoint {checkpoint!r}; choose best or latest")
         text = _prompt_text(prompt, prompt_file)
-        loaded = load(run, which=checkpoint, device=_device(device))
+        where = _device(device)
+        loaded = load(run, which=checkpoint, device=where)
         task = loaded.task
         if not getattr(task, "generative", False):
             raise UserError(f"{run} is a run of task {task.name!r}, which predicts labels, not sequences; "
                             "ssmkit generate needs a generative task (lm, a density task, sc09)")
         is_text = hasattr(task, "decode")
-        if out is not None and out.exists() and (is_text or not out.is_dir() or any(out.iterdir())):
-            raise UserError(f"--out {out} already exists; give a new path (samples are never written over)")
+        _check_out(out, is_text)
+        if text is None:  # the task's own prompts: check the memory before drawing them
+            _check_memory(loaded, num_samples, task.seq_len, max_new_tokens or 1, where)
         prompts = _prompts(task, text, num_samples, seed)
         Lp = prompts.shape[1]
         # A prompt that begins with the start token holds one position more than the sequence it starts.
         full = task.seq_len + (getattr(task, "start_token", None) is not None)
         new = max_new_tokens or max(1, full - Lp)
+        _check_memory(loaded, num_samples, Lp, new, where)
 
         console = Console(stderr=True, highlight=False, markup=False)
         with _bar(console) as bar:
@@ -149,7 +244,10 @@ def register(app: typer.Typer) -> None:
             if out is None:
                 click.echo(body)
             else:
-                out.write_text(body + "\n", encoding="utf-8")
+                try:
+                    out.write_text(body + "\n", encoding="utf-8")
+                except OSError as e:
+                    raise UserError(f"--out {out}: cannot write it ({e.strerror})") from None
                 console.print(f"wrote {out}")
             return
         folder = out or _free_folder(loaded.run_dir / "samples" / f"{loaded.checkpoint.name}-seed{seed}")

@@ -406,8 +406,7 @@ def register(app) -> None:
                                        "(adds loaded ms, loaded max and loaded/idle)"),
     ) -> None:
         """Time, peak memory and tokens/s of kernels over a sweep of lengths."""
-        from rich.console import Console
-
+        from ssmkit.console import console as make_console
         from ssmkit.contention import BusyLoad, check_k
 
         if mode not in MODES:
@@ -429,7 +428,7 @@ def register(app) -> None:
             raise UserError(f"--out must end in .json or .csv, got {out}")
         if plot_path is not None and plot_path.suffix not in PLOT_SUFFIXES:
             raise UserError(f"--plot must end in {', '.join(PLOT_SUFFIXES)}, got {plot_path}")
-        console = Console()
+        console = make_console(markup=False)  # off a terminal: rows never cut at 80 columns
         console.print(f"profiling {', '.join(kernels)} at L = {', '.join(map(str, lengths))} ({mode}, {device}, "
                       f"B={batch}, H={d_model}, N={d_state}, {torch.get_num_threads()} threads)"
                       + (f"; idle and under {BusyLoad(contention).describe()}" if contention else ""))

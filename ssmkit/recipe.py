@@ -93,12 +93,12 @@ class TrainConfig:
     grad_accum: int = _f(1, "forward passes per optimizer step", low=1)
     mixed_precision: str = _f("no", "no, bf16 or fp16 (fp16 needs a GPU)", choices=MIXED_PRECISION)
     grad_clip: float | None = _f(None, "clip the global gradient norm to this (null: off)", low=0.0, low_open=True)
-    seed: int = _f(0, "seed of model initialisation, shuffling and dropout", low=0)
+    seed: int = _f(0, "seed of model initialisation, shuffling and dropout", low=0, high=2**32 - 1)
     eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of each epoch)", low=0)
     log_every: int = _f(50, "write a metrics.jsonl line (and a log line off a terminal) every N optimizer steps", low=1)
     save_every: int = _f(0, "also checkpoint every N optimizer steps (0: only at evaluations)", low=0)
     keep_checkpoints: int = _f(1, "newest step checkpoints kept besides the best one", low=1)
-    num_workers: int = _f(0, "DataLoader worker processes per process", low=0)
+    num_workers: int = _f(0, "DataLoader worker processes per process", low=0, high=1024)
     log_with: list = _f([], "trackers through Accelerate: tensorboard, wandb")
     distributed: str = _f("ddp", "several processes: ddp (replicated model) or fsdp (sharded; GPUs only)", choices=DISTRIBUTED)
     compile: bool = _f(False, "torch.compile the model (falls back to eager with a warning if it fails)")
@@ -253,10 +253,28 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+#: Whole numbers a recipe may hold: torch sizes, seeds and counts are signed 64-bit integers.
+INT_LIMIT = 2**63 - 1
+
+
+def _check_int_size(value, where: str, source: str) -> None:
+    """A whole number beyond 64 bits (``task.L=2**70``) is refused here, not as an overflow deep in torch."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+        raise RecipeError(f"{source}: {where}={value} is too large (whole numbers must fit in 64 bits, at most "
+                          f"{INT_LIMIT:.3g}); choose a realistic value")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_int_size(v, f"{where}.{k}", source)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_int_size(v, where, source)
+
+
 def _coerce(value, expected: tuple, where: str, source: str):
     """Checks/coerces ``value`` to one of the ``expected`` python types."""
     if value is None and type(None) in expected:
         return None
+    _check_int_size(value, where, source)
     if float in expected and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         value = float(value)
     if float in expected and isinstance(value, int) and not isinstance(value, bool):
@@ -364,7 +382,9 @@ def _check_signature_options(fn, options: dict, prefix: str, what: str, source: 
 
 
 def _check_finite(value, where: str, source: str) -> None:
-    """NaN and infinity are never a meaningful option value (a NaN step size trains to NaN silently)."""
+    """NaN and infinity are never a meaningful option value (a NaN step size trains to NaN silently); nor is a whole
+    number beyond 64 bits."""
+    _check_int_size(value, where, source)
     if isinstance(value, float) and not math.isfinite(value):
         raise RecipeError(f"{source}: {where} must be a finite number, got {value}")
     if isinstance(value, dict):
@@ -444,6 +464,73 @@ def _check_backbone(model: ModelConfig, given: dict, source: str) -> None:
             raise RecipeError(f"{source}: model: {e}") from None
 
 
+#: Python's own memory for one residual block's modules and tensors (measured: ~38 KB for a tiny S4D block),
+#: so a million tiny layers are not counted as free.
+BLOCK_OVERHEAD_BYTES = 38_000
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory, None where the OS does not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _kernel_default(kernel, name: str):
+    from ssmkit.kernels import KERNELS
+
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        return None
+    p = _accepted_params(KERNELS.get(kernel)).get(name)
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
+def parameter_estimate(model: ModelConfig) -> int:
+    """A lower bound on the parameters and buffers of ``model``, without building it: per block the output map
+    (2H² for GLU, H² for linear), the MLP (2·mlp_ratio·H²) and the kernel's states (H·d_state·channels); for
+    sashimi every level at its width H·expand^i. Real models hold 1-5x this (the kernels' own tensors, pooling);
+    it is what refuses absurd sizes before anything is allocated."""
+    layer = model.layer if isinstance(model.layer, dict) else {}
+    out = {"glu": 2, "linear": 1}.get(layer.get("output", "glu"), 0)
+    states = layer.get("d_state", _kernel_default(layer.get("kernel", "s4d"), "d_state"))
+    states = states if isinstance(states, int) and not isinstance(states, bool) else 1
+    channels = layer.get("channels") if isinstance(layer.get("channels"), int) else 1
+    widths = [model.d_model]
+    if model.backbone == "sashimi":
+        factors = model.pool_factors if isinstance(model.pool_factors, list) else []
+        widths = [model.d_model * model.expand ** i for i in range(len(factors) + 1)]
+    per_block = sum((out + 2 * model.mlp_ratio) * w * w + w * max(1, states) * max(1, channels) + 2 * w for w in widths)
+    return int(model.n_layers * per_block)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n / 2**10:,.1f} KiB"
+
+
+def _check_size(model: ModelConfig, source: str) -> None:
+    """Refuses a model whose float32 parameters alone (estimated) exceed this machine's memory, before anything
+    is allocated (model.d_model=1e9 would otherwise die in the allocator or swap the machine to a halt)."""
+    memory = physical_memory_bytes()
+    if memory is None:
+        return
+    params = parameter_estimate(model)
+    need = 4 * params + BLOCK_OVERHEAD_BYTES * model.n_layers * (1 if model.backbone != "sashimi" else len(model.pool_factors) + 1)
+    if need <= memory:
+        return
+    layer = model.layer if isinstance(model.layer, dict) else {}
+    sizes = [f"model.d_model={model.d_model}", f"model.n_layers={model.n_layers}"]
+    sizes += [f"model.layer.{k}={layer[k]}" for k in ("d_state", "channels") if isinstance(layer.get(k), int) and layer[k] > 1]
+    sizes += [f"model.mlp_ratio={model.mlp_ratio:g}"] if model.mlp_ratio else []
+    raise RecipeError(f"{source}: {', '.join(sizes)}: about {params:.3g} parameters, {_size(need)} in float32 before any "
+                      f"training state, more than this machine's {_size(memory)} of memory; choose smaller sizes")
+
+
 def validate(data: dict, source: str = "<recipe>") -> Recipe:
     """Checks plain recipe data and returns the typed :class:`Recipe`."""
     for key in data:
@@ -465,6 +552,7 @@ def validate(data: dict, source: str = "<recipe>") -> Recipe:
     if "layer" not in (data.get("model") or {}):
         model.layer = _check_layer(model.layer, source)
     _check_backbone(model, model_data, source)
+    _check_size(model, source)
     optimizer = _build_section(OptimizerConfig, data.get("optimizer"), "optimizer", source)
     if len(optimizer.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in optimizer.betas):
         raise RecipeError(f"{source}: optimizer.betas must be two numbers in [0, 1), got {optimizer.betas!r}")
@@ -528,3 +616,77 @@ def schema() -> dict[str, list[tuple[str, str, Any]]]:
             rows.append((f.name, f.metadata["help"], default))
         out[section] = rows
     return out
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of a resolved recipe: its value, its default (``REQUIRED`` when it has none) and its help."""
+
+    key: str
+    value: Any
+    default: Any
+    help: str = ""
+
+    @property
+    def changed(self) -> bool:
+        """The recipe sets this key to something other than its default (a required key never counts)."""
+        if self.default is REQUIRED:
+            return False
+        return type(self.value) is not type(self.default) or self.value != self.default
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED = _Required()
+
+
+def _signature_settings(fn, values: dict, prefix: str, skip: tuple) -> list[Setting]:
+    rows = []
+    for name, p in _accepted_params(fn).items():
+        if name in ("self", *skip):
+            continue
+        default = REQUIRED if p.default is inspect.Parameter.empty else p.default
+        rows.append(Setting(f"{prefix}.{name}", values.get(name, default), default))
+    return rows
+
+
+def _dataclass_settings(cls, obj, prefix: str, skip: tuple = ()) -> list[Setting]:
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append(Setting(f"{prefix}.{f.name}", getattr(obj, f.name), default, f.metadata["help"]))
+    return rows
+
+
+def settings(recipe: Recipe) -> list[Setting]:
+    """Every key of ``recipe`` with its value and default, in recipe order: the sections' keys from their
+    dataclasses (``ModelConfig``, ...; help from the field metadata), task and layer options from the
+    signatures of the task class, ``SequenceLayer`` and the kernel, which the recipe is validated against."""
+    from ssmkit.kernels import KERNELS
+    from ssmkit.layers.sequence import SequenceLayer
+    from ssmkit.tasks import TASKS
+
+    task = recipe.task["name"]
+    layer = dict(recipe.model.layer)
+    rows = [Setting("name", recipe.name, Path(recipe.source).stem, "names the run directory"),
+            Setting("description", recipe.description, "", "one line shown by ssmkit recipes"),
+            Setting("task.name", task, REQUIRED, "the task (see: ssmkit data)")]
+    rows += _signature_settings(TASKS.get(task), recipe.task, "task", ("name",))
+    for row in _dataclass_settings(ModelConfig, recipe.model, "model"):
+        if row.key != "model.layer":
+            rows.append(row)
+            continue
+        rows.append(Setting("model.layer.kernel", layer.get("kernel", "s4d"), "s4d", "the kernel or token mixer"))
+        rows += _signature_settings(SequenceLayer.__init__, layer, "model.layer", ("d_model", "transposed", "kernel"))
+        own = {r.key for r in rows}
+        rows += [r for r in _signature_settings(KERNELS.get(layer.get("kernel", "s4d")), layer, "model.layer",
+                                                ("d_model", "channels")) if r.key not in own]
+    rows += _dataclass_settings(OptimizerConfig, recipe.optimizer, "optimizer")
+    rows += _dataclass_settings(SchedulerConfig, recipe.scheduler, "scheduler")
+    rows += _dataclass_settings(TrainConfig, recipe.train, "train")
+    return rows

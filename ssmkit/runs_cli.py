@@ -2,15 +2,26 @@
 loss and metric curves on shared axes).
 
 A run directory is what ``ssmkit train`` writes (``ssmkit/train/rundir.py``): ``recipe.yaml``,
-``metrics.jsonl``, ``checkpoints/`` and, once the run ends, ``summary.json``. Everything is read from those
-files; nothing is loaded into a model. A run without ``summary.json`` is still running or was killed
-("unfinished"); one whose files cannot be read is listed with the reason instead of hiding the others.
+``metrics.jsonl``, ``checkpoints/`` (step folders, the ``latest`` and ``best`` pointers) and, once the run
+ends, ``summary.json``. Everything is read from those files and the run's lock (``ssmkit/train/lock.py``);
+nothing is loaded into a model. The status of a run:
+
+- ``running``: a live process holds the run's lock (its pid and host are shown);
+- ``finished`` / ``interrupted``: what ``summary.json`` says (interrupted: stopped by a signal, checkpoint saved);
+- ``crashed``: nobody holds the lock and there is no ``summary.json`` (killed, or it died);
+- ``unreadable``: one of its files cannot be read; the row says which and why, and the other runs are still listed.
+
+``--columns`` adds any dotted recipe key (``model.layer.kernel``, ``optimizer.lr``, ``task.L``; keys the recipe
+left at their default show the default), ``--filter KEY=GLOB`` / ``--filter NAME_GLOB`` keeps the matching
+runs, ``--json`` prints the same rows as JSON (every column, raw values).
 """
 from __future__ import annotations
 
+import fnmatch
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
@@ -19,6 +30,9 @@ from ssmkit.errors import UserError
 
 MAX_DEPTH = 3  # runs/<name>, runs/<group>/<name>, runs/<group>/<sub>/<name>
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+#: The table's own columns, in order; ``--columns`` adds recipe keys after them.
+COLUMNS = ("run", "task", "kernel", "status", "step", "best", "time", "started")
+_MISSING = object()
 
 
 @dataclass
@@ -27,36 +41,36 @@ class RunInfo:
     name: str
     task: str
     kernel: str
-    status: str
+    status: str  # running, finished, interrupted, crashed, unreadable
     step: int | None
     best: float | None
     main_metric: str | None
     time_s: float | None
     started: float
+    settings: dict = field(default_factory=dict)  # dotted recipe key -> value (defaults filled in)
+    reason: str | None = None  # why an unreadable run is unreadable
+    holder: dict | None = None  # the live process of a running run: pid, host, started
 
 
 def _json(path: Path):
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise UserError(f"{path}: not readable JSON ({type(e).__name__}); fix or delete it") from None
 
 
 def _recipe(run: Path) -> dict:
-    import yaml
+    from ssmkit.recipe import load_yaml
 
-    try:
-        data = yaml.safe_load((run / "recipe.yaml").read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{run / 'recipe.yaml'}: not a readable recipe ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{run / 'recipe.yaml'}: not a recipe mapping")
-    return data
+    return load_yaml(run / "recipe.yaml")  # binary, malformed, too deep, not a mapping: one RecipeError naming it
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "recipe.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir()
-                                                 or (path / "summary.json").is_file())
+    try:
+        return (path / "recipe.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir()
+                                                     or (path / "summary.json").is_file())
+    except OSError:  # a folder we may not look into
+        return False
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -87,8 +101,86 @@ def _last_step(run: Path) -> int | None:
     return records[-1]["step"] if records else None
 
 
+def _number(value, path: Path, key: str, kind=(int, float)):
+    """``value`` if it is a number of ``kind`` (or null); otherwise a UserError naming the file and key."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise UserError(f"{path}: {key} must be a {'whole ' if kind is int else ''}number, got {value!r}; fix or delete it")
+    return value
+
+
+def _pointer(run: Path, name: str) -> dict | None:
+    """The ``checkpoints/<name>`` pointer ({checkpoint, step, metric}), None if absent; malformed: UserError."""
+    path = run / "checkpoints" / name
+    if not path.is_file():
+        return None
+    pointer = _json(path)
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("checkpoint"), str):
+        raise UserError(f"{path}: expected a JSON object naming a checkpoint, e.g. "
+                        '{"checkpoint": "step-00000100", "step": 100}; fix or delete it')
+    _number(pointer.get("step"), path, "step", int)
+    _number(pointer.get("metric"), path, "metric")
+    return pointer
+
+
+def _latest_state(run: Path) -> dict:
+    """``state.json`` of the latest checkpoint ({} without one); a malformed pointer or state: UserError."""
+    from ssmkit.train.checkpoint import read_state
+
+    pointer = _pointer(run, "latest")
+    ckpt = run / "checkpoints" / pointer["checkpoint"] if pointer else None
+    if ckpt is None or not (ckpt / "state.json").is_file():  # as find_checkpoint: the newest complete one
+        complete = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / "state.json").is_file())
+        ckpt = complete[-1] if complete else None
+    return read_state(ckpt, {"step": int}) if ckpt is not None else {}
+
+
+def _lock_holder(run: Path) -> dict | None:
+    """{pid, host, started (epoch seconds or None), command} of the trainer holding the run's lock, None when
+    no live process holds it (``ssmkit/train/lock.py``)."""
+    import datetime
+
+    from ssmkit.train.lock import is_locked
+
+    holder = is_locked(run)
+    if holder is None:
+        return None
+    try:
+        started = datetime.datetime.fromisoformat(str(holder.get("since"))).timestamp()
+    except ValueError:  # held, but the holder has not written who it is yet
+        started = None
+    return {"pid": holder.get("pid"), "host": holder.get("host"), "started": started, "command": holder.get("command")}
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"model": {"layer": {"kernel": "s4d"}}} -> {"model.layer.kernel": "s4d"} (lists stay values)."""
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _settings(recipe: dict) -> dict:
+    """Every dotted key of a run's recipe with its value, the keys it left at their default included
+    (``recipe.settings``); a recipe this version no longer validates gives its own keys only."""
+    from ssmkit.recipe import settings, validate
+
+    own = flatten(recipe)
+    try:
+        full = {row.key: row.value for row in settings(validate(dict(recipe), "recipe.yaml"))}
+    except (UserError, ValueError, TypeError):
+        return own
+    return {**full, **own}
+
+
 def run_info(run: Path) -> RunInfo:
-    """What ``ssmkit runs`` shows for one run directory; a file that cannot be read raises UserError."""
+    """What ``ssmkit runs`` shows for one run directory; a file that cannot be read raises UserError. The time is
+    summary.json's ``time_s`` (every finished segment of a resumed run), plus the live segment of a running one."""
     recipe = _recipe(run)
     task = recipe.get("task") if isinstance(recipe.get("task"), dict) else {}
     layer = (recipe.get("model") or {}).get("layer") if isinstance(recipe.get("model"), dict) else None
@@ -97,39 +189,75 @@ def run_info(run: Path) -> RunInfo:
         if early.exists():
             started = min(started, early.stat().st_mtime)
     info = RunInfo(path=run, name=str(recipe.get("name") or run.name), task=str(task.get("name", "-")),
-                   kernel=str(layer.get("kernel", "-")) if isinstance(layer, dict) else "-", status="unfinished",
-                   step=None, best=None, main_metric=None, time_s=None, started=started)
-    if (run / "summary.json").is_file():
-        summary = _json(run / "summary.json")
-        if not isinstance(summary, dict):
-            raise UserError(f"{run / 'summary.json'}: expected a JSON object")
-        info.status = str(summary.get("status", "-"))
-        info.step, info.best = summary.get("step"), summary.get("best")
-        info.main_metric, info.time_s = summary.get("main_metric"), summary.get("time_s")
-    else:
-        info.step = _last_step(run)
-        best = run / "checkpoints" / "best"
-        if best.is_file():
-            pointer = _json(best)
-            info.best = pointer.get("metric") if isinstance(pointer, dict) else None
-    if info.main_metric is None:
-        info.main_metric = _main_metric_from_checkpoints(run)
+                   kernel=str(layer.get("kernel", "-")) if isinstance(layer, dict) else "-", status="crashed",
+                   step=None, best=None, main_metric=None, time_s=None, started=started, settings=_settings(recipe))
+    try:
+        _read_progress(run, info)
+    except UserError as e:  # the recipe was read: keep its name, task and kernel on the row
+        info.status, info.reason = "unreadable", str(e)
+        info.step = info.best = info.time_s = None
     return info
 
 
-def _main_metric_from_checkpoints(run: Path) -> str | None:
-    for state in sorted((run / "checkpoints").glob("step-*/state.json"), reverse=True):
-        try:
-            return json.loads(state.read_text()).get("main_metric")
-        except (OSError, ValueError, AttributeError):
-            continue
-    return None
+def _read_progress(run: Path, info: RunInfo) -> None:
+    """Status, step, best value and time from summary.json, the checkpoints, metrics.jsonl and the lock."""
+    from ssmkit.train.rundir import read_summary
+
+    state = _latest_state(run)
+    best_pointer = _pointer(run, "best")
+    last_logged = _last_step(run)
+    info.holder = _lock_holder(run)
+    summary_path = run / "summary.json"
+    summary = read_summary(run)  # malformed: one UserError naming it
+    if summary is not None:
+        if not isinstance(summary.get("status"), str):
+            raise UserError(f"{summary_path}: status must be a string, got {summary.get('status')!r}; fix or delete it")
+        info.status = summary["status"]
+        info.step = _number(summary.get("step"), summary_path, "step", int)
+        info.best = _number(summary.get("best"), summary_path, "best")
+        info.time_s = _number(summary.get("time_s"), summary_path, "time_s")  # the total over resumed segments
+        main = summary.get("main_metric")
+        info.main_metric = main if isinstance(main, str) else None
+    steps = [s for s in (last_logged, state.get("step")) if s is not None]
+    beyond = bool(steps) and max(steps) > (info.step or 0)  # a later segment (a resume) got further
+    if info.holder is not None or summary is None or beyond:
+        # live, or dead without a summary of its own: a resumed run keeps the summary of its earlier segments
+        info.status = "running" if info.holder is not None else "crashed"
+        steps += [info.step] if info.step is not None else []
+        info.step = max(steps) if steps else None
+        info.best = best_pointer.get("metric") if best_pointer else info.best
+        if info.holder is not None and info.holder.get("started") is not None:
+            info.time_s = (info.time_s or 0.0) + max(0.0, time.time() - info.holder["started"])
+    if info.main_metric is None and isinstance(state.get("main_metric"), str):
+        info.main_metric = state["main_metric"]
+
+
+def _unreadable(run: Path, error: UserError) -> RunInfo:
+    try:
+        started = run.stat().st_mtime
+    except OSError:
+        started = 0.0
+    return RunInfo(path=run, name=run.name, task="-", kernel="-", status="unreadable", step=None, best=None,
+                   main_metric=None, time_s=None, started=started, reason=str(error))
 
 
 def _fmt(value, spec: str = ".4g") -> str:
     if value is None:
         return "-"
     return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def _value_text(value) -> str:
+    """A recipe value as its YAML spelling: null, true, 0.001, [0.9, 0.999]."""
+    if value is _MISSING:
+        return "-"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
 
 
 def _duration(seconds: float | None) -> str:
@@ -142,26 +270,155 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def runs_table(root: Path):
-    """(rich Table, number of runs) of every run under ``root``, newest first."""
-    from rich.table import Table
+def _label(r: RunInfo, root: Path) -> str:
+    return str(r.path.relative_to(root)) if r.path != root else r.path.name
 
+
+def _status_text(r: RunInfo) -> str:
+    if r.status == "unreadable":
+        return "unreadable (see below)"
+    if r.status == "running" and r.holder:
+        host = f" on {r.holder['host']}" if r.holder.get("host") else ""
+        return f"running (pid {r.holder.get('pid')}{host})"
+    return r.status
+
+
+def collect_runs(root: Path) -> list[RunInfo]:
+    """Every run under ``root``, newest first; an unreadable one is listed with the reason."""
     rows = []
     for run in find_runs(root):
         try:
             rows.append(run_info(run))
         except UserError as e:
-            rows.append(RunInfo(path=run, name=run.name, task="-", kernel="-", status=f"unreadable: {e}", step=None,
-                                best=None, main_metric=None, time_s=None, started=run.stat().st_mtime))
+            rows.append(_unreadable(run, e))
     rows.sort(key=lambda r: r.started, reverse=True)
+    return rows
+
+
+# --- columns and filters ---------------------------------------------------------------------------
+def _builtin(r: RunInfo, key: str, root: Path) -> str:
+    return {"run": _label(r, root), "name": r.name, "task": r.task, "kernel": r.kernel, "status": r.status}[key]
+
+
+def _known_keys(rows: list[RunInfo]) -> set[str]:
+    return {k for r in rows for k in r.settings}
+
+
+def _unknown_key(key: str, rows: list[RunInfo], what: str) -> UserError:
+    from ssmkit.registry import did_you_mean
+
+    known = sorted(_known_keys(rows))
+    hint = " (the token mixer of a recipe is model.layer.kernel)" if "mixer" in key else did_you_mean(key, known)
+    if not hint:  # match the last part: "d_state" -> model.layer.d_state
+        tail = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+        hint = f" (did you mean {tail[0]!r}?)" if tail else ""
+    return UserError(f"{what}: no run has the recipe key {key!r}{hint}; keys are dotted recipe paths such as "
+                     "model.layer.kernel, model.d_model, optimizer.lr, task.L")
+
+
+def parse_columns(text: str | None, rows: list[RunInfo]) -> list[str]:
+    """``--columns a.b,c.d``: recipe keys, each found in at least one readable run."""
+    if text is None:
+        return []
+    keys = [k.strip() for k in text.split(",")]
+    if not all(keys):
+        raise UserError(f"--columns {text!r}: an empty key; give dotted recipe keys separated by commas, "
+                        "e.g. --columns model.layer.kernel,model.d_model")
+    for key in keys:
+        if key in COLUMNS:
+            raise UserError(f"--columns {key}: already a column of the table; name a recipe key such as "
+                            f"{'task.L' if key == 'task' else 'model.layer.kernel'}")
+        if keys.count(key) > 1:
+            raise UserError(f"--columns names {key!r} twice")
+        if rows and key not in _known_keys(rows) and not all(r.status == "unreadable" for r in rows):
+            raise _unknown_key(key, rows, f"--columns {key}")
+    return keys
+
+
+def _matches(value, pattern: str) -> bool:
+    """A value matches a glob on its YAML spelling; a pattern without * ? [ is also read as a YAML value, so
+    ``optimizer.lr=1e-3`` matches 0.001 and ``model.d_model=128`` matches 128."""
+    from ssmkit.recipe import parse_value
+
+    if not any(c in pattern for c in "*?["):
+        parsed = parse_value(pattern)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (parsed, value))
+        if (numbers or type(parsed) is type(value)) and parsed == value:
+            return True
+    return fnmatch.fnmatchcase(_value_text(value), pattern)
+
+
+def make_filter(spec: str, rows: list[RunInfo], root: Path):
+    """``--filter KEY=GLOB`` (a recipe key or run/name/task/kernel/status) or ``--filter GLOB`` (the run's
+    name or folder; text without * ? [ matches as a substring) -> predicate on a RunInfo."""
+    if not spec.strip():
+        raise UserError("--filter is empty; give KEY=VALUE (e.g. --filter model.layer.kernel=s4d) or a run name glob")
+    if "=" not in spec:
+        glob = spec if any(c in spec for c in "*?[") else f"*{spec}*"
+        return lambda r: fnmatch.fnmatchcase(r.name, glob) or fnmatch.fnmatchcase(_label(r, root), glob)
+    key, _, pattern = spec.partition("=")
+    key = key.strip()
+    if not key:
+        raise UserError(f"--filter {spec!r}: no key before '='; e.g. --filter model.layer.kernel=s4d")
+    if key in ("run", "name", "task", "kernel", "status"):
+        return lambda r: fnmatch.fnmatchcase(_builtin(r, key, root), pattern)
+    if rows and key not in _known_keys(rows) and not all(r.status == "unreadable" for r in rows):
+        raise _unknown_key(key, rows, f"--filter {spec}")
+    return lambda r: key in r.settings and _matches(r.settings[key], pattern)
+
+
+def select(rows: list[RunInfo], filters: list[str], root: Path) -> list[RunInfo]:
+    predicates = [make_filter(spec, rows, root) for spec in filters]
+    return [r for r in rows if all(p(r) for p in predicates)]
+
+
+# --- output --------------------------------------------------------------------------------------
+def runs_table(root: Path, rows: list[RunInfo] | None = None, columns: list[str] = ()):
+    """(rich Table, number of runs) of ``rows`` (default: every run under ``root``), newest first."""
+    from rich.table import Table
+
+    rows = collect_runs(root) if rows is None else rows
     table = Table(title=f"runs in {root}", title_justify="left")
-    for col in ("run", "task", "kernel", "status", "step", "best", "time", "started"):
+    for col in (*COLUMNS, *columns):
         table.add_column(col, justify="right" if col in ("step", "best", "time") else "left")
     for r in rows:
         best = "-" if r.best is None else f"{r.main_metric or 'metric'} {_fmt(r.best)}"
-        table.add_row(str(r.path.relative_to(root)) if r.path != root else r.path.name, r.task, r.kernel, r.status,
-                      _fmt(r.step), best, _duration(r.time_s), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)))
+        table.add_row(_label(r, root), r.task, r.kernel, _status_text(r), _fmt(r.step), best, _duration(r.time_s),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)),
+                      *(_value_text(r.settings.get(c, _MISSING)) for c in columns))
     return table, len(rows)
+
+
+def _plain(value):
+    """JSON-safe: NaN/inf become null, anything else JSON cannot hold becomes its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _iso(epoch: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def run_record(r: RunInfo, root: Path, columns: list[str] = ()) -> dict:
+    """One row of ``ssmkit runs --json``: every table column (raw values: seconds, epoch times as ISO 8601,
+    the metric's value) plus path, main_metric, reason (unreadable) and lock (running)."""
+    record = {
+        "run": _label(r, root), "task": r.task, "kernel": r.kernel, "status": r.status, "step": r.step,
+        "best": r.best, "time": r.time_s, "started": _iso(r.started),
+        "path": str(r.path), "name": r.name, "main_metric": r.main_metric, "reason": r.reason, "lock": r.holder,
+    }
+    for key in columns:
+        record[key] = r.settings.get(key)
+    return _plain(record)
 
 
 # --- curves ----------------------------------------------------------------------------------------
@@ -189,7 +446,11 @@ def default_metric(run: Path, metrics: dict) -> str | None:
     if (run / "summary.json").is_file():
         summary = _json(run / "summary.json")
         main = summary.get("main_metric") if isinstance(summary, dict) else None
-    main = main or _main_metric_from_checkpoints(run)
+    if not main:
+        try:
+            main = _latest_state(run).get("main_metric")
+        except UserError:  # a damaged checkpoint does not stop a plot of metrics.jsonl
+            main = None
     if main and f"val/{main}" in metrics:
         return f"val/{main}"
     return next((k for k in metrics if k != "val/samples"), None)
@@ -253,16 +514,39 @@ def register(app: typer.Typer) -> None:
     @app.command("runs")
     def runs_command(
         folder: Path = typer.Argument(Path("runs"), help="folder of run directories (default: ./runs)"),
+        columns: str = typer.Option(None, "--columns", help="recipe keys to add as columns, comma-separated, "
+                                    "e.g. model.layer.kernel,model.d_model,optimizer.lr"),
+        filters: list[str] = typer.Option(None, "--filter", help="keep runs whose KEY matches: KEY=VALUE or "
+                                          "KEY=GLOB (a recipe key, or run/name/task/kernel/status), or a run name "
+                                          "GLOB; repeat to require several"),
+        as_json: bool = typer.Option(False, "--json", help="print the rows as a JSON list (every column, raw values)"),
     ) -> None:
         """A table of runs (task, kernel, status, step, best metric, time), newest first."""
-        from rich.console import Console
+        import click
 
-        table, n = runs_table(folder)
-        console = Console(highlight=False)
-        if n == 0:
+        from ssmkit.console import console as make_console
+
+        rows = collect_runs(folder)
+        keys = parse_columns(columns, rows)
+        shown = select(rows, list(filters or []), folder)
+        if as_json:
+            click.echo(json.dumps([run_record(r, folder, keys) for r in shown], indent=2, allow_nan=False))
+            return
+        console = make_console(markup=False)
+        if not rows:
             console.print(f"no run directories under {folder} (train one with: ssmkit train RECIPE)")
             return
+        if not shown:
+            console.print(f"none of the {len(rows)} runs under {folder} matches --filter {' --filter '.join(filters)}")
+            return
+        table, _ = runs_table(folder, shown, keys)
         console.print(table)
+        for r in shown:
+            if r.status == "unreadable":
+                console.print(f"unreadable {_label(r, folder)}: {r.reason}")
+        if any(r.status == "crashed" for r in shown):
+            console.print("crashed: no process holds the run and it wrote no summary.json; continue one with: "
+                          "ssmkit train --resume RUN")
         console.print("look at one: ssmkit plot RUN [RUN...]; evaluate it: ssmkit eval RUN")
 
     @app.command("plot")

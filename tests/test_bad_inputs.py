@@ -246,6 +246,30 @@ def test_bad_recipe_file(tmp_path, content):
     run_bad(tmp_path, ["train", str(path), "--dry-run"])
 
 
+def test_absurd_model_sizes_are_one_line_with_an_estimate(tmp_path):
+    line = run_bad(tmp_path, ["train", _recipe(tmp_path), "model.d_model=1e9", "--dry-run"], "model.d_model=1000000000")
+    assert "parameters" in line and "EiB in float32" in line and "more than this machine's" in line
+
+
+@pytest.mark.parametrize("model", [
+    {"d_model": 64, "n_layers": 2},
+    {"d_model": 96, "n_layers": 3, "layer": {"kernel": "s4d", "d_state": 16, "output": "linear"}},
+    {"d_model": 32, "n_layers": 2, "mlp_ratio": 4},
+    {"d_model": 16, "n_layers": 2, "backbone": "sashimi", "pool_factors": [4, 4]},
+    *({"d_model": 64, "n_layers": 2, "layer": {"kernel": k}} for k in ("s4", "dss", "dlr", "lssl", "sgconv", "s5", "lru",
+                                                                       "mamba", "attn")),
+])
+def test_the_size_estimate_is_a_lower_bound(model):
+    """The estimate that refuses absurd sizes never exceeds a built model's real count (so no model that fits is
+    refused), and stays within 5x of it."""
+    from ssmkit.recipe import build_model, build_task, parameter_estimate, validate
+
+    recipe = validate({"name": "size", "task": {"name": "shift", "L": 64}, "model": model})
+    built = build_model(recipe, build_task(recipe))
+    real = sum(p.numel() for p in built.parameters()) + sum(b.numel() for b in built.buffers())
+    assert real / 5 <= parameter_estimate(recipe.model) <= real
+
+
 def test_recipe_path_that_is_not_a_file(tmp_path):
     (tmp_path / "folder.yaml").mkdir()
     run_bad(tmp_path, ["train", str(tmp_path / "folder.yaml")], "directory")
@@ -254,6 +278,11 @@ def test_recipe_path_that_is_not_a_file(tmp_path):
     (tmp_path / "garbage.yaml").write_bytes(GARBAGE)
     run_bad(tmp_path, ["recipes", "show", str(tmp_path / "garbage.yaml")], "not a UTF-8 text file")
     run_bad(tmp_path, ["recipes", "cp", str(tmp_path / "garbage.yaml"), str(tmp_path / "copy.yaml")], "not a UTF-8 text file")
+    run_bad(tmp_path, ["recipes", "show", str(tmp_path / "garbage.yaml"), "--defaults"], "not a UTF-8 text file")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    run_bad(tmp_path, ["recipes", "show", str(tmp_path / "list.yaml"), "--defaults"], "a recipe is a mapping")
+    (tmp_path / "bad-key.yaml").write_text("task: {name: shift}\nmodel: {d_modl: 4}\n")
+    run_bad(tmp_path, ["recipes", "show", str(tmp_path / "bad-key.yaml"), "--defaults"], "did you mean 'd_model'")
 
 
 OVERRIDES = [
@@ -283,6 +312,10 @@ OVERRIDES = [
     "model.layer.init=nope",
     # malformed overrides
     "optimizer.lr", "=1", "optimizer..lr=1", ".lr=1", "optimizer.lr.x=1",
+    # absurd sizes: refused before anything is allocated, or beyond 64 bits
+    "model.d_model=1e9", "model.n_layers=1e9", "model.layer.d_state=1000000000000", "model.mlp_ratio=1e12",
+    f"task.L={2**70}", f"task.samples_per_epoch={2**70}", f"train.seed={2**70}", "train.seed=4294967296",
+    f"train.grad_accum={2**70}", "train.num_workers=100000", f"optimizer.lr={2**2000}", f"model.layer.channels={2**64}",
 ]
 
 
@@ -316,6 +349,8 @@ COMMANDS = [
     ["eval"],
     ["eval", "x", "--split", "train"],
     ["recipes", "nope"],
+    ["recipes", ""],
+    ["recipes", "nope", "show"],
     ["recipes", "show", "quick/nope"],
     ["recipes", "show"],
     ["recipes", "cp", "quick/nope", "x.yaml"],
@@ -525,6 +560,13 @@ RUN_COMMANDS = [
     ["generate", "{run}", "--out", "{garbage}"],
     ["generate", "{broken}"],
     ["runs", "{tmp}/nothing-here"],
+    ["runs", "{tmp}", "--columns", "model.nope"],
+    ["runs", "{tmp}", "--columns", ""],
+    ["runs", "{tmp}", "--filter", ""],
+    ["runs", "{tmp}", "--filter", "=x"],
+    ["generate", "{run}", "--prompt", "caf\udce9"],  # the bytes of a non-UTF-8 shell argument
+    ["generate", "{run}", "--seed", str(2**70)],
+    ["generate", "{run}", "--num-samples", "1e9"],
     ["runs", "{garbage}"],
     ["runs", "--nope"],
     ["plot"],

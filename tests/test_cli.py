@@ -127,3 +127,84 @@ def test_recipes_ship_inside_the_package():
 
     pkg = Path(ssmkit.__file__).parent / "recipes"
     assert (pkg / "quick" / "s4d-shift.yaml").is_file()
+
+
+def test_version():
+    import ssmkit
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith(f"ssmkit {ssmkit.__version__} (torch ")
+    real = subprocess.run([sys.executable, "-m", "ssmkit", "--version"], capture_output=True, text=True, timeout=120)
+    assert real.returncode == 0 and real.stdout == result.output and real.stderr == ""
+
+
+@pytest.mark.parametrize("pattern,expect,refuse", [
+    ("s4/lra-*", {"s4/lra-image", "s4/lra-listops", "s4/lra-pathfinder"}, {"s4/scifar", "dss/lra-image", "s5/lra-image"}),
+    ("CIFAR", {"s4/scifar", "lssl/scifar", "s5/lra-image"}, {"quick/s4d-shift", "s4/lra-listops"}),  # name or description
+    ("quick/s4d-shift", {"quick/s4d-shift"}, {"quick/s4d-lm-bytes"}),
+])
+def test_recipes_pattern_filters_the_list(pattern, expect, refuse):
+    from ssmkit.recipe import shipped_recipes
+
+    result = CliRunner().invoke(app, ["recipes", pattern])
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[0] for line in result.output.splitlines() if line.startswith(" ")}
+    assert expect <= listed and not refuse & listed
+    assert listed <= set(shipped_recipes()) and f"{len(listed)} of {len(shipped_recipes())} recipes" in result.output
+
+
+def test_recipes_show_defaults_lists_every_key():
+    """Every key with its value and default; the defaults are the ones an empty recipe resolves to (validate),
+    and the keys found before only in error messages are there."""
+    import yaml
+
+    from ssmkit.recipe import validate
+
+    result = CliRunner().invoke(app, ["recipes", "show", "quick/s4d-shift", "--defaults"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = lines[1]
+    starts = [header.index(name) for name in (" key", " value", " default", " help")]
+    rows = {}
+    for line in lines[2:]:
+        key, value, default = (line[a:b].strip() for a, b in zip(starts, starts[1:]))
+        rows[key.lstrip("*")] = (key.startswith("*"), value, default)
+    recipe = yaml.safe_load(Path("recipes/quick/s4d-shift.yaml").read_text()) if Path("recipes").is_dir() else None
+    bare = validate({"name": "bare", "task": {"name": "shift"}, "model": {"layer": {"kernel": "s4d"}}}).to_dict()
+    for section in ("model", "optimizer", "scheduler", "train"):
+        for key, value in bare[section].items():
+            if key == "layer":
+                continue
+            changed, shown, default = rows[f"{section}.{key}"]
+            expected = "null" if value is None else str(value).lower() if isinstance(value, bool) else None
+            if expected is not None:
+                assert default == expected, (section, key)
+            elif isinstance(value, (int, float)):
+                assert float(default) == value, (section, key)
+            if recipe is not None and key not in (recipe.get(section) or {}):
+                assert not changed and shown == default, (section, key)  # not set by the recipe: the default
+    for key in ("train.grad_clip", "train.grad_accum", "train.mixed_precision", "train.save_every", "train.compile"):
+        assert key in rows
+    assert rows["optimizer.lr"] == (True, "0.004", "0.001") and rows["model.d_model"] == (True, "64", "128")
+    assert rows["task.L"][1:] == ("128", "256") and rows["model.layer.d_state"][2] == "64"  # task and kernel signatures
+    assert rows["train.grad_clip"] == (False, "null", "null") and rows["task.name"] == (False, "shift", "required")
+
+
+@pytest.mark.parametrize("args", [
+    ["profile", "--kernel", "s4d", "--length", "16", "--d-model", "4", "--d-state", "4", "--batch", "1", "--repeat", "1",
+     "--no-isolate", "--no-floor"],
+    ["recipes", "lra-image"],
+    ["recipes", "show", "quick/s4d-shift", "--defaults"],
+])
+def test_tables_are_not_cut_at_80_columns_when_piped(args):
+    """Off a terminal (CliRunner's output, like `| less` or `> file`) rows keep their whole width, even with
+    COLUMNS=80; before, rich folded or cut every row to 80 columns."""
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "…" not in result.output and max(len(line) for line in lines) > 80
+    if args[0] == "profile":
+        (row,) = [line for line in lines if line.startswith("│ s4d")]
+        assert row.rstrip().endswith("│") and " ok " in row  # the whole row, status column included, on one line
+    if args[0] == "recipes" and len(args) == 2:
+        assert any(line.strip().startswith("s4/lra-image") and "published" in line for line in lines)

@@ -173,7 +173,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fetches a dataset from its official release (resumable, checksum-verified) into the layout the tasks read.
         Mirrors: SSMKIT_MIRROR_<NAME> for one release, SSMKIT_DATA_MIRROR for all."""
-        from rich.console import Console
         from rich.table import Table
 
         from ssmkit.tasks.download import download, list_lines
@@ -184,7 +183,9 @@ def register(app: typer.Typer) -> None:
             table = Table("name", "size", "unpacks to (under the data root)", "for tasks")
             for row in list_lines():
                 table.add_row(*row)
-            Console().print(table)
+            from ssmkit.console import console as make_console
+
+            make_console(markup=False).print(table)  # off a terminal: rows never cut at 80 columns
             return
         if name is None:
             raise UserError("missing NAME: give the dataset to fetch (list them with: ssmkit data download --list)")

@@ -149,3 +149,44 @@ def test_a_prompt_file_that_is_not_utf8(runs, tmp_path):
     bad = tmp_path / "bytes.bin"
     bad.write_bytes(b"The \xff\xfe river")
     one_line_exit_2(invoke("generate", runs["lm"], "--prompt-file", bad), "not UTF-8 text")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--prompt", "The \udcff river"], "--prompt is not valid UTF-8 text (byte 0xff at character 4)"),
+    (["--seed", str(2**70)], "--seed"),
+    (["--seed", "-1"], "--seed"),
+    (["--num-samples", "1e9"], "--num-samples"),
+    (["--num-samples", str(10**9)], "at most about"),  # the memory it needs, before drawing a prompt
+    (["--num-samples", str(10**9), "--prompt", "The old river"], "at most about"),
+    (["--max-new-tokens", str(10**11)], "lower --max-new-tokens"),
+    (["--temperature", "nan"], "--temperature must be a finite number"),
+    (["--temperature", "inf"], "--temperature must be a finite number"),
+    (["--out", "{root}/no/such/folder/x.txt"], "does not exist"),
+    (["--out", "{root}/lm.yaml/x.txt"], "does not exist"),
+])
+def test_environment_failures_are_one_line(runs, args, fragment):
+    """Inputs that used to end in a traceback (UnicodeEncodeError, a seed overflow, an allocation of 10^9 samples,
+    a write into a missing folder after generating) are refused first, in one line."""
+    args = [a.format(root=runs["root"]) for a in args]
+    before = sorted(p for p in runs["root"].rglob("*"))
+    one_line_exit_2(invoke("generate", runs["lm"], *args), fragment)
+    assert sorted(p for p in runs["root"].rglob("*")) == before
+
+
+def test_density_out_under_a_file_is_refused(runs):
+    one_line_exit_2(invoke("generate", runs["density"], "--out", runs["root"] / "lm.yaml" / "samples"), "is a file")
+
+
+def test_invalid_utf8_prompt_bytes_in_a_real_process(runs):
+    """The bytes a shell passes (here 0xff) reach Python as a surrogate; the user sees one line, exit 2."""
+    import os
+    import subprocess
+
+    result = subprocess.run([sys.executable.encode(), b"-m", b"ssmkit", b"generate", str(runs["lm"]).encode(),
+                             b"--prompt", b"The \xff river"], capture_output=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    stderr = result.stderr.decode("utf-8", errors="replace")
+    assert result.returncode == 2 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines() == [
+        "error: --prompt is not valid UTF-8 text (byte 0xff at character 4); give UTF-8 text, or write the prompt "
+        "to a UTF-8 file and pass --prompt-file"]

@@ -86,7 +86,23 @@ class _Group(TyperGroup):
             _fail(e.format_message(), e.exit_code)
         except _ABORT:
             _fail("aborted", 130)
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            _fail(f"out of memory ({detail}); lower the sizes (train.batch_size, task.L, model.d_model, --num-samples, "
+                  "--n ...) or free memory", 2)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: How torch and the OS say that an allocation failed (also for sizes so large the size itself overflows).
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+             "storage size calculation overflowed")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: an environment failure (one line), not a bug (a traceback)."""
+    return isinstance(e, MemoryError) or any(t in str(e).lower() for t in _OOM_TEXT)
 
 
 app = typer.Typer(

@@ -270,6 +270,19 @@ def test_the_size_estimate_is_a_lower_bound(model):
     assert real / 5 <= parameter_estimate(recipe.model) <= real
 
 
+@pytest.mark.parametrize("override", [f"task.L={2**62}", f"task.samples_per_epoch={2**62}"])
+def test_an_allocation_that_cannot_succeed_is_one_line(tmp_path, override):
+    """Sizes within 64 bits whose tensors still cannot exist: torch's allocation error is an environment failure,
+    one line (the CLI's out-of-memory net), not a traceback."""
+    run_bad(tmp_path, ["train", _recipe(tmp_path), override, "--dry-run"], "out of memory (Storage size calculation")
+
+
+def test_runs_dir_or_run_dir_under_a_file(tmp_path):
+    recipe = _recipe(tmp_path)
+    run_bad(tmp_path, ["train", recipe, f"train.runs_dir={recipe}", "--max-steps", "1"], "tiny.yaml is a file, not a folder")
+    run_bad(tmp_path, ["train", recipe, "--run-dir", f"{recipe}/run", "--max-steps", "1"], "tiny.yaml is a file, not a folder")
+
+
 def test_recipe_path_that_is_not_a_file(tmp_path):
     (tmp_path / "folder.yaml").mkdir()
     run_bad(tmp_path, ["train", str(tmp_path / "folder.yaml")], "directory")

@@ -20,6 +20,16 @@ from pathlib import Path
 from ssmkit.errors import UserError
 
 
+def _make_folder(path: Path, what: str) -> None:
+    """``mkdir -p``; a file in the way, a read-only or full disk: one UserError naming the path."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else e.strerror
+        raise UserError(f"cannot create {what} {path} ({reason}); choose another") from None
+
+
 def new_run_dir(runs_dir: str | Path, name: str, run_dir: str | Path | None = None) -> Path:
     """Creates a fresh run directory and returns it; never reuses an existing one.
 
@@ -30,10 +40,10 @@ def new_run_dir(runs_dir: str | Path, name: str, run_dir: str | Path | None = No
         path = Path(run_dir)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise UserError(f"run directory {path} already exists; pick another --run-dir, or continue it with --resume {path}")
-        path.mkdir(parents=True, exist_ok=True)
+        _make_folder(path, "the run directory --run-dir")
         return path
     root = Path(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    _make_folder(root, "the runs folder train.runs_dir")
     for i in range(1, 10_000):
         path = root / (name if i == 1 else f"{name}-{i}")
         try:

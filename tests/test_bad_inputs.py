@@ -353,6 +353,7 @@ COMMANDS = [
     ["train", "{recipe}", "--max-steps", "abc"],
     ["train", "{recipe}", "--processes", "0"],
     ["train", "{recipe}", "--processes", "x"],
+    ["train", "{recipe}", "--processes", str(2**70)],  # not 2^70 processes started on this machine
     ["train", "{recipe}", "--nope"],
     ["train", "{recipe}", "--name", "a/b"],
     ["train", "{recipe}", "--name", ""],

@@ -156,6 +156,10 @@ def launch_local(processes: int, ssmkit_args: list[str],
     if torch.cuda.is_available() and processes > torch.cuda.device_count():
         raise UserError(f"--processes {processes} but only {torch.cuda.device_count()} GPU(s) are visible; "
                         "use at most that many (one process per GPU)")
+    cpu_limit = 4 * (os.cpu_count() or 1)
+    if not torch.cuda.is_available() and processes > cpu_limit:
+        raise UserError(f"--processes {processes} on a machine with {os.cpu_count()} CPU cores and no GPU; use at most "
+                        f"{cpu_limit} (more processes only wait for each other)")
     if not torch.cuda.is_available():
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")

@@ -146,6 +146,8 @@ def _check_memory(loaded, n: int, prompt_len: int, new: int, device: torch.devic
     per_sample = (16 * (prompt_len + new)  # the new tokens, stacked, and the output with the prompt
                   + prompt_len * (64 * width + 4 * vocab)  # the prompt's forward: FFT buffers and every position's scores
                   + _state_bytes(loaded.model) * 3 + 16 * vocab)  # the state (and its next), a step's scores
+    if isinstance(recipe.layer, dict) and recipe.layer.get("kernel") == "attn":  # a key/value cache grows per token
+        per_sample += 8 * width * recipe.n_layers * (prompt_len + new)
     fixed = 200 * new  # one small tensor per generated position
     need = n * per_sample + fixed
     if need <= available:

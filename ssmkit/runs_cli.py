@@ -442,15 +442,17 @@ def curves(run: Path) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int
 
 
 def default_metric(run: Path, metrics: dict) -> str | None:
+    """The task's main metric (from summary.json or the latest state.json) if logged, else the first logged one.
+    A damaged summary or checkpoint does not stop a plot of metrics.jsonl."""
     main = None
-    if (run / "summary.json").is_file():
-        summary = _json(run / "summary.json")
-        main = summary.get("main_metric") if isinstance(summary, dict) else None
-    if not main:
+    for source in (lambda: _json(run / "summary.json") if (run / "summary.json").is_file() else None, lambda: _latest_state(run)):
         try:
-            main = _latest_state(run).get("main_metric")
-        except UserError:  # a damaged checkpoint does not stop a plot of metrics.jsonl
-            main = None
+            data = source()
+        except UserError:
+            continue
+        main = data.get("main_metric") if isinstance(data, dict) else None
+        if main:
+            break
     if main and f"val/{main}" in metrics:
         return f"val/{main}"
     return next((k for k in metrics if k != "val/samples"), None)

@@ -262,3 +262,13 @@ def test_plot_metric_choice_and_errors(runs, tmp_path):
     assert again.exit_code == 2 and "already exists" in again.stderr
     bad = CliRunner().invoke(app, ["plot", str(runs / "tiny-s4d"), "--metric", "val/msee", "--out", str(tmp_path / "x.png")])
     assert bad.exit_code == 2 and "did you mean 'val/mse'" in bad.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_plot_of_a_run_with_a_damaged_summary_still_uses_the_main_metric(runs, tmp_path):
+    """plot reads metrics.jsonl; a malformed summary.json only loses its hint, the latest state.json names the metric."""
+    run = tmp_path / "run"
+    shutil.copytree(runs / "tiny-s4d", run)
+    (run / "summary.json").write_bytes(b"\x80{")
+    result = invoke("plot", run, "--out", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    assert "val/r2" in result.output and (tmp_path / "c.png").stat().st_size > 1000

@@ -398,20 +398,30 @@ def _yaml_text(value) -> str:
 @recipes_app.command("cp")
 def recipes_cp(
     name: str = typer.Argument(..., help="shipped recipe name"),
-    dest: Path = typer.Argument(..., help="where to write the copy (a file or an existing folder)"),
+    dest: str = typer.Argument(..., help="where to write the copy (a file or an existing folder)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ):
     """Copy a shipped recipe to start your own."""
     from ssmkit.recipe import load_yaml
 
+    if not dest.strip():
+        raise UserError("the destination is empty; give a file name (my.yaml) or an existing folder")
     src = _shipped(name)
     load_yaml(src)  # never copy a binary or malformed file as a recipe
-    target = dest / src.name if dest.is_dir() else dest
+    folder = Path(dest)
+    if dest.endswith("/") and not folder.is_dir():  # meant as a folder: never a file named like it
+        raise UserError(f"folder {folder} does not exist; create it first or give a file name")
+    target = folder / src.name if folder.is_dir() else folder
+    if target.is_dir():
+        raise UserError(f"{target} is a folder; give a file name or another folder")
     if target.exists() and not force:
         raise UserError(f"{target} already exists; pass --force to overwrite it")
     if not target.parent.is_dir():
         raise UserError(f"folder {target.parent} does not exist")
-    shutil.copyfile(src, target)
+    try:
+        shutil.copyfile(src, target)
+    except OSError as e:
+        raise UserError(f"cannot write {target} ({e.strerror})") from None
     click.echo(f"copied {name} to {target}; train it with: ssmkit train {target}")
 
 

@@ -370,6 +370,8 @@ COMMANDS = [
     ["recipes", "cp", "quick/nope", "x.yaml"],
     ["recipes", "cp", "quick/s4d-shift", "{recipe}"],
     ["recipes", "cp", "quick/s4d-shift", "no/such/folder/x.yaml"],
+    ["recipes", "cp", "quick/s4d-shift", "new-folder/"],  # a folder that does not exist: not a file named new-folder
+    ["recipes", "cp", "quick/s4d-shift", ""],
     ["data", "nope"],
     ["data", "generate", "nope"],
     ["data", "generate", "listops", "--n", "-5"],

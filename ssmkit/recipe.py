@@ -606,18 +606,6 @@ def build_model(recipe: Recipe, task):
         raise RecipeError(f"{recipe.source}: model: {e}") from None
 
 
-def schema() -> dict[str, list[tuple[str, str, Any]]]:
-    """Every section's keys with help and default (for docs and ``ssmkit recipes show``)."""
-    out = {}
-    for section, cls in (("model", ModelConfig), ("optimizer", OptimizerConfig), ("scheduler", SchedulerConfig), ("train", TrainConfig)):
-        rows = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((f.name, f.metadata["help"], default))
-        out[section] = rows
-    return out
-
-
 @dataclass(frozen=True)
 class Setting:
     """One key of a resolved recipe: its value, its default (``REQUIRED`` when it has none) and its help."""

@@ -41,6 +41,8 @@ class BuildFailed(RuntimeError):
 
 
 def cache_root() -> Path:
+    """``$SSMKIT_CACHE``, else ``$XDG_CACHE_HOME/ssmkit``, else ``~/.cache/ssmkit``: the extension builds and the text
+    corpora's token caches (``tasks/text_corpus.py``)."""
     env = os.environ.get("SSMKIT_CACHE")
     if env:
         return Path(env).expanduser()

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ssmkit.errors import DataError
+from ssmkit.ops.ext_build import cache_root
 from ssmkit.tasks.base import data_root
 
 SPLITS = ("train", "val", "test")
@@ -41,13 +42,6 @@ MAX_PIECE = 1 << 20  # bytes: a longer line is cut (at its last space when there
 BATCH = 2048  # lines per encoding batch
 
 
-def cache_root() -> Path:
-    """``$SSMKIT_CACHE``, else ``$XDG_CACHE_HOME/ssmkit``, else ``~/.cache/ssmkit`` (as the extension build)."""
-    env = os.environ.get("SSMKIT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ssmkit"
 
 
 def _entries(spec) -> list[str]:

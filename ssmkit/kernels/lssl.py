@@ -58,7 +58,8 @@ class LSSLKernel(Kernel):
         learn: 0 (LSSL-fixed: A, B, dt frozen), 1 (A, B trained, shared over features), 2 (one A, B per feature).
         dt_min, dt_max: step sizes drawn log-uniformly from [dt_min, dt_max] (reference: 0.001, 0.1).
         dt_per_channel: one step size per channel and feature (C x H systems, "multiple timescales")
-            instead of one per feature shared by its channels.
+            instead of one per feature shared by its channels. Needs channels > 1 (with one channel it would
+            be the default, so it is refused).
         lr, wd: per-parameter learning rate / weight decay, a float or a dict with keys A, B, C, dt. The
             reference's defaults are lr A = B = 1e-4 and dt = 1e-3 (set them in the recipe).
     """
@@ -89,6 +90,9 @@ class LSSLKernel(Kernel):
         frozen_keys = sorted(k for spec in (lr, wd) if isinstance(spec, dict) for k in spec if k != "C")
         if learn == 0 and frozen_keys:
             raise ValueError(f"learn=0 (LSSL-fixed) freezes A, B and dt, so lr/wd for {frozen_keys} cannot apply; drop them or use learn 1 or 2")
+        if dt_per_channel and channels == 1:
+            raise ValueError("dt_per_channel=True needs channels > 1: with one channel there is one step size per "
+                             "feature already; drop dt_per_channel or set channels")
         H, N = d_model, d_state
         self.N, self.init, self.learn, self.dt_per_channel = N, init, learn, dt_per_channel
         A, B = transition(init, N)

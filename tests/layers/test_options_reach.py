@@ -2,10 +2,16 @@
 
 For every registered kernel and token mixer, every option in its constructor's signature and every argument of
 ``SequenceLayer`` is set to a non-default value through ``SequenceLayer`` (the way recipes reach them), and the built
-module must differ from the default one: its state dict, which tensors are parameters and their optimizer tags, its
-attributes, its structure, or its output. An option that cannot act on a kernel must be refused with a ValueError
-instead. For a kernel option the comparison looks at the kernel (or mixer) itself, not at the layer around it, so a
-value taken by a layer argument of the same name (the shadowing this file guards against) fails here.
+module must behave differently from the default one. For a kernel option only observable behaviour counts: the
+state dict (values and shapes, buffers included), which tensors are parameters and their optimizer tags
+(``param._optim``), the kernel's taps (or the mixer's output) on a fixed input, and, for a recurrent kernel, the
+outputs and states of a few recurrent steps. Plain attributes and the repr do not count: an option that is stored but
+never used would pass on them. An option whose effect is by design none of these (a compute backend, the step
+implementation, eigenvalue clipping that only acts on unstable eigenvalues, a mode that is an alias for some inits)
+is listed in ``ELSEWHERE`` with the test that checks its own effect. An option that cannot act on a kernel must be
+refused with a ValueError instead. For a kernel option the comparison looks at the kernel (or mixer) itself, not at
+the layer around it, so a value taken by a layer argument of the same name (the shadowing this file guards against)
+fails here.
 """
 import inspect
 
@@ -36,7 +42,8 @@ VALUES = {
             "wd": {"Lambda": 0.1}, "backend": "torch"},
     "dlr": {"d_state": 6, "Lambda_init": "randn", "version": "Lambda_imag", "kernel_to_real": "imag", "dt_min": 0.01,
             "dt_max": 0.5, "W_scale": 0.5, "lr": {"Lambda": 0.0}, "wd": {"Lambda": 0.1}, "backend": "torch"},
-    "lssl": {"d_state": 6, "init": "legt", "learn": 2, "dt_min": 0.01, "dt_max": 0.5, "dt_per_channel": (True, {}),
+    "lssl": {"d_state": 6, "init": "legt", "learn": 2, "dt_min": 0.01, "dt_max": 0.5,
+             "dt_per_channel": (True, {"channels": 2}),
              "lr": {"A": 0.0}, "wd": {"A": 0.1}},
     "sgconv": {"l_max": 64, "kernel_dim": 8, "n_scales": 4, "init_scale": 1, "mode": "cat_cos", "decay_min": 1.0,
                "decay_max": 3.0, "alpha_min": (0.7, {"alpha_min": 0.5, "alpha_max": 0.9}),
@@ -50,6 +57,16 @@ VALUES = {
     "mamba": {"d_state": 6, "d_conv": 2, "expand": 1, "dt_rank": 2, "dt_min": 0.01, "dt_max": 0.5, "dt_init_floor": 0.05,
               "conv_bias": False, "bias": True, "lr": 1e-2, "backend": "torch"},
     "attn": {"n_heads": 4, "chunk_size": 4, "attn_dropout": 0.5, "learn_temperature": False, "rotary_base": 100.0},
+}
+
+#: options whose effect is not in the state dict, the optimizer tags, the output or the step by design -> the test of
+#: that effect (each named test must exist; see test_every_option_elsewhere_has_its_test)
+ELSEWHERE = {
+    ("s4", "mode"): "test_s4_mode_dplr_only_widens_the_inits",
+    ("s4", "step_mode"): "test_s4_step_mode_picks_the_step_implementation",
+    ("s5", "clip_eigs"): "test_s5_clip_eigs_clips_an_unstable_eigenvalue",
+    **{(k, "backend"): "test_backend_is_the_one_that_runs" for k in ("s4", "s4d", "dss", "dlr")},
+    ("mamba", "backend"): "test_mamba_backend_is_the_one_that_runs",
 }
 
 #: options whose every non-default value is refused, with the reason the error names (the short exceptions list)
@@ -102,6 +119,37 @@ def _layer_output(layer: SequenceLayer, x: torch.Tensor, train: bool) -> torch.T
         return layer(x if layer.transposed else x.transpose(1, 2))
 
 
+def _flat(state) -> list:
+    """The tensors and numbers of a recurrent state (a tensor, a tuple, or a dataclass-like object)."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, (list, tuple)):
+        return [t for x in state for t in _flat(x)]
+    if hasattr(state, "__dict__"):
+        return [t for _, x in sorted(vars(state).items()) for t in _flat(x)]
+    return [state]
+
+
+def _behaviour(layer: SequenceLayer, x: torch.Tensor) -> list:
+    """What a user can observe of the kernel (or mixer): its state dict (buffers included), which tensors train and
+    their optimizer tags, its taps (or output) on ``x``, and three recurrent steps from the default state."""
+    core = layer.mixer if layer.kernel is None else layer.kernel
+    out = [(k, v.detach()) for k, v in sorted(core.state_dict().items())]
+    out += [(n, tuple(b.shape), b.detach()) for n, b in core.named_buffers()]
+    out += [(n, p.requires_grad, getattr(p, "_optim", None)) for n, p in core.named_parameters()]
+    out.append(_core_output(layer, x))
+    if core.has_state:
+        core.eval()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            state = core.default_state(x.shape[0])
+            core.setup_step()
+            for t in range(3):
+                y, state = core.step(x[..., t], state)
+                out += [y, *_flat(state)]
+    return out
+
+
 def _core_output(layer: SequenceLayer, x: torch.Tensor) -> torch.Tensor:
     """The kernel's (C', H, L) taps, or the mixer's own output in training mode (attention dropout included)."""
     torch.manual_seed(1)
@@ -134,16 +182,130 @@ def test_no_kernel_option_is_shadowed_by_the_layer():
         assert _kernel_options(name) & layer_args <= set(ROUTED), name
 
 
-@pytest.mark.parametrize("name,option", [(k, o) for k in sorted(VALUES) for o in VALUES[k]])
+@pytest.mark.parametrize("name,option", [(k, o) for k in sorted(VALUES) for o in VALUES[k] if (k, o) not in ELSEWHERE])
 def test_kernel_option_changes_the_kernel(name, option):
     value, needs = _value(VALUES[name][option])
     base = {**BASE[name], **needs}
     default, changed = _build(name, **base), _build(name, **{**base, option: value})
-    core = lambda layer: layer.mixer if layer.kernel is None else layer.kernel  # noqa: E731
     x = _x()
-    a = _structure(core(default)) + [_core_output(default, x)]
-    b = _structure(core(changed)) + [_core_output(changed, x)]
-    assert not _same(a, b), f"{name}.{option}={value!r} changed nothing in the kernel"
+    assert not _same(_behaviour(default, x), _behaviour(changed, x)), \
+        f"{name}.{option}={value!r} changed nothing observable in the kernel"
+
+
+def test_every_option_elsewhere_has_its_test():
+    for (name, option), test in ELSEWHERE.items():
+        assert option in VALUES[name], (name, option)
+        assert callable(globals().get(test)), f"{name}.{option}: no test {test}"
+
+
+@pytest.mark.parametrize("name", ["s4", "s4d", "dss", "dlr"])
+def test_backend_is_the_one_that_runs(name, monkeypatch):
+    """A compute backend gives the same numbers by design; what it must change is which implementation runs. Each
+    op's implementations are spied on at the op boundary; an unknown backend is refused."""
+    from ssmkit.ops import cauchy, vandermonde
+
+    op = cauchy if name == "s4" else vandermonde
+    calls = []
+    for key, fn in list(op._IMPLS.items()):
+        monkeypatch.setitem(op._IMPLS, key, lambda *a, _k=key, _f=fn: (calls.append(_k), _f(*a))[1])
+    outputs = {}
+    for backend in ("torch", "chunked"):
+        calls.clear()
+        outputs[backend] = _core_output(_build(name, **BASE[name], backend=backend), _x())
+        assert calls and set(calls) == {backend}, (name, backend, calls)
+    torch.testing.assert_close(outputs["torch"], outputs["chunked"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown .*backend 'bogus'"):
+        _core_output(_build(name, **BASE[name], backend="bogus"), _x())
+
+
+def test_mamba_backend_is_the_one_that_runs(monkeypatch):
+    from ssmkit.layers import mamba as mamba_mod
+
+    seen = []
+    real = mamba_mod.selective_scan
+    monkeypatch.setattr(mamba_mod, "selective_scan", lambda *a, **k: (seen.append(k["backend"]), real(*a, **k))[1])
+    _core_output(_build("mamba", **BASE["mamba"], backend="torch"), _x())
+    assert seen == ["torch"]
+    with pytest.raises(ValueError, match="backend"):
+        _core_output(_build("mamba", **BASE["mamba"], backend="bogus"), _x())
+
+
+def _impulse_steps(kernel, L: int) -> torch.Tensor:
+    """y_t (C, H, L) of the recurrence fed 1 at t = 0 and 0 after: the kernel's impulse response."""
+    state = kernel.default_state(1)
+    kernel.setup_step()
+    ys = []
+    for t in range(L):
+        y, state = kernel.step(torch.full((1, kernel.H), float(t == 0), dtype=torch.float64), state)
+        ys.append(y[0])
+    return torch.stack(ys, dim=-1)
+
+
+def test_s4_step_mode_picks_the_step_implementation():
+    """``linear`` steps with O(N rank) factors (no N x N matrix is kept), ``dense`` with the materialised N x N
+    transition; both are the recurrence of the convolution kernel (checked against its taps)."""
+    from ssmkit.kernels.s4 import S4Kernel
+
+    N, n = 8, 4
+    taps = {}
+    for step_mode in ("linear", "dense"):
+        torch.manual_seed(0)
+        k = S4Kernel(3, d_state=N, step_mode=step_mode, dt_min=0.05, dt_max=0.2).double()
+        K = k(L)[0].detach()
+        with torch.no_grad():
+            taps[step_mode] = _impulse_steps(k, L)
+        torch.testing.assert_close(taps[step_mode], K, rtol=1e-8, atol=1e-10)
+        kept = [tuple(t.shape) for t in k._step if isinstance(t, torch.Tensor)]
+        if step_mode == "dense":
+            assert (3, n, N) in kept, kept  # the rows of dA for the stored half of the state
+        else:
+            assert all(N not in shape for shape in kept), kept  # diagonal + rank-1 factors of the half state only
+    torch.testing.assert_close(taps["linear"], taps["dense"], rtol=1e-10, atol=1e-12)
+
+
+def test_s5_clip_eigs_clips_an_unstable_eigenvalue():
+    """clip_eigs only acts on an eigenvalue whose real part is above -1e-4: push one positive and the discrete
+    system must decay at -1e-4 * dt for it (it grows without the option); the others are untouched."""
+    built = {}
+    for clip in (False, True):
+        layer = _build("s5", **BASE["s5"], clip_eigs=clip)
+        with torch.no_grad():
+            layer.mixer.Lambda_re[0] = 0.3
+        built[clip] = layer.mixer
+    dt = torch.exp(built[True].log_dt)[0]
+    with torch.no_grad():
+        plain, clipped = built[False].discrete_log()[0], built[True].discrete_log()[0]
+    torch.testing.assert_close(plain[0].real, 0.3 * dt)
+    torch.testing.assert_close(clipped[0].real, -1e-4 * dt)
+    torch.testing.assert_close(plain[1:], clipped[1:], rtol=0, atol=0)
+    x = _x()
+    with torch.no_grad():
+        assert not torch.equal(built[False](x)[0], built[True](x)[0])
+
+
+def test_s4_mode_dplr_only_widens_the_inits():
+    """As in the reference (where ``nplr`` and ``dplr`` name one kernel class), ``dplr`` with a HiPPO init is the
+    ``nplr`` kernel itself; what it adds is the S4D-style inits with a random low-rank term, which ``nplr``
+    refuses."""
+    from ssmkit.kernels.s4 import S4Kernel
+
+    x = _x()
+    nplr, dplr = _build("s4", **BASE["s4"]), _build("s4", **BASE["s4"], mode="dplr")
+    assert _same(_behaviour(nplr, x), _behaviour(dplr, x))
+    with pytest.raises(ValueError, match="unknown init 'lin'"):
+        S4Kernel(H, d_state=4, mode="nplr", init="lin")
+    torch.manual_seed(0)
+    k = S4Kernel(H, d_state=4, mode="dplr", init="lin")
+    assert torch.equal(k.A_imag[0], torch.pi * torch.arange(2.0))  # S4D-Lin: Im(Lambda_n) = pi n
+    assert k.P.abs().sum() > 0 and k(L)[0].isfinite().all()
+
+
+def test_lssl_dt_per_channel_needs_channels():
+    """With several channels each gets its own step size (checked above: log_dt is (C, H)); with one channel the
+    option would be the default, so it is refused."""
+    with pytest.raises(ValueError, match="dt_per_channel=True needs channels > 1"):
+        _build("lssl", **BASE["lssl"], dt_per_channel=True)
+    assert _build("lssl", **BASE["lssl"], channels=2, dt_per_channel=True).kernel.log_dt.shape == (2, H)
 
 
 @pytest.mark.parametrize("name,option", sorted(REFUSED))

@@ -94,7 +94,8 @@ class S4Kernel(Kernel):
         mode: ``nplr`` (a HiPPO matrix in its normal plus low-rank form, the S4 paper), ``dplr`` (the
             same kernel, also allowing S4D-style diagonals ``lin``/``inv`` with a random complex low-rank
             term P ~ N(0, 1); with a HiPPO init it builds exactly the ``nplr`` kernel, as in the reference,
-            where both names select one kernel class), ``diag`` (no low-rank term: the S4D kernel, ZOH, shared with ``s4d``).
+            where both names select one kernel class), ``diag`` (no low-rank term: the S4D kernel, ZOH,
+            shared with ``s4d``).
         init: nplr: ``legs``, ``legt``, ``lagt``, ``fourier`` (alias ``fout``); dplr: those and ``lin``,
             ``inv``; diag: ``legs``, ``lin``, ``inv``, ``real`` (see ``S4DKernel``).
         rank: the rank of the low-rank term P (legt needs >= 2; larger ranks add zero rows at init).

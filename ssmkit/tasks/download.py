@@ -24,6 +24,7 @@ import hashlib
 import http.client
 import os
 import re
+import stat
 import tarfile
 import time
 import urllib.error
@@ -445,8 +446,8 @@ def unpack(source: Source, archive: Path, root: Path, force: bool = False) -> tu
                     tar.members = []  # the LRA release has millions of members: keep none in memory
         elif source.unpack == "zip":
             with zipfile.ZipFile(archive) as z:
-                for info in z.infolist():
-                    if not info.is_dir():
+                for info in z.infolist():  # never folders, nor links (a unix symlink's mode is in external_attr)
+                    if not info.is_dir() and not stat.S_ISLNK(info.external_attr >> 16):
                         put(info.filename, lambda info=info: z.open(info))
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         raise DataError(f"{archive}: cannot unpack it ({type(e).__name__}: {e}); delete it and run "

@@ -1,6 +1,8 @@
 """`ssmkit data download` against an HTTP server on 127.0.0.1 started by the test: files in the releases' real formats
-(MNIST idx.gz, a Speech Commands tar.gz, the LRA release's tar layout, ETT CSVs), checksums from those files, a
-connection cut mid-file, a wrong checksum, a closed port; and `ssmkit train --download`. Nothing reaches the internet."""
+(MNIST idx.gz, the CIFAR-10 python tar.gz, a Speech Commands tar.gz, the IMDB aclImdb tar.gz, the WikiText zips, the
+LRA release's tar layout with every Pathfinder resolution, ETT CSVs) for every source in the table, checksums from
+those files, a connection cut mid-file, a wrong checksum, a closed port, links in tars and zips; and
+`ssmkit train --download`. Nothing reaches the internet."""
 from __future__ import annotations
 
 import gzip
@@ -8,12 +10,15 @@ import hashlib
 import http.server
 import inspect
 import io
+import pickle
 import re
 import shlex
 import socket
+import stat
 import struct
 import tarfile
 import threading
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -170,24 +175,88 @@ def folder_members(folder: Path, prefix: str) -> dict[str, bytes]:
     return {prefix + p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def lra_release(tmp_path: Path) -> bytes:
-    """The LRA release's nesting: lra_release/listops-1000, lra_release/lra_release/tsv_data, lra_release/pathfinder32."""
+def pathfinder_image(res: int, i: int) -> np.ndarray:
+    """A cheap-to-compress res x res image that differs per sample: row i and column (3 i) set."""
+    img = np.zeros((res, res), dtype=np.uint8)
+    img[i % res], img[:, (3 * i) % res] = 255, 128
+    return img
+
+
+def lra_release(tmp_path: Path, resolutions=(32,), random_32: bool = True) -> bytes:
+    """The LRA release's nesting: lra_release/listops-1000, lra_release/lra_release/tsv_data, lra_release/pathfinder<r>
+    (ten images per difficulty; 32x32 random ones, the larger ones from ``pathfinder_image``)."""
     staging = tmp_path / "staging"
     make_data("listops", staging)
     make_data("aan", staging)
     members = {f"lra_release/listops-1000/{p.name}": p.read_bytes() for p in sorted((staging / "listops").glob("*.tsv"))}
     members.update({f"lra_release/lra_release/tsv_data/{p.name}": p.read_bytes() for p in sorted((staging / "aan").iterdir())})
     rng = np.random.default_rng(2)
-    for d in dl._PF_DIRS:  # the three difficulties, ten 32x32 images each
-        lines = []
-        for i in range(10):
-            png = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), mode="L").save(png, format="PNG")
-            members[f"lra_release/pathfinder32/{d}/imgs/0/sample_{i}.png"] = png.getvalue()
-            lines.append(f"imgs/0 sample_{i}.png {i} {i % 2}")
-        members[f"lra_release/pathfinder32/{d}/metadata/0.npy"] = ("\n".join(lines) + "\n").encode()
+    for res in resolutions:
+        for d in dl._PF_DIRS:  # the three difficulties, ten images each
+            lines = []
+            for i in range(10):
+                png = io.BytesIO()
+                img = rng.integers(0, 256, (32, 32), dtype=np.uint8) if res == 32 and random_32 else pathfinder_image(res, i)
+                Image.fromarray(img, mode="L").save(png, format="PNG")
+                members[f"lra_release/pathfinder{res}/{d}/imgs/0/sample_{i}.png"] = png.getvalue()
+                lines.append(f"imgs/0 sample_{i}.png {i} {i % 2}")
+            members[f"lra_release/pathfinder{res}/{d}/metadata/0.npy"] = ("\n".join(lines) + "\n").encode()
     members["lra_release/README"] = b"not wanted"
     return tar_gz(members)
+
+
+def zip_bytes(members: dict[str, bytes], folders=(), links: dict[str, str] | None = None) -> bytes:
+    """A deflated zip as the WikiText releases are: folder entries first, then the files; ``links`` as unix symlinks."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for folder in folders:
+            z.writestr(zipfile.ZipInfo(folder.rstrip("/") + "/"), b"")
+        for name, data in members.items():
+            z.writestr(name, data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.create_system, info.external_attr = 3, (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, target)
+    return buf.getvalue()
+
+
+def cifar_release(tmp_path: Path) -> bytes:
+    """cifar-10-python.tar.gz: the folder entry, the six pickled batches, batches.meta and readme.html."""
+    from test_images import write_cifar
+
+    staging = tmp_path / "cifar-staging"
+    write_cifar(staging)
+    d = staging / "cifar-10-batches-py"
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                     "truck"], "num_cases_per_batch": 4, "num_vis": 3072}, f, protocol=2)
+    (d / "readme.html").write_text("<html></html>")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(d, arcname="cifar-10-batches-py")  # recursive: a folder member, then the files
+    return buf.getvalue()
+
+
+def imdb_release() -> tuple[bytes, dict[str, bytes]]:
+    """aclImdb_v1.tar.gz's layout: train/test pos/neg reviews <id>_<rating>.txt, and what the task does not read
+    (train/unsup, the bag-of-words features, the vocabulary, the URL lists, the README)."""
+    members = {"aclImdb/README": b"readme", "aclImdb/imdb.vocab": b"the\nmovie\n", "aclImdb/imdbEr.txt": b"0.1\n"}
+    for split in ("train", "test"):
+        for cls, rating in (("pos", 9), ("neg", 2)):
+            for i in range(2):
+                members[f"aclImdb/{split}/{cls}/{i}_{rating}.txt"] = f"A {cls} {split} review {i}, caf\u00e9.<br />".encode()
+        members[f"aclImdb/{split}/labeledBow.feat"] = b"9 0:1\n"
+        members[f"aclImdb/{split}/urls_pos.txt"] = b"http://example.invalid/\n"
+    members["aclImdb/train/unsup/0_0.txt"] = b"an unlabelled review"
+    return tar_gz(members), members
+
+
+WIKITEXT = {  # (split, text): WikiText's shape, a heading, blank lines, @-@ tokens and <unk>
+    "train": " \n = Valkyria Chronicles III = \n \n Senj\u014d no Valkyria 3 : <unk> Chronicles is a tactical role @-@ "
+             "playing game . \n The game began development in 2010 . \n",
+    "valid": " \n = Homarus gammarus = \n \n Homarus gammarus is a lobster . \n",
+    "test": " \n = Robert Boulter = \n \n Robert Boulter is an English actor . \n",
+}
 
 
 # --- downloads ---------------------------------------------------------------------------------------------------
@@ -276,6 +345,165 @@ def test_one_lra_release_serves_listops_retrieval_and_pathfinder(server, monkeyp
     x, y = pf.dataset("train")[0]
     assert x.shape == (1024, 1) and int(y) in (0, 1)
     assert not (data / "README").exists() and not (data / "lra_release").exists()
+
+
+@pytest.mark.parametrize("name", ["cifar10", "lra-image"])
+def test_the_cifar_tar_serves_scifar_and_lra_image(server, monkeypatch, tmp_path, name):
+    archive = cifar_release(tmp_path)
+    serve(monkeypatch, server, name, {"cifar-10-python.tar.gz": archive}, digest="md5")  # torchvision's md5
+    data = tmp_path / "data"
+    result = cli("data", "download", name, data=data)
+    assert result.exit_code == 0, result.output
+    assert "8 file(s) written" in result.output  # six batches, batches.meta, readme.html
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        test_batch = tar.extractfile("cifar-10-batches-py/test_batch").read()
+    assert (data / "cifar-10-batches-py" / "test_batch").read_bytes() == test_batch
+    raw = pickle.loads(test_batch)
+    from ssmkit.tasks.images import (
+        CIFAR_MEAN,
+        CIFAR_STD,
+        GRAY_WEIGHTS,
+        LRA_GRAY_MEAN,
+        LRA_GRAY_STD,
+        LraImage,
+        SCifar,
+    )
+
+    task = (SCifar if name == "cifar10" else LraImage)(data_dir=str(data), val_fraction=0.0)
+    task.check_data()
+    x, y = task.dataset("test")[2]
+    img = raw["data"][2].reshape(3, 32, 32).transpose(1, 2, 0).astype(np.float64) / 255.0  # (32, 32, 3), float64
+    if name == "cifar10":
+        expected = ((img - np.array(CIFAR_MEAN)) / np.array(CIFAR_STD)).reshape(-1, 3)
+    else:
+        expected = ((img @ np.array(GRAY_WEIGHTS) - LRA_GRAY_MEAN) / LRA_GRAY_STD).reshape(-1, 1)
+    assert x.shape == expected.shape and np.allclose(x.numpy(), expected, atol=1e-5) and int(y) == raw["labels"][2]
+
+
+def test_the_imdb_tar_serves_lra_text(server, monkeypatch, tmp_path):
+    archive, members = imdb_release()
+    serve(monkeypatch, server, "lra-text", {"aclImdb_v1.tar.gz": archive})  # the release's sha256
+    data = tmp_path / "data"
+    result = cli("data", "download", "lra-text", data=data)
+    assert result.exit_code == 0, result.output
+    assert "8 file(s) written" in result.output and "imdb" in result.output
+    base = data / "imdb" / "aclImdb"
+    assert sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()) == sorted(
+        f"{s}/{c}/{i}_{r}.txt" for s in ("train", "test") for c, r in (("pos", 9), ("neg", 2)) for i in range(2))
+    assert not (base / "train" / "unsup").exists() and not (base / "README").exists()
+    from ssmkit.tasks.lra_text import Imdb
+
+    task = Imdb(l_max=64, data_dir=str(data))
+    task.check_data()
+    x, y = task.dataset("test")[0]  # neg first, sorted by name: test/neg/0_2.txt
+    review = members["aclImdb/test/neg/0_2.txt"]
+    assert int(y) == 0 and x.tolist() == [b + 1 for b in review] + [0] * (64 - len(review))
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["tokens", "raw"])
+def test_the_wikitext_zips_unpack_and_the_lm_task_reads_them(server, monkeypatch, tmp_path, raw):
+    name, folder, suffix = ("wikitext-103-raw", "wikitext-103-raw", "raw") if raw else ("wikitext-103", "wikitext-103", "tokens")
+    files = {f"{folder}/wiki.{split}.{suffix}": text.encode() for split, text in WIKITEXT.items()}
+    archive = zip_bytes(files, folders=[folder])
+    serve(monkeypatch, server, name, {f"{name}-v1.zip": archive})
+    data = tmp_path / "data"
+    result = cli("data", "download", name, data=data)
+    assert result.exit_code == 0, result.output
+    assert "3 file(s) written" in result.output and "lm" in result.output
+    for member, text in files.items():
+        assert (data / member).read_bytes() == text
+    from ssmkit.tasks.lm import LanguageModel
+
+    task = LanguageModel(raw=raw, level="byte" if raw else "word", seq_len=8, adaptive=False, data_dir=str(data))
+    task.check_data()
+    x, y = task.dataset("train")[0]
+    train = WIKITEXT["train"]
+    if raw:  # bytes, as they are in the file
+        expected = list(train.encode())
+    else:  # words of each line, then <eos>
+        expected = [t for line in train.splitlines() for t in (*line.split(), "<eos>")]
+        x, y = [task.vocab[i] for i in x], [task.vocab[i] for i in y]
+    assert list(x) == expected[:8] and list(y) == expected[1:9]
+
+
+def test_a_zip_symlink_is_never_written(server, monkeypatch, tmp_path):
+    files = {f"wikitext-103/wiki.{s}.tokens": WIKITEXT[s].encode() for s in ("train", "valid")}
+    archive = zip_bytes(files, folders=["wikitext-103"], links={"wikitext-103/wiki.test.tokens": "/etc/passwd"})
+    serve(monkeypatch, server, "wikitext-103", {"wikitext-103-v1.zip": archive})
+    data = tmp_path / "data"
+    line = one_line_error(cli("data", "download", "wikitext-103", data=data))
+    assert "wikitext-103/wiki.test.tokens is still missing" in line
+    assert not (data / "wikitext-103" / "wiki.test.tokens").exists()
+    assert (data / "wikitext-103" / "wiki.train.tokens").read_bytes() == files["wikitext-103/wiki.train.tokens"]
+
+
+@pytest.fixture(scope="module")
+def full_lra_release(tmp_path_factory) -> bytes:
+    """One release with every Pathfinder resolution (images from ``pathfinder_image``), built once for the module."""
+    return lra_release(tmp_path_factory.mktemp("lra"), dl.LRA_PATHFINDER_RESOLUTIONS, random_32=False)
+
+
+@pytest.mark.parametrize("name", ["lra", "lra-pathfinder", *(f"lra-pathfinder{r}" for r in dl.LRA_PATHFINDER_RESOLUTIONS[1:])])
+def test_every_lra_name_unpacks_its_part_of_the_release(server, monkeypatch, tmp_path, full_lra_release, name):
+    server.files["lra_release.gz"] = full_lra_release
+    monkeypatch.setenv("SSMKIT_MIRROR_LRA", server.url)
+    data = tmp_path / "data"
+    monkeypatch.setenv("SSMKIT_DATA", str(data))
+    result = cli("data", "download", name, data=data)
+    assert result.exit_code == 0, result.output
+    wanted = dl.LRA_PATHFINDER_RESOLUTIONS if name in ("lra", "lra-pathfinder") else (int(name.removeprefix("lra-pathfinder")),)
+    for res in dl.LRA_PATHFINDER_RESOLUTIONS:
+        assert (data / f"pathfinder{res}").exists() == (res in wanted), res
+    assert (data / "listops").exists() == (data / "aan").exists() == (name == "lra")
+    for res in wanted:
+        for difficulty in ("easy", "intermediate", "hard"):
+            pf = TASKS.get("pathfinder")(resolution=res, difficulty=difficulty)
+            pf.check_data()
+        path = pf._split("train")[0][0]  # the hard split's first training sample, and the image it names
+        i = int(re.fullmatch(r"sample_(\d+)\.png", path.name).group(1))
+        x, y = pf.dataset("train")[0]
+        expected = (pathfinder_image(res, i).astype(np.float64) / 255.0 - 0.5) / 0.5
+        assert x.shape == (res * res, 1) and np.allclose(x[:, 0].numpy(), expected.reshape(-1), atol=1e-6) and int(y) == i % 2
+    if 128 in wanted:
+        TASKS.get("pathx")().check_data()
+    if name == "lra":
+        TASKS.get("listops")(l_max=64).check_data()
+        aan = TASKS.get("aan")(l_max=32)
+        aan.check_data()
+        x, y = aan.dataset("train")[0]  # make_data's first row: 0, "paper 0 on state spaces", "cited work 0"
+        first = [[b + 1 for b in t.encode()] for t in ("paper 0 on state spaces", "cited work 0")]
+        assert int(y) == 0 and x.tolist() == [f + [0] * (32 - len(f)) for f in first]
+    assert not (data / "README").exists() and not (data / "lra_release").exists()
+
+
+DOWNLOAD_TESTS = {  # each source with files -> the test above that fetches it from the local server and reads it
+    "mnist": test_mnist_downloads_unpacks_and_the_task_reads_it,
+    "cifar10": test_the_cifar_tar_serves_scifar_and_lra_image,
+    "lra-image": test_the_cifar_tar_serves_scifar_and_lra_image,
+    "speechcommands": test_speech_commands_tar_unpacks_to_the_release_layout_without_links,
+    "wikitext-103": test_the_wikitext_zips_unpack_and_the_lm_task_reads_them,
+    "wikitext-103-raw": test_the_wikitext_zips_unpack_and_the_lm_task_reads_them,
+    "lra-text": test_the_imdb_tar_serves_lra_text,
+    "ett": test_ett_csvs_through_one_mirror_base_for_every_source,
+    "lra-listops": test_one_lra_release_serves_listops_retrieval_and_pathfinder,
+    "lra-retrieval": test_one_lra_release_serves_listops_retrieval_and_pathfinder,
+    "lra-pathfinder32": test_one_lra_release_serves_listops_retrieval_and_pathfinder,
+    **{n: test_every_lra_name_unpacks_its_part_of_the_release
+       for n in ("lra", "lra-pathfinder", *(f"lra-pathfinder{r}" for r in dl.LRA_PATHFINDER_RESOLUTIONS[1:]))},
+}
+
+
+def test_every_downloadable_source_is_fetched_by_a_test():
+    downloadable = {n for n, s in dl.SOURCES.items() if not s.manual}
+    assert set(DOWNLOAD_TESTS) == downloadable, "a new source in the table needs a download test above"
+    for name, test in DOWNLOAD_TESTS.items():  # each test names its source, so a stale entry is caught
+        assert f'"{name}"' in inspect.getsource(test) or name.startswith("lra-pathfinder"), name
+
+
+@pytest.mark.parametrize("name", [n for n, s in dl.SOURCES.items() if s.manual])
+def test_a_manual_source_says_where_to_get_it(tmp_path, name):
+    line = one_line_error(cli("data", "download", name, data=tmp_path))
+    assert dl.SOURCES[name].outputs[0] in line and "no direct download" in line
 
 
 @pytest.mark.parametrize("ignore_range", [False, True], ids=["resumed", "server-ignores-range"])

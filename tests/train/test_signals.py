@@ -129,3 +129,43 @@ def test_ctrl_c_on_the_processes_launcher(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["processes"] == 2
     assert load_checkpoint(find_checkpoint(tmp_path / "run"))["state"]["step"] == summary["step"]
+
+
+def test_the_resume_hint_is_one_whole_line_on_a_narrow_pipe(tmp_path, monkeypatch):
+    """A long run directory, output piped, COLUMNS=80: the stop note and the summary's resume hint are each one
+    line (copy-pastable, never folded at 80 columns) and keep ``--processes N`` from the launcher."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ssmkit.cli import _train_summary
+    from ssmkit.train.loop import _Run
+    from ssmkit.train.progress import Progress
+    from ssmkit.train.signals import PROCESSES_ENV
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv(PROCESSES_ENV, "2")
+    run = tmp_path / ("experiments-" + "a" * 60) / ("sweep-" + "b" * 50) / "run-with-a-long-name"
+    assert len(str(run)) > 120
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, highlight=False)
+    assert not console.is_terminal
+    command = f"ssmkit train --resume {run} --processes 2"
+
+    fake = SimpleNamespace(status="interrupted", _check_weights=lambda: None, checkpoint=lambda: None,
+                           stop=SimpleNamespace(name="SIGTERM"), progress=Progress(True, 10, 3, console),
+                           step=3, run_path=run, signal=None)
+    _Run._finish(fake, stop_at=10)  # the loop's stop note
+    _train_summary(console, {"final": {"val/loss": 1.0}, "main_metric": "loss", "status": "interrupted",
+                             "run_dir": str(run), "step": 3, "time_s": 1.0})
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == f"stopped by SIGTERM at step 3; checkpoint saved. Continue with: {command}", lines
+    assert lines[1] == f"interrupted (resume with: {command}): 3 steps in 1.0s; val/loss = 1", lines
+    assert lines[2] == f"run directory: {run}"
+    # the launcher's line when the workers did not save (printed with print(), never wrapped)
+    from ssmkit.train.launch import _after_signal
+
+    line = _after_signal(signal.SIGINT, (None, run, None), time.time(), 2)
+    assert line == f"stopped by SIGINT before the workers could save; {run} has no checkpoint yet; start it again " \
+                   f"with: {command}"

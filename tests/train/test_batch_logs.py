@@ -152,3 +152,52 @@ def test_a_slow_set_up_step_says_what_it_is_doing():
     lines = out.getvalue().splitlines()
     assert lines[0] == "reading the listops training split..." and len(lines) == 2
     assert re.fullmatch(r"reading the listops training split: done in \d+\.\d s", lines[1])
+
+
+def _slow(fn, seconds: float = 0.3):
+    def slowed(*args, **kwargs):
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+    return slowed
+
+
+def test_the_loop_says_what_a_slow_data_step_is_doing(tmp_path, monkeypatch):
+    """The training loop's data reading goes through slow_step: a split that takes longer than the threshold
+    (here 0 s, with reading slowed by 0.3 s) gets its "reading..." and "done in" lines before the banner."""
+    import functools
+
+    import ssmkit.train.loop as loop
+    from ssmkit.train.banner import slow_step
+
+    monkeypatch.setattr(loop, "slow_step", functools.partial(slow_step, after=0.0))
+    monkeypatch.setattr(loop, "make_loader", _slow(loop.make_loader))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe(tmp_path, max_steps=1, eval_every=0)))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    banner = next(i for i, line in enumerate(lines) if line.startswith("run      "))
+    for split in ("training", "validation"):
+        start = lines.index(f"reading the cumsum {split} split...")
+        done = next(i for i, line in enumerate(lines)
+                    if re.fullmatch(rf"reading the cumsum {split} split: done in \d+\.\d s", line))
+        assert start < done < banner, lines
+
+
+def test_data_generate_listops_says_what_a_slow_write_is_doing(tmp_path, monkeypatch):
+    """`ssmkit data generate listops`: writing the files over the threshold (0 s here) is announced on stderr."""
+    import functools
+
+    import ssmkit.train.banner as banner
+    from ssmkit.tasks import listops
+
+    monkeypatch.setattr(banner, "slow_step", functools.partial(banner.slow_step, after=0.0))
+    monkeypatch.setattr(listops, "write_listops", _slow(listops.write_listops))
+    out = tmp_path / "lo"
+    result = CliRunner().invoke(app, ["data", "generate", "listops", "--n", "6", "--val", "2", "--test", "2",
+                                      "--min-length", "0", "--max-length", "200", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert f"writing 6 expressions to {out}..." in lines, result.stderr
+    assert any(re.fullmatch(rf"writing 6 expressions to {re.escape(str(out))}: done in \d+\.\d s", line)
+               for line in lines), result.stderr
+    assert (out / "basic_train.tsv").is_file()

@@ -142,14 +142,19 @@ def test_parquet_reads_as_the_csv(tmp_path):
 @pytest.mark.parametrize("bad,match", [
     ((7, "sales", ""), r"line 9, column 'sales': missing or non-numeric value ''"),
     ((3, "sales", "n/a"), r"line 5, column 'sales': missing or non-numeric value 'n/a'"),
+    ((2, "sales", "nan"), r"line 4, column 'sales': missing or non-numeric value 'nan'"),
+    ((5, "sales", "inf"), r"line 7, column 'sales': missing or non-numeric value 'inf'"),
+    ((8, "sales", "-inf"), r"line 10, column 'sales': missing or non-numeric value '-inf'"),
+    ((9, "sales", "Infinity"), r"line 11, column 'sales': missing or non-numeric value 'Infinity'"),
     ((4, "day", "05/01/2020"), r"line 6, column 'day': date '05/01/2020' is not 'YYYY-MM-DD"),
     ((6, "day", "2020-01-06"), r"line 8, column 'day': date 2020-01-06 00:00:00 repeats the date of line 7"),
     ((6, "day", "2019-12-30"), r"line 8, column 'day': date 2019-12-30 00:00:00 does not come after line 7"),
 ])
 def test_bad_cells_name_line_and_column(tmp_path, bad, match):
     write_series(tmp_path / "s.csv", bad=bad)
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(DataError, match=match) as e:
         ts(tmp_path / "s.csv", seq_len=8, pred_len=2).dataset("train")
+    assert "\n" not in str(e.value)  # one line
 
 
 def test_spreadsheet_exports_semicolons_and_a_byte_order_mark(tmp_path):

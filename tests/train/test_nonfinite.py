@@ -126,6 +126,19 @@ def test_on_nonfinite_is_validated(tmp_path):
         validate(recipe(tmp_path, on_nonfinite="drop"))
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "no"])
+def test_the_stop_message_names_precision_only_under_mixed_precision(tmp_path, precision):
+    from ssmkit.train.guard import causes
+
+    line = causes(validate(recipe(tmp_path, mixed_precision=precision, grad_clip=1.0)))
+    assert "NaN/inf in the data" in line and "optimizer.lr=0.01" in line and "\n" not in line
+    named = f"half-precision overflow (train.mixed_precision={precision}; try no)"
+    assert (named in line) == (precision != "no"), line
+    assert ("precision" in line) == (precision != "no"), line
+    assert "grad_clip" not in line  # clipping is on
+    assert "exploding gradients (set train.grad_clip" in causes(validate(recipe(tmp_path, grad_clip=None)))
+
+
 def test_data_readers_refuse_nan_and_inf(tmp_path):
     """Where the check is cheap the readers refuse non-finite data in one line naming the file (and row): a float
     WAV with a NaN sample (Speech Commands, SC09), a ListOps target of nan/inf/4.5."""

@@ -7,7 +7,7 @@ borders. Your own CSV of any length goes through ``task.name=timeseries`` (READM
 Files: the Informer CSVs (a ``date`` column, then the feature columns), where the S4 code keeps them:
 ``<data>/informer/etth/ETTh1.csv``, ``etth/ETTh2.csv``, ``ettm/ETTm1.csv``, ``weather/WTH.csv``,
 ``ecl/ECL.csv`` (``file:`` names another CSV relative to ``$SSMKIT_DATA``). Dates are ISO
-``YYYY-MM-DD HH:MM[:SS]``, strictly increasing (leap days are ordinary rows). A missing or non-numeric value
+``YYYY-MM-DD HH:MM[:SS]``, strictly increasing (leap days are ordinary rows). A missing, non-numeric or infinite value
 is an error naming its row and column: the published files have none, so fill such gaps before training.
 
 Splits, by time, as the Informer/S4 loaders: ETT takes 12/4/4 months of 30 days (hour rows: 8640/2880/2880,

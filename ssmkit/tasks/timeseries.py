@@ -5,7 +5,7 @@ the ``target`` column (default: the last column that is not the date) and, for m
 the other numeric columns (``columns:`` picks them; default all but the date). Paths are absolute, or
 relative to the current directory, else to ``$SSMKIT_DATA``. A ``.parquet`` file is read with pyarrow
 (optional: ``pip install pyarrow``); anything else as CSV. Dates are ISO 8601 (``YYYY-MM-DD[ HH:MM[:SS]]``,
-also ``YYYY-MM`` and ``YYYY``), strictly increasing. A missing or non-numeric value, a bad date, a date
+also ``YYYY-MM`` and ``YYYY``), strictly increasing. A missing, non-numeric or infinite value, a bad date, a date
 out of order or repeated: one error naming the line (row) and column, and what to do.
 
 Splits are by time: ``split: [train, val, test]`` fractions of the rows (default 0.7/0.1/0.2, as the
@@ -134,7 +134,7 @@ class Table:
             except (ValueError, TypeError):
                 v = math.nan
             if not math.isfinite(v):
-                raise DataError(f"{self.path}: {self.where(i)}, column {name!r}: missing or non-numeric value {cell!r}; "
+                raise DataError(f"{self.path}: {self.where(i)}, column {name!r}: missing, non-numeric or infinite value {cell!r}; "
                                 "fill the gap (e.g. with the previous value) or drop the row"
                                 + ("" if len(self.header) < 3 else ", or leave the column out with task.columns"))
         raise DataError(f"{self.path}: column {name!r} is not a column of numbers")

@@ -140,12 +140,12 @@ def test_parquet_reads_as_the_csv(tmp_path):
 
 
 @pytest.mark.parametrize("bad,match", [
-    ((7, "sales", ""), r"line 9, column 'sales': missing or non-numeric value ''"),
-    ((3, "sales", "n/a"), r"line 5, column 'sales': missing or non-numeric value 'n/a'"),
-    ((2, "sales", "nan"), r"line 4, column 'sales': missing or non-numeric value 'nan'"),
-    ((5, "sales", "inf"), r"line 7, column 'sales': missing or non-numeric value 'inf'"),
-    ((8, "sales", "-inf"), r"line 10, column 'sales': missing or non-numeric value '-inf'"),
-    ((9, "sales", "Infinity"), r"line 11, column 'sales': missing or non-numeric value 'Infinity'"),
+    ((7, "sales", ""), r"line 9, column 'sales': missing, non-numeric or infinite value ''"),
+    ((3, "sales", "n/a"), r"line 5, column 'sales': missing, non-numeric or infinite value 'n/a'"),
+    ((2, "sales", "nan"), r"line 4, column 'sales': missing, non-numeric or infinite value 'nan'"),
+    ((5, "sales", "inf"), r"line 7, column 'sales': missing, non-numeric or infinite value 'inf'"),
+    ((8, "sales", "-inf"), r"line 10, column 'sales': missing, non-numeric or infinite value '-inf'"),
+    ((9, "sales", "Infinity"), r"line 11, column 'sales': missing, non-numeric or infinite value 'Infinity'"),
     ((4, "day", "05/01/2020"), r"line 6, column 'day': date '05/01/2020' is not 'YYYY-MM-DD"),
     ((6, "day", "2020-01-06"), r"line 8, column 'day': date 2020-01-06 00:00:00 repeats the date of line 7"),
     ((6, "day", "2019-12-30"), r"line 8, column 'day': date 2019-12-30 00:00:00 does not come after line 7"),
@@ -170,7 +170,7 @@ def test_spreadsheet_exports_semicolons_and_a_byte_order_mark(tmp_path):
 def test_unused_text_column_is_fine_and_used_one_is_named(tmp_path):
     write_series(tmp_path / "s.csv")
     assert len(ts(tmp_path / "s.csv", features="S", seq_len=8, pred_len=2).dataset("train")) > 0
-    with pytest.raises(DataError, match=r"line 2, column 'shop': missing or non-numeric value 'north'.*task.columns"):
+    with pytest.raises(DataError, match=r"line 2, column 'shop': missing, non-numeric or infinite value 'north'.*task.columns"):
         ts(tmp_path / "s.csv", features="M", seq_len=8, pred_len=2).dataset("train")
     m = ts(tmp_path / "s.csv", features="M", columns=["price"], seq_len=8, pred_len=2)
     assert (m.d_input, m.d_output) == (2 + 1 + 3, 2)  # price and the target sales
@@ -236,6 +236,6 @@ def test_bad_csv_is_one_line_exit_2(tmp_path, monkeypatch):
     recipe = _recipe(tmp_path, {"name": "timeseries", "csv": "s.csv", "date": "day", "target": "sales", "seq_len": 8,
                                 "pred_len": 2})
     line = assert_one_line_exit_2(CliRunner().invoke(app, ["train", recipe, "--max-steps", "1"]))
-    assert "line 12, column 'sales': missing or non-numeric value '?'" in line
+    assert "line 12, column 'sales': missing, non-numeric or infinite value '?'" in line
     result = CliRunner().invoke(app, ["data", "check", "timeseries", "-o", "csv=s.csv", "-o", "date=day", "-o", "target=sales"])
     assert_one_line_exit_2(result, "line 12, column 'sales'")

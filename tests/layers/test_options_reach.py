@@ -12,6 +12,13 @@ is listed in ``ELSEWHERE`` with the test that checks its own effect. An option t
 refused with a ValueError instead. For a kernel option the comparison looks at the kernel (or mixer) itself, not at
 the layer around it, so a value taken by a layer argument of the same name (the shadowing this file guards against)
 fails here.
+
+Every ``SequenceLayer`` argument is held to the same rule: set to a non-default value it must change the layer's
+output (eval mode) and, where both layers have a recurrence, its recurrent steps, with the weights the two builds
+share copied across (so a shifted random draw cannot pass for an effect), or be refused with a ValueError. A state
+dict that differs alone does not count, nor does losing the recurrence alone. ``transposed`` (the input layout),
+``dropout`` (training mode only) and ``tie_dropout`` (the mask shared over the sequence) are checked by their own
+tests (``LAYER_ELSEWHERE``).
 """
 import inspect
 
@@ -80,6 +87,13 @@ LAYER_VALUES = {
     "dropout": (0.5, {}), "tie_dropout": (True, {"dropout": 0.5}), "transposed": (False, {}), "D": (False, {}),
     "rate": (2.0, {}), "max_kernel_length": (4, {}),
 }
+#: layer arguments whose effect is by design not a difference in the layer's behaviour on a fixed input in the fixed
+#: layout -> the test of that effect (parametrized over every kernel)
+LAYER_ELSEWHERE = {
+    "transposed": "test_transposed_is_the_input_layout",
+    "dropout": "test_dropout_acts_in_training_only",
+    "tie_dropout": "test_tie_dropout_shares_the_mask_over_the_sequence",
+}
 MIXER_REFUSES = {"channels": "it has no channels", "D": "D skip belongs to convolution kernels",
                  "max_kernel_length": "token mixer has none"}
 #: kernels without a step size refuse rate != 1 (at build or at the first forward)
@@ -102,21 +116,45 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _structure(module: torch.nn.Module) -> list:
-    """State dict, parameters (trainable, optimizer tags), plain attributes of every submodule, and the repr."""
-    out = [(k, v.detach()) for k, v in sorted(module.state_dict().items())]
-    out += [(n, p.requires_grad, getattr(p, "_optim", None)) for n, p in module.named_parameters()]
-    for name, m in module.named_modules():
-        out += [(name, k, v) for k, v in sorted(vars(m).items())
-                if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, type(None), tuple))]
-    return out + [repr(module)]
-
-
 def _layer_output(layer: SequenceLayer, x: torch.Tensor, train: bool) -> torch.Tensor:
+    """The layer's output on ``x`` (B, H, L), in that layout whatever ``transposed`` is, with a fixed seed."""
     layer.train(train)
     torch.manual_seed(1)
     with torch.no_grad():
-        return layer(x if layer.transposed else x.transpose(1, 2))
+        if layer.transposed:
+            return layer(x)
+        return layer(x.transpose(1, 2)).transpose(1, 2)
+
+
+def _state_dict(module: torch.nn.Module) -> list:
+    """State dict (names, shapes, values), non-persistent buffers too, and which tensors train with which tags."""
+    out = [(k, tuple(v.shape), v.detach()) for k, v in sorted(module.state_dict().items())]
+    out += [(n, tuple(b.shape), b.detach()) for n, b in module.named_buffers()]
+    return out + [(n, p.requires_grad, getattr(p, "_optim", None)) for n, p in module.named_parameters()]
+
+
+def _layer_steps(layer: SequenceLayer, x: torch.Tensor) -> list:
+    """The outputs and states of three recurrent steps (eval mode); none without a recurrence."""
+    if not layer.has_state:
+        return []
+    layer.eval()
+    torch.manual_seed(1)
+    out = []
+    with torch.no_grad():
+        state = layer.default_state(x.shape[0])
+        for t in range(3):
+            y, state = layer.step(x[..., t], state)
+            out += [y, *_flat(state)]
+    return out
+
+
+def _copy_shared_weights(source: SequenceLayer, target: SequenceLayer) -> None:
+    """Give ``target`` the values of every state dict entry it shares (name and shape) with ``source``: an option
+    that adds or drops a tensor (``D=False``) shifts the random draws of the ones built after it, which would change
+    the output even if the option itself were never applied."""
+    own = target.state_dict()
+    shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    target.load_state_dict(shared, strict=False)
 
 
 def _flat(state) -> list:
@@ -134,10 +172,7 @@ def _behaviour(layer: SequenceLayer, x: torch.Tensor) -> list:
     """What a user can observe of the kernel (or mixer): its state dict (buffers included), which tensors train and
     their optimizer tags, its taps (or output) on ``x``, and three recurrent steps from the default state."""
     core = layer.mixer if layer.kernel is None else layer.kernel
-    out = [(k, v.detach()) for k, v in sorted(core.state_dict().items())]
-    out += [(n, tuple(b.shape), b.detach()) for n, b in core.named_buffers()]
-    out += [(n, p.requires_grad, getattr(p, "_optim", None)) for n, p in core.named_parameters()]
-    out.append(_core_output(layer, x))
+    out = _state_dict(core) + [_core_output(layer, x)]
     if core.has_state:
         core.eval()
         torch.manual_seed(1)
@@ -323,7 +358,16 @@ def _refusal(name: str, option: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("name,option", [(k, o) for k in KERNELS.names() for o in LAYER_VALUES])
+def test_every_layer_argument_is_listed():
+    """A new SequenceLayer argument must be added to LAYER_VALUES with a value that changes the layer."""
+    args = set(inspect.signature(SequenceLayer.__init__).parameters) - {"self", "d_model", "kernel", "kernel_options"}
+    assert set(LAYER_VALUES) == args
+    for option, test in LAYER_ELSEWHERE.items():
+        assert option in LAYER_VALUES and callable(globals().get(test)), (option, test)
+
+
+@pytest.mark.parametrize("name,option",
+                         [(k, o) for k in KERNELS.names() for o in LAYER_VALUES if o not in LAYER_ELSEWHERE])
 def test_layer_argument_reaches_its_owner_or_is_refused(name, option):
     value, needs = LAYER_VALUES[option]
     base = {**BASE[name], **needs}
@@ -334,14 +378,70 @@ def test_layer_argument_reaches_its_owner_or_is_refused(name, option):
             _layer_output(_build(name, **{**base, option: value}), x, train=False)
         return
     default, changed = _build(name, **base), _build(name, **{**base, option: value})
-    if option in ROUTED:  # passed on: the kernel itself must differ
-        core = lambda layer: layer.mixer if layer.kernel is None else layer.kernel  # noqa: E731
-        a, b = _structure(core(default)), _structure(core(changed))
-        reached = not _same(a, b) if option in _kernel_options(name) else True
-        assert reached, f"{option}={value!r} did not reach kernel {name!r}"
-    a = _structure(default) + [_layer_output(default, x, True), _layer_output(default, x, False)]
-    b = _structure(changed) + [_layer_output(changed, x, True), _layer_output(changed, x, False)]
-    assert not _same(a, b), f"SequenceLayer({option}={value!r}) changed nothing for kernel {name!r}"
+    _copy_shared_weights(default, changed)
+    if option in ROUTED and option in _kernel_options(name):  # passed on: the kernel itself must behave differently
+        assert not _same(_behaviour(default, x), _behaviour(changed, x)), \
+            f"{option}={value!r} did not reach kernel {name!r}"
+    # Every layer argument here acts on the numbers, so they must differ, in both modes: a state dict that differs
+    # alone does not count (a built output map or D that forward never applies would pass on it), nor does losing
+    # the recurrence alone (an argument that only made step() refuse); the steps are compared where both have them.
+    assert not _same(_layer_output(default, x, False), _layer_output(changed, x, False)), \
+        f"SequenceLayer({option}={value!r}) did not change the output of kernel {name!r}"
+    if default.has_state and changed.has_state:
+        assert not _same(_layer_steps(default, x), _layer_steps(changed, x)), \
+            f"SequenceLayer({option}={value!r}) did not change the recurrent steps of kernel {name!r}"
+
+
+@pytest.mark.parametrize("name", KERNELS.names())
+def test_transposed_is_the_input_layout(name):
+    """``transposed=False`` takes and gives (B, L, H) where the default takes and gives (B, H, L): the same layer
+    otherwise (same state dict, the same numbers transposed), and each refuses the other's layout (H != L)."""
+    x = _x()
+    default, changed = _build(name, **BASE[name]), _build(name, **BASE[name], transposed=False)
+    assert _same(_state_dict(default), _state_dict(changed))
+    default.eval(), changed.eval()
+    with torch.no_grad():
+        y = changed(x.transpose(1, 2))
+        assert y.shape == (2, L, H)
+        torch.testing.assert_close(y, default(x).transpose(1, 2), rtol=1e-6, atol=1e-7)
+        with pytest.raises(ValueError, match=f"expected {H} features"):
+            changed(x)
+        with pytest.raises(ValueError, match=f"expected {H} features"):
+            default(x.transpose(1, 2))
+
+
+@pytest.mark.parametrize("name", KERNELS.names())
+def test_dropout_acts_in_training_only(name):
+    """The layer's dropout changes the output in training mode and nothing else: same state dict, same eval output,
+    same recurrent steps."""
+    x = _x()
+    default, changed = _build(name, **BASE[name]), _build(name, **BASE[name], dropout=0.5)
+    assert _same(_state_dict(default), _state_dict(changed))
+    assert _same(_layer_output(default, x, False), _layer_output(changed, x, False))
+    assert _same(_layer_steps(default, x), _layer_steps(changed, x))
+    assert _same(_layer_output(default, x, True), _layer_output(default, x, False))  # nothing else is random
+    assert not _same(_layer_output(default, x, True), _layer_output(changed, x, True))
+
+
+@pytest.mark.parametrize("name", KERNELS.names())
+def test_tie_dropout_shares_the_mask_over_the_sequence(name):
+    """With ``tie_dropout`` a dropped feature is dropped at every position (Dropout1d), without it each (feature,
+    position) is dropped on its own; in eval mode both are the identity."""
+    x = _x()
+    rows = {}
+    for tie in (False, True):
+        layer = _build(name, **BASE[name], dropout=0.5, tie_dropout=tie)
+        seen = []
+        layer.dropout.register_forward_hook(lambda m, i, o, _seen=seen: _seen.append((i[0], o)))
+        rows[tie] = (_layer_output(layer, x, True), _layer_output(layer, x, False), *seen[0])
+    assert _same(rows[False][1], rows[True][1])
+    assert not _same(rows[False][0], rows[True][0])
+    for tie, (_, _, before, after) in rows.items():  # (B, features, L) into and out of the dropout
+        dropped = (after == 0) & (before != 0)  # an input that is already 0 (a GELU underflow) says nothing
+        kept = torch.isclose(after, 2 * before)  # survivors scaled by 1 / (1 - p)
+        assert (dropped | kept).all() and dropped.any() and kept.any(), tie
+        whole_rows = ((dropped | (before == 0)).all(-1) | kept.all(-1)).all()
+        assert bool(whole_rows) == tie, (name, tie, dropped.float().mean())
 
 
 def test_attention_dropout_and_layer_dropout_are_two_options():

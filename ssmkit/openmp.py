@@ -16,7 +16,8 @@ libgomp reads these variables once, when it is loaded (``import torch``), so ``a
 ``ssmkit/__init__.py`` before anything imports torch. It sets ``OMP_WAIT_POLICY=PASSIVE`` only when the user
 set neither ``OMP_WAIT_POLICY`` nor ``GOMP_SPINCOUNT`` (a user's choice always wins) and only when torch is not
 imported yet (then the runtime has read its settings already, and changing the environment would only make
-``ssmkit doctor`` report a policy that is not in effect). Child processes inherit the setting.
+``ssmkit doctor`` report a policy that is not in effect). Child processes inherit the setting, with
+``SSMKIT_OMP_DEFAULT_SET=1`` next to it so that theirs is reported as ssmkit's default, not the user's.
 ``SSMKIT_OMP_DEFAULT=0`` turns the default off. Nothing here imports torch.
 """
 from __future__ import annotations
@@ -30,8 +31,10 @@ DEFAULT_WAIT_POLICY = "PASSIVE"
 LIBGOMP_DEFAULT_SPINCOUNT = 300_000
 _VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
-#: What ``apply_default`` found and did: "ssmkit" (it set the default), "user" (a variable was set),
-#: "off" (SSMKIT_OMP_DEFAULT=0), "late" (torch was imported before ssmkit), or None (not called).
+#: Set next to the default, so that a child process (which inherits both) knows the policy was ssmkit's.
+_MARK = "SSMKIT_OMP_DEFAULT_SET"
+#: What ``apply_default`` found and did: "ssmkit" (it set the default), "inherited" (a parent ssmkit process set it),
+#: "user" (a variable was set), "off" (SSMKIT_OMP_DEFAULT=0), "late" (torch was imported before ssmkit), or None.
 decision: str | None = None
 
 
@@ -43,12 +46,16 @@ def apply_default(environ=None, modules=None) -> str:
     modules = sys.modules if modules is None else modules
     if environ.get("SSMKIT_OMP_DEFAULT", "1") == "0":
         decision = "off"
+    elif environ.get(_MARK) == "1" and environ.get("OMP_WAIT_POLICY") == DEFAULT_WAIT_POLICY \
+            and not environ.get("GOMP_SPINCOUNT"):
+        decision = "inherited"
     elif any(environ.get(v) for v in _VARIABLES):
         decision = "user"
     elif "torch" in modules:
         decision = "late"
     else:
         environ["OMP_WAIT_POLICY"] = DEFAULT_WAIT_POLICY
+        environ[_MARK] = "1"
         decision = "ssmkit"
     return decision
 
@@ -76,7 +83,8 @@ def wait_policy() -> str:
     if decision == "late":
         return ("libgomp's settings are unknown: torch was imported before ssmkit, so ssmkit's default "
                 f"(OMP_WAIT_POLICY={DEFAULT_WAIT_POLICY}) could not apply")
-    who = {"ssmkit": "ssmkit's default", "user": "set by the user", "off": "SSMKIT_OMP_DEFAULT=0",
+    who = {"ssmkit": "ssmkit's default", "inherited": "ssmkit's default, set by the parent process",
+           "user": "set by the user", "off": "SSMKIT_OMP_DEFAULT=0",
            None: "ssmkit's default not applied"}[decision]
     if spins:
         text = f"GOMP_SPINCOUNT={spins}" + (f", OMP_WAIT_POLICY={policy}" if policy else "")

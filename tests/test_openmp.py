@@ -11,6 +11,8 @@ from ssmkit import openmp
 
 @pytest.mark.parametrize("environ,modules,decision,policy", [
     ({}, {}, "ssmkit", "PASSIVE"),
+    ({"OMP_WAIT_POLICY": "PASSIVE", "SSMKIT_OMP_DEFAULT_SET": "1"}, {}, "inherited", "PASSIVE"),  # a child process
+    ({"OMP_WAIT_POLICY": "ACTIVE", "SSMKIT_OMP_DEFAULT_SET": "1"}, {}, "user", "ACTIVE"),  # changed since
     ({"OMP_WAIT_POLICY": "active"}, {}, "user", "active"),
     ({"GOMP_SPINCOUNT": "1000"}, {}, "user", None),  # a spin count is a choice of waiting too
     ({}, {"torch": object()}, "late", None),  # libgomp has read its settings: leave the environment alone
@@ -20,13 +22,15 @@ def test_default_only_where_nobody_chose(environ, modules, decision, policy):
     before = dict(environ)
     assert openmp.apply_default(environ, modules) == decision
     assert environ.get("OMP_WAIT_POLICY") == policy
-    assert environ == (before if decision != "ssmkit" else {**before, "OMP_WAIT_POLICY": "PASSIVE"})
+    set_now = {"OMP_WAIT_POLICY": "PASSIVE", "SSMKIT_OMP_DEFAULT_SET": "1"}
+    assert environ == (before if decision != "ssmkit" else {**before, **set_now})
 
 
 def _import_ssmkit(extra_env: dict) -> subprocess.Popen:
     """A fresh interpreter that imports ssmkit (hence torch, hence libgomp), with libgomp printing the
     settings it read at load time (OMP_DISPLAY_ENV=verbose, on stderr)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SSMKIT_OMP_DEFAULT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SSMKIT_OMP_DEFAULT",
+                                                           "SSMKIT_OMP_DEFAULT_SET")}
     env.update(OMP_DISPLAY_ENV="verbose", OMP_NUM_THREADS="2", **extra_env)
     code = "import os, ssmkit; print(os.environ.get('OMP_WAIT_POLICY'), ssmkit._openmp.decision)"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,6 +1,6 @@
 """Writes the DLR-paper synthetic recipes: ``recipes/dlr/atomic/*.yaml`` (the ten atomic tasks and MIPS)
 and ``recipes/dlr/long-shift/*.yaml`` (Shift at L = 16K .. 1M), from the ag1988/dlr README settings
-(see /work/shared/reference/dlr-dss-sgconv.md sections 4 and 7). Re-run after changing a setting here:
+(see ../shared/reference/dlr-dss-sgconv.md sections 4 and 7). Re-run after changing a setting here:
 
     python scripts/make_dlr_recipes.py
 """

@@ -1,5 +1,5 @@
-"""Docs that travel: no file under docs/, README.md or recipes/ names a path of the machine it was written on,
-and none carries a TODO."""
+"""Docs and code that travel: no file under docs/, README.md, recipes/, ssmkit/, scripts/ or extensions/ names a path
+of the machine it was written on, and none carries a TODO."""
 import re
 from pathlib import Path
 
@@ -15,10 +15,14 @@ MACHINE_PATH = re.compile(
 TODO = re.compile(r"\b(?:TODO|FIXME|XXX)\b")
 
 
+SUFFIXES = (".md", ".yaml", ".yml", ".txt", ".py", ".sh", ".cpp", ".cu", ".h", ".cuh")
+
+
 def _files() -> list[Path]:
     files = [ROOT / "README.md"]
-    for folder in ("docs", "recipes"):
-        files += sorted(p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".md", ".yaml", ".yml", ".txt"))
+    for folder in ("docs", "recipes", "ssmkit", "scripts", "extensions"):
+        files += sorted(p for p in (ROOT / folder).rglob("*")
+                        if p.is_file() and p.suffix in SUFFIXES and "__pycache__" not in p.parts and "build" not in p.parts)
     return files
 
 
@@ -31,6 +35,7 @@ def test_the_checked_files_exist():
     files = _files()
     assert (ROOT / "docs" / "results.md") in files and (ROOT / "README.md").is_file()
     assert sum(p.suffix == ".yaml" for p in files) >= 10  # the recipes are walked, not skipped
+    assert (ROOT / "ssmkit" / "train" / "loop.py") in files and (ROOT / "scripts" / "make_dlr_recipes.py") in files
 
 
 @pytest.mark.parametrize("text,bad", [
@@ -47,12 +52,12 @@ def test_the_pattern_tells_machine_paths_from_portable_ones(text, bad):
     assert bool(MACHINE_PATH.search(text)) is bad
 
 
-def test_no_absolute_machine_path_in_docs_readme_or_recipes():
+def test_no_absolute_machine_path_in_docs_readme_recipes_or_code():
     hits = [h for p in _files() for h in _hits(MACHINE_PATH, p)]
     assert not hits, "absolute machine paths (name files repo-relative instead):\n" + "\n".join(hits)
 
 
-def test_no_todo_in_docs_readme_or_recipes():
+def test_no_todo_in_docs_readme_recipes_or_code():
     hits = [h for p in _files() for h in _hits(TODO, p)]
     assert not hits, "TODO notes in shipped docs:\n" + "\n".join(hits)
 

@@ -1,6 +1,7 @@
 """Tiny calls of the compiled extension: time per call, idle and under K busy background processes.
 
-    OMP_NUM_THREADS=2 python scripts/bench_tiny_calls.py                        # ssmkit's passive wait
+    OMP_NUM_THREADS=2 python scripts/bench_tiny_calls.py                        # ssmkit's default wait (spin 10,000)
+    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 python scripts/bench_tiny_calls.py # the passive wait
     GOMP_SPINCOUNT=300000 OMP_NUM_THREADS=2 python scripts/bench_tiny_calls.py  # libgomp's default spinning wait
     OMP_NUM_THREADS=1 python scripts/bench_tiny_calls.py                        # one thread
 

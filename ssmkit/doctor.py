@@ -156,7 +156,7 @@ def check_openmp() -> Check:
                      "two thread pools compete for the cores: rebuild the extension against this torch "
                      "(ssmkit doctor --build) and do not preload another OpenMP library")
     if openmp.decision == "late":
-        return Check("OpenMP", WARN, detail, "import ssmkit before torch, or export OMP_WAIT_POLICY=PASSIVE")
+        return Check("OpenMP", WARN, detail, "import ssmkit before torch, or export GOMP_SPINCOUNT=10000")
     return Check("OpenMP", OK, detail)
 
 

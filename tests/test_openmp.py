@@ -1,4 +1,4 @@
-"""OpenMP in an ssmkit process (ssmkit/openmp.py): the PASSIVE wait policy is set before torch loads libgomp,
+"""OpenMP in an ssmkit process (ssmkit/openmp.py): the 10,000-spin wait is set before torch loads libgomp,
 never over a user's setting, libgomp really reads it, and the compiled extension adds no second runtime."""
 import os
 import subprocess
@@ -9,20 +9,21 @@ import pytest
 from ssmkit import openmp
 
 
-@pytest.mark.parametrize("environ,modules,decision,policy", [
-    ({}, {}, "ssmkit", "PASSIVE"),
-    ({"OMP_WAIT_POLICY": "PASSIVE", "SSMKIT_OMP_DEFAULT_SET": "1"}, {}, "inherited", "PASSIVE"),  # a child process
-    ({"OMP_WAIT_POLICY": "ACTIVE", "SSMKIT_OMP_DEFAULT_SET": "1"}, {}, "user", "ACTIVE"),  # changed since
-    ({"OMP_WAIT_POLICY": "active"}, {}, "user", "active"),
-    ({"GOMP_SPINCOUNT": "1000"}, {}, "user", None),  # a spin count is a choice of waiting too
+@pytest.mark.parametrize("environ,modules,decision,spins", [
+    ({}, {}, "ssmkit", "10000"),
+    ({"GOMP_SPINCOUNT": "10000", "SSMKIT_OMP_DEFAULT_SET": "1"}, {}, "inherited", "10000"),  # a child process
+    ({"GOMP_SPINCOUNT": "500", "SSMKIT_OMP_DEFAULT_SET": "1"}, {}, "user", "500"),  # changed since
+    ({"GOMP_SPINCOUNT": "10000", "OMP_WAIT_POLICY": "PASSIVE", "SSMKIT_OMP_DEFAULT_SET": "1"}, {}, "user", "10000"),
+    ({"OMP_WAIT_POLICY": "passive"}, {}, "user", None),  # a wait policy is a choice of waiting too
+    ({"GOMP_SPINCOUNT": "1000"}, {}, "user", "1000"),
     ({}, {"torch": object()}, "late", None),  # libgomp has read its settings: leave the environment alone
     ({"SSMKIT_OMP_DEFAULT": "0"}, {}, "off", None),
 ])
-def test_default_only_where_nobody_chose(environ, modules, decision, policy):
+def test_default_only_where_nobody_chose(environ, modules, decision, spins):
     before = dict(environ)
     assert openmp.apply_default(environ, modules) == decision
-    assert environ.get("OMP_WAIT_POLICY") == policy
-    set_now = {"OMP_WAIT_POLICY": "PASSIVE", "SSMKIT_OMP_DEFAULT_SET": "1"}
+    assert environ.get("GOMP_SPINCOUNT") == spins
+    set_now = {"GOMP_SPINCOUNT": "10000", "SSMKIT_OMP_DEFAULT_SET": "1"}
     assert environ == (before if decision != "ssmkit" else {**before, **set_now})
 
 
@@ -32,18 +33,18 @@ def _import_ssmkit(extra_env: dict) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SSMKIT_OMP_DEFAULT",
                                                            "SSMKIT_OMP_DEFAULT_SET")}
     env.update(OMP_DISPLAY_ENV="verbose", OMP_NUM_THREADS="2", **extra_env)
-    code = "import os, ssmkit; print(os.environ.get('OMP_WAIT_POLICY'), ssmkit._openmp.decision)"
+    code = "import os, ssmkit; print(os.environ.get('GOMP_SPINCOUNT'), ssmkit._openmp.decision)"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
-def test_libgomp_reads_the_passive_default_and_a_users_policy_wins():
+def test_libgomp_reads_the_spin_default_and_a_users_policy_wins():
     procs = [_import_ssmkit({}), _import_ssmkit({"OMP_WAIT_POLICY": "ACTIVE"})]  # both at once
     (out0, err0), (out1, err1) = (p.communicate(timeout=300) for p in procs)
     assert procs[0].returncode == 0 and procs[1].returncode == 0, err0 + err1
-    assert out0.split() == ["PASSIVE", "ssmkit"]
-    assert "GOMP_SPINCOUNT = '0'" in err0, err0  # no spinning (libgomp's default is 300000)
-    assert out1.split() == ["ACTIVE", "user"]
+    assert out0.split() == ["10000", "ssmkit"]
+    assert "GOMP_SPINCOUNT = '10000'" in err0, err0  # about 1 ms of spinning (libgomp's default is 300000)
+    assert out1.split() == ["None", "user"]
     assert "GOMP_SPINCOUNT = '30000000000'" in err1, err1  # libgomp's spin for ACTIVE: the user's choice stands
 
 

@@ -141,6 +141,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: the most timed repetitions per point ``ssmkit profile --repeat`` accepts (a larger one would run for days)
+MAX_REPEAT = 1000
+
+
 def median_ms(fn, repeat: int = 5, device: torch.device | str = "cpu") -> float:
     """Median wall time of ``fn()`` in milliseconds over ``repeat`` calls, after one warm-up call."""
     return _timed(fn, torch.device(device), repeat) * 1e3
@@ -420,6 +424,9 @@ def register(app) -> None:
         for name, val in (("--d-model", d_model), ("--d-state", d_state), ("--batch", batch), ("--repeat", repeat)):
             if val <= 0:
                 raise UserError(f"{name} must be positive, got {val}")
+        if repeat > MAX_REPEAT:
+            raise UserError(f"--repeat {repeat} is more than {MAX_REPEAT} timed repetitions per point; the median settles "
+                            "within a few: use 3-20")
         check_k(contention)
         kernels = check_kernels(kernel)
         lengths = parse_lengths(length)

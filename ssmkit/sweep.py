@@ -893,6 +893,10 @@ def list_runs(grid: Grid, sweep_dir: Path | None) -> list[str]:
     return lines
 
 
+#: the most seeds per grid point ``ssmkit sweep --seeds`` accepts (each seed is a full training run)
+MAX_SEEDS = 1000
+
+
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep_command(
@@ -912,6 +916,8 @@ def register(app: typer.Typer) -> None:
         """Train a grid of override values x seeds, resumably; then a table of final metrics (mean ± std)."""
         if seeds < 1:
             raise UserError(f"--seeds must be at least 1, got {seeds}")
+        if seeds > MAX_SEEDS:
+            raise UserError(f"--seeds {seeds} is more than {MAX_SEEDS} runs per point; use at most {MAX_SEEDS}")
         if processes < 1:
             raise UserError(f"--processes must be at least 1, got {processes}")
         if sum([list_only, index is not None, table_only]) > 1:

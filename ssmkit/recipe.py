@@ -384,15 +384,16 @@ def _check_signature_options(fn, options: dict, prefix: str, what: str, source: 
 def _check_finite(value, where: str, source: str) -> None:
     """NaN and infinity are never a meaningful option value (a NaN step size trains to NaN silently); nor is a whole
     number beyond 64 bits."""
-    _check_int_size(value, where, source)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RecipeError(f"{source}: {where} must be a finite number, got {value}")
     if isinstance(value, dict):
         for k, v in value.items():
             _check_finite(v, f"{where}.{k}", source)
     elif isinstance(value, (list, tuple)):
         for v in value:
             _check_finite(v, where, source)
+    else:  # a leaf: _check_int_size walks no further, so each value is checked once
+        _check_int_size(value, where, source)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"{source}: {where} must be a finite number, got {value}")
 
 
 def _check_task(task, source: str) -> dict:

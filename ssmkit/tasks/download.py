@@ -589,9 +589,11 @@ def prepare_data(recipe, asked: bool = False, accelerator=None):
     if source is None:
         raise UserError(f"--download: task {name!r} has nothing to download: {root}")
     with accelerator.main_process_first() if accelerator is not None else nullcontext():
+        task = build_task(recipe)
         try:
-            build_task(recipe).check_data()  # the task's own files may be there (generated, or copied by hand)
+            task.check_data()  # the task's own files may be there (generated, or copied by hand)
+            return task
         except DataError:
             download(source, root)
-    return build_task(recipe)
+    return build_task(recipe)  # built again: a task may read its files when it is built
 

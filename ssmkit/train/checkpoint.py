@@ -62,21 +62,22 @@ def _fsync_write(path: Path, data: bytes | str) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    """Makes the renames and creations inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+def _fsync(path: Path, flag: str) -> None:
+    """fsync of the file or folder ``path``, opened read-only with ``os.<flag>`` where the platform has it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, flag, 0))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Makes the renames and creations inside ``path`` durable."""
+    _fsync(path, "O_DIRECTORY")
 
 
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, "O_NOFOLLOW")
 
 
 def _replace_pointer(directory: Path, name: str, content: dict) -> None:

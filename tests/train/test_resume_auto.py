@@ -61,13 +61,19 @@ def test_resume_auto_starts_then_continues_and_refuses_another_experiment(tmp_pa
     assert "model.d_model is 16 here and 8 in that run" in other.stderr and "\n" not in other.stderr.strip()
 
 
-def test_resume_auto_continues_a_stopped_run_like_the_uninterrupted_one(tmp_path):
+def straight_run_and_copy(tmp_path):
+    """The recipe file, an uninterrupted run of it, and a copy of that run to cut and continue."""
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe(tmp_path)))
     straight = tmp_path / "straight"
     assert cli(path, "--run-dir", straight).exit_code == 0
     run = tmp_path / "run"
     shutil.copytree(straight, run)
+    return path, straight, run
+
+
+def test_resume_auto_continues_a_stopped_run_like_the_uninterrupted_one(tmp_path):
+    path, straight, run = straight_run_and_copy(tmp_path)
     # the run as a job that was stopped after step 5: its checkpoints up to 5
     for ckpt in (run / "checkpoints").glob("step-*"):
         if int(ckpt.name.split("-")[1]) > 5:
@@ -83,12 +89,7 @@ def test_resume_auto_continues_a_stopped_run_like_the_uninterrupted_one(tmp_path
 
 
 def test_max_steps_on_resume_stops_early_and_keeps_the_schedule(tmp_path):
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe(tmp_path)))
-    straight = tmp_path / "straight"
-    assert cli(path, "--run-dir", straight).exit_code == 0
-    run = tmp_path / "run"
-    shutil.copytree(straight, run)
+    path, straight, run = straight_run_and_copy(tmp_path)
     stopped = cli("--resume", run / "checkpoints" / "step-00000003", "--max-steps", 7)  # continue at 3, stop at 7
     assert stopped.exit_code == 0, stopped.output
     summary = json.loads((run / "summary.json").read_text())

@@ -74,7 +74,7 @@ def forward_seconds(model, batch: int, context: int, samples: int) -> float:
 def attention_cache(model, batch: int, context: int) -> list:
     """Every layer's KV cache after ``context`` tokens, with random keys and values (the step's cost does
     not depend on their values)."""
-    from ssmkit.layers.attention import KVCache
+    from ssmkit.mixers.attention import KVCache
 
     state = []
     for layer in model.layers:

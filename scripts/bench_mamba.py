@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ssmkit.layers.sequence import SequenceLayer
+from ssmkit.mixers.sequence_layer import SequenceLayer
 from ssmkit.ops.causal_conv import causal_conv1d_silu
 from ssmkit.ops.selective_scan import selective_scan
 

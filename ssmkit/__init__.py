@@ -5,8 +5,8 @@ from ssmkit import openmp as _openmp
 _openmp.apply_default()  # before torch is imported: libgomp reads OMP_WAIT_POLICY once, when it loads
 
 from ssmkit.generation import Stream, load  # noqa: E402
-from ssmkit.kernels import KERNELS  # noqa: E402
-from ssmkit.layers import SequenceLayer  # noqa: E402
+from ssmkit.mixers.kernels import KERNELS  # noqa: E402
+from ssmkit.mixers.sequence_layer import SequenceLayer  # noqa: E402
 from ssmkit.models import SequenceModel  # noqa: E402
 from ssmkit.train.optim import param_groups  # noqa: E402
 # isort: on

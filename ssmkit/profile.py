@@ -167,8 +167,8 @@ OUTPUTS = ("glu", "linear", "none")
 
 
 def _build_layer(kernel: str, H: int, N: int, backend: str, L: int | None = None, output: str = "glu"):
-    from ssmkit.kernels import KERNELS
-    from ssmkit.layers.sequence import SequenceLayer
+    from ssmkit.mixers.kernels import KERNELS
+    from ssmkit.mixers.sequence_layer import SequenceLayer
 
     cls = KERNELS.get(kernel)
     params = inspect.signature(cls.__init__).parameters
@@ -253,7 +253,7 @@ def measure_point(
 
 
 def _registry():
-    from ssmkit.kernels import KERNELS
+    from ssmkit.mixers.kernels import KERNELS
 
     return KERNELS
 

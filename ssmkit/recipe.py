@@ -413,8 +413,8 @@ def _check_task(task, source: str) -> dict:
 
 
 def _check_layer(layer, source: str) -> dict:
-    from ssmkit.kernels import KERNELS
-    from ssmkit.layers.sequence import SequenceLayer
+    from ssmkit.mixers.kernels import KERNELS
+    from ssmkit.mixers.sequence_layer import SequenceLayer
 
     if not isinstance(layer, dict):
         raise RecipeError(f"{source}: model.layer must be a mapping such as {{kernel: s4d, d_state: 64}}, got {layer!r}")
@@ -481,7 +481,7 @@ def physical_memory_bytes() -> int | None:
 
 
 def _kernel_default(kernel, name: str):
-    from ssmkit.kernels import KERNELS
+    from ssmkit.mixers.kernels import KERNELS
 
     if not isinstance(kernel, str) or kernel not in KERNELS:
         return None
@@ -656,8 +656,8 @@ def settings(recipe: Recipe) -> list[Setting]:
     """Every key of ``recipe`` with its value and default, in recipe order: the sections' keys from their
     dataclasses (``ModelConfig``, ...; help from the field metadata), task and layer options from the
     signatures of the task class, ``SequenceLayer`` and the kernel, which the recipe is validated against."""
-    from ssmkit.kernels import KERNELS
-    from ssmkit.layers.sequence import SequenceLayer
+    from ssmkit.mixers.kernels import KERNELS
+    from ssmkit.mixers.sequence_layer import SequenceLayer
     from ssmkit.tasks import TASKS
 
     task = recipe.task["name"]

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from ssmkit.kernels.dlr import DLRKernel
-from ssmkit.kernels.dss import DSSKernel
-from ssmkit.kernels.lru import LRU
-from ssmkit.kernels.s4d import S4DKernel
-from ssmkit.kernels.s5 import S5
-from ssmkit.layers.sequence import SequenceLayer
+from ssmkit.mixers.kernels.dlr import DLRKernel
+from ssmkit.mixers.kernels.dss import DSSKernel
+from ssmkit.mixers.lru import LRU
+from ssmkit.mixers.kernels.s4d import S4DKernel
+from ssmkit.mixers.s5 import S5
+from ssmkit.mixers.sequence_layer import SequenceLayer
 from ssmkit.ops.selective_scan import selective_scan
 
 L = 65536

@@ -71,7 +71,7 @@ class Generation:
 
 def sequence_layers(model: nn.Module) -> list:
     """Every ``SequenceLayer`` in the model, in order (any backbone)."""
-    from ssmkit.layers.sequence import SequenceLayer
+    from ssmkit.mixers.sequence_layer import SequenceLayer
 
     return [m for m in model.modules() if isinstance(m, SequenceLayer)]
 

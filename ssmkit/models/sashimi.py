@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ssmkit.generation.generate import GenerationMixin
-from ssmkit.layers.sequence import SequenceLayer
+from ssmkit.mixers.sequence_layer import SequenceLayer
 from ssmkit.models.sequence import ENCODERS, ResidualBlock, SequenceModel, _Norm
 
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ssmkit.generation.generate import GenerationMixin
-from ssmkit.layers.sequence import SequenceLayer
+from ssmkit.mixers.sequence_layer import SequenceLayer
 from ssmkit.ops.padding import padding_mask
 
 NORMS = ("layer", "batch", None)

@@ -56,7 +56,7 @@ def shift_right(seq: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tens
 
 def check_causal(model: torch.nn.Module, task_name: str) -> None:
     """Refuses a model with a bidirectional layer: its next-token loss would read the answer."""
-    from ssmkit.layers.sequence import SequenceLayer
+    from ssmkit.mixers.sequence_layer import SequenceLayer
 
     for name, m in model.named_modules():
         if isinstance(m, SequenceLayer) and m.bidirectional:

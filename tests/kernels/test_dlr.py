@@ -10,9 +10,9 @@ import torch
 from helpers import np_to_real as to_real
 from helpers import run_steps
 
-import ssmkit.kernels.dlr as dlr_module
+import ssmkit.mixers.kernels.dlr as dlr_module
 from ssmkit import SequenceLayer, param_groups
-from ssmkit.kernels.dlr import KERNEL_TO_REAL, LAMBDA_INITS, VERSIONS, DLRKernel
+from ssmkit.mixers.kernels.dlr import KERNEL_TO_REAL, LAMBDA_INITS, VERSIONS, DLRKernel
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

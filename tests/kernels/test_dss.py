@@ -9,8 +9,8 @@ from helpers import np_to_real as to_real
 from helpers import run_steps
 
 from ssmkit import SequenceLayer, param_groups
-from ssmkit.kernels.base import KERNEL_TO_REAL
-from ssmkit.kernels.dss import LAMBDA_INITS, VERSIONS, DSSKernel
+from ssmkit.mixers.kernels.base import KERNEL_TO_REAL
+from ssmkit.mixers.kernels.dss import LAMBDA_INITS, VERSIONS, DSSKernel
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

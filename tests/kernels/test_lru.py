@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ssmkit import SequenceModel, param_groups
-from ssmkit.kernels.lru import LRU
+from ssmkit.mixers.lru import LRU
 
 H, L = 3, 40
 

@@ -8,7 +8,7 @@ import torch
 from helpers import hippo_closed_form, run_steps
 
 from ssmkit import SequenceLayer
-from ssmkit.kernels.lssl import LSSLKernel
+from ssmkit.mixers.kernels.lssl import LSSLKernel
 from ssmkit.ops.hippo import MEASURES
 from ssmkit.ops.krylov import krylov, power_series
 

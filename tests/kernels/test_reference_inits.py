@@ -15,9 +15,9 @@ import torch
 from helpers import run_steps
 
 from ssmkit import SequenceLayer
-from ssmkit.kernels.s4 import S4Kernel
-from ssmkit.kernels.s4d import S4DKernel
-from ssmkit.kernels.sgconv import SGConvKernel
+from ssmkit.mixers.kernels.s4 import S4Kernel
+from ssmkit.mixers.kernels.s4d import S4DKernel
+from ssmkit.mixers.kernels.sgconv import SGConvKernel
 from ssmkit.ops.hippo import nplr
 
 

@@ -6,8 +6,8 @@ import torch
 from helpers import run_steps
 
 from ssmkit import SequenceLayer
-from ssmkit.kernels.s4 import DPLR_INITS, HIPPO_INITS, MODES, PRECISIONS, STEP_MODES, S4Kernel
-from ssmkit.kernels.s4d import INITS as DIAG_INITS
+from ssmkit.mixers.kernels.s4 import DPLR_INITS, HIPPO_INITS, MODES, PRECISIONS, STEP_MODES, S4Kernel
+from ssmkit.mixers.kernels.s4d import INITS as DIAG_INITS
 
 
 def _np(t):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssmkit.kernels.s4d import DISCS, INITS, REAL_TRANSFORMS, S4DKernel
+from ssmkit.mixers.kernels.s4d import DISCS, INITS, REAL_TRANSFORMS, S4DKernel
 
 
 def reference_kernel(k: S4DKernel, L: int, rate: float = 1.0) -> np.ndarray:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from helpers import run_steps
 
-import ssmkit.kernels.s5 as s5_module
+import ssmkit.mixers.s5 as s5_module
 from ssmkit import SequenceLayer, SequenceModel, param_groups
-from ssmkit.kernels.s5 import S5, hippo_n
+from ssmkit.mixers.s5 import S5, hippo_n
 
 H, L = 3, 40
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ssmkit import SequenceLayer
-from ssmkit.kernels.sgconv import SGConvKernel, n_scales_for
+from ssmkit.mixers.kernels.sgconv import SGConvKernel, n_scales_for
 
 MODES = [
     "_".join(t for t in (combine, init, decay, interp) if t)

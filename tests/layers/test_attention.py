@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssmkit import SequenceLayer, SequenceModel
-from ssmkit.layers.attention import Attention
+from ssmkit.mixers.attention import Attention
 
 
 def rope(x: np.ndarray, base: float = 10000.0) -> np.ndarray:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import run_steps
 
 from ssmkit import SequenceLayer, SequenceModel
-from ssmkit.layers.mamba import Mamba
+from ssmkit.mixers.mamba import Mamba
 from ssmkit.train.optim import param_groups
 
 

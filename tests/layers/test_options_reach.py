@@ -25,8 +25,8 @@ import inspect
 import pytest
 import torch
 
-from ssmkit.kernels import KERNELS
-from ssmkit.layers.sequence import ROUTED, SequenceLayer
+from ssmkit.mixers.kernels import KERNELS
+from ssmkit.mixers.sequence_layer import ROUTED, SequenceLayer
 
 H, L = 8, 12  # H != L, so a transposed output differs in shape
 
@@ -254,7 +254,7 @@ def test_backend_is_the_one_that_runs(name, monkeypatch):
 
 
 def test_mamba_backend_is_the_one_that_runs(monkeypatch):
-    from ssmkit.layers import mamba as mamba_mod
+    from ssmkit.mixers import mamba as mamba_mod
 
     seen = []
     real = mamba_mod.selective_scan
@@ -279,7 +279,7 @@ def _impulse_steps(kernel, L: int) -> torch.Tensor:
 def test_s4_step_mode_picks_the_step_implementation():
     """``linear`` steps with O(N rank) factors (no N x N matrix is kept), ``dense`` with the materialised N x N
     transition; both are the recurrence of the convolution kernel (checked against its taps)."""
-    from ssmkit.kernels.s4 import S4Kernel
+    from ssmkit.mixers.kernels.s4 import S4Kernel
 
     N, n = 8, 4
     taps = {}
@@ -322,7 +322,7 @@ def test_s4_mode_dplr_only_widens_the_inits():
     """As in the reference (where ``nplr`` and ``dplr`` name one kernel class), ``dplr`` with a HiPPO init is the
     ``nplr`` kernel itself; what it adds is the S4D-style inits with a random low-rank term, which ``nplr``
     refuses."""
-    from ssmkit.kernels.s4 import S4Kernel
+    from ssmkit.mixers.kernels.s4 import S4Kernel
 
     x = _x()
     nplr, dplr = _build("s4", **BASE["s4"]), _build("s4", **BASE["s4"], mode="dplr")

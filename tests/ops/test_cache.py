@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from ssmkit.kernels.s4d import S4DKernel
+from ssmkit.mixers.kernels.s4d import S4DKernel
 from ssmkit.ops.cache import KernelCache, flush_kernel_caches
 from ssmkit.ops.fftconv import fftconv
 

@@ -48,7 +48,7 @@ def test_s4_d_state_256_two_threads_in_a_fresh_process():
     the same kernel computed with one thread (where the batched LU is correct)."""
     code = textwrap.dedent("""
         import torch
-        from ssmkit.kernels.s4 import S4Kernel
+        from ssmkit.mixers.kernels.s4 import S4Kernel
         torch.manual_seed(0)
         k = S4Kernel(4, d_state=256).double()
         torch.set_num_threads(2)

@@ -218,7 +218,7 @@ _FIRST_CALL = textwrap.dedent("""
     import json, sys, torch
     import ssmkit.ops.causal_conv as cc
     import ssmkit.ops.selective_scan as ss
-    from ssmkit.layers.mamba import Mamba
+    from ssmkit.mixers.mamba import Mamba
 
     picks = {"scan": [], "conv": []}
 

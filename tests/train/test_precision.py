@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import ssmkit.kernels
+import ssmkit.mixers.kernels
 from ssmkit import KERNELS, SequenceLayer
 from ssmkit.recipe import validate
 from ssmkit.train.loop import train
@@ -47,7 +47,7 @@ class _Recorder(TorchDispatchMode):
 
 def _patch_entry_points(monkeypatch, seen: list):
     """Wraps every Cauchy/Vandermonde entry point that a kernel module imported, checking input dtypes."""
-    modules = [importlib.import_module(f"ssmkit.kernels.{m.name}") for m in pkgutil.iter_modules(ssmkit.kernels.__path__)]
+    modules = [importlib.import_module(f"ssmkit.mixers.kernels.{m.name}") for m in pkgutil.iter_modules(ssmkit.mixers.kernels.__path__)]
     for module in modules:
         for name in ENTRY_POINTS:
             fn = getattr(module, name, None)

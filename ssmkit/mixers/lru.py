@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ssmkit.kernels.mimo import DiagonalMIMO
+from ssmkit.mixers.mimo import DiagonalMIMO
 
 
 def ring_init(N: int, r_min: float, r_max: float, max_phase: float) -> tuple[torch.Tensor, torch.Tensor]:

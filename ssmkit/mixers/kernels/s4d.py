@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ssmkit.kernels.base import Kernel, log_uniform
+from ssmkit.mixers.kernels.base import Kernel, log_uniform
 from ssmkit.ops.discretize import bilinear_log, phi1
 from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
 from ssmkit.ops.vandermonde import log_vandermonde, log_vandermonde_transpose

@@ -40,8 +40,8 @@ import math
 import torch
 import torch.nn as nn
 
-from ssmkit.kernels.base import log_uniform
-from ssmkit.kernels.mimo import DiagonalMIMO
+from ssmkit.mixers.kernels.base import log_uniform
+from ssmkit.mixers.mimo import DiagonalMIMO
 from ssmkit.ops.discretize import bilinear_log, phi1
 from ssmkit.ops.hippo import conj_basis, nplr
 

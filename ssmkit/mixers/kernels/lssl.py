@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.kernels.base import Kernel, log_uniform
-from ssmkit.kernels.s4 import matrix_power
+from ssmkit.mixers.kernels.base import Kernel, log_uniform
+from ssmkit.mixers.kernels.s4 import matrix_power
 from ssmkit.ops.hippo import MEASURES, transition
 from ssmkit.ops.krylov import krylov, power_series
 from ssmkit.ops.linalg import solve

@@ -32,7 +32,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ssmkit.kernels.base import Kernel
+from ssmkit.mixers.kernels.base import Kernel
 
 COMBINES = ("cat", "sum")
 INITS = ("randn", "cos")

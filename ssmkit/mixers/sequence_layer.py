@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssmkit.kernels import KERNELS
+from ssmkit.mixers.kernels import KERNELS
 from ssmkit.ops.cache import KernelCache
 from ssmkit.ops.fftconv import fftconv
 from ssmkit.ops.linear import channels_first_linear
@@ -55,7 +55,7 @@ class SequenceLayer(nn.Module):
 
     Args:
         d_model: H, the number of features.
-        kernel: a name from ``ssmkit.kernels.KERNELS`` (``s4d``, ...).
+        kernel: a name from ``ssmkit.mixers.kernels.KERNELS`` (``s4d``, ...).
         channels: C, kernels per feature; the output linear maps C*H back to H (convolution kernels only).
         bidirectional: add an anticausal kernel so position t also sees the inputs after t (token mixers get
             it as their own ``bidirectional``).

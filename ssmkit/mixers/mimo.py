@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ssmkit.kernels.base import Kernel
+from ssmkit.mixers.kernels.base import Kernel
 from ssmkit.ops.fftconv import _fft_len
 from ssmkit.ops.scan import linear_scan
 from ssmkit.ops.vandermonde import _flush

@@ -31,9 +31,9 @@ import math
 
 import torch
 
-from ssmkit.kernels.base import Kernel, log_uniform
-from ssmkit.kernels.s4d import B_CLIP, S4DKernel, s4d_init
-from ssmkit.kernels.s4d import INITS as DIAG_INITS
+from ssmkit.mixers.kernels.base import Kernel, log_uniform
+from ssmkit.mixers.kernels.s4d import B_CLIP, S4DKernel, s4d_init
+from ssmkit.mixers.kernels.s4d import INITS as DIAG_INITS
 from ssmkit.ops.cauchy import cauchy
 from ssmkit.ops.hippo import MEASURES, dplr_dense, nplr
 from ssmkit.ops.linalg import solve

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ssmkit.kernels.base import KERNEL_TO_REAL, LINEAR_TO_REAL, Kernel, complex_to_real, log_uniform
+from ssmkit.mixers.kernels.base import KERNEL_TO_REAL, LINEAR_TO_REAL, Kernel, complex_to_real, log_uniform
 from ssmkit.ops.vandermonde import BACKENDS, log_vandermonde, log_vandermonde_transpose
 
 LAMBDA_INITS = ("omega", "randn")

@@ -120,3 +120,41 @@ def test_frozen_and_trainable_parameters():
 def test_bad_options_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         S4DKernel(4, **kwargs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: S4DKernel(128, d_state=64, channels=2, init="real"),
+    lambda: __import__("ssmkit.mixers.kernels.s4", fromlist=["S4Kernel"]).S4Kernel(128, d_state=64, channels=2,
+                                                                                    mode="diag", init="real").diag,
+], ids=["s4d", "s4-diag"])
+def test_s4d_real_c_is_the_real_part_of_a_complex_normal(make):
+    """Issue #25: the reference registers C.real of a complex standard normal (std 1/sqrt 2), not a real standard
+    normal (std 1, which made the initial kernel 1.41x the reference's). 16,384 draws: the sample std is within
+    0.006 of 1/sqrt 2 (one sigma), so 0.03 is 5 sigma, and the old std 1 fails by 0.29."""
+    torch.manual_seed(0)
+    k = make()
+    C = k.C.detach().double()
+    assert C.shape == (2, 128, 64) and not C.is_complex()
+    assert abs(C.mean().item()) < 0.03
+    assert abs(C.std().item() - math.sqrt(0.5)) < 0.03
+    # the initial kernel's energy: E sum_l K_l^2 = 4 sigma^2 sum_n sum_l (dB_n dA_n^l)^2 over the draw of C
+    # (K_l = 2 sum_n C_n dB_n dA_n^l with independent C_n); measured over 256 (channel, feature) kernels, the
+    # ratio to the formula at sigma^2 = 1/2 is 1 (the old code gave 2).
+    L = 64
+    kd = k.double()
+    K, _ = kd(L)
+    log_dA, dB, _ = kd.discretize()
+    g = (dB.real.unsqueeze(-1) * torch.exp(log_dA.real.unsqueeze(-1) * torch.arange(L, dtype=torch.float64))) ** 2
+    expected = 4 * 0.5 * g.sum((-1, -2))  # (H,)
+    ratio = (K.detach().square().sum(-1).mean(0) / expected).mean().item()
+    assert 0.85 < ratio < 1.15, ratio
+
+
+def test_complex_inits_c_has_unit_mean_square():
+    """The complex inits keep C ~ complex standard normal: E|C|^2 = 1, each part std 1/sqrt 2."""
+    torch.manual_seed(0)
+    for init in ("legs", "lin", "inv"):
+        C = S4DKernel(128, d_state=64, channels=2, init=init).C.detach().double()
+        assert C.shape == (2, 128, 32, 2)
+        assert abs(C.square().sum(-1).mean().item() - 1.0) < 0.05
+        assert abs(C.std().item() - math.sqrt(0.5)) < 0.03

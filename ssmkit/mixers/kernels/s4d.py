@@ -14,6 +14,8 @@ Bilinear: dA = (1 + dt A/2)/(1 - dt A/2), dB = dt/(1 - dt A/2) B.
 Initialisations as in the reference code (state-spaces/s4): S4D-LegS takes B from the HiPPO-LegS
 diagonalisation with Im(B) clamped to [-B_clip, B_clip] (default 2; ``B_clip: null`` for the exact B),
 and ``real_transform: relu`` makes Re A = -(relu(p) + 1e-4) (strictly negative) from p = max(-Re A_0, 1e-4).
+C is a complex standard normal (E|C|^2 = 1) for every init; S4D-Real takes its real part (std 1/sqrt 2), as the
+reference's ``SSMKernelDiag`` registers ``C.real`` of the same complex draw.
 """
 from __future__ import annotations
 
@@ -121,12 +123,16 @@ class S4DKernel(Kernel):
         if not self.is_real:
             self.register("A_imag", A.imag.float().contiguous(), "A")
         self.register("log_dt", torch.log(log_uniform((H,), dt_min, dt_max)), "dt")
+        # C ~ complex standard normal (E|C|^2 = 1, each part std 1/sqrt 2) for every init; S4D-Real keeps its real
+        # part (std 1/sqrt 2 = 0.707), as the reference registers ``C.real`` of that draw. (A real standard normal,
+        # std 1, made S4D-Real's initial kernel 1.41x the reference's.)
+        C = torch.randn(channels, H, n, dtype=torch.complex64)
         if self.is_real:
             self.register("B", B.real.float().contiguous(), "B")
-            C = torch.randn(channels, H, n)
+            C = C.real
         else:
             self.register("B", torch.view_as_real(B.to(torch.complex64)).contiguous(), "B")
-            C = torch.view_as_real(torch.randn(channels, H, n, dtype=torch.complex64))  # E|C|^2 = 1
+            C = torch.view_as_real(C)
         self.register("C", C.contiguous(), "C", ssm=False)
         self._step = None
 

@@ -20,7 +20,7 @@ The contract the training loop and generation (``ssmkit generate``) rely on:
 - ``ssmkit.train.loop.build_loop_model(recipe, task)`` maps x (B, L) long -> scores (B, L, V), and its
   ``step(x_t (B,), state) -> (scores (B, V), state)``; scores are logits, or log-probabilities for the
   adaptive head (sampling treats both as logits: log-probs differ from logits by a constant per row).
-  ``task.wrap_model`` checks that no layer is bidirectional (a generative model must not see the future).
+  ``task.wrap_model`` checks that no mixer is bidirectional (a generative model must not see the future).
 - ``task.seq_len``: the training length L (tokens per input). ``task.vocab_size``: V.
 - ``task.prompts(n, seed) -> LongTensor (n, Lp)``: prefixes to continue (lm: n windows of test text;
   density: the start token and the top half of n test images; sc09: the start token and the first quarter
@@ -55,13 +55,13 @@ def shift_right(seq: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def check_causal(model: torch.nn.Module, task_name: str) -> None:
-    """Refuses a model with a bidirectional layer: its next-token loss would read the answer."""
-    from ssmkit.mixers.sequence_layer import SequenceLayer
-
+    """Refuses a model with a bidirectional mixer: its next-token loss would read the answer. Every mixer that can
+    see the future says so with a true ``bidirectional`` attribute (``ssmkit/mixers/``); tasks sit below the
+    mixers (floors), so the attribute is read, not the class."""
     for name, m in model.named_modules():
-        if isinstance(m, SequenceLayer) and m.bidirectional:
-            raise RecipeError(f"task {task_name!r} is generative and needs a causal model, but layer {name or 'model'} "
-                              "is bidirectional; set model.layer.bidirectional=false")
+        if getattr(m, "bidirectional", False) is True:
+            raise RecipeError(f"task {task_name!r} is generative and needs a causal model, but mixer {name or 'model'} "
+                              "is bidirectional; set model.mixer.bidirectional=false")
 
 
 class GenerativeTask(Task):

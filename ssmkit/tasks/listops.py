@@ -219,9 +219,9 @@ def tokenize(source: str) -> list[str]:
     return [t for t in source.replace("(", " ").replace(")", " ").split()]
 
 
-def encode(tokens: list[str], l_max: int) -> torch.Tensor:
-    ids = [TOKEN_ID.get(t, UNK_ID) for t in tokens[:l_max]]
-    x = torch.zeros(l_max, dtype=torch.long)
+def encode(tokens: list[str], seq_len: int) -> torch.Tensor:
+    ids = [TOKEN_ID.get(t, UNK_ID) for t in tokens[:seq_len]]
+    x = torch.zeros(seq_len, dtype=torch.long)
     x[: len(ids)] = torch.tensor(ids, dtype=torch.long)
     return x  # (L,)
 
@@ -251,16 +251,16 @@ class _TokenDataset(torch.utils.data.Dataset):
 class ListOps(ClassificationTask):
     """LRA ListOps classification from ``<data>/listops/basic_{train,val,test}.tsv``.
 
-    Inputs are token ids padded with 0 to ``l_max`` (longer inputs are truncated, as LRA does);
+    Inputs are token ids padded with 0 to ``seq_len`` (longer inputs are truncated, as LRA does);
     ``lengths(x)`` gives the true lengths for mean pooling.
     """
 
     name = "listops"
     encoder = "embedding"
 
-    def __init__(self, l_max: int = 2048, data_dir: str | None = None):
-        check_positive("l_max", l_max)
-        self.l_max = int(l_max)
+    def __init__(self, seq_len: int = 2048, data_dir: str | None = None):
+        check_positive("seq_len", seq_len)
+        self.seq_len = int(seq_len)
         self.dir = Path(data_dir) if data_dir else data_root() / "listops"
         self.d_input, self.d_output = len(VOCAB), 10
 
@@ -285,7 +285,7 @@ class ListOps(ClassificationTask):
                 target = int(value)
             except (TypeError, ValueError):
                 raise DataError(f"{path}:{line}: Target {row['Target']!r} is not a digit 0-9") from None
-            rows.append((encode(tokenize(row["Source"] or ""), self.l_max), torch.tensor(target)))
+            rows.append((encode(tokenize(row["Source"] or ""), self.seq_len), torch.tensor(target)))
         return _TokenDataset(rows)
 
     def lengths(self, x: torch.Tensor) -> torch.Tensor:
@@ -305,9 +305,9 @@ class ListOpsSubTrees(Task):
     main_metric = "accuracy"
     main_mode = "max"
 
-    def __init__(self, l_max: int = 8192, data_dir: str | None = None):
-        check_positive("l_max", l_max)
-        self.l_max = int(l_max)
+    def __init__(self, seq_len: int = 8192, data_dir: str | None = None):
+        check_positive("seq_len", seq_len)
+        self.seq_len = int(seq_len)
         self.dir = Path(data_dir) if data_dir else data_root() / "listops-subtrees"
         self.d_input, self.d_output = len(VOCAB), 10
 
@@ -324,9 +324,9 @@ class ListOpsSubTrees(Task):
         rows = []
         for line, row in enumerate(_read_tsv(path, ("Source", "SubTreeEvals", "SubTreeInds")), start=2):
             tokens = tokenize(row["Source"] or "")
-            if len(tokens) > self.l_max:
-                raise DataError(f"{path}:{line}: {len(tokens)} tokens exceed l_max={self.l_max}; "
-                                f"set task.l_max={len(tokens)} or more")
+            if len(tokens) > self.seq_len:
+                raise DataError(f"{path}:{line}: {len(tokens)} tokens exceed seq_len={self.seq_len}; "
+                                f"set task.seq_len={len(tokens)} or more")
             try:
                 evals = [int(v) for v in (row["SubTreeEvals"] or "").split()]
                 inds = [int(v) for v in (row["SubTreeInds"] or "").split()]
@@ -334,9 +334,9 @@ class ListOpsSubTrees(Task):
                 raise DataError(f"{path}:{line}: SubTreeEvals/SubTreeInds must be space-separated integers") from None
             if len(evals) != len(inds) or any(not 0 <= i < len(tokens) or tokens[i] != END for i in inds):
                 raise DataError(f"{path}:{line}: SubTreeInds must point at the ']' tokens, one per SubTreeEvals entry")
-            target = torch.full((self.l_max,), IGNORE_INDEX, dtype=torch.long)
+            target = torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.long)
             target[inds] = torch.tensor(evals, dtype=torch.long)
-            rows.append((encode(tokens, self.l_max), target))
+            rows.append((encode(tokens, self.seq_len), target))
         return _TokenDataset(rows)
 
     def lengths(self, x: torch.Tensor) -> torch.Tensor:

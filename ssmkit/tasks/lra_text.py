@@ -1,7 +1,7 @@
 """LRA Text (byte-level IMDB, L=4096) and LRA Retrieval (AAN document pairs, L=4000 each).
 
 Byte-level tokens: a text's UTF-8 bytes b -> id b + 1, 0 is padding (vocabulary 257); inputs are cut to
-``l_max`` and right-padded, and ``lengths(x)`` gives the true lengths for pooling.
+``seq_len`` and right-padded, and ``lengths(x)`` gives the true lengths for pooling.
 
 Files:
 - IMDB: the original release ``<data>/imdb/aclImdb/{train,test}/{pos,neg}/*.txt`` (LRA reads the same
@@ -45,25 +45,25 @@ BYTE_VOCAB = 257
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-def encode_bytes(text: str, l_max: int) -> torch.Tensor:
-    """UTF-8 bytes + 1, cut to l_max and padded with 0: (l_max,) int64."""
-    data = text.encode("utf-8")[:l_max]
-    x = torch.zeros(l_max, dtype=torch.long)
+def encode_bytes(text: str, seq_len: int) -> torch.Tensor:
+    """UTF-8 bytes + 1, cut to seq_len and padded with 0: (seq_len,) int64."""
+    data = text.encode("utf-8")[:seq_len]
+    x = torch.zeros(seq_len, dtype=torch.long)
     if data:
         x[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8).long() + 1
     return x
 
 
 class _Pairs(torch.utils.data.Dataset):
-    def __init__(self, rows, l_max: int):
-        self.rows, self.l_max = rows, l_max
+    def __init__(self, rows, seq_len: int):
+        self.rows, self.seq_len = rows, seq_len
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
         texts, label = self.rows[i]
-        x = torch.stack([encode_bytes(t, self.l_max) for t in texts]) if isinstance(texts, tuple) else encode_bytes(texts, self.l_max)
+        x = torch.stack([encode_bytes(t, self.seq_len) for t in texts]) if isinstance(texts, tuple) else encode_bytes(texts, self.seq_len)
         return x, torch.tensor(label)
 
 
@@ -72,10 +72,10 @@ class Imdb(ClassificationTask):
     name = "imdb"
     encoder = "embedding"
 
-    def __init__(self, l_max: int = 4096, val_fraction: float = 0.0, data_dir: str | None = None):
-        check_positive("l_max", l_max)
+    def __init__(self, seq_len: int = 4096, val_fraction: float = 0.0, data_dir: str | None = None):
+        check_positive("seq_len", seq_len)
         check_fraction("val_fraction", val_fraction)
-        self.l_max, self.val_fraction = int(l_max), val_fraction
+        self.seq_len, self.val_fraction = int(seq_len), val_fraction
         self.root = (Path(data_dir) if data_dir else data_root()) / "imdb" / "aclImdb"
         self.d_input, self.d_output = BYTE_VOCAB, 2
 
@@ -104,12 +104,12 @@ class Imdb(ClassificationTask):
             raise self.no_validation_error()
         self.check_data()
         if split == "test":
-            return _Pairs(self._read("test"), self.l_max)
+            return _Pairs(self._read("test"), self.seq_len)
         rows = self._read("train")
         if self.val_fraction > 0:
             train_idx, val_idx = split_indices(len(rows), (1 - self.val_fraction, self.val_fraction), seed=42)
             rows = [rows[i] for i in sorted(train_idx if split == "train" else val_idx)]
-        return _Pairs(rows, self.l_max)
+        return _Pairs(rows, self.seq_len)
 
     def lengths(self, x: torch.Tensor) -> torch.Tensor:
         return token_lengths(x)
@@ -143,14 +143,14 @@ AAN_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv"
 
 @TASKS.register("aan", description="LRA Retrieval: do two AAN papers cite each other? byte-level, L=4000 per document")
 class AAN(ClassificationTask):
-    """Inputs (2, l_max) byte ids per sample; the model must be wrapped with ``wrap_model`` (two towers)."""
+    """Inputs (2, seq_len) byte ids per sample; the model must be wrapped with ``wrap_model`` (two towers)."""
 
     name = "aan"
     encoder = "embedding"
 
-    def __init__(self, l_max: int = 4000, data_dir: str | None = None):
-        check_positive("l_max", l_max)
-        self.l_max = int(l_max)
+    def __init__(self, seq_len: int = 4000, data_dir: str | None = None):
+        check_positive("seq_len", seq_len)
+        self.seq_len = int(seq_len)
         self.root = (Path(data_dir) if data_dir else data_root()) / "aan"
         self.d_input, self.d_output = BYTE_VOCAB, 2
 
@@ -174,7 +174,7 @@ class AAN(ClassificationTask):
                     raise DataError(f"{path}:{n}: expected 5 tab-separated fields 'label(0|1) id1 id2 text1 text2', "
                                     f"got {len(fields)} starting {fields[0][:20]!r}") from None
                 rows.append(((fields[3], fields[4]), label))
-        return _Pairs(rows, self.l_max)
+        return _Pairs(rows, self.seq_len)
 
     def lengths(self, x: torch.Tensor) -> torch.Tensor:
         return token_lengths(x)  # (B, 2)

@@ -30,10 +30,10 @@ class SelectiveCopying(Copying):
 
     name = "selective_copying"
 
-    def __init__(self, L: int = 256, M: int = 16, K: int = 8, **options):
-        super().__init__(L, M=M, K=K, **options)
-        if M > L:
-            raise ValueError(f"selective_copying places M={M} symbols among L={L} positions: need M <= L")
+    def __init__(self, seq_len: int = 256, M: int = 16, K: int = 8, **options):
+        super().__init__(seq_len, M=M, K=K, **options)
+        if M > seq_len:
+            raise ValueError(f"selective_copying places M={M} symbols among seq_len={seq_len} positions: need M <= seq_len")
 
     def generate(self, g):
         symbols = torch.randint(1, self.K + 1, (self.M,), generator=g)
@@ -49,13 +49,13 @@ class InductionHeads(Copying):
     """Input (L, K + 1): one-hot over {tokens 0..K-1, trigger K}. Positions 0..L-2 are uniform random tokens
     except one trigger at a random position p <= L-3; position p+1 is the answer; the last position is the
     trigger again. Target (1,): the answer token. The Mamba paper trains at L = 256 with a vocabulary of 16 and
-    tests longer sequences (the same task at larger ``L``)."""
+    tests longer sequences (the same task at a larger ``seq_len``)."""
 
     name = "induction_heads"
     min_L = 3
 
-    def __init__(self, L: int = 256, K: int = 16, **options):
-        super().__init__(L, M=1, K=K, **options)
+    def __init__(self, seq_len: int = 256, K: int = 16, **options):
+        super().__init__(seq_len, M=1, K=K, **options)
         self.d_input = K + 1
 
     def generate(self, g):

@@ -26,7 +26,7 @@ Inferred from the data (and printed by ``ssmkit train --dry-run`` and ``ssmkit d
 features and their width, the vocabulary (the largest id + 1, over every split; ``vocab_size`` to reserve
 more), the number of classes (largest label + 1, or the ``ClassLabel``; ``num_classes`` to set it), the
 padded length and the loss. Token ids are shifted by one inside the task (0 is the padding id), so the
-model's vocabulary is one larger than the data's. ``l_max`` cuts longer sequences.
+model's vocabulary is one larger than the data's. ``seq_len`` cuts longer sequences.
 """
 from __future__ import annotations
 
@@ -343,7 +343,7 @@ class Sequences(Task):
 
     def __init__(self, train: str | None = None, val: float | str | None = None, test: str | None = None, hf: str | None = None,
                  input: str | None = None, label: str | None = None, split=None, labels: str = "auto",
-                 num_classes: int | None = None, vocab_size: int | None = None, l_max: int | None = None,
+                 num_classes: int | None = None, vocab_size: int | None = None, seq_len: int | None = None,
                  pool: str = "mean"):
         check_choice("labels", labels, LABELS)
         check_choice("pool", pool, POOLS)
@@ -374,13 +374,13 @@ class Sequences(Task):
                     or not all(isinstance(v, str) and v for v in split.values()):
                 raise ValueError(f"task option split={split!r} must be a split name, or a mapping such as "
                                  "{train: train, val: validation, test: test}")
-        for key, value, low in (("num_classes", num_classes, 2), ("vocab_size", vocab_size, 1), ("l_max", l_max, 1)):
+        for key, value, low in (("num_classes", num_classes, 2), ("vocab_size", vocab_size, 1), ("seq_len", seq_len, 1)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise ValueError(f"task option {key}={value!r} must be an integer >= {low}")
         self.train_path, self.val_option, self.test_path = train, val, test
         self.hf, self.input_column, self.label_column, self.split_option = hf, input or "text", label or "label", split
         self.labels_option, self.num_classes_option, self.vocab_option = labels, num_classes, vocab_size
-        self.l_max, self.pool = l_max, pool
+        self.seq_len, self.pool = seq_len, pool
         self._sources: dict | None = None
         self._stats: dict | None = None
         self._descriptions: dict[str, str] = {}
@@ -533,7 +533,7 @@ class Sequences(Task):
     @property
     def length(self) -> int:
         L = self._scan()["length"]
-        return min(L, self.l_max) if self.l_max else L
+        return min(L, self.seq_len) if self.seq_len else L
 
     @property
     def vocab_size(self) -> int:

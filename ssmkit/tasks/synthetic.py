@@ -90,16 +90,16 @@ class SyntheticTask(Task):
     main_mode = "max"
     min_L = 1
 
-    def __init__(self, L: int = 256, samples_per_epoch: int = 16000, val_samples: int = 1600,
+    def __init__(self, seq_len: int = 256, samples_per_epoch: int = 16000, val_samples: int = 1600,
                  test_samples: int = 1600, seed: int = 0):
-        if L < self.min_L:
-            raise ValueError(f"L must be >= {self.min_L} for task {self.name!r}, got {L}")
+        if seq_len < self.min_L:
+            raise ValueError(f"seq_len must be >= {self.min_L} for task {self.name!r}, got {seq_len}")
         for key, value in (("samples_per_epoch", samples_per_epoch), ("val_samples", val_samples), ("test_samples", test_samples)):
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.L, self.seed = L, seed
+        self.L, self.seed = seq_len, seed
         self.sizes = {"train": samples_per_epoch, "val": val_samples, "test": test_samples}
 
     def generate(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,13 +144,13 @@ class Shift(SyntheticTask):
     name = "shift"
     d_input = 3
 
-    def __init__(self, L: int = 256, num_shifts: int = 8, **options):
-        if num_shifts < 1 or num_shifts > L:
-            raise ValueError(f"num_shifts must be in [1, L={L}], got {num_shifts}")
-        super().__init__(L, **options)
+    def __init__(self, seq_len: int = 256, num_shifts: int = 8, **options):
+        if num_shifts < 1 or num_shifts > seq_len:
+            raise ValueError(f"num_shifts must be in [1, seq_len={seq_len}], got {num_shifts}")
+        super().__init__(seq_len, **options)
         self.num_shifts = self.d_output = num_shifts
-        self.l_output = L
-        self.shifts = [h * L // num_shifts for h in range(num_shifts)]
+        self.l_output = seq_len
+        self.shifts = [h * seq_len // num_shifts for h in range(num_shifts)]
 
     def generate(self, g):
         x = inf_normalised(self.L, g)  # (L,)
@@ -167,9 +167,9 @@ class CumSum(SyntheticTask):
     name = "cumsum"
     d_input, d_output = 3, 1
 
-    def __init__(self, L: int = 256, **options):
-        super().__init__(L, **options)
-        self.l_output = L
+    def __init__(self, seq_len: int = 256, **options):
+        super().__init__(seq_len, **options)
+        self.l_output = seq_len
 
     def generate(self, g):
         x = inf_normalised(self.L, g)
@@ -184,9 +184,9 @@ class CumMax(SyntheticTask):
     name = "cummax"
     d_input, d_output = 3, 1
 
-    def __init__(self, L: int = 256, **options):
-        super().__init__(L, **options)
-        self.l_output = L
+    def __init__(self, seq_len: int = 256, **options):
+        super().__init__(seq_len, **options)
+        self.l_output = seq_len
 
     def generate(self, g):
         x = inf_normalised(self.L, g)
@@ -200,9 +200,9 @@ class Reverse(SyntheticTask):
     name = "reverse"
     d_input, d_output = 3, 1
 
-    def __init__(self, L: int = 256, **options):
-        super().__init__(L, **options)
-        self.l_output = L
+    def __init__(self, seq_len: int = 256, **options):
+        super().__init__(seq_len, **options)
+        self.l_output = seq_len
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(0)
@@ -233,10 +233,10 @@ class MaskedSelect(SyntheticTask):
     d_input, d_output = 4, 1
     fixed = False
 
-    def __init__(self, L: int = 256, M: int = 32, **options):
+    def __init__(self, seq_len: int = 256, M: int = 32, **options):
         if M < 1:
             raise ValueError(f"M must be >= 1, got {M}")
-        super().__init__(L, **options)
+        super().__init__(seq_len, **options)
         self.M = self.l_output = M
         if self.fixed:
             self.positions = self._positions(torch.Generator().manual_seed(_mix(self.seed, 7)))
@@ -268,9 +268,9 @@ class Solve(SyntheticTask):
     fixed = False
     min_L = 3
 
-    def __init__(self, L: int = 256, **options):
-        super().__init__(L, **options)
-        self.N = self.l_output = math.isqrt(1 + L) - 1
+    def __init__(self, seq_len: int = 256, **options):
+        super().__init__(seq_len, **options)
+        self.N = self.l_output = math.isqrt(1 + seq_len) - 1
         if self.fixed:
             self.A = self._orthogonal(torch.Generator().manual_seed(_mix(self.seed, 11)))
 
@@ -304,9 +304,9 @@ class ContextShift(SyntheticTask):
     d_input, d_output = 3, 1
     min_L = 3
 
-    def __init__(self, L: int = 256, **options):
-        super().__init__(L, **options)
-        self.l_output = L
+    def __init__(self, seq_len: int = 256, **options):
+        super().__init__(seq_len, **options)
+        self.l_output = seq_len
 
     def generate(self, g):
         L = self.L
@@ -325,12 +325,12 @@ class Mips(SyntheticTask):
 
     name = "mips"
 
-    def __init__(self, L: int = 256, D: int = 4, causal: bool = True, **options):
+    def __init__(self, seq_len: int = 256, D: int = 4, causal: bool = True, **options):
         if D < 1:
             raise ValueError(f"D must be >= 1, got {D}")
-        super().__init__(L, **options)
+        super().__init__(seq_len, **options)
         self.D, self.causal = D, causal
-        self.d_input, self.d_output, self.l_output = 3 * D + 2, D, L
+        self.d_input, self.d_output, self.l_output = 3 * D + 2, D, seq_len
 
     def generate(self, g):
         qkv = torch.randn(3, self.L, self.D, generator=g)
@@ -352,8 +352,8 @@ class Adding(SyntheticTask):
     d_input, d_output = 2, 1
     min_L = 2
 
-    def __init__(self, L: int = 256, **options):
-        super().__init__(L, **options)
+    def __init__(self, seq_len: int = 256, **options):
+        super().__init__(seq_len, **options)
         self.l_output = 1
 
     def generate(self, g):
@@ -378,8 +378,8 @@ class Copying(SyntheticTask):
     name = "copying"
     main_metric = "accuracy"
 
-    def __init__(self, L: int = 256, M: int = 10, K: int = 8, **options):
-        super().__init__(L, **options)
+    def __init__(self, seq_len: int = 256, M: int = 10, K: int = 8, **options):
+        super().__init__(seq_len, **options)
         if M < 1 or K < 2:
             raise ValueError(f"copying needs M >= 1 symbols and an alphabet of K >= 2, got M={M}, K={K}")
         self.M, self.K = M, K

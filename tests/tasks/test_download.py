@@ -338,8 +338,8 @@ def test_one_lra_release_serves_listops_retrieval_and_pathfinder(server, monkeyp
         result = cli("data", "download", name, data=data)
         assert result.exit_code == 0, result.output
     assert server.hits("lra_release.gz") == [None]  # fetched once, then reused from downloads/
-    TASKS.get("listops")(l_max=64).check_data()
-    TASKS.get("aan")(l_max=32).check_data()
+    TASKS.get("listops")(seq_len=64).check_data()
+    TASKS.get("aan")(seq_len=32).check_data()
     pf = TASKS.get("pathfinder")(resolution=32)
     pf.check_data()
     x, y = pf.dataset("train")[0]
@@ -393,7 +393,7 @@ def test_the_imdb_tar_serves_lra_text(server, monkeypatch, tmp_path):
     assert not (base / "train" / "unsup").exists() and not (base / "README").exists()
     from ssmkit.tasks.lra_text import Imdb
 
-    task = Imdb(l_max=64, data_dir=str(data))
+    task = Imdb(seq_len=64, data_dir=str(data))
     task.check_data()
     x, y = task.dataset("test")[0]  # neg first, sorted by name: test/neg/0_2.txt
     review = members["aclImdb/test/neg/0_2.txt"]
@@ -467,8 +467,8 @@ def test_every_lra_name_unpacks_its_part_of_the_release(server, monkeypatch, tmp
     if 128 in wanted:
         TASKS.get("pathx")().check_data()
     if name == "lra":
-        TASKS.get("listops")(l_max=64).check_data()
-        aan = TASKS.get("aan")(l_max=32)
+        TASKS.get("listops")(seq_len=64).check_data()
+        aan = TASKS.get("aan")(seq_len=32)
         aan.check_data()
         x, y = aan.dataset("train")[0]  # make_data's first row: 0, "paper 0 on state spaces", "cited work 0"
         first = [[b + 1 for b in t.encode()] for t in ("paper 0 on state spaces", "cited work 0")]
@@ -678,7 +678,7 @@ def test_train_downloads_before_checking_the_data(server, monkeypatch, tmp_path,
     files, _ = mnist_release()
     serve(monkeypatch, server, "mnist", files, digest="md5")
     recipe = {"name": "dl", "task": {"name": "smnist", "val_fraction": 0.2},
-              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"batch_size": 4, "runs_dir": str(tmp_path / "runs"), "log_every": 1}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -62,7 +62,7 @@ def test_listops_loader_reads_official_tsv(tmp_path):
     (tmp_path / "basic_train.tsv").write_text("Source\tTarget\n( ( ( [MAX 2 ) 9 ) ] )\t9\n( ( ( [SM 4 ) 8 ) ] )\t2\n")
     for s in ("val", "test"):
         (tmp_path / f"basic_{s}.tsv").write_text("Source\tTarget\n( ( ( [MIN 2 ) 9 ) ] )\t2\n")
-    task = ListOps(l_max=8, data_dir=str(tmp_path))
+    task = ListOps(seq_len=8, data_dir=str(tmp_path))
     ds = task.dataset("train")
     x, y = ds[0]
     assert x.shape == (8,) and int(y) == 9
@@ -78,7 +78,7 @@ def test_listops_generated_files_roundtrip(tmp_path):
     exprs = generate(12, seed=0, max_depth=5, max_args=4, min_length=5, max_length=60)
     write_listops(tmp_path, exprs, n_val=2, n_test=2)
     assert (tmp_path / "basic_train.tsv").read_text().startswith("Source\tTarget\n")
-    ds = ListOps(l_max=64, data_dir=str(tmp_path)).dataset("train")
+    ds = ListOps(seq_len=64, data_dir=str(tmp_path)).dataset("train")
     assert len(ds) == 8
     assert [int(ds[i][1]) for i in range(8)] == [e.value for e in exprs[:8]]
 
@@ -90,14 +90,14 @@ def test_listops_missing_and_malformed(tmp_path):
         (tmp_path / f"basic_{s}.tsv").write_text("Source\tTarget\n[MAX 1 ]\tseven\n")
     with pytest.raises(DataError, match=r"basic_train.tsv:2: Target 'seven'"):
         ListOps(data_dir=str(tmp_path)).dataset("train")
-    with pytest.raises(ValueError, match="l_max"):
-        ListOps(l_max=0)
+    with pytest.raises(ValueError, match="seq_len"):
+        ListOps(seq_len=0)
 
 
 def test_subtrees_targets_at_closing_brackets(tmp_path):
     exprs = generate(8, seed=1, max_depth=5, max_args=4, min_length=8, max_length=50)
     write_subtrees(tmp_path, exprs, n_val=2, n_test=2)
-    task = ListOpsSubTrees(l_max=64, data_dir=str(tmp_path))
+    task = ListOpsSubTrees(seq_len=64, data_dir=str(tmp_path))
     x, y = task.dataset("train")[0]
     tokens = [VOCAB[i] for i in x if i != 0]
     assert tokens == exprs[0].tokens
@@ -118,4 +118,4 @@ def test_subtrees_rejects_bad_indices(tmp_path):
     for s in ("train", "val", "test"):
         (tmp_path / f"subtrees_{s}.tsv").write_text(head + "[MAX 2 9 ]\t9\t9\t4\t1\tMAX\t2\t0\n")
     with pytest.raises(DataError, match=r"subtrees_train.tsv:2: SubTreeInds must point"):
-        ListOpsSubTrees(l_max=8, data_dir=str(tmp_path)).dataset("train")
+        ListOpsSubTrees(seq_len=8, data_dir=str(tmp_path)).dataset("train")

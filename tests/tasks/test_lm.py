@@ -142,7 +142,7 @@ def test_adaptive_head_keeps_the_contract_and_its_cheap_loss_agrees(tmp_path):
     assert task.adaptive and task.cutoffs == [4, 12] and task.d_output == 1 and V == 31
     torch.manual_seed(0)
     backbone = SequenceModel(task.d_input, task.d_output, d_model=16, n_layers=2, pool=None, encoder="embedding",
-                             layer={"kernel": "s4d", "d_state": 8})
+                             mixer={"name": "s4d", "d_state": 8})
     model = task.wrap_model(backbone).eval()
     pairs, y = next(iter(torch.utils.data.DataLoader(task.dataset("val"), batch_size=4)))
     assert pairs.shape == (4, 2, 12) and torch.equal(pairs[:, 1], y)
@@ -203,7 +203,7 @@ def test_bidirectional_model_is_refused(tmp_path):
     write_wiki(tmp_path / "wikitext-103")
     task = lm(tmp_path, level="byte")
     model = SequenceModel(256, 256, d_model=8, n_layers=1, pool=None, encoder="embedding",
-                          layer={"kernel": "s4d", "d_state": 4, "bidirectional": True})
+                          mixer={"name": "s4d", "d_state": 4, "bidirectional": True})
     with pytest.raises(RecipeError, match="bidirectional=false"):
         task.wrap_model(model)
 
@@ -267,7 +267,7 @@ def test_byte_model_learns_the_synthetic_corpus(tmp_path):
     unigram_bits = float(-(p * np.log2(p)).sum())
     recipe = validate({"name": "lm-learn", "task": {"name": "lm", "corpus": "synthetic-text", "level": "byte",
                                                       "seq_len": 64, "data_dir": str(tmp_path)},
-                       "model": {"d_model": 32, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 16}},
+                       "model": {"d_model": 32, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 16}},
                        "optimizer": {"lr": 0.01}, "scheduler": {"name": "cosine", "warmup_steps": 10},
                        "train": {"max_steps": 120, "batch_size": 16, "log_every": 1000, "runs_dir": str(tmp_path / "runs")}})
     summary = train(recipe)
@@ -279,7 +279,7 @@ def train_and_generate(tmp_path, monkeypatch, task: dict, *generate_args: str):
     """Trains ``task`` two steps with ``ssmkit train`` on the data under tmp_path/data, then runs
     ``ssmkit generate`` on the run; returns generate's result."""
     monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "data"))
-    recipe = {"name": "tiny", "task": task, "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+    recipe = {"name": "tiny", "task": task, "model": {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"batch_size": 2, "max_steps": 2, "runs_dir": str(tmp_path / "runs")}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml")])

@@ -143,7 +143,7 @@ def test_errors(tmp_path):
 
 def _recipe(tmp_path, task: dict) -> str:
     recipe = {"name": "own-lm", "task": task,
-              "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "model": {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"batch_size": 2, "runs_dir": str(tmp_path / "runs"), "log_every": 1, "eval_every": 2}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))

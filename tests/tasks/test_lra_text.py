@@ -20,7 +20,7 @@ def test_imdb_folders(tmp_path):
             (root / split / cls).mkdir(parents=True)
             for i in range(3):
                 (root / split / cls / f"{i}_7.txt").write_text(f"{cls} review {i}")
-    task = Imdb(l_max=16, data_dir=str(tmp_path))
+    task = Imdb(seq_len=16, data_dir=str(tmp_path))
     ds = task.dataset("train")
     assert len(ds) == 6 and not task.has_validation  # never the test reviews as validation
     labels = sorted(int(ds[i][1]) for i in range(6))
@@ -36,7 +36,7 @@ def test_aan_tsv_and_retrieval_head(tmp_path):
     for name in ("train", "eval", "test"):
         (tmp_path / "aan" / f"new_aan_pairs.{name}.tsv").write_text(
             "1\tP01\tP02\tfirst paper text\tsecond paper\n0\tP03\tP04\tabc\t\"quoted\" text\n")
-    task = AAN(l_max=24, data_dir=str(tmp_path))
+    task = AAN(seq_len=24, data_dir=str(tmp_path))
     ds = task.dataset("train")
     x, y = ds[1]
     assert x.shape == (2, 24) and int(y) == 0

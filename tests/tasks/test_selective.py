@@ -12,7 +12,7 @@ def tokens_of(x):
 
 
 def test_selective_copying_definition():
-    task = TASKS.get("selective_copying")(L=20, M=4, K=5)
+    task = TASKS.get("selective_copying")(seq_len=20, M=4, K=5)
     assert (task.d_input, task.d_output, task.l_output) == (7, 5, 4)
     positions_seen = set()
     for i in range(30):
@@ -29,7 +29,7 @@ def test_selective_copying_definition():
 
 
 def test_induction_heads_definition():
-    task = TASKS.get("induction_heads")(L=12, K=5)
+    task = TASKS.get("induction_heads")(seq_len=12, K=5)
     assert (task.d_input, task.d_output, task.l_output) == (6, 5, 1)
     for i in range(30):
         x, y = task.dataset("val")[i]
@@ -42,7 +42,7 @@ def test_induction_heads_definition():
 
 @pytest.mark.parametrize("name", ["selective_copying", "induction_heads"])
 def test_seeding_epochs_and_shards(name):
-    task = TASKS.get(name)(L=16, samples_per_epoch=8, val_samples=4)
+    task = TASKS.get(name)(seq_len=16, samples_per_epoch=8, val_samples=4)
     train = task.dataset("train", seed=3)
     first = [train[i][0] for i in range(8)]
     assert all(torch.equal(a, b) for a, b in zip(first, [task.dataset("train", seed=3)[i][0] for i in range(8)]))
@@ -58,7 +58,7 @@ def test_seeding_epochs_and_shards(name):
 
 
 def test_loss_and_accuracy_read_the_last_positions():
-    task = TASKS.get("selective_copying")(L=10, M=3, K=4)
+    task = TASKS.get("selective_copying")(seq_len=10, M=3, K=4)
     batch = [task.dataset("train")[i] for i in range(5)]
     y = torch.stack([b[1] for b in batch])
     out = torch.full((5, 13, 4), -5.0)
@@ -71,7 +71,7 @@ def test_loss_and_accuracy_read_the_last_positions():
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="need M <= L"):
-        TASKS.get("selective_copying")(L=4, M=5)
-    with pytest.raises(ValueError, match="L must be >= 3"):
-        TASKS.get("induction_heads")(L=2)
+    with pytest.raises(ValueError, match="need M <= seq_len"):
+        TASKS.get("selective_copying")(seq_len=4, M=5)
+    with pytest.raises(ValueError, match="seq_len must be >= 3"):
+        TASKS.get("induction_heads")(seq_len=2)

@@ -66,7 +66,7 @@ def test_padded_features_give_each_sample_its_own_output(tmp_path):
     assert (task.d_input, task.d_output, task.main_metric) == (3, 2, "mse")
     torch.manual_seed(0)
     backbone = SequenceModel(d_input=task.d_input, d_output=task.d_output, d_model=8, n_layers=2,
-                             layer={"kernel": "s4d", "d_state": 4}, pool="mean", encoder="linear").double()
+                             mixer={"name": "s4d", "d_state": 4}, pool="mean", encoder="linear").double()
     model = task.wrap_model(backbone)
     ds = task.dataset("train")
     xb = torch.stack([ds[i][0] for i in range(6)]).double()
@@ -133,7 +133,7 @@ def test_bad_files_and_options(tmp_path):
 
 
 def _recipe(tmp_path, task: dict, extra: dict | None = None) -> str:
-    recipe = {"name": "own-seq", "task": task, "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+    recipe = {"name": "own-seq", "task": task, "model": {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"batch_size": 4, "runs_dir": str(tmp_path / "runs"), "log_every": 1, "eval_every": 2}, **(extra or {})}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -237,12 +237,12 @@ def test_hf_columns_of_token_lists_and_of_vectors(tmp_path):
     rng = np.random.default_rng(3)
     ids = [rng.integers(0, 30, n).tolist() for n in (5, 9, 2, 7, 9, 4)]
     datasets.Dataset.from_dict({"ids": ids, "y": [0, 2, 1, 2, 0, 1]}).save_to_disk(str(tmp_path / "tok"))
-    task = seq(hf=str(tmp_path / "tok"), input="ids", label="y", val=0.5, l_max=6)
+    task = seq(hf=str(tmp_path / "tok"), input="ids", label="y", val=0.5, seq_len=6)
     assert task.tokens and task.variable and task.length == 6 and task.num_classes == 3
     assert task.vocab_size == max(max(r) for r in ids) + 2
     x, _ = task.dataset("train")[0]
     row = ids[task.sources()["train"].indices[0]][:6]
-    assert x[:len(row)].tolist() == [i + 1 for i in row] and (x[len(row):] == 0).all()  # cut at l_max, then padded
+    assert x[:len(row)].tolist() == [i + 1 for i in row] and (x[len(row):] == 0).all()  # cut at seq_len, then padded
     vecs = [rng.normal(size=(n, 2)).tolist() for n in (3, 5, 4, 5)]
     targets = [[1.5], [-0.5], [0.25], [2.0]]
     datasets.Dataset.from_dict({"text": vecs, "label": targets}).save_to_disk(str(tmp_path / "vec"))

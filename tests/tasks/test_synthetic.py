@@ -24,7 +24,7 @@ def check_inputs(x, values, extra=()):
 
 
 def test_shift_L8():
-    task, x, y = sample("shift", L=8)
+    task, x, y = sample("shift", seq_len=8)
     v = x[:, 0]
     assert v.abs().max().item() == pytest.approx(1.0)  # inf-normalised
     check_inputs(x, v)
@@ -32,26 +32,26 @@ def test_shift_L8():
     for t in range(8):
         for h in range(8):  # s_h = h * 8 / 8 = h
             assert y[t, h].item() == (v[t - h].item() if t >= h else 0.0)
-    _, x16, y16 = sample("shift", L=16)
+    _, x16, y16 = sample("shift", seq_len=16)
     assert torch.equal(y16[4:, 2], x16[:12, 0]) and torch.all(y16[:4, 2] == 0)  # s_2 = 2 * 16 / 8 = 4
 
 
 def test_cumsum_and_cummax_L8():
-    _, x, y = sample("cumsum", L=8)
+    _, x, y = sample("cumsum", seq_len=8)
     v = x[:, 0].double()
     for t in range(8):
         assert y[t, 0].item() == pytest.approx(sum(v[: t + 1].tolist()) / math.sqrt(t + 1), abs=1e-6)
-    _, x, y = sample("cummax", L=8)
+    _, x, y = sample("cummax", seq_len=8)
     for t in range(8):
         assert y[t, 0].item() == max(x[: t + 1, 0].tolist())
 
 
 def test_reverse_and_sort_L8():
-    _, x, y = sample("reverse", L=8)
+    _, x, y = sample("reverse", seq_len=8)
     assert x.shape == (16, 3) and torch.all(x[8:, 0] == 0)
     check_inputs(x, x[:, 0])
     assert [y[j, 0].item() for j in range(8)] == [x[7 - j, 0].item() for j in range(8)]
-    _, x, y = sample("sort", L=8)
+    _, x, y = sample("sort", seq_len=8)
     v = x[:8, 0].tolist()
     expected = sorted(v, key=lambda a: abs(a - v[0]))  # Python's sort is stable
     assert y[:, 0].tolist() == expected and y[0, 0].item() == v[0]
@@ -59,7 +59,7 @@ def test_reverse_and_sort_L8():
 
 @pytest.mark.parametrize("name", ["masked_select", "masked_select_fixed"])
 def test_masked_select(name):
-    task, x, y = sample(name, L=8, M=3)
+    task, x, y = sample(name, seq_len=8, M=3)
     assert x.shape == (8 + 2 * 3, 4) and y.shape == (3, 1)
     values, marker = x[:, 0], x[:, 1]
     assert torch.all(values[11:] == 0) and values[:11].abs().max().item() == pytest.approx(1.0)
@@ -75,7 +75,7 @@ def test_masked_select(name):
 
 @pytest.mark.parametrize("name", ["solve", "solve_fixed"])
 def test_solve(name):
-    task, x, y = sample(name, L=16)
+    task, x, y = sample(name, seq_len=16)
     N = 3  # floor(sqrt(17)) - 1
     assert task.N == N and y.shape == (N, 1)
     flat = x[:, 0].double()
@@ -91,7 +91,7 @@ def test_solve(name):
 
 
 def test_context_shift_L8():
-    task = TASKS.get("context_shift")(L=8)
+    task = TASKS.get("context_shift")(seq_len=8)
     seen = set()
     for i in range(40):
         x, y = task.dataset("train")[i]
@@ -107,7 +107,7 @@ def test_context_shift_L8():
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_mips_L8(causal):
-    _, x, y = sample("mips", L=8, D=4, causal=causal)
+    _, x, y = sample("mips", seq_len=8, D=4, causal=causal)
     assert x.shape == (8, 14) and y.shape == (8, 4)
     q, k, v = x[:, 0:4].double(), x[:, 4:8].double(), x[:, 8:12].double()
     assert torch.allclose(q.norm(dim=-1), torch.ones(8, dtype=torch.float64), atol=1e-6)
@@ -118,25 +118,25 @@ def test_mips_L8(causal):
 
 
 def test_adding():
-    _, x, y = sample("adding", L=8)
+    _, x, y = sample("adding", seq_len=8)
     marked = x[:, 1].nonzero().flatten().tolist()
     assert len(marked) == 2 and marked[0] < 4 <= marked[1]
     assert y.item() == pytest.approx(x[marked[0], 0].item() + x[marked[1], 0].item(), abs=1e-6)
 
 
 def test_fresh_each_epoch_fixed_validation():
-    task = TASKS.get("shift")(L=8)
+    task = TASKS.get("shift")(seq_len=8)
     train, val = task.dataset("train", seed=1), task.dataset("val", seed=1)
     first = train[0][0]
     train.set_epoch(1)
     val.set_epoch(1)
     assert not torch.equal(train[0][0], first)
-    assert torch.equal(val[0][0], TASKS.get("shift")(L=8).dataset("val", seed=2)[0][0])  # fixed by the task seed
+    assert torch.equal(val[0][0], TASKS.get("shift")(seq_len=8).dataset("val", seed=2)[0][0])  # fixed by the task seed
     assert not torch.equal(task.dataset("train", seed=2)[0][0], first)  # the run's seed changes training data
 
 
 def test_ranks_and_workers_never_repeat_each_other():
-    task = TASKS.get("cumsum")(L=8, samples_per_epoch=64)
+    task = TASKS.get("cumsum")(seq_len=8, samples_per_epoch=64)
     data = task.dataset("train")
     sampler = torch.utils.data.BatchSampler(range(64), batch_size=4, drop_last=True)
     per_rank = []
@@ -150,7 +150,7 @@ def test_ranks_and_workers_never_repeat_each_other():
 
 
 def test_metrics_are_mse_and_r2():
-    task = TASKS.get("shift")(L=8)
+    task = TASKS.get("shift")(seq_len=8)
     y = torch.randn(5, 8, 8)
     out = torch.cat([torch.zeros(5, 3, 8), y + 0.1 * torch.randn(5, 8, 8)], dim=1)  # only the last 8 count
     stats = task.metric_stats(out, y)
@@ -162,15 +162,15 @@ def test_metrics_are_mse_and_r2():
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="L must be >= 3"):
-        TASKS.get("solve")(L=2)
+    with pytest.raises(ValueError, match="seq_len must be >= 3"):
+        TASKS.get("solve")(seq_len=2)
     with pytest.raises(ValueError, match="num_shifts"):
-        TASKS.get("shift")(L=4, num_shifts=8)
+        TASKS.get("shift")(seq_len=4, num_shifts=8)
     assert all(issubclass(TASKS.get(n), SyntheticTask) for n in ("shift", "mips", "adding"))
 
 
 def test_copying_L4():
-    task, x, y = sample("copying", L=4, M=3, K=5)
+    task, x, y = sample("copying", seq_len=4, M=3, K=5)
     tokens = x.argmax(-1)  # one-hot back to tokens
     assert x.shape == (3 + 4 + 3, 7) and torch.equal(x.sum(-1), torch.ones(10))
     assert all(1 <= t <= 5 for t in tokens[:3].tolist())
@@ -190,8 +190,8 @@ def test_copying_trains_through_the_loop(tmp_path):
     from ssmkit.train.loop import train
 
     summary = train(validate({
-        "name": "copy", "task": {"name": "copying", "L": 8, "M": 3, "samples_per_epoch": 16, "val_samples": 8},
-        "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+        "name": "copy", "task": {"name": "copying", "seq_len": 8, "M": 3, "samples_per_epoch": 16, "val_samples": 8},
+        "model": {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
         "train": {"batch_size": 8, "max_steps": 2, "runs_dir": str(tmp_path)},
     }))
     assert summary["step"] == 2 and 0.0 <= summary["final"]["val/accuracy"] <= 1.0

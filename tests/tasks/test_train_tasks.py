@@ -13,8 +13,8 @@ from ssmkit.tasks.lm import write_synthetic_corpus
 from ssmkit.tasks.sc09 import SC09_WORDS
 
 TASKS = {
-    "listops": {"l_max": 64},
-    "listops-subtrees": {"l_max": 64},
+    "listops": {"seq_len": 64},
+    "listops-subtrees": {"seq_len": 64},
     "pathfinder": {"resolution": 32},
     "pathfinder-segmentation": {"resolution": 32},
     "smnist": {},
@@ -22,8 +22,8 @@ TASKS = {
     "scifar": {},
     "lra-image": {},
     "sc10": {"sample_rate": 8000},
-    "imdb": {"l_max": 32},
-    "aan": {"l_max": 32},
+    "imdb": {"seq_len": 32},
+    "aan": {"seq_len": 32},
     "lm": {"corpus": "synthetic-text", "seq_len": 16},
     "cifar-density": {},
     "sc09": {},
@@ -92,7 +92,7 @@ def test_trains_two_steps(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "data"))
     make_data(name, tmp_path / "data")
     recipe = {"name": f"tiny-{name}", "task": {"name": name, **TASKS[name]},
-              "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "model": {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"batch_size": 2, "runs_dir": str(tmp_path / "runs"), "log_every": 1}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -101,7 +101,7 @@ def test_training_without_validation_keeps_the_last_step_and_never_reads_test(tm
     original = SMnist.load
     monkeypatch.setattr(SMnist, "load", lambda self, source: (read.append(source), original(self, source))[1])
     recipe = {"name": "noval", "task": {"name": "smnist", "val_fraction": 0.0},
-              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"epochs": 2, "batch_size": 8, "log_every": 1, "runs_dir": str(tmp_path / "runs")}}
     path = tmp_path / "noval.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -129,8 +129,8 @@ def test_an_empty_validation_file_is_one_line(tmp_path, monkeypatch):
     write_listops(tmp_path / "listops", generate(8, seed=0, max_depth=3, max_args=3, min_length=5, max_length=40),
                   n_val=0, n_test=2)  # basic_val.tsv: the header only
     monkeypatch.setenv("SSMKIT_DATA", str(tmp_path))
-    recipe = {"name": "empty-val", "task": {"name": "listops", "l_max": 40},
-              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+    recipe = {"name": "empty-val", "task": {"name": "listops", "seq_len": 40},
+              "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"epochs": 1, "batch_size": 2, "runs_dir": str(tmp_path / "runs")}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml")])

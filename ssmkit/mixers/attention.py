@@ -12,6 +12,10 @@ Causal attention has a key-value cache: ``step`` reads one token at a time, and 
 from a cache; both equal the full forward. With ``chunk_size`` the cache keeps only the keys that later
 queries can still see (at most 2 * chunk_size), so generation runs in constant memory.
 
+After its own output projection (``self.out``) the mixer ends in the ``OutputMap`` every mixer shares
+(``ssmkit/mixers/output.py``, ``self.post``): activation -> dropout -> Linear/GLU, by default none of them
+(activation None, output None); the DLR recipes add ``output: linear`` as their layer did.
+
 The DLR reference also adds ``attn_ff`` position-wise MLP blocks inside the layer; in ssmkit those belong
 to the model: set ``SequenceModel(mlp_ratio=...)`` (recipe key ``model.mlp_ratio``), which adds a pre- or
 post-norm MLP residual sub-block after every token mixer, whatever the mixer.
@@ -24,6 +28,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ssmkit.mixers.base import Mixer
+from ssmkit.mixers.output import OutputMap
 
 
 class KVCache(NamedTuple):
@@ -53,7 +60,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
 
 
-class Attention(nn.Module):
+class Attention(Mixer):
     """Multi-head (local) attention as a token mixer: u (B, H, L) -> y (B, H, L).
 
     Args:
@@ -62,12 +69,16 @@ class Attention(nn.Module):
             causal attention, which also has a recurrent ``step`` through a key-value cache.
         n_heads: the number of heads; must divide d_model.
         chunk_size: None for full attention, or the chunk length of local attention.
-        attn_dropout: dropout on the attention weights (training only). Named apart from ``SequenceLayer``'s
-            ``dropout`` (on the layer's features before its output map), which would otherwise take the value.
+        attn_dropout: dropout on the attention weights (training only); ``dropout`` is another one, on the
+            features before the output map ``post``.
         learn_temperature: learn the logit scale tau (initialised to d_head^-1/2), as the DLR reference.
         rotary_base: the RoPE base (10000).
         attn_ff: not part of the mixer: must be 0 (use the model's ``mlp_ratio``; see the module docstring).
+        activation, output, dropout, tie_dropout: the ``OutputMap`` after the attention's own projection
+            (``self.post``): activation None, output None (glu | linear), dropout 0 by default.
     """
+
+    name = "attn"
 
     def __init__(
         self,
@@ -79,6 +90,10 @@ class Attention(nn.Module):
         learn_temperature: bool = True,
         rotary_base: float = 10000.0,
         attn_ff: float = 0,
+        activation: str | None = None,
+        output: str | None = None,
+        dropout: float = 0.0,
+        tie_dropout: bool = False,
     ):
         super().__init__()
         if attn_ff:
@@ -104,10 +119,14 @@ class Attention(nn.Module):
             self.temperature = nn.Parameter(tau)
         else:
             self.register_buffer("temperature", tau)
+        self.post = OutputMap(d_model, d_model, activation, output, dropout, tie_dropout)
 
     @property
     def has_state(self) -> bool:
         return self.causal
+
+    def no_state_reason(self) -> str:
+        return "bidirectional attention sees the future (its KV cache exists only for causal attention)"
 
     # --- projections ---
     def _heads(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,15 +185,12 @@ class Attention(nn.Module):
         return y[..., pad_q[0] : pad_q[0] + end - q_start, :]
 
     def forward(self, u: torch.Tensor, state: KVCache | None = None, return_state: bool = False,
-                lengths: torch.Tensor | None = None):
+                lengths: torch.Tensor | None = None, rate: float = 1.0):
         """u (B, H, L) -> y (B, H, L); causal attention may start from a KV cache and return the next one.
 
         ``lengths`` (B,) marks suffix padding: keys at positions >= lengths[b] are masked (full and local,
         both directions), so the valid outputs equal the sample run alone (not with a cache)."""
-        if (state is not None or return_state) and not self.causal:
-            raise ValueError("bidirectional attention has no recurrent state; use bidirectional=False")
-        if lengths is not None and (state is not None or return_state):
-            raise ValueError("lengths cannot be combined with a KV cache (state/return_state); drop one of them")
+        self.check_call(u, state, return_state, lengths, rate)
         x = u.transpose(-1, -2)  # (B, L, H)
         L = x.shape[-2]
         if state is None and return_state:
@@ -195,9 +211,9 @@ class Attention(nn.Module):
             q_pos = torch.arange(pos, pos + L, device=x.device).unsqueeze(-1)
             k_pos = torch.arange(k_start, pos + L, device=x.device)
             y = self._attend(q, k, v, mask=k_pos <= q_pos)
-        y = self._merge(y).transpose(-1, -2)  # (B, H, L)
+        y = self.post(self._merge(y).transpose(-1, -2))  # (B, H, L)
         if not return_state:
-            return y, None
+            return y
         return y, self._trim(KVCache(k, v, pos + L))
 
     def _key_mask(self, lengths: torch.Tensor, L: int, device) -> torch.Tensor:
@@ -222,19 +238,16 @@ class Attention(nn.Module):
 
     def default_state(self, *batch_shape: int, device=None) -> KVCache:
         """An empty cache for ``batch_shape`` sequences."""
-        if not self.causal:
-            raise ValueError("bidirectional attention has no recurrent state; use bidirectional=False")
+        if not self.has_state:
+            raise self.refuse_state()
         ref = self.qkv.weight
         empty = torch.zeros(*batch_shape, self.n_heads, 0, self.d_head, dtype=ref.dtype, device=device or ref.device)
         return KVCache(empty, empty.clone(), 0)
 
-    def setup_step(self, rate: float = 1.0) -> None:
-        """Nothing to precompute (attention has no step size)."""
-
     def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
         """One token x (*batch, H) at position state.pos -> y (*batch, H), the cache with it appended."""
-        if not self.causal:
-            raise ValueError("bidirectional attention has no recurrent step; use bidirectional=False")
+        if not self.has_state:
+            raise self.refuse_state("recurrent step")
         q, k, v = self._heads(x.unsqueeze(-2), torch.tensor([state.pos], device=x.device))  # (*, heads, 1, d)
         k_all = torch.cat([state.k.to(k.dtype), k], dim=-2)  # (*, heads, T+1, d)
         v_all = torch.cat([state.v.to(v.dtype), v], dim=-2)
@@ -245,4 +258,4 @@ class Attention(nn.Module):
             y = self._attend(q, k_all[..., first - k_start :, :], v_all[..., first - k_start :, :])
         else:
             y = self._attend(q, k_all, v_all)  # (*, heads, 1, d)
-        return self._merge(y).squeeze(-2), self._trim(KVCache(k_all, v_all, state.pos + 1))
+        return self.post.step(self._merge(y).squeeze(-2)), self._trim(KVCache(k_all, v_all, state.pos + 1))

@@ -20,6 +20,10 @@ h (B, E, N) (``MambaState``); ``step`` and ``forward(state=...)`` equal the full
 sequence and summed with the forward branch before the gate, sharing in_proj and out_proj (as the
 bidirectional Mamba of Vision Mamba, Zhu et al. 2024); it has no recurrent state.
 
+Mamba's output map is its own out_proj (no ``activation``/``output`` options: nothing follows the block).
+
+``rate`` must be 1: the step size is computed from the input, there is no fixed one to rescale.
+
 ``lr`` sets the learning rate of the SSM parameters (A_log, D and the dt bias); they never get weight
 decay (``ssmkit.train.optim.param_groups`` reads their ``_optim`` tag), as in the Mamba code.
 """
@@ -32,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssmkit.mixers.base import Mixer
 from ssmkit.ops.causal_conv import causal_conv1d_silu, last_inputs
 from ssmkit.ops.linear import channels_first_linear
 from ssmkit.ops.padding import flip_valid
@@ -113,7 +118,7 @@ class SelectiveSSM(nn.Module):
         return y.to(x.dtype), MambaState(window[..., 1:], h)
 
 
-class Mamba(nn.Module):
+class Mamba(Mixer):
     """The Mamba block as a token mixer: u (B, H, L) -> y (B, H, L) (see the module docstring).
 
     Args:
@@ -129,6 +134,8 @@ class Mamba(nn.Module):
         backend: selective-scan backend ``auto`` | ``torch`` | ``extension`` | ``mamba_ssm``; ``torch`` and
             ``extension`` also name the backend of the causal convolution (``ssmkit.ops.causal_conv``), else ``auto``.
     """
+
+    name = "mamba"
 
     def __init__(
         self,
@@ -173,17 +180,22 @@ class Mamba(nn.Module):
     def has_state(self) -> bool:
         return self.causal
 
-    def _refuse(self) -> ValueError:
-        return ValueError("bidirectional mamba has no recurrent state; use bidirectional=False")
+    def no_state_reason(self) -> str:
+        return "a bidirectional mixer sees the future"
+
+    def check_rate(self, rate: float) -> None:
+        if rate != 1.0:
+            raise ValueError(f"mixer 'mamba' computes its step size from the input, so a sampling-rate factor cannot "
+                             f"rescale it; got rate={rate}, use rate=1")
 
     def forward(self, u: torch.Tensor, state: MambaState | None = None, return_state: bool = False,
-                lengths: torch.Tensor | None = None):
+                lengths: torch.Tensor | None = None, rate: float = 1.0):
         """u (B, H, L) -> y (B, H, L); causal Mamba may start from a state and return the next one.
 
-        ``lengths`` (B,) marks suffix padding (zeroed by ``SequenceLayer``): the reversed branch then reverses
-        each sample within its length, so it starts at the true end and never reads the padding."""
-        if (state is not None or return_state) and not self.causal:
-            raise self._refuse()
+        ``lengths`` (B,) marks suffix padding: the causal branch never reads what follows a position, and the
+        reversed branch reverses each sample within its length, so it starts at the true end and never reads
+        the padding."""
+        self.check_call(u, state, return_state, lengths, rate)
         # in_proj as two GEMMs, one per half of its weight: x and z come out contiguous (no copy before the
         # convolution and the scan, no concatenation of their gradients in backward)
         E, weight, bias = self.d_inner, self.in_proj.weight, self.in_proj.bias
@@ -197,22 +209,17 @@ class Mamba(nn.Module):
             y = y + flip(self.ssm_reverse(flip(x))[0])
             y = y.to(z.dtype) * F.silu(z)
         y = channels_first_linear(y, self.out_proj.weight, self.out_proj.bias)
-        return y, next_state
+        return (y, next_state) if return_state else y
 
     def default_state(self, *batch_shape: int, device=None) -> MambaState:
-        if not self.causal:
-            raise self._refuse()
+        if not self.has_state:
+            raise self.refuse_state()
         return self.ssm.default_state(*batch_shape, device=device)
-
-    def setup_step(self, rate: float = 1.0) -> None:
-        """Nothing to precompute: the step reads the parameters directly."""
-        if rate != 1.0:
-            raise ValueError(f"mamba has no sampling-rate change (its step size is input-dependent), got rate={rate}")
 
     def step(self, x: torch.Tensor, state: MambaState):
         """One token x (B, H) -> y (B, H), next state."""
-        if not self.causal:
-            raise self._refuse()
+        if not self.has_state:
+            raise self.refuse_state("recurrent step")
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         y, state = self.ssm.step(x_in, state)
         return self.out_proj(y * F.silu(z)), state

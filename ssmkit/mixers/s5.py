@@ -31,7 +31,8 @@ One MIMO diagonal SSM over all H features instead of H SISO ones (S5, sections 3
 - ``rate`` multiplies dt, the paper's zero-shot resolution change (S5, section 6.3).
 
 The recurrence is ``ops.scan.linear_scan`` (``mode: scan``) or the equivalent FFT convolution in state
-space (``mode: conv``); both are in ``kernels/mimo.py``, shared with LRU.
+space (``mode: conv``); both are in ``ssmkit/mixers/mimo.py``, shared with LRU. The mixer ends as the paper's
+layer: SSM -> activation (GELU) -> dropout -> output map (GLU), ``self.post`` (``ssmkit/mixers/output.py``).
 """
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ import math
 import torch
 import torch.nn as nn
 
-from ssmkit.mixers.kernels.base import log_uniform
 from ssmkit.mixers.mimo import DiagonalMIMO
+from ssmkit.mixers.output import OutputMap
+from ssmkit.mixers.params import log_uniform
 from ssmkit.ops.discretize import bilinear_log, phi1
 from ssmkit.ops.hippo import conj_basis, nplr
 
@@ -74,11 +76,11 @@ def lecun_normal(*shape: int) -> torch.Tensor:
 
 
 class S5(DiagonalMIMO):
-    """The S5 layer's SSM as a token mixer: u (B, H, L) -> y (B, H, L).
+    """The S5 layer as a token mixer: u (B, H, L) -> SSM -> activation -> dropout -> output map -> y (B, H, L).
 
     Args:
         d_model: H.
-        bidirectional: set by ``SequenceLayer(bidirectional=...)``.
+        bidirectional: add a second scan over the reversed sequence with its own C~ (no recurrent state then).
         d_state: P, the state size (the conjugate-completed one: P/2 complex states are stored with conj_sym).
         blocks: J, HiPPO-N blocks of size P/J on the diagonal (the paper uses J = 3..16 on LRA).
         conj_sym: store P/2 states and double Re(C x) (False: all P states, Re(C x)).
@@ -93,8 +95,12 @@ class S5(DiagonalMIMO):
         mode: scan (chunked parallel scan) | conv (FFT convolution in state space; from a given state, the scan).
         lr, wd: per-parameter settings with keys Lambda, B, C, dt. The paper trains Lambda, B and dt at its
             "ssm_lr" with no weight decay; C and D at the global lr (with weight decay by default).
+        activation, output, dropout, tie_dropout: the end of the layer, ``OutputMap`` (``self.post``):
+            activation after the SSM (gelu), dropout on its H features, output map glu | linear | None.
     """
 
+    name = "s5"
+    has_rate = True
     output_scale = 2.0
     param_keys = ("Lambda", "B", "C", "dt")
 
@@ -115,6 +121,10 @@ class S5(DiagonalMIMO):
         mode: str = "scan",
         lr=None,
         wd=None,
+        activation: str | None = "gelu",
+        output: str | None = "glu",
+        dropout: float = 0.0,
+        tie_dropout: bool = False,
     ):
         super().__init__(d_model, bidirectional, mode, lr, wd)
         if C_init not in C_INITS:
@@ -154,6 +164,7 @@ class S5(DiagonalMIMO):
             self.log_dt._optim = {"regular": True}  # the optimizer's lr and weight decay, though it is 1-d
         else:
             self.register("log_dt", log_dt, "dt")
+        self.post = OutputMap(d_model, d_model, activation, output, dropout, tie_dropout)
 
     def C_matrix(self) -> torch.Tensor:
         return torch.view_as_complex(self.C)  # (n_dir, H, P)

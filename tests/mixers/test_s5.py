@@ -1,14 +1,15 @@
-"""S5 against an independent float64 computation: HiPPO-N from its definition, the discretisation, and the
-MIMO recurrence run step by step."""
+"""S5 against an independent float64 computation: HiPPO-N from its definition, the discretisation, the
+MIMO recurrence run step by step, and the output map (activation, Linear, GLU) written out."""
 import math
 
 import pytest
 import torch
-from helpers import run_steps
 
+import ssmkit.mixers.mimo as mimo_module
 import ssmkit.mixers.s5 as s5_module
-from ssmkit import SequenceLayer, SequenceModel, param_groups
+from ssmkit.mixers.lru import LRU
 from ssmkit.mixers.s5 import S5, hippo_n
+from ssmkit.train.optim import param_groups
 
 H, L = 3, 40
 
@@ -64,26 +65,47 @@ def reference(m: S5, u: torch.Tensor, rate: float = 1.0, h0=None) -> torch.Tenso
     return y + m.D.double()[:, None] * u
 
 
+def post_reference(m, y: torch.Tensor) -> torch.Tensor:
+    """The mixer's end in float64, written out: GELU (erf form) or none, then Linear (+ GLU) or none."""
+    y = y.double()
+    if m.post.activation_name == "gelu":
+        y = 0.5 * y * (1 + torch.erf(y / math.sqrt(2)))
+    if m.post.output_name is None:
+        return y
+    linear = m.post.out[0] if m.post.output_name == "glu" else m.post.out
+    y = torch.einsum("oh,bhl->bol", linear.weight.double(), y) + linear.bias.double()[:, None]
+    if m.post.output_name == "glu":
+        a, b = y.chunk(2, dim=1)
+        y = a / (1 + torch.exp(-b))
+    return y
+
+
+def bare(**options) -> dict:
+    """Options for the SSM alone: no activation, no output map (the mixer's output is the recurrence's)."""
+    return dict(activation=None, output=None, **options)
+
+
 @pytest.mark.parametrize("disc", ["zoh", "bilinear"])
 @pytest.mark.parametrize("mode", ["scan", "conv"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("C_init", ["trunc_standard_normal", "complex_normal"])
 def test_matches_the_float64_recurrence(disc, mode, bidirectional, C_init):
     torch.manual_seed(0)
-    m = S5(H, bidirectional=bidirectional, d_state=8, blocks=2, disc=disc, mode=mode, C_init=C_init, dt_min=0.01, dt_max=0.5)
+    m = S5(H, **bare(bidirectional=bidirectional, d_state=8, blocks=2, disc=disc, mode=mode, C_init=C_init, dt_min=0.01,
+                     dt_max=0.5))
     u = torch.randn(2, H, L)
-    y, _ = m(u)
+    y = m(u)
     torch.testing.assert_close(y.double(), reference(m, u), rtol=1e-4, atol=1e-4)
-    y64, _ = m.double()(u.double())
+    y64 = m.double()(u.double())
     torch.testing.assert_close(y64, reference(m, u), rtol=1e-9, atol=1e-9)
 
 
 def test_conjugate_symmetry_is_the_full_system():
     """P/2 stored states with 2 Re(C x) equal the P-state system with the conjugates added and Re(C x)."""
     torch.manual_seed(1)
-    m = S5(H, d_state=8).double()
+    m = S5(H, **bare(d_state=8)).double()
     u = torch.randn(2, H, L, dtype=torch.float64)
-    full = S5(H, d_state=8, conj_sym=False).double()
+    full = S5(H, **bare(d_state=8, conj_sym=False)).double()
     with torch.no_grad():
         for name in ("Lambda_re", "log_dt", "D"):
             getattr(full, name).copy_(torch.cat([getattr(m, name)] * 2) if name != "D" else m.D)
@@ -91,8 +113,8 @@ def test_conjugate_symmetry_is_the_full_system():
         B, C = torch.view_as_complex(m.B), torch.view_as_complex(m.C)
         full.B.copy_(torch.view_as_real(torch.cat([B, B.conj()])))
         full.C.copy_(torch.view_as_real(torch.cat([C, C.conj()], -1)))
-    torch.testing.assert_close(full(u)[0], m(u)[0], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(full(u)[0], reference(full, u), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(full(u), m(u), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(full(u), reference(full, u), rtol=1e-10, atol=1e-10)
 
 
 def _truncated_normal_std(c: float = 2.0) -> float:
@@ -141,49 +163,64 @@ def test_C_init_statistics(P, C_init, fan_in):
 def test_dt_global_is_the_official_regular_group():
     """dt_global (the S5 training code's flag): log_dt stays one per state and trains with the optimizer's lr and weight
     decay, while Lambda and B keep the SSM lr without weight decay; dt_shared is one step size for all states."""
-    layer = dict(kernel="s5", d_state=8, dt_global=True, lr={"Lambda": 1e-3, "B": 1e-3})
-    m = SequenceModel(3, 2, d_model=8, n_layers=1, layer=layer)
+    m = S5(8, d_state=8, dt_global=True, lr={"Lambda": 1e-3, "B": 1e-3})
     groups = {n: (g["lr"], g["weight_decay"]) for g in param_groups(m, lr=4e-3, weight_decay=0.05) for n in g["names"]}
-    assert groups["blocks.0.layer.mixer.log_dt"] == (4e-3, 0.05)
+    assert groups["log_dt"] == (4e-3, 0.05)
     for name in ("Lambda_re", "Lambda_im", "B"):
-        assert groups[f"blocks.0.layer.mixer.{name}"] == (1e-3, 0.0), name
-    assert m.blocks[0].layer.mixer.log_dt.shape == (4,)  # one per stored state
+        assert groups[name] == (1e-3, 0.0), name
+    assert m.log_dt.shape == (4,)  # one per stored state
     assert S5(H, d_state=8, dt_shared=True).log_dt.shape == (1,)
     with pytest.raises(ValueError, match="dt_global=True trains log_dt with the optimizer's lr and weight decay.*drop lr.dt"):
         S5(H, d_state=8, dt_global=True, lr={"Lambda": 1e-3, "dt": 1e-3})
 
 
+def run_steps(m, u: torch.Tensor, state):
+    """u (B, H, L) through ``m.step`` token by token: (outputs (B, H, L), final state)."""
+    ys = []
+    for t in range(u.shape[-1]):
+        y_t, state = m.step(u[..., t], state)
+        ys.append(y_t)
+    return torch.stack(ys, -1), state
+
+
 def test_rate_scales_the_step_and_step_mode_follows():
     torch.manual_seed(3)
-    layer = SequenceLayer(H, kernel="s5", d_state=8, activation="id", output="linear").eval()
+    m = S5(H, d_state=8, activation="id", output="linear").eval()
     u = torch.randn(2, H, L)
     with torch.no_grad():
-        y2 = layer(u, rate=2.0)
-        pre = layer.mixer(u, rate=2.0)[0]
-        ys, _ = run_steps(layer, u, layer.default_state(2), rate=2.0)
-    torch.testing.assert_close(pre.double(), reference(layer.mixer, u, rate=2.0), rtol=1e-4, atol=1e-4)
+        y2 = m(u, rate=2.0)
+        pre = m.recurrence(u, rate=2.0)[0]
+        m.setup_step(rate=2.0)
+        ys, _ = run_steps(m, u, m.default_state(2))
+    torch.testing.assert_close(pre.double(), reference(m, u, rate=2.0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y2.double(), post_reference(m, reference(m, u, rate=2.0)), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ys, y2, rtol=1e-4, atol=1e-4)
-    assert (y2 - layer(u)).abs().max() > 1e-3
+    assert (y2 - m(u)).abs().max() > 1e-3
 
 
 def test_state_passing_from_a_given_state():
     torch.manual_seed(4)
-    m = S5(H, d_state=8).double()
+    m = S5(H, **bare(d_state=8)).double()
     u = torch.randn(2, H, L, dtype=torch.float64)
     h0 = torch.randn(2, m.P, dtype=torch.complex128)
     y, s = m(u, state=h0, return_state=True)
     torch.testing.assert_close(y, reference(m, u, h0=h0), rtol=1e-9, atol=1e-9)
-    with pytest.raises(ValueError, match="no recurrent state"):
+    with pytest.raises(ValueError, match="no recurrent state: a bidirectional mixer sees the future"):
         S5(H, bidirectional=True)(u.float(), return_state=True)
 
 
 def test_param_groups_give_the_ssm_its_own_lr_and_no_weight_decay():
-    m = SequenceModel(3, 2, d_model=8, n_layers=1, layer=dict(kernel="s5", d_state=8, lr={"Lambda": 1e-3, "B": 1e-3, "dt": 1e-3}))
+    m = S5(8, d_state=8, lr={"Lambda": 1e-3, "B": 1e-3, "dt": 1e-3})
     groups = {n: (g["lr"], g["weight_decay"]) for g in param_groups(m, lr=4e-3, weight_decay=0.05) for n in g["names"]}
     for name in ("Lambda_re", "Lambda_im", "B", "log_dt"):
-        assert groups[f"blocks.0.layer.mixer.{name}"] == (1e-3, 0.0), name
-    assert groups["blocks.0.layer.mixer.C"] == (4e-3, 0.05)
-    assert groups["blocks.0.layer.mixer.D"] == (4e-3, 0.0)
+        assert groups[name] == (1e-3, 0.0), name
+    assert groups["C"] == (4e-3, 0.05)
+    assert groups["D"] == (4e-3, 0.0)
+    assert groups["post.out.0.weight"] == (4e-3, 0.05) and groups["post.out.0.bias"] == (4e-3, 0.0)
+    with pytest.raises(ValueError, match=r"unknown lr key\(s\) \['A'\] for S5; allowed: Lambda, B, C, dt"):
+        S5(8, lr={"A": 1e-3})
+    frozen = S5(8, d_state=8, lr={"Lambda": 0})  # lr 0 freezes: a buffer, not a parameter
+    assert "Lambda_re" in dict(frozen.named_buffers()) and "Lambda_re" not in dict(frozen.named_parameters())
 
 
 def test_bad_options_are_refused():
@@ -193,3 +230,81 @@ def test_bad_options_are_refused():
         S5(H, C_init="glorot")
     with pytest.raises(ValueError, match="unknown mode"):
         S5(H, mode="fft")
+    with pytest.raises(ValueError, match=r"unknown activation 'gelu2' \(did you mean 'gelu'\?\)"):
+        S5(H, activation="gelu2")
+    with pytest.raises(ValueError, match="tie_dropout=True .* dropout is 0"):
+        S5(H, tie_dropout=True)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_forward_step_and_chunks_equal_the_reference_with_the_output_map(bidirectional):
+    """The whole mixer (SSM -> GELU -> dropout 0 -> Linear + GLU, the defaults) against the float64 recurrence and
+    the output map written out: forward, token by token with ``step`` (causal), and in chunks passing the state, at
+    rate 1 and 2."""
+    torch.manual_seed(5)
+    m = S5(H, bidirectional=bidirectional, d_state=8, blocks=2, dt_min=0.01, dt_max=0.5).double()
+    assert m.post.activation_name == "gelu" and m.post.output_name == "glu"
+    u = torch.randn(2, H, L, dtype=torch.float64)
+    for rate in (1.0, 2.0):
+        want = post_reference(m, reference(m, u, rate=rate))
+        torch.testing.assert_close(m(u, rate=rate), want, rtol=1e-9, atol=1e-9)
+        if bidirectional:
+            continue
+        m.setup_step(rate)
+        ys, state = run_steps(m, u, m.default_state(2))
+        torch.testing.assert_close(ys, want, rtol=1e-9, atol=1e-9)
+        parts, s = [], None
+        for a, b in ((0, 1), (1, 14), (14, L)):
+            y_part, s = m(u[..., a:b], state=s, return_state=True, rate=rate)
+            parts.append(y_part)
+        torch.testing.assert_close(torch.cat(parts, -1), want, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(s, state, rtol=1e-9, atol=1e-9)
+
+
+def test_step_follows_a_parameter_change():
+    """``step`` discretises again when a parameter changed in place since ``setup_step`` (a training step)."""
+    torch.manual_seed(6)
+    m = S5(H, **bare(d_state=8)).double()
+    u = torch.randn(1, H, 5, dtype=torch.float64)
+    m.setup_step()
+    with torch.no_grad():
+        m.log_dt.add_(1.0)
+    ys, _ = run_steps(m, u, m.default_state(1))
+    torch.testing.assert_close(ys, reference(m, u), rtol=1e-9, atol=1e-9)
+
+
+def test_padding_reaches_neither_direction():
+    """``lengths``: each sample's valid outputs equal the sample run alone, even when the padding is not zero
+    (the reverse scan starts at each sample's end)."""
+    torch.manual_seed(7)
+    m = S5(H, bidirectional=True, d_state=8).double()
+    u = torch.randn(2, H, L, dtype=torch.float64)
+    y = m(u, lengths=torch.tensor([L, 23]))
+    torch.testing.assert_close(y[1:, :, :23], m(u[1:, :, :23]), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y[:1], m(u[:1]), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [S5, LRU])
+def test_bf16_autocast_keeps_the_recurrence_in_float32(cls, monkeypatch):
+    """Under bf16 autocast the input map, the scan and the output Re(C x) see float32/complex64 tensors only, forward
+    and backward; the output map after them may run in bf16."""
+    seen = []
+    for name in ("_apply_complex", "_real_output", "linear_scan"):
+        fn = getattr(mimo_module, name)
+
+        def spy(*args, _fn=fn, _name=name, **kwargs):
+            seen.append((_name, {a.dtype for a in args if isinstance(a, torch.Tensor)}))
+            return _fn(*args, **kwargs)
+
+        monkeypatch.setattr(mimo_module, name, spy)
+    torch.manual_seed(8)
+    m = cls(8, d_state=8)
+    u = torch.randn(2, 8, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(u)
+        y.float().sum().backward()
+    assert y.dtype == torch.bfloat16  # the GLU map ran under autocast: the check sees a bf16 region
+    assert {n for n, _ in seen} == {"_apply_complex", "_real_output", "linear_scan"}
+    for name, dtypes in seen:
+        assert dtypes <= {torch.float32, torch.complex64}, (name, dtypes)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssmkit.mixers import ConvMixer
+
 # Inductor options of the compiled step: freeze the weights into the library and let inductor generate
 # its own GEMMs for the small matrix-vector products (an extern BLAS call costs more than the work).
 AOT_OPTIONS = {
@@ -34,12 +36,14 @@ def aot_unsupported(model: nn.Module, state: list) -> str | None:
     if not hasattr(torch, "export") or not hasattr(torch._inductor, "aoti_compile_and_package"):
         return f"torch {torch.__version__} has no AOTInductor (needs torch >= 2.6)"
     for i, (block, s) in enumerate(zip(model.blocks, state)):
-        if block.layer.kernel is None:
-            return f"layer {i} is attention, whose key/value cache grows every step"
+        mixer = block.mixer
+        if not isinstance(mixer, ConvMixer):
+            return (f"layer {i} is the token mixer {mixer.name!r}; only convolution SSMs' steps are compiled ahead "
+                    "of time (attention's key/value cache grows every step)")
         if not isinstance(s, torch.Tensor):
             return f"layer {i} has a structured state ({type(s).__name__})"
         if s.is_complex():
-            kernel = type(block.layer.kernel).__name__
+            kernel = type(mixer.kernel).__name__
             return (f"layer {i} ({kernel}) steps in complex arithmetic, which inductor cannot compile "
                     "(S4D steps in real arithmetic: use default_state(..., real=True))")
     return None

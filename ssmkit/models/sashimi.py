@@ -16,8 +16,8 @@ With S_i the residual blocks of level i and C those of the centre (paper Fig. 1,
 
 ``unet=True`` (the reference's standalone option, used for diffusion) also puts n_layers blocks before each
 down-pool and adds the output of each down-path block to the output of its mirror image on the way up.
-Each block is norm -> SequenceLayer -> residual, then norm -> MLP (width ``mlp_ratio`` H, the paper's
-``ff``) -> residual: ``ssmkit.models.sequence.ResidualBlock``.
+Each block is norm -> mixer -> residual, then norm -> MLP (width ``mlp_ratio`` H, the paper's
+``ff``) -> residual: ``ssmkit.models.block.ResidualBlock``.
 
 Recurrent mode (``step``): level 0 runs every token; level i + 1 runs once its down-pool has buffered p_i
 level-i inputs, and its output refills the p_i pending outputs of the up-pool, which level i then emits one
@@ -39,9 +39,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ssmkit.generation.generate import GenerationMixin
-from ssmkit.mixers.sequence_layer import SequenceLayer
-from ssmkit.models.sequence import ENCODERS, ResidualBlock, SequenceModel, _Norm
+from ssmkit.models.block import Norm, ResidualBlock
+from ssmkit.models.sequence import DEFAULT_MIXER, SequenceModel, check_backbone, make_encoder, refuse_removed
+
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch < 2.3 has none
 
 
 class DownPool(nn.Module):
@@ -83,18 +84,21 @@ class UpPool(nn.Module):
 
 
 class Stage(nn.Module):
-    """Residual blocks at one level (one width, one length). It has ``blocks``, ``layers``, ``step``,
-    ``default_state`` and ``compile_step`` as ``SequenceModel`` has, so a stage compiles as a model does."""
+    """Residual blocks at one level (one width, one length). It has ``blocks``, ``mixers``, ``rate``,
+    ``step``, ``default_state`` and ``compile_step`` as ``SequenceModel`` has, so a stage compiles as a model
+    does; SaShiMi sets every stage's ``rate``."""
 
-    def __init__(self, n_blocks: int, d_model: int, layer: dict, prenorm: bool, norm: str | None, dropout: float,
+    def __init__(self, n_blocks: int, d_model: int, mixer: dict, prenorm: bool, norm: str | None, dropout: float,
                  mlp_ratio: float, checkpoint: bool):
         super().__init__()
         self.use_checkpoint = checkpoint
         self.blocks = nn.ModuleList(
-            ResidualBlock(d_model, layer, prenorm, norm, dropout, mlp_ratio) for _ in range(n_blocks)
+            ResidualBlock(d_model, mixer, prenorm, norm, dropout, mlp_ratio) for _ in range(n_blocks)
         )
+        self.rate = 1.0
+        self._step_rate = None
 
-    layers = SequenceModel.layers
+    mixers = SequenceModel.mixers
     default_state = SequenceModel.default_state
     setup_step = SequenceModel.setup_step
     compile_step = SequenceModel.compile_step
@@ -104,16 +108,18 @@ class Stage(nn.Module):
         states = []
         for i, block in enumerate(self.blocks):
             if return_state or state is not None:
-                x, s = block(x, state=None if state is None else state[i], return_state=True)
+                x, s = block(x, state=None if state is None else state[i], return_state=True, rate=self.rate)
                 states.append(s)
             elif self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, rate=self.rate, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, rate=self.rate)
         return (x, states) if return_state else x
 
     def step(self, x: torch.Tensor, state: list):
         """One token (B, H) through every block -> (B, H), next states."""
+        if self._step_rate != self.rate and not _is_compiling():
+            self.setup_step()
         next_states = []
         for block, s in zip(self.blocks, state):
             x, s = block.step(x, s)
@@ -126,16 +132,15 @@ def _put(buffer: torch.Tensor, slot: int, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([buffer[..., :slot, :], x.unsqueeze(-2).to(buffer.dtype), buffer[..., slot + 1:, :]], dim=-2)
 
 
-class SaShiMi(GenerationMixin, nn.Module):
-    """The SaShiMi backbone with an encoder and a per-position decoder (the interface of ``SequenceModel``,
-    with ``generate`` and ``stream``).
+class SaShiMi(nn.Module):
+    """The SaShiMi backbone with an encoder and a per-position decoder (the interface of ``SequenceModel``).
 
     Args:
         d_input, d_output: input features (encoder ``linear``) or vocabulary size (``embedding``); outputs
             per position.
         d_model, n_layers: width H of the outer level; residual blocks per level (8 in the paper).
-        layer: options of every ``SequenceLayer``; a causal kernel (bidirectional layers are refused).
-        prenorm, norm, dropout, mlp_ratio, checkpoint: as in ``SequenceModel``; ``mlp_ratio`` is the
+        mixer: every block's mixer, ``{"name": "s4d", **options}``; causal (a bidirectional one is refused).
+        prenorm, norm, dropout, mlp_ratio, checkpoint, rate: as in ``SequenceModel``; ``mlp_ratio`` is the
             paper's ``ff`` (2), the width of the position-wise MLP in each block.
         pool: the task's pooling; SaShiMi predicts at every position, so only None.
         encoder: ``linear`` or ``embedding``.
@@ -150,7 +155,7 @@ class SaShiMi(GenerationMixin, nn.Module):
         d_output: int,
         d_model: int = 64,
         n_layers: int = 8,
-        layer: dict | None = None,
+        mixer: dict | None = None,
         prenorm: bool = True,
         norm: str | None = "layer",
         dropout: float = 0.0,
@@ -161,17 +166,17 @@ class SaShiMi(GenerationMixin, nn.Module):
         pool_factors: tuple[int, ...] | list[int] = (4, 4),
         expand: int = 2,
         unet: bool = False,
+        rate: float = 1.0,
+        **removed,
     ):
         super().__init__()
-        layer = dict(layer or {})
-        self.check_options(layer=layer, pool_factors=pool_factors, expand=expand, unet=unet)
+        refuse_removed("SaShiMi", removed)
+        mixer = dict(DEFAULT_MIXER if mixer is None else mixer)
+        self.check_options(mixer=mixer, pool_factors=pool_factors, expand=expand, unet=unet)
         if pool is not None:
             raise ValueError(f"the sashimi backbone predicts at every position, but this task pools ({pool!r}); "
                              "use a per-position task or model.backbone: sequence")
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
-        if n_layers < 1 or d_model < 1:
-            raise ValueError(f"n_layers and d_model must be positive, got {n_layers}, {d_model}")
+        check_backbone(d_model, n_layers, encoder, rate)
         self.pool, self.unet, self.expand = None, unet, expand
         self.factors = tuple(int(p) for p in pool_factors)
         self.depth = len(self.factors)
@@ -179,23 +184,25 @@ class SaShiMi(GenerationMixin, nn.Module):
         self.strides = [math.prod(self.factors[:i]) for i in range(self.depth)]  # tokens per level-i position
         widths = [d_model * expand**i for i in range(self.depth + 1)]
 
-        self.encoder = nn.Embedding(d_input, d_model) if encoder == "embedding" else nn.Linear(d_input, d_model)
+        self.encoder = make_encoder(encoder, d_input, d_model)
         units, self.down_keys, self.up_keys = {}, [], []
         for i in range(self.depth):
             self.down_keys.append([f"down{i}_{k}" for k in range(n_layers if unet else 0)])
             self.up_keys.append([f"up{i}_{k}" for k in range(n_layers if unet else 1)])
             for key in self.down_keys[i] + self.up_keys[i]:
                 n_blocks = 1 if unet else n_layers
-                units[key] = Stage(n_blocks, widths[i], layer, prenorm, norm, dropout, mlp_ratio, checkpoint)
-        units["center"] = Stage(n_layers, widths[-1], layer, prenorm, norm, dropout, mlp_ratio, checkpoint)
+                units[key] = Stage(n_blocks, widths[i], mixer, prenorm, norm, dropout, mlp_ratio, checkpoint)
+        units["center"] = Stage(n_layers, widths[-1], mixer, prenorm, norm, dropout, mlp_ratio, checkpoint)
         self.units = nn.ModuleDict(units)
         self.down_pools = nn.ModuleList(DownPool(widths[i], widths[i + 1], p) for i, p in enumerate(self.factors))
         self.up_pools = nn.ModuleList(UpPool(widths[i + 1], widths[i], p) for i, p in enumerate(self.factors))
-        self.final_norm = _Norm(norm, d_model) if prenorm else nn.Identity()
+        self.final_norm = Norm(norm, d_model) if prenorm else nn.Identity()
         self.decoder = nn.Linear(d_model, d_output)
+        self.rate = 1.0
+        self.set_rate(rate)
 
     @staticmethod
-    def check_options(layer: dict, pool_factors, expand, unet=False) -> None:
+    def check_options(mixer: dict, pool_factors, expand, unet=False) -> None:
         """ValueError naming the first impossible option (used by the recipe check too)."""
         factors = list(pool_factors) if isinstance(pool_factors, (list, tuple)) else None
         if not factors or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 2 for p in factors):
@@ -204,9 +211,9 @@ class SaShiMi(GenerationMixin, nn.Module):
             raise ValueError(f"expand must be an integer >= 1, got {expand!r}")
         if not isinstance(unet, bool):
             raise ValueError(f"unet must be true or false, got {unet!r}")
-        if layer.get("bidirectional"):
-            raise ValueError("sashimi is autoregressive and a bidirectional layer sees the future; "
-                             "set model.layer.bidirectional: false")
+        if mixer.get("bidirectional"):
+            raise ValueError("sashimi is autoregressive and a bidirectional mixer sees the future; "
+                             "set model.mixer.bidirectional: false")
 
     # --- the U-Net, shared by the convolutional and the recurrent mode ---
     def _level(self, i: int, x: torch.Tensor, unit, pool) -> torch.Tensor:
@@ -294,13 +301,18 @@ class SaShiMi(GenerationMixin, nn.Module):
         return self.decoder(self.final_norm(torch.cat(ys, dim=1))), state
 
     @property
-    def layers(self) -> list[SequenceLayer]:
-        return [layer for unit in self.units.values() for layer in unit.layers]
+    def mixers(self) -> list:
+        """Every block's mixer, every level."""
+        return [mixer for unit in self.units.values() for mixer in unit.mixers]
 
     def set_rate(self, rate: float) -> None:
-        """Sets the sampling-rate factor of every layer at every level."""
-        for layer in self.layers:
-            layer.rate = rate
+        """Sets the sampling-rate factor of every level (a mixer without a step size refuses any rate but 1)."""
+        check_backbone(1, 1, "linear", rate)
+        for mixer in self.mixers:
+            mixer.check_rate(rate)
+        self.rate = float(rate)
+        for unit in self.units.values():
+            unit.rate = self.rate
 
     def default_state(self, *batch_shape: int, device=None, real: bool = False) -> dict:
         """The state before the first token (``real=True``: S4D states as real (..., 2) tensors)."""
@@ -316,8 +328,8 @@ class SaShiMi(GenerationMixin, nn.Module):
         }
 
     def setup_step(self) -> None:
-        for layer in self.layers:
-            layer.setup_step()
+        for unit in self.units.values():
+            unit.setup_step()
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: dict):

@@ -1,8 +1,9 @@
-"""SequenceModel: encoder -> N residual blocks -> pooling -> decoder.
+"""SequenceModel: encoder -> N residual blocks (``ssmkit/models/block.py``) -> pooling -> decoder.
 
-Each block is norm -> SequenceLayer -> dropout -> residual (prenorm), or
-SequenceLayer -> dropout -> residual -> norm (postnorm), optionally followed by a position-wise MLP
-sub-block with its own residual. The model works on (B, L, d_input) features or (B, L) token ids.
+The model works on (B, L, d_input) features or (B, L) token ids, holds the sampling-rate factor ``rate`` that
+every mixer's ``forward`` and ``setup_step`` receive, and runs the whole stack token by token (``step``) or
+from a state (``forward(state=..., return_state=True)``). The checks and the encoder every backbone shares are
+the module functions ``check_backbone``, ``make_encoder`` and ``refuse_removed`` (SaShiMi uses them too).
 """
 from __future__ import annotations
 
@@ -10,101 +11,61 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ssmkit.generation.generate import GenerationMixin
-from ssmkit.mixers.sequence_layer import SequenceLayer
+from ssmkit.mixers import ConvMixer
+from ssmkit.models.block import NORMS, Norm, ResidualBlock
+from ssmkit.models.fast_step import AOTStep, aot_unsupported
 from ssmkit.ops.padding import padding_mask
 
-NORMS = ("layer", "batch", None)
 POOLS = ("mean", "last", None)
 ENCODERS = ("linear", "embedding")
+DEFAULT_MIXER = {"name": "s4d"}
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch < 2.3 has none
+
+__all__ = ["ENCODERS", "NORMS", "POOLS", "SequenceModel", "check_backbone", "make_encoder", "refuse_removed"]
 
 
-class _Norm(nn.Module):
-    """LayerNorm or BatchNorm over the feature axis of (B, L, H) or (B, H) inputs."""
-
-    def __init__(self, kind: str | None, d: int):
-        super().__init__()
-        if kind not in NORMS:
-            raise ValueError(f"unknown norm {kind!r}; choose one of layer, batch, None")
-        self.kind = kind
-        self.norm = {"layer": nn.LayerNorm(d), "batch": nn.BatchNorm1d(d), None: nn.Identity()}[kind]
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask`` (B, L) (True = valid): batch norm takes its statistics from the valid positions only and
-        leaves the padded ones as they are (layer norm is per position and ignores it)."""
-        if self.kind == "batch" and x.dim() == 3:
-            if mask is not None:
-                return x.masked_scatter(mask.unsqueeze(-1), self.norm(x[mask]).to(x.dtype))
-            return self.norm(x.transpose(-1, -2)).transpose(-1, -2)
-        return self.norm(x)
+def refuse_removed(model: str, removed: dict) -> None:
+    """TypeError for a keyword a backbone no longer takes, naming the one that replaced it."""
+    for key in removed:
+        if key == "layer":
+            raise TypeError(f"{model} takes mixer={{'name': ..., **options}} instead of layer= (whose kernel: key is now "
+                            "the mixer's name:, and whose rate is the model's rate=)")
+        raise TypeError(f"{model}.__init__() got an unexpected keyword argument {key!r}")
 
 
-class ResidualBlock(nn.Module):
-    def __init__(self, d_model: int, layer: dict, prenorm: bool, norm: str | None, dropout: float, mlp_ratio: float = 0):
-        super().__init__()
-        self.prenorm = prenorm
-        self.norm = _Norm(norm, d_model)
-        for key, owner in (("d_model", "the model's d_model"), ("transposed", "the block (it works on (B, L, H))")):
-            if key in layer:
-                raise ValueError(f"layer option {key!r} is set by {owner}, not by the layer options; drop layer.{key}")
-        self.layer = SequenceLayer(d_model, transposed=False, **layer)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.mlp = None
-        if mlp_ratio:
-            hidden = int(mlp_ratio * d_model)
-            self.mlp_norm = _Norm(norm, d_model)
-            self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model), self.drop)
-
-    def _sub(self, x, fn, norm, mask=None):
-        if self.prenorm:
-            return x + fn(norm(x, mask))
-        return norm(x + fn(x), mask)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, state=None, return_state: bool = False):
-        next_state = None
-        mask = None if lengths is None else padding_mask(lengths, x.shape[1], x.device)
-
-        def mix(z):
-            nonlocal next_state
-            if return_state:
-                z, next_state = self.layer(z, state=state, return_state=True)
-            else:
-                z = self.layer(z, lengths=lengths)
-            return self.drop(z)
-
-        x = self._sub(x, mix, self.norm, mask)
-        if self.mlp is not None:
-            x = self._sub(x, self.mlp, self.mlp_norm, mask)
-        return (x, next_state) if return_state else x
-
-    def step(self, x: torch.Tensor, state):
-        def mix(z):
-            nonlocal state
-            z, state = self.layer.step(z, state)
-            return self.drop(z)
-
-        x = self._sub(x, mix, self.norm)
-        if self.mlp is not None:
-            x = self._sub(x, self.mlp, self.mlp_norm)
-        return x, state
+def check_backbone(d_model: int, n_layers: int, encoder: str, rate: float) -> None:
+    """ValueError naming the first impossible option shared by every backbone."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if n_layers < 1 or d_model < 1:
+        raise ValueError(f"n_layers and d_model must be positive, got {n_layers}, {d_model}")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+        raise ValueError(f"rate (the sampling-rate factor) must be a positive number, got {rate!r}")
 
 
-class SequenceModel(GenerationMixin, nn.Module):
-    """A stack of residual SequenceLayer blocks with an encoder, pooling and a decoder.
+def make_encoder(encoder: str, d_input: int, d_model: int) -> nn.Module:
+    """``embedding`` (d_input = vocabulary size) or ``linear`` (d_input features)."""
+    return nn.Embedding(d_input, d_model) if encoder == "embedding" else nn.Linear(d_input, d_model)
+
+
+class SequenceModel(nn.Module):
+    """A stack of residual mixer blocks with an encoder, pooling and a decoder.
 
     Args:
         d_input: input features (encoder ``linear``) or vocabulary size (encoder ``embedding``).
         d_output: outputs per position (pool None) or per sequence (pool mean/last).
         d_model, n_layers: width and depth.
-        layer: options of every ``SequenceLayer`` (kernel, d_state, ...).
+        mixer: every block's mixer, ``{"name": "s4d", **options}`` (``ssmkit.mixers.MIXERS``; default s4d).
         prenorm: normalise before each sub-block (True) or after the residual sum (False).
         norm: ``layer``, ``batch`` or None.
-        dropout: after each sub-block, before the residual sum (``layer["dropout"]`` is another one, inside each
-            SequenceLayer before its output map; both apply when both are set).
+        dropout: after each sub-block, before the residual sum (a mixer's own ``dropout`` is another one, inside
+            the mixer before its output map; both apply when both are set).
         pool: ``mean``, ``last`` or None (a prediction per position).
         encoder: ``linear`` or ``embedding``.
         mlp_ratio: if > 0, each block also has a position-wise MLP of width mlp_ratio * d_model.
         checkpoint: recompute each block's activations in the backward pass (saves memory).
+        rate: the sampling-rate factor: every discretised mixer's step size is multiplied by it (``set_rate``);
+            a mixer without a step size refuses any other value than 1.
     """
 
     def __init__(
@@ -113,7 +74,7 @@ class SequenceModel(GenerationMixin, nn.Module):
         d_output: int,
         d_model: int = 128,
         n_layers: int = 4,
-        layer: dict | None = None,
+        mixer: dict | None = None,
         prenorm: bool = True,
         norm: str | None = "layer",
         dropout: float = 0.0,
@@ -121,31 +82,38 @@ class SequenceModel(GenerationMixin, nn.Module):
         encoder: str = "linear",
         mlp_ratio: float = 0,
         checkpoint: bool = False,
+        rate: float = 1.0,
+        **removed,
     ):
         super().__init__()
+        refuse_removed("SequenceModel", removed)
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; choose one of mean, last, None")
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
-        if n_layers < 1 or d_model < 1:
-            raise ValueError(f"n_layers and d_model must be positive, got {n_layers}, {d_model}")
-        layer = dict(layer or {})
+        check_backbone(d_model, n_layers, encoder, rate)
+        mixer = dict(DEFAULT_MIXER if mixer is None else mixer)
         self.pool, self.encoder_kind, self.use_checkpoint = pool, encoder, checkpoint
-        self.encoder = nn.Embedding(d_input, d_model) if encoder == "embedding" else nn.Linear(d_input, d_model)
+        self.encoder = make_encoder(encoder, d_input, d_model)
         self.blocks = nn.ModuleList(
-            ResidualBlock(d_model, layer, prenorm, norm, dropout, mlp_ratio) for _ in range(n_layers)
+            ResidualBlock(d_model, mixer, prenorm, norm, dropout, mlp_ratio) for _ in range(n_layers)
         )
-        self.final_norm = _Norm(norm if prenorm else None, d_model)  # postnorm blocks end normalised
+        self.final_norm = Norm(norm if prenorm else None, d_model)  # postnorm blocks end normalised
         self.decoder = nn.Linear(d_model, d_output)
+        self.rate = 1.0
+        self._step_rate = None  # the rate the mixers' recurrences were last set up for
+        self.set_rate(rate)
 
     @property
-    def layers(self) -> list[SequenceLayer]:
-        return [b.layer for b in self.blocks]
+    def mixers(self) -> list:
+        """Every block's mixer, in order."""
+        return [b.mixer for b in self.blocks]
 
     def set_rate(self, rate: float) -> None:
-        """Sets the sampling-rate factor of every layer (e.g. 2.0 for inputs at half the training rate)."""
-        for layer in self.layers:
-            layer.rate = rate
+        """Sets the sampling-rate factor (e.g. 2.0 for inputs at half the training rate); a mixer without a step
+        size refuses any rate but 1 here."""
+        check_backbone(1, 1, "linear", rate)
+        for mixer in self.mixers:
+            mixer.check_rate(rate)
+        self.rate = float(rate)
 
     def _pool(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if self.pool is None:
@@ -161,10 +129,10 @@ class SequenceModel(GenerationMixin, nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, state=None, return_state: bool = False):
         """x: (B, L, d_input) floats or (B, L) token ids -> (B, d_output) or (B, L, d_output).
 
-        ``lengths`` (B,) marks suffix padding: every layer zeroes the padding before and after its token
-        mixing, batch norm and pooling ignore it, so each sample's output is the one it gets alone.
-        ``state``/``return_state`` pass each layer's recurrent state (a list, one per block), for causal
-        recurrent kernels (not with ``lengths``).
+        ``lengths`` (B,) marks suffix padding: every block zeroes the padding before and after its mixer, batch
+        norm and pooling ignore it, so each sample's output is the one it gets alone. ``state``/``return_state``
+        pass each mixer's recurrent state (a list, one per block), for causal recurrent mixers (not with
+        ``lengths``).
         """
         if lengths is not None and (return_state or state is not None):
             raise ValueError("lengths cannot be combined with state/return_state: the state after the padding is no "
@@ -173,31 +141,29 @@ class SequenceModel(GenerationMixin, nn.Module):
         states = []
         for i, block in enumerate(self.blocks):
             if return_state or state is not None:
-                x, s = block(x, state=None if state is None else state[i], return_state=True)
+                x, s = block(x, state=None if state is None else state[i], return_state=True, rate=self.rate)
                 states.append(s)
             elif self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, lengths, use_reentrant=False)
+                x = checkpoint(block, x, lengths, rate=self.rate, use_reentrant=False)
             else:
-                x = block(x, lengths)
+                x = block(x, lengths, rate=self.rate)
         mask = None if lengths is None else padding_mask(lengths, x.shape[1], x.device)
         x = self.decoder(self._pool(self.final_norm(x, mask), lengths))
         return (x, states) if return_state else x
 
     def default_state(self, *batch_shape: int, device=None, real: bool = False) -> list:
-        """Each layer's zero state. ``real=True`` gives the states of kernels that can step in real
-        arithmetic (S4D) as (..., 2) real tensors, the form :meth:`compile_step` runs fastest on."""
-        states = [b.layer.default_state(*batch_shape, device=device) for b in self.blocks]
+        """Each mixer's zero state. ``real=True`` gives the states of mixers that can step in real arithmetic
+        (S4D) as (..., 2) real tensors, the form :meth:`compile_step` runs fastest on."""
+        states = [m.default_state(*batch_shape, device=device) for m in self.mixers]
         if real:
-            states = [
-                torch.view_as_real(s) if getattr(b.layer.kernel, "real_step", False) else s
-                for b, s in zip(self.blocks, states)
-            ]
+            states = [torch.view_as_real(s) if isinstance(m, ConvMixer) and m.real_step else s
+                      for m, s in zip(self.mixers, states)]
         return states
 
     def compile_step(self, backend: str = "auto"):
         """``step`` compiled for fast token-by-token inference: ``y, state = fast(x, state)``.
 
-        Puts the model in eval mode and sets up every layer's recurrence. Use it with
+        Puts the model in eval mode and sets up every mixer's recurrence. Use it with
         ``default_state(..., real=True)``: S4D then steps in real arithmetic, which compiles.
 
         backend:
@@ -205,11 +171,9 @@ class SequenceModel(GenerationMixin, nn.Module):
             C++ function with the weights frozen in; fastest (~6x eager on CPU) but 10-30 s to compile per
             input shape, and after changing the weights call ``fast.refresh()``.
             ``inductor``: ``torch.compile`` (follows weight changes after ``setup_step()``; ~3.4x eager).
-            ``auto``: ``aot`` on CPU when every layer's state is a real tensor, otherwise ``inductor``
+            ``auto``: ``aot`` on CPU when every mixer's state is a real tensor, otherwise ``inductor``
             (attention caches grow every step; complex states do not compile).
         """
-        from ssmkit.models.fast_step import AOTStep, aot_unsupported
-
         if backend not in ("auto", "aot", "inductor"):
             raise ValueError(f"unknown step backend {backend!r}; choose auto, aot or inductor")
         self.eval()
@@ -225,8 +189,10 @@ class SequenceModel(GenerationMixin, nn.Module):
         return torch.compile(self.step, dynamic=False, options=options)
 
     def setup_step(self) -> None:
-        for layer in self.layers:
-            layer.setup_step()
+        """Sets up every mixer's recurrence at the model's rate (``step`` does it when the rate changed)."""
+        for mixer in self.mixers:
+            mixer.setup_step(self.rate)
+        self._step_rate = self.rate
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: list):
@@ -234,6 +200,8 @@ class SequenceModel(GenerationMixin, nn.Module):
 
         The decoder is applied to each position's features (pooling is a whole-sequence operation).
         """
+        if self._step_rate != self.rate and not _is_compiling():
+            self.setup_step()
         x = self.encoder(x)
         next_states = []
         for block, s in zip(self.blocks, state):

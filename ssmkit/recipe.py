@@ -1,12 +1,15 @@
 """Recipes: a YAML file plus ``key.sub=value`` overrides become a typed, validated :class:`Recipe`.
 
 A recipe has five sections (``task``, ``model``, ``optimizer``, ``scheduler``, ``train``) and an optional
-``name`` and ``description``. It names only registered things (``TASKS``, ``KERNELS``); it cannot import
-code. Every key is checked: an unknown key, a wrong type or an impossible value raises
+``name`` and ``description``. It names only registered things (``TASKS``, ``MIXERS``, ``BACKBONES``); it cannot
+import code. Every key is checked: an unknown key, a wrong type or an impossible value raises
 :class:`~ssmkit.errors.RecipeError` naming the file, the key, the bad value and the allowed ones.
 
-Task options are checked against the task class's signature, layer options against ``SequenceLayer`` and
-the named kernel's signature (the types come from their defaults), and the values by building them.
+Task options are checked against the task class's signature, ``model.mixer`` options against
+``ssmkit.mixers.mixer_parameters(name)`` (the mixer's constructor; the types come from the defaults), once,
+here; the values by building them (``build_task``, ``build_model``). Keys of the vocabulary before issue #23
+(``model.layer``, ``task.L``, ``task.l_max``, ...) are refused in one line naming the new key
+(``LEGACY_KEYS``); ``ssmkit/runs/legacy.py`` upgrades the saved recipes of old runs instead.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import copy
 import dataclasses
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +26,10 @@ from typing import Any
 import yaml
 
 from ssmkit.errors import RecipeError
+from ssmkit.mixers import MIXERS, mixer_parameters
+from ssmkit.models import BACKBONES
 from ssmkit.registry import did_you_mean
+from ssmkit.tasks import TASKS
 
 SECTIONS = ("name", "description", "task", "model", "optimizer", "scheduler", "train")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -48,14 +55,17 @@ def _f(default, help: str, **kw):
 class ModelConfig:
     """The backbone; the task decides the encoder, pooling and output size."""
 
-    d_model: int = _f(128, "width H of every layer", low=1)
+    d_model: int = _f(128, "width H of every block", low=1)
     n_layers: int = _f(4, "number of residual blocks", low=1)
     prenorm: bool = _f(True, "normalise before each sub-block (else after the residual sum)")
     norm: str | None = _f("layer", "layer, batch or null", choices=("layer", "batch", None))
     dropout: float = _f(0.0, "dropout after each sub-block", low=0.0, high=1.0, high_open=True)
     mlp_ratio: float = _f(0.0, "width of a position-wise MLP per block (0: none)", low=0.0)
     checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
-    layer: dict = _f({"kernel": "s4d"}, "SequenceLayer options: kernel name plus its options")
+    mixer: dict = _f({"name": "s4d"}, "the token mixer: its name plus its options (ssmkit/mixers; list them with "
+                     "ssmkit recipes show RECIPE --defaults)")
+    rate: float = _f(1.0, "default sampling-rate factor: multiplies the step size of every discretised mixer",
+                     low=0.0, low_open=True)
     backbone: str = _f("sequence", "sequence (a stack of residual blocks) or sashimi (a causal multi-scale U-Net)")
     pool_factors: list = _f([4, 4], "sashimi: the down-pooling factor of each level, outer first")
     expand: int = _f(2, "sashimi: width factor from one level to the next", low=1)
@@ -258,7 +268,7 @@ INT_LIMIT = 2**63 - 1
 
 
 def _check_int_size(value, where: str, source: str) -> None:
-    """A whole number beyond 64 bits (``task.L=2**70``) is refused here, not as an overflow deep in torch."""
+    """A whole number beyond 64 bits (``task.seq_len=2**70``) is refused here, not as an overflow deep in torch."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
         raise RecipeError(f"{source}: {where}={value} is too large (whole numbers must fit in 64 bits, at most "
                           f"{INT_LIMIT:.3g}); choose a realistic value")
@@ -356,8 +366,14 @@ def _accepted_params(fn) -> dict[str, inspect.Parameter]:
 
 
 def _check_signature_options(fn, options: dict, prefix: str, what: str, source: str, skip: tuple = ()) -> None:
-    """Unknown keyword -> error; a value whose type differs from the keyword's default -> error."""
-    params = _accepted_params(fn)
+    """``_check_options`` against the keyword parameters of ``fn``."""
+    _check_options(_accepted_params(fn), options, prefix, what, source, skip)
+
+
+def _check_options(params: dict[str, inspect.Parameter], options: dict, prefix: str, what: str, source: str,
+                   skip: tuple = ()) -> None:
+    """Unknown keyword -> error; a value whose type differs from the keyword's default -> error (coerced in place
+    where the type allows: 1 -> 1.0 for a float option)."""
     allowed = [p for p in params if p not in ("self", *skip)]
     for key, value in options.items():
         if key not in allowed:
@@ -396,57 +412,73 @@ def _check_finite(value, where: str, source: str) -> None:
             raise RecipeError(f"{source}: {where} must be a finite number, got {value}")
 
 
-def _check_task(task, source: str) -> dict:
-    from ssmkit.tasks import TASKS
+#: Keys of the vocabulary before issue #23 -> the one line that names the new key. A user's recipe with one of
+#: them is refused (``ssmkit/runs/legacy.py`` upgrades the saved recipes of old runs instead).
+LEGACY_KEYS = {
+    "model.layer": "model.layer is now model.mixer (its kernel: is name:, its rate: is model.rate), e.g. "
+                   "model: {mixer: {name: s4d, d_state: 64}}; rename it",
+    "model.mixer.kernel": "model.mixer.kernel is now model.mixer.name; rename it",
+    "model.mixer.rate": "model.mixer.rate is now model.rate (the model's default sampling-rate factor); move it",
+    "task.L": "task.L is now task.seq_len (one name for the length in every task); rename it",
+    "task.l_max": "task.l_max is now task.seq_len (one name for the length in every task); rename it",
+}
 
+
+def _check_task(task, source: str) -> dict:
     if isinstance(task, str):
         task = {"name": task}
     if not isinstance(task, dict) or "name" not in task:
-        raise RecipeError(f"{source}: task must be a mapping with a name, e.g. task: {{name: shift, L: 256}}; choose a name from {', '.join(TASKS.names())}")
+        raise RecipeError(f"{source}: task must be a mapping with a name, e.g. task: {{name: shift, seq_len: 256}}; "
+                          f"choose a name from {', '.join(TASKS.names())}")
     task = dict(task)
     name = task["name"]
     if not isinstance(name, str) or name not in TASKS:
         raise RecipeError(f"{source}: unknown task.name {name!r}{did_you_mean(name, TASKS.names())}; choose one of {', '.join(TASKS.names())}")
     options = {k: v for k, v in task.items() if k != "name"}
-    _check_signature_options(TASKS.get(name), options, "task", f"task {name!r}", source)
+    params = _accepted_params(TASKS.get(name))
+    for old in ("L", "l_max"):
+        if old in options and old not in params:
+            if "seq_len" in params:
+                raise RecipeError(f"{source}: {LEGACY_KEYS['task.' + old]}")
+            raise RecipeError(f"{source}: task.{old} is gone (the length is task.seq_len), and task {name!r} has no "
+                              f"length option: its options are {', '.join(sorted(k for k in params if k != 'self')) or 'none'}")
+    _check_options(params, options, "task", f"task {name!r}", source)
     return {"name": name, **options}
 
 
-def _check_layer(layer, source: str) -> dict:
-    from ssmkit.mixers.kernels import KERNELS
-    from ssmkit.mixers.sequence_layer import SequenceLayer
-
-    if not isinstance(layer, dict):
-        raise RecipeError(f"{source}: model.layer must be a mapping such as {{kernel: s4d, d_state: 64}}, got {layer!r}")
-    layer = dict(layer)
-    kernel = layer.setdefault("kernel", "s4d")
-    if not isinstance(kernel, str) or kernel not in KERNELS:
-        raise RecipeError(
-            f"{source}: unknown model.layer.kernel {kernel!r}{did_you_mean(kernel, KERNELS.names())}; choose one of {', '.join(KERNELS.names())}"
-        )
-    layer_params = inspect.signature(SequenceLayer.__init__).parameters
-    own = {k: v for k, v in layer.items() if k in layer_params and k not in ("self", "d_model", "transposed", "kernel")}
-    rest = {k: v for k, v in layer.items() if k not in own and k != "kernel"}
-    if "d_model" in layer or "transposed" in layer:
-        bad = "d_model" if "d_model" in layer else "transposed"
-        raise RecipeError(f"{source}: model.layer.{bad} is set by the model; use model.d_model (transposed is internal)")
-    _check_signature_options(SequenceLayer.__init__, own, "model.layer", "SequenceLayer", source, skip=("d_model", "transposed", "kernel"))
-    cls = KERNELS.get(kernel)
-    allowed_layer = [p for p in layer_params if p not in ("self", "d_model", "transposed", "kernel_options")]
-    try:
-        _check_signature_options(cls, rest, "model.layer", f"kernel {kernel!r}", source, skip=("d_model", "channels"))
-    except RecipeError as e:
-        if "unknown option" in str(e):
-            raise RecipeError(f"{e}; layer options: {', '.join(allowed_layer)}") from None
-        raise
-    return {"kernel": kernel, **own, **rest}
+def _check_mixer(mixer, source: str) -> dict:
+    """``model.mixer``: a registered name (``s4d`` when left out; a bare name is the mapping with no options)
+    and options the mixer takes (``mixer_parameters``), with their types; old keys in one line."""
+    if isinstance(mixer, str):
+        mixer = {"name": mixer}
+    if not isinstance(mixer, dict):
+        raise RecipeError(f"{source}: model.mixer must be a mapping such as {{name: s4d, d_state: 64}}, got {mixer!r}")
+    options = dict(mixer)
+    name = options.pop("name", "s4d")
+    if not isinstance(name, str) or name not in MIXERS:
+        raise RecipeError(f"{source}: unknown model.mixer.name {name!r}{did_you_mean(name, MIXERS.names())}; "
+                          f"choose one of {', '.join(MIXERS.names())}")
+    params = mixer_parameters(name)
+    for key in ("kernel", "rate"):
+        if key in options and key not in params:
+            raise RecipeError(f"{source}: {LEGACY_KEYS['model.mixer.' + key]}")
+    if "d_model" in options:
+        raise RecipeError(f"{source}: model.mixer.d_model is set by the model; use model.d_model")
+    if options.get("activation") == "auto" and "activation" in params:
+        default = params["activation"].default
+        raise RecipeError(f"{source}: model.mixer.activation: auto is gone; drop it for the default of mixer {name!r} "
+                          f"({default}) or name an activation")
+    for key in ("activation", "output"):
+        if key in options and key not in params:
+            raise RecipeError(f"{source}: mixer {name!r} has no {key} option (its own output projection ends it); "
+                              f"drop model.mixer.{key}")
+    _check_options(params, options, "model.mixer", f"mixer {name!r}", source)
+    return {"name": name, **options}
 
 
 def _check_backbone(model: ModelConfig, given: dict, source: str) -> None:
     """A registered backbone; no option of another backbone set to a non-default value; the backbone's own
     option check (``check_options``), if it has one."""
-    from ssmkit.models import BACKBONES
-
     if model.backbone not in BACKBONES:
         raise RecipeError(f"{source}: unknown model.backbone {model.backbone!r}{did_you_mean(model.backbone, BACKBONES.names())}; "
                           f"choose one of {', '.join(BACKBONES.names())}")
@@ -460,7 +492,7 @@ def _check_backbone(model: ModelConfig, given: dict, source: str) -> None:
     check = getattr(BACKBONES.get(model.backbone), "check_options", None)
     if check is not None:
         try:
-            check(layer=model.layer, **{key: getattr(model, key) for key in own})
+            check(mixer=model.mixer, **{key: getattr(model, key) for key in own})
         except ValueError as e:
             raise RecipeError(f"{source}: model: {e}") from None
 
@@ -472,33 +504,31 @@ BLOCK_OVERHEAD_BYTES = 38_000
 
 def physical_memory_bytes() -> int | None:
     """This machine's physical memory, None where the OS does not say."""
-    import os
-
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
 
 
-def _kernel_default(kernel, name: str):
-    from ssmkit.mixers.kernels import KERNELS
-
-    if not isinstance(kernel, str) or kernel not in KERNELS:
+def _mixer_default(mixer, key: str):
+    """The default of option ``key`` of mixer ``mixer`` (None when it has none, or no such option)."""
+    if not isinstance(mixer, str) or mixer not in MIXERS:
         return None
-    p = _accepted_params(KERNELS.get(kernel)).get(name)
+    p = mixer_parameters(mixer).get(key)
     return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 
 def parameter_estimate(model: ModelConfig) -> int:
     """A lower bound on the parameters and buffers of ``model``, without building it: per block the output map
-    (2H² for GLU, H² for linear), the MLP (2·mlp_ratio·H²) and the kernel's states (H·d_state·channels); for
-    sashimi every level at its width H·expand^i. Real models hold 1-5x this (the kernels' own tensors, pooling);
+    (2H² for GLU, H² for linear), the MLP (2·mlp_ratio·H²) and the mixer's states (H·d_state·channels); for
+    sashimi every level at its width H·expand^i. Real models hold 1-5x this (the mixers' own tensors, pooling);
     it is what refuses absurd sizes before anything is allocated."""
-    layer = model.layer if isinstance(model.layer, dict) else {}
-    out = {"glu": 2, "linear": 1}.get(layer.get("output", "glu"), 0)
-    states = layer.get("d_state", _kernel_default(layer.get("kernel", "s4d"), "d_state"))
+    mixer = model.mixer if isinstance(model.mixer, dict) else {}
+    name = mixer.get("name", "s4d")
+    out = {"glu": 2, "linear": 1}.get(mixer.get("output", _mixer_default(name, "output")), 0)
+    states = mixer.get("d_state", _mixer_default(name, "d_state"))
     states = states if isinstance(states, int) and not isinstance(states, bool) else 1
-    channels = layer.get("channels") if isinstance(layer.get("channels"), int) else 1
+    channels = mixer.get("channels") if isinstance(mixer.get("channels"), int) else 1
     widths = [model.d_model]
     if model.backbone == "sashimi":
         factors = model.pool_factors if isinstance(model.pool_factors, list) else []
@@ -524,9 +554,9 @@ def _check_size(model: ModelConfig, source: str) -> None:
     need = 4 * params + BLOCK_OVERHEAD_BYTES * model.n_layers * (1 if model.backbone != "sashimi" else len(model.pool_factors) + 1)
     if need <= memory:
         return
-    layer = model.layer if isinstance(model.layer, dict) else {}
+    mixer = model.mixer if isinstance(model.mixer, dict) else {}
     sizes = [f"model.d_model={model.d_model}", f"model.n_layers={model.n_layers}"]
-    sizes += [f"model.layer.{k}={layer[k]}" for k in ("d_state", "channels") if isinstance(layer.get(k), int) and layer[k] > 1]
+    sizes += [f"model.mixer.{k}={mixer[k]}" for k in ("d_state", "channels") if isinstance(mixer.get(k), int) and mixer[k] > 1]
     sizes += [f"model.mlp_ratio={model.mlp_ratio:g}"] if model.mlp_ratio else []
     raise RecipeError(f"{source}: {', '.join(sizes)}: about {params:.3g} parameters, {_size(need)} in float32 before any "
                       f"training state, more than this machine's {_size(memory)} of memory; choose smaller sizes")
@@ -538,7 +568,7 @@ def validate(data: dict, source: str = "<recipe>") -> Recipe:
         if key not in SECTIONS:
             raise RecipeError(f"{source}: unknown top-level key {key!r}{did_you_mean(key, SECTIONS)}; allowed: {', '.join(SECTIONS)}")
     if "task" not in data:
-        raise RecipeError(f"{source}: missing the task section, e.g. task: {{name: shift, L: 256}}")
+        raise RecipeError(f"{source}: missing the task section, e.g. task: {{name: shift, seq_len: 256}}")
     name = data.get("name") or Path(source).stem
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
         raise RecipeError(f"{source}: name must be letters, digits and _ . + - (it names the run directory), got {name!r}")
@@ -547,11 +577,14 @@ def validate(data: dict, source: str = "<recipe>") -> Recipe:
         raise RecipeError(f"{source}: description must be a string, got {description!r}")
     task = _check_task(data["task"], source)
     model_data = data.get("model") or {}
-    if isinstance(model_data, dict) and "layer" in model_data:
-        model_data = {**model_data, "layer": _check_layer(model_data["layer"], source)}
+    if isinstance(model_data, dict):
+        if "layer" in model_data:
+            raise RecipeError(f"{source}: {LEGACY_KEYS['model.layer']}")
+        if "mixer" in model_data:  # checked (a bare name accepted) before the section's type check
+            model_data = {**model_data, "mixer": _check_mixer(model_data["mixer"], source)}
     model = _build_section(ModelConfig, model_data, "model", source)
-    if "layer" not in (data.get("model") or {}):
-        model.layer = _check_layer(model.layer, source)
+    if "mixer" not in model_data:
+        model.mixer = _check_mixer(model.mixer, source)
     _check_backbone(model, model_data, source)
     _check_size(model, source)
     optimizer = _build_section(OptimizerConfig, data.get("optimizer"), "optimizer", source)
@@ -580,8 +613,6 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...]
 
 def build_task(recipe: Recipe):
     """The task object; its own value checks become ``RecipeError``s naming the recipe."""
-    from ssmkit.tasks import TASKS
-
     options = {k: v for k, v in recipe.task.items() if k != "name"}
     try:
         return TASKS.get(recipe.task["name"])(**options)
@@ -592,16 +623,16 @@ def build_task(recipe: Recipe):
 
 
 def build_model(recipe: Recipe, task):
-    """The ``model.backbone`` model (``BACKBONES``) for ``task``; bad layer/kernel values become ``RecipeError``s."""
-    from ssmkit.models import BACKBONES
-
+    """The ``model.backbone`` model (``BACKBONES``) for ``task``, its blocks' mixers built from ``model.mixer``
+    (``ssmkit.mixers.build_mixer``) and its default sampling-rate factor ``model.rate``; bad mixer values become
+    ``RecipeError``s."""
     m = recipe.model
     options = {key: getattr(m, key) for key in BACKBONES.meta(m.backbone).get("options", ())}
     try:
         return BACKBONES.get(m.backbone)(
             d_input=task.d_input, d_output=task.d_output, d_model=m.d_model, n_layers=m.n_layers,
-            layer=dict(m.layer), prenorm=m.prenorm, norm=m.norm, dropout=m.dropout, pool=task.pool,
-            encoder=task.encoder, mlp_ratio=m.mlp_ratio, checkpoint=m.checkpoint, **options,
+            mixer=dict(m.mixer), prenorm=m.prenorm, norm=m.norm, dropout=m.dropout, pool=task.pool,
+            encoder=task.encoder, mlp_ratio=m.mlp_ratio, checkpoint=m.checkpoint, rate=m.rate, **options,
         )
     except (ValueError, TypeError) as e:
         raise RecipeError(f"{recipe.source}: model: {e}") from None
@@ -632,9 +663,9 @@ class _Required:
 REQUIRED = _Required()
 
 
-def _signature_settings(fn, values: dict, prefix: str, skip: tuple) -> list[Setting]:
+def _signature_settings(params: dict[str, inspect.Parameter], values: dict, prefix: str, skip: tuple) -> list[Setting]:
     rows = []
-    for name, p in _accepted_params(fn).items():
+    for name, p in params.items():
         if name in ("self", *skip):
             continue
         default = REQUIRED if p.default is inspect.Parameter.empty else p.default
@@ -654,27 +685,20 @@ def _dataclass_settings(cls, obj, prefix: str, skip: tuple = ()) -> list[Setting
 
 def settings(recipe: Recipe) -> list[Setting]:
     """Every key of ``recipe`` with its value and default, in recipe order: the sections' keys from their
-    dataclasses (``ModelConfig``, ...; help from the field metadata), task and layer options from the
-    signatures of the task class, ``SequenceLayer`` and the kernel, which the recipe is validated against."""
-    from ssmkit.mixers.kernels import KERNELS
-    from ssmkit.mixers.sequence_layer import SequenceLayer
-    from ssmkit.tasks import TASKS
-
+    dataclasses (``ModelConfig``, ...; help from the field metadata), task options from the task class's
+    signature and ``model.mixer`` options from ``mixer_parameters``, which the recipe is validated against."""
     task = recipe.task["name"]
-    layer = dict(recipe.model.layer)
+    mixer = dict(recipe.model.mixer)
     rows = [Setting("name", recipe.name, Path(recipe.source).stem, "names the run directory"),
             Setting("description", recipe.description, "", "one line shown by ssmkit recipes"),
             Setting("task.name", task, REQUIRED, "the task (see: ssmkit data)")]
-    rows += _signature_settings(TASKS.get(task), recipe.task, "task", ("name",))
+    rows += _signature_settings(_accepted_params(TASKS.get(task)), recipe.task, "task", ("name",))
     for row in _dataclass_settings(ModelConfig, recipe.model, "model"):
-        if row.key != "model.layer":
+        if row.key != "model.mixer":
             rows.append(row)
             continue
-        rows.append(Setting("model.layer.kernel", layer.get("kernel", "s4d"), "s4d", "the kernel or token mixer"))
-        rows += _signature_settings(SequenceLayer.__init__, layer, "model.layer", ("d_model", "transposed", "kernel"))
-        own = {r.key for r in rows}
-        rows += [r for r in _signature_settings(KERNELS.get(layer.get("kernel", "s4d")), layer, "model.layer",
-                                                ("d_model", "channels")) if r.key not in own]
+        rows.append(Setting("model.mixer.name", mixer["name"], "s4d", MIXERS.meta(mixer["name"]).get("description", "")))
+        rows += _signature_settings(mixer_parameters(mixer["name"]), mixer, "model.mixer", ())
     rows += _dataclass_settings(OptimizerConfig, recipe.optimizer, "optimizer")
     rows += _dataclass_settings(SchedulerConfig, recipe.scheduler, "scheduler")
     rows += _dataclass_settings(TrainConfig, recipe.train, "train")

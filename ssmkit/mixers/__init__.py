@@ -26,6 +26,7 @@ from ssmkit.mixers.conv import (
     S4Mixer,
     SGConvMixer,
 )
+from ssmkit.mixers.hyena import Hyena
 from ssmkit.mixers.lru import LRU
 from ssmkit.mixers.mamba import Mamba
 from ssmkit.mixers.s5 import S5
@@ -42,6 +43,7 @@ MIXERS.register("s5", description="S5: MIMO diagonal SSM (HiPPO-N, J blocks, zoh
 MIXERS.register("lru", description="LRU: linear recurrent unit (exp parameterisation, ring init, gamma normalisation)")(LRU)
 MIXERS.register("mamba", description="Mamba: selective SSM block (input-dependent dt, B, C; conv + gate), chunked scan, step")(Mamba)
 MIXERS.register("attn", description="attention: multi-head, rotary, full or local (chunk_size), KV-cache step")(Attention)
+MIXERS.register("hyena", description="Hyena: order-N gated long convolutions (implicit FFN, s4d or sgconv filters), exact step")(Hyena)
 
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 

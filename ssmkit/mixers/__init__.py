@@ -26,6 +26,8 @@ from ssmkit.mixers.conv import (
     S4Mixer,
     SGConvMixer,
 )
+from ssmkit.mixers.gated_deltanet import GatedDeltaNet
+from ssmkit.mixers.gla import GatedLinearAttention
 from ssmkit.mixers.hyena import Hyena
 from ssmkit.mixers.lru import LRU
 from ssmkit.mixers.mamba import Mamba
@@ -44,6 +46,8 @@ MIXERS.register("lru", description="LRU: linear recurrent unit (exp parameterisa
 MIXERS.register("mamba", description="Mamba: selective SSM block (input-dependent dt, B, C; conv + gate), chunked scan, step")(Mamba)
 MIXERS.register("attn", description="attention: multi-head, rotary, full or local (chunk_size), KV-cache step")(Attention)
 MIXERS.register("hyena", description="Hyena: order-N gated long convolutions (implicit FFN, s4d or sgconv filters), exact step")(Hyena)
+MIXERS.register("gla", description="GLA: gated linear attention (low-rank data-dependent gate per key), chunked, step")(GatedLinearAttention)
+MIXERS.register("gated_deltanet", description="Gated DeltaNet: gated delta rule (WY/UT chunked form), short conv, step")(GatedDeltaNet)
 
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 

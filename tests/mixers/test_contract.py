@@ -18,13 +18,15 @@ H, L = 4, 24
 SMALL = {
     "s4": {"d_state": 4}, "s4d": {"d_state": 4}, "dss": {"d_state": 4}, "dlr": {"d_state": 4}, "lssl": {"d_state": 4},
     "sgconv": {"l_max": L, "kernel_dim": 4}, "s5": {"d_state": 4}, "lru": {"d_state": 4}, "mamba": {"d_state": 4},
-    "attn": {"n_heads": 2},
+    "attn": {"n_heads": 2}, "gla": {"n_heads": 1, "chunk_size": 8}, "gated_deltanet": {"n_heads": 1, "chunk_size": 8},
 }
 NAMES = MIXERS.names()
 
 
 def make(name: str, seed: int = 0, **kw) -> Mixer:
     torch.manual_seed(seed)
+    if not kw.get("bidirectional", True) and "bidirectional" not in mixer_parameters(name):
+        del kw["bidirectional"]  # a causal-only mixer has no such option (directions() gives it False only)
     return build_mixer(H, {"name": name, **SMALL.get(name, {}), **kw})
 
 

@@ -1,0 +1,214 @@
+"""Chunked gated linear attention and the chunked gated delta rule: the recurrences of ``gla`` and
+``gated_deltanet`` (``ssmkit/mixers/gla.py``, ``ssmkit/mixers/gated_deltanet.py``) in plain torch.
+
+Shapes: q, k (B, h, L, dk), v (B, h, L, dv), the state S (B, h, dk, dv), time in dimension -2; everything is
+computed in float32 (float64 for float64 inputs) with autocast off, and returned in that dtype.
+
+Gated linear attention (Yang, Wang, Shen, Panda, Kim 2024, "Gated Linear Attention Transformers with
+Hardware-Efficient Training", eq. 3; fla-org/flash-linear-attention ``fla/ops/gla``):
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,      o_t = scale q_t S_t,      g_t = log alpha_t <= 0 (dk per head)
+
+Chunked form (their section 4.2): positions are cut into chunks of C (64); b_t = sum of g within the chunk up to t.
+The output is o = scale [(q exp(b)) S_chunk + A V] with the intra-chunk matrix A_ts = sum_d q_td k_sd exp(b_td - b_sd)
+(s <= t), and the states entering the chunks follow S_{i+1} = diag(exp(b_C)) S_i + (k exp(b_C - b))^T V, a linear
+recurrence over the L/C chunks (``ssmkit.ops.scan.linear_scan``). A is formed stably without ever computing a
+growing exponential: the chunk is cut into sub-chunks of c (16, the paper's secondary chunking); for a target
+sub-chunk i and an earlier source sub-chunk j, exp(b_t - b_s) = exp(b_t - r_i) exp(r_i - e_j) exp(e_j - b_s) with r_i
+the cumulative gate entering sub-chunk i and e_j the one leaving sub-chunk j: each factor is <= 1, so nothing
+overflows, and a factor that underflows bounds a product that is itself below the float range. Inside a sub-chunk
+the (c, c, dk) exponents are formed in log space (recomputed in backward by checkpointing, so memory stays
+O(L (C + dk + dv)) plus the L/C chunk states, never (L, L) or per-position states).
+
+Gated delta rule (Yang, Kautz, Hatamizadeh 2025, "Gated Delta Networks: Improving Mamba2 with Delta Rule", eq. 10;
+fla ``fla/ops/gated_delta_rule``), in the (dk, dv) layout of the state:
+
+    S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,       o_t = scale S_t^T q_t
+
+with a scalar alpha_t = exp(g_t) per head. Chunked with the WY/UT representation (their section 3.3): with
+gamma_t the cumulative log decay within the chunk and S_0 the state entering it, S_t = exp(gamma_t) S_0 +
+sum_{s<=t} exp(gamma_t - gamma_s) k_s u_s^T, where the pseudo-values u solve the unit lower-triangular system
+(I + A) u = diag(beta) (V - exp(gamma) K S_0), A_ts = beta_t exp(gamma_t - gamma_s) k_t.k_s (s < t). So with
+T = (I + A)^-1 (a triangular solve): U~ = T diag(beta) V and W = T diag(beta exp(gamma)) K are computed for all
+chunks at once, and only u = U~ - W S_0 and S_C = exp(gamma_C) S_0 + (K exp(gamma_C - gamma))^T u run chunk by
+chunk (a loop over the L/C chunks of (C, dk) x (dk, dv) products). The output is o = scale [(q exp(gamma)) S_0 +
+(Q K^T * exp(gamma_t - gamma_s), s <= t) u]. Every exponent is <= 0.
+
+Both take an initial state and return the final one; ``*_step`` are the recurrences for one token.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ssmkit.ops.scan import linear_scan
+
+#: GLA's secondary chunk (the paper's and fla's 16)
+SUB_CHUNK = 16
+
+
+def _dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _check_chunk(chunk_size: int) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+
+
+def _to_chunks(x: torch.Tensor, n: int, C: int) -> torch.Tensor:
+    """(B, h, L, ...) -> (B, h, n, C, ...), zero-padded after L."""
+    L = x.shape[2]
+    if n * C != L:
+        pad = [0, 0] * (x.dim() - 3) + [0, n * C - L]
+        x = F.pad(x, pad)
+    return x.reshape(*x.shape[:2], n, C, *x.shape[3:])
+
+
+def _exp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """exp of a float64 exponent (a difference of float64 cumulative gates) in ``dtype``."""
+    return torch.exp(x.to(dtype))
+
+
+def _masked_exp(diff: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """exp(diff) in ``dtype`` where ``keep``, else 0; the dropped entries (possibly large positive) are never
+    exponentiated."""
+    return torch.exp(torch.where(keep, diff, torch.full_like(diff, -math.inf)).to(dtype))
+
+
+def _gla_diagonal_blocks(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Inside each sub-chunk: A[t, s] = sum_d q_td k_sd exp(b_td - b_sd) for s <= t; (..., c, dk) -> (..., c, c).
+    b is float64: the difference is taken there, then rounded once."""
+    c = q.shape[-2]
+    keep = torch.ones(c, c, dtype=torch.bool, device=q.device).tril().unsqueeze(-1)  # (t, s, 1)
+    decay = _masked_exp(b.unsqueeze(-2) - b.unsqueeze(-3), keep, q.dtype)  # (..., t, s, dk)
+    return torch.einsum("...td,...sd,...tsd->...ts", q, k, decay)
+
+
+def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
+              initial_state: torch.Tensor | None = None, chunk_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated linear attention (module docstring): q, k, g (B, h, L, dk) with g = log alpha <= 0, v (B, h, L, dv),
+    initial_state (B, h, dk, dv) or None -> o (B, h, L, dv), final state (B, h, dk, dv).
+
+    ``scale`` defaults to dk^-1/2; ``chunk_size`` must be <= 16 or a multiple of 16 (the sub-chunk)."""
+    _check_chunk(chunk_size)
+    c = min(chunk_size, SUB_CHUNK)
+    if chunk_size % c:
+        raise ValueError(f"chunk_size must be at most {SUB_CHUNK} or a multiple of {SUB_CHUNK}, got {chunk_size}")
+    B, h, L, dk = q.shape
+    dv = v.shape[-1]
+    scale = dk**-0.5 if scale is None else scale
+    dtype = _dtype(q)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, g = (t.to(dtype) for t in (q, k, v, g))
+        S0 = q.new_zeros(B, h, dk, dv) if initial_state is None else initial_state.to(dtype)
+        if L == 0:
+            return v.new_zeros(B, h, 0, dv), S0
+        C = chunk_size
+        n = -(-L // C)
+        m = C // c
+        # padded positions: k = v = 0 adds nothing, g = 0 decays nothing, so the final state is exact
+        qc, kc, vc, gc = (_to_chunks(t, n, C) for t in (q, k, v, g))  # (B, h, n, C, d)
+        # cumulative log gate within each chunk, <= 0 and non-increasing, in float64: a float32 sum of large gates
+        # (|b| ~ 1e4) would lose the digits of the differences b_t - b_s that the exponentials take
+        b = gc.to(torch.float64).cumsum(-2)
+        b_last = b[..., -1:, :]  # (B, h, n, 1, dk)
+
+        # --- the states entering each chunk: S_{i+1} = diag(exp(b_C)) S_i + (k exp(b_C - b))^T v ---
+        kd = kc * _exp(b_last - b, dtype)
+        contrib = kd.transpose(-1, -2) @ vc  # (B, h, n, dk, dv)
+        decay = _exp(b_last, dtype).squeeze(-2)  # (B, h, n, dk)
+        states, S_final = linear_scan(decay.permute(0, 1, 3, 2).unsqueeze(-2), contrib.permute(0, 1, 3, 4, 2), S0)
+        states = states.to(dtype).permute(0, 1, 4, 2, 3)  # (B, h, n, dk, dv): the state after each chunk
+        S_prev = torch.cat([S0.unsqueeze(2), states[:, :, :-1]], dim=2)  # the state entering each chunk
+        o = (qc * _exp(b, dtype)) @ S_prev  # (B, h, n, C, dv)
+
+        # --- the intra-chunk matrix A (B, h, n, C, C), by sub-chunks ---
+        qs, ks, bs = (t.reshape(B, h, n, m, c, dk) for t in (qc, kc, b))
+        zero = bs.new_zeros(B, h, n, 1, 1, dk)
+        r = torch.cat([zero, bs[..., :-1, -1:, :]], dim=3)  # entering sub-chunk i: (B, h, n, m, 1, dk)
+        e = bs[..., -1:, :]  # leaving sub-chunk j
+        A = _gla_diagonal_blocks(qs, ks, bs) if not torch.is_grad_enabled() else checkpoint(
+            _gla_diagonal_blocks, qs, ks, bs, use_reentrant=False)  # (B, h, n, m, c, c)
+        eye = torch.eye(m, dtype=dtype, device=q.device)
+        A = A.unsqueeze(-2) * eye[:, None, :, None]  # (B, h, n, m, c, m, c), diagonal blocks only
+        if m > 1:
+            earlier = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1).unsqueeze(-1)  # j < i
+            mid = _masked_exp(r.squeeze(-2).unsqueeze(-2) - e.squeeze(-2).unsqueeze(-3), earlier, dtype)  # (i, j, dk)
+            qg = qs * _exp(bs - r, dtype)  # exp(b_t - r_i) <= 1
+            kg = ks * _exp(e - bs, dtype)  # exp(e_j - b_s) <= 1
+            A = A + torch.einsum("...itd,...ijd,...jsd->...itjs", qg, mid, kg)
+        o = o + A.reshape(B, h, n, C, C) @ vc
+        o = (scale * o).reshape(B, h, n * C, dv)[:, :, :L]
+    return o, S_final.to(dtype)
+
+
+def gla_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, state: torch.Tensor,
+             scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: q, k, g (B, h, dk), v (B, h, dv), state (B, h, dk, dv) -> o (B, h, dv), next state."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dtype = _dtype(state)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, g = (t.to(dtype) for t in (q, k, v, g))
+        state = torch.exp(g).unsqueeze(-1) * state + k.unsqueeze(-1) * v.unsqueeze(-2)
+        return scale * (q.unsqueeze(-2) @ state).squeeze(-2), state
+
+
+def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                           scale: float | None = None, initial_state: torch.Tensor | None = None,
+                           chunk_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated delta rule (module docstring): q, k (B, h, L, dk) (L2-normalised by the caller), v (B, h, L, dv),
+    g = log alpha (B, h, L) <= 0, beta (B, h, L), initial_state (B, h, dk, dv) or None -> o (B, h, L, dv), final
+    state (B, h, dk, dv). ``scale`` defaults to dk^-1/2."""
+    _check_chunk(chunk_size)
+    B, h, L, dk = q.shape
+    dv = v.shape[-1]
+    scale = dk**-0.5 if scale is None else scale
+    dtype = _dtype(q)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, g, beta = (t.to(dtype) for t in (q, k, v, g, beta))
+        S = q.new_zeros(B, h, dk, dv) if initial_state is None else initial_state.to(dtype)
+        if L == 0:
+            return v.new_zeros(B, h, 0, dv), S
+        C = chunk_size
+        n = -(-L // C)
+        # padded positions: k = v = 0 and g = 0 leave the state as it is
+        qc, kc, vc = (_to_chunks(t, n, C) for t in (q, k, v))  # (B, h, n, C, d)
+        gc, bc = (_to_chunks(t.unsqueeze(-1), n, C).squeeze(-1) for t in (g, beta))  # (B, h, n, C)
+        gam = gc.to(torch.float64).cumsum(-1)  # <= 0, non-increasing; float64 as GLA's (differences keep their digits)
+        diff = gam.unsqueeze(-1) - gam.unsqueeze(-2)  # (t, s): gamma_t - gamma_s, <= 0 for s <= t
+        tri = torch.ones(C, C, dtype=torch.bool, device=q.device)
+        A = bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * _masked_exp(diff, tri.tril(-1), dtype)  # strictly lower
+        eye = torch.eye(C, dtype=dtype, device=q.device)
+        rhs = torch.cat([bc.unsqueeze(-1) * vc, (bc * _exp(gam, dtype)).unsqueeze(-1) * kc], dim=-1)
+        sol = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+        U, W = sol.split([dv, dk], dim=-1)  # T diag(beta) V, T diag(beta exp(gamma)) K
+        kd = kc * _exp(gam[..., -1:] - gam, dtype).unsqueeze(-1)  # k exp(gamma_C - gamma) (B, h, n, C, dk)
+        decay = _exp(gam[..., -1], dtype).unsqueeze(-1).unsqueeze(-1)  # (B, h, n, 1, 1)
+        us, S_prev = [], []
+        for i in range(n):  # the only sequential part: L/C steps of small products
+            S_prev.append(S)
+            u = U[:, :, i] - W[:, :, i] @ S  # (B, h, C, dv)
+            us.append(u)
+            S = decay[:, :, i] * S + kd[:, :, i].transpose(-1, -2) @ u
+        u, S_prev = torch.stack(us, dim=2), torch.stack(S_prev, dim=2)
+        QK = (qc @ kc.transpose(-1, -2)) * _masked_exp(diff, tri.tril(), dtype)
+        o = (qc * _exp(gam, dtype).unsqueeze(-1)) @ S_prev + QK @ u
+        o = (scale * o).reshape(B, h, n * C, dv)[:, :, :L]
+    return o, S
+
+
+def gated_delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                          state: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: q, k (B, h, dk), v (B, h, dv), g, beta (B, h), state (B, h, dk, dv) -> o (B, h, dv), next state."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dtype = _dtype(state)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, g, beta = (t.to(dtype) for t in (q, k, v, g, beta))
+        state = torch.exp(g)[..., None, None] * state
+        u = beta.unsqueeze(-1) * (v - (k.unsqueeze(-2) @ state).squeeze(-2))  # beta (v - S^T k)
+        state = state + k.unsqueeze(-1) * u.unsqueeze(-2)
+        return scale * (q.unsqueeze(-2) @ state).squeeze(-2), state

@@ -7,11 +7,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
-def run_steps(layer, x: torch.Tensor, state, rate=None):
-    """Feeds x (B, H, L) through ``layer.step`` token by token: returns (outputs (B, H, L), final state)."""
+def run_steps(mixer, x: torch.Tensor, state):
+    """Feeds x (B, H, L) through ``mixer.step`` token by token (at the rate of its last ``setup_step``): returns
+    (outputs (B, H, L), final state)."""
     ys = []
     for t in range(x.shape[-1]):
-        y_t, state = layer.step(x[..., t], state, rate=rate)
+        y_t, state = mixer.step(x[..., t], state)
         ys.append(y_t)
     return torch.stack(ys, -1), state
 

@@ -11,7 +11,8 @@ from helpers import np_to_real as to_real
 from helpers import run_steps
 
 import ssmkit.mixers.kernels.dlr as dlr_module
-from ssmkit import SequenceLayer, param_groups
+from ssmkit import param_groups
+from ssmkit.mixers import build_mixer
 from ssmkit.mixers.kernels.dlr import KERNEL_TO_REAL, LAMBDA_INITS, VERSIONS, DLRKernel
 
 
@@ -99,21 +100,21 @@ def test_inits_follow_the_paper():
     [({"Lambda": 1e-4, "W": 1e-4}, 1e-4), ({"Lambda": 1e-4, "Lambda_re": 5e-5, "W": 1e-4}, 5e-5), (2e-4, 2e-4)],
 )
 def test_real_part_learning_rate_is_really_applied(lr, want_re):
-    layer = SequenceLayer(4, kernel="dlr", d_state=8, lr=lr)
-    opt = torch.optim.AdamW(param_groups(layer, lr=1e-3, weight_decay=0.01))
+    mixer = build_mixer(4, dict(name="dlr", d_state=8, lr=lr))
+    opt = torch.optim.AdamW(param_groups(mixer, lr=1e-3, weight_decay=0.01))
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
-    assert lr_of[id(layer.kernel.Lambda_sqrt_neg_re)] == want_re
-    assert wd_of[id(layer.kernel.Lambda_sqrt_neg_re)] == 0.0
-    assert lr_of[id(layer.kernel.Lambda_im)] == (lr["Lambda"] if isinstance(lr, dict) else lr)
+    assert lr_of[id(mixer.kernel.Lambda_sqrt_neg_re)] == want_re
+    assert wd_of[id(mixer.kernel.Lambda_sqrt_neg_re)] == 0.0
+    assert lr_of[id(mixer.kernel.Lambda_im)] == (lr["Lambda"] if isinstance(lr, dict) else lr)
 
 
 def test_freezing_and_gradients():
-    layer = SequenceLayer(4, kernel="dlr", d_state=8, lr={"Lambda_re": 0.0})
-    k = layer.kernel
+    mixer = build_mixer(4, dict(name="dlr", d_state=8, lr={"Lambda_re": 0.0}))
+    k = mixer.kernel
     assert "Lambda_sqrt_neg_re" in dict(k.named_buffers()) and "Lambda_im" in dict(k.named_parameters())
-    layer(torch.randn(2, 4, 16)).square().sum().backward()
-    for name, p in layer.named_parameters():
+    mixer(torch.randn(2, 4, 16)).square().sum().backward()
+    for name, p in mixer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     frozen = DLRKernel(4, d_state=8, lr={"Lambda": 0.0})
     assert set(dict(frozen.named_parameters())) == {"W"}
@@ -134,22 +135,22 @@ def test_max_kernel_length_caps_the_kernel():
     K, _ = k(20)
     assert K.shape == (1, 3, 6) and rel(K, complex_kernel(k, 6).real) < 1e-9
     assert k(4)[0].shape[-1] == 4
-    # Through SequenceLayer the option of the same name is the layer's, with the same meaning.
-    layer = SequenceLayer(3, kernel="dlr", d_state=8, max_kernel_length=6).double()
+    # Through the mixer (build_mixer) the option of the same name is ConvMixer's, routed to the kernel: same meaning.
+    mixer = build_mixer(3, dict(name="dlr", d_state=8, max_kernel_length=6)).double()
     x = torch.randn(1, 3, 20, dtype=torch.float64)
     x2 = x.clone()
     x2[..., 0] += 1.0
-    change = (layer(x) - layer(x2)).abs()
+    change = (mixer(x) - mixer(x2)).abs()
     assert change[..., :6].max() > 1e-6 and change[..., 6:].max() < 1e-12  # sees exactly 6 taps back
 
 
-def test_layer_and_kernel_max_kernel_length_compose():
-    layer = SequenceLayer(3, kernel="dlr", d_state=8)
-    layer.kernel.max_kernel_length = 9
-    layer.max_kernel_length = 5
-    assert layer.kernel_fn(20).shape[-1] == 5
-    layer.max_kernel_length = 12
-    assert layer.kernel_fn(20).shape[-1] == 9
+def test_mixer_and_kernel_max_kernel_length_compose():
+    mixer = build_mixer(3, dict(name="dlr", d_state=8))
+    mixer.kernel.max_kernel_length = 9
+    mixer.max_kernel_length = 5
+    assert mixer.kernel_fn(20).shape[-1] == 5
+    mixer.max_kernel_length = 12
+    assert mixer.kernel_fn(20).shape[-1] == 9
 
 
 def direct_recurrence(k: DLRKernel, u: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,26 +180,26 @@ def test_kernel_with_state_equals_direct_recurrence(mode, monkeypatch):
 
 @pytest.mark.parametrize("mode", ["real", "imag", "sum"])
 @pytest.mark.parametrize("nonzero_state", [False, True])
-def test_layer_conv_equals_step(mode, nonzero_state):
+def test_mixer_conv_equals_step(mode, nonzero_state):
     torch.manual_seed(0)
-    layer = SequenceLayer(4, kernel="dlr", d_state=16, kernel_to_real=mode, dt_min=1e-2, dt_max=0.1).eval()
+    mixer = build_mixer(4, dict(name="dlr", d_state=16, kernel_to_real=mode, dt_min=1e-2, dt_max=0.1)).eval()
     x = torch.randn(2, 4, 24)
-    s0 = layer.default_state(2)
+    s0 = mixer.default_state(2)
     if nonzero_state:
         s0 = torch.randn_like(s0)
-    y, s_end = layer(x, state=s0, return_state=True)
-    ys, state = run_steps(layer, x, s0)
+    y, s_end = mixer(x, state=s0, return_state=True)
+    ys, state = run_steps(mixer, x, s0)
     assert ((ys - y).norm() / y.norm()).item() < 1e-4
     assert ((state - s_end).abs().max() / state.abs().max()).item() < 1e-4
 
 
 def test_forward_with_state_equals_two_halves():
     torch.manual_seed(0)
-    layer = SequenceLayer(4, kernel="dlr", d_state=16, dt_min=1e-2, dt_max=0.1).eval()
+    mixer = build_mixer(4, dict(name="dlr", d_state=16, dt_min=1e-2, dt_max=0.1)).eval()
     x = torch.randn(2, 4, 30)
-    y = layer(x)
-    y1, s1 = layer(x[..., :13], return_state=True)
-    y2 = layer(x[..., 13:], state=s1)
+    y = mixer(x)
+    y1, s1 = mixer(x[..., :13], return_state=True)
+    y2 = mixer(x[..., 13:], state=s1)
     assert ((torch.cat([y1, y2], -1) - y).norm() / y.norm()).item() < 1e-4
 
 
@@ -210,26 +211,29 @@ def test_kernels_without_a_recurrence_say_why(opts):
         with pytest.raises(ValueError, match="no recurrent state: (kernel_to_real|max_kernel_length)"):
             call()
     if "kernel_to_real" in opts:
-        layer = SequenceLayer(4, kernel="dlr", d_state=8, **opts)
-        assert not layer.has_state
+        mixer = build_mixer(4, dict(name="dlr", d_state=8, **opts))
+        assert not mixer.has_state
         with pytest.raises(ValueError, match="no recurrent state"):
-            layer(torch.randn(1, 4, 8), return_state=True)
+            mixer(torch.randn(1, 4, 8), return_state=True)
 
 
 def test_rate_is_rejected():
-    layer = SequenceLayer(4, kernel="dlr", d_state=8, rate=2.0)
     with pytest.raises(ValueError, match="DLR has no step size"):
-        layer(torch.randn(1, 4, 8))
+        DLRKernel(4, d_state=8)(8, rate=2.0)
+    mixer = build_mixer(4, dict(name="dlr", d_state=8))
+    for call in (lambda: mixer(torch.randn(1, 4, 8), rate=2.0), lambda: mixer.setup_step(rate=2.0)):
+        with pytest.raises(ValueError, match="mixer 'dlr' has no step size"):
+            call()
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_bidirectional_sees_the_future_causal_does_not(bidirectional):
     torch.manual_seed(0)
-    layer = SequenceLayer(4, kernel="dlr", d_state=8, bidirectional=bidirectional).double()
+    mixer = build_mixer(4, dict(name="dlr", d_state=8, bidirectional=bidirectional)).double()
     x = torch.randn(1, 4, 20, dtype=torch.float64)
     x2 = x.clone()
     x2[..., 11:] += 1.0
-    change = (layer(x) - layer(x2))[..., :11].abs().max().item()
+    change = (mixer(x) - mixer(x2))[..., :11].abs().max().item()
     assert (change > 1e-6) if bidirectional else (change < 1e-12)
 
 
@@ -252,8 +256,8 @@ def test_every_option_value_builds_and_runs(option, value):
     k = DLRKernel(4, d_state=6, dt_min=1e-2, dt_max=0.1, **{option: value}).double()
     Lk = min(16, k.max_kernel_length or 16)
     assert rel(k(16)[0], to_real(complex_kernel(k, Lk), k.kernel_to_real)) < 1e-9
-    layer = SequenceLayer(4, kernel="dlr", d_state=6, dt_min=1e-2, dt_max=0.1, **{option: value})
-    y = layer(torch.randn(2, 4, 16))
+    mixer = build_mixer(4, dict(name="dlr", d_state=6, dt_min=1e-2, dt_max=0.1, **{option: value}))
+    y = mixer(torch.randn(2, 4, 16))
     assert y.shape == (2, 4, 16) and torch.isfinite(y).all()
 
 
@@ -279,15 +283,15 @@ def test_bad_options_raise_clear_errors(kwargs, match):
 LARGE = textwrap.dedent(
     """
     import resource, torch
-    from ssmkit import SequenceLayer
+    from ssmkit.mixers import build_mixer
     torch.manual_seed(0)
     N, L = 4096, 1 << 16
-    layer = SequenceLayer(2, kernel="dlr", d_state=N, activation="id", output="linear", dt_min=1e-5, dt_max=1e-5)
+    mixer = build_mixer(2, dict(name="dlr", d_state=N, activation="id", output="linear", dt_min=1e-5, dt_max=1e-5))
     x = torch.randn(1, 2, L)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    layer(x).square().mean().backward()
+    mixer(x).square().mean().backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ok = all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+    ok = all(p.grad is not None and torch.isfinite(p.grad).all() for p in mixer.parameters())
     print(base // 1024, peak // 1024, ok)
     """
 )

@@ -8,7 +8,8 @@ import torch
 from helpers import np_to_real as to_real
 from helpers import run_steps
 
-from ssmkit import SequenceLayer, param_groups
+from ssmkit import param_groups
+from ssmkit.mixers import build_mixer
 from ssmkit.mixers.kernels.base import KERNEL_TO_REAL
 from ssmkit.mixers.kernels.dss import LAMBDA_INITS, VERSIONS, DSSKernel
 
@@ -77,10 +78,10 @@ def test_kernel_to_real_matches_explicit_sum(version, mode):
 
 
 def test_product_kernels_have_no_state():
-    layer = SequenceLayer(4, kernel="dss", kernel_to_real="prod")
-    assert not layer.has_state
+    mixer = build_mixer(4, dict(name="dss", kernel_to_real="prod"))
+    assert not mixer.has_state
     with pytest.raises(ValueError, match="kernel_to_real='prod' multiplies two responses"):
-        layer.kernel.default_state(2)
+        mixer.kernel.default_state(2)
 
 
 @pytest.mark.parametrize("L", [10, 16, 40])
@@ -149,14 +150,14 @@ def test_log_dt_is_log_uniform_and_sep_tiles_it():
 
 
 def test_per_parameter_lr_and_frozen_parameters():
-    layer = SequenceLayer(4, kernel="dss", d_state=8, lr={"Lambda": 1e-3, "W": 2e-3, "log_dt": 0.0}, wd={"W": 0.1})
-    k = layer.kernel
+    mixer = build_mixer(4, dict(name="dss", d_state=8, lr={"Lambda": 1e-3, "W": 2e-3, "log_dt": 0.0}, wd={"W": 0.1}))
+    k = mixer.kernel
     assert "log_dt" in dict(k.named_buffers()) and "log_dt" not in dict(k.named_parameters())
-    groups = {name: (g["lr"], g["weight_decay"]) for g in param_groups(layer, lr=0.5, weight_decay=0.01) for name in g["names"]}
+    groups = {name: (g["lr"], g["weight_decay"]) for g in param_groups(mixer, lr=0.5, weight_decay=0.01) for name in g["names"]}
     assert groups["kernel.Lambda_log_neg_re"] == (1e-3, 0.0) and groups["kernel.Lambda_im"] == (1e-3, 0.0)
     assert groups["kernel.W"] == (2e-3, 0.1)
-    layer(torch.randn(2, 4, 16)).square().sum().backward()
-    for name, p in layer.named_parameters():
+    mixer(torch.randn(2, 4, 16)).square().sum().backward()
+    for name, p in mixer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert k.log_dt.grad is None
 
@@ -210,15 +211,15 @@ def test_kernel_with_state_equals_direct_recurrence(opts):
 
 @pytest.mark.parametrize("opts", STEP_CASES)
 @pytest.mark.parametrize("nonzero_state", [False, True])
-def test_layer_conv_equals_step(opts, nonzero_state):
+def test_mixer_conv_equals_step(opts, nonzero_state):
     torch.manual_seed(0)
-    layer = SequenceLayer(4, kernel="dss", d_state=8, **opts).eval()
+    mixer = build_mixer(4, dict(name="dss", d_state=8, **opts)).eval()
     x = torch.randn(2, 4, 24)
-    s0 = layer.default_state(2)
+    s0 = mixer.default_state(2)
     if nonzero_state:
         s0 = torch.randn_like(s0)
-    y, s_end = layer(x, state=s0, return_state=True)
-    ys, state = run_steps(layer, x, s0)
+    y, s_end = mixer(x, state=s0, return_state=True)
+    ys, state = run_steps(mixer, x, s0)
     assert ((ys - y).norm() / y.norm()).item() < 1e-4
     assert ((state - s_end).abs().max() / state.abs().max()).item() < 1e-4
 
@@ -226,34 +227,34 @@ def test_layer_conv_equals_step(opts, nonzero_state):
 @pytest.mark.parametrize("opts", STEP_CASES)
 def test_forward_with_state_equals_two_halves(opts):
     torch.manual_seed(0)
-    layer = SequenceLayer(4, kernel="dss", d_state=8, **opts).eval()
+    mixer = build_mixer(4, dict(name="dss", d_state=8, **opts)).eval()
     x = torch.randn(2, 4, 30)
-    y = layer(x)
-    y1, s1 = layer(x[..., :13], return_state=True)
-    y2 = layer(x[..., 13:], state=s1)
+    y = mixer(x)
+    y1, s1 = mixer(x[..., :13], return_state=True)
+    y2 = mixer(x[..., 13:], state=s1)
     assert ((torch.cat([y1, y2], -1) - y).norm() / y.norm()).item() < 1e-4
 
 
 def test_softmax_without_fixed_length_has_no_state():
-    layer = SequenceLayer(4, kernel="dss", version="softmax")
-    assert not layer.has_state
+    mixer = build_mixer(4, dict(name="dss", version="softmax"))
+    assert not mixer.has_state
     with pytest.raises(ValueError, match="softmax_length"):
-        layer.kernel.default_state(2)
+        mixer.kernel.default_state(2)
     with pytest.raises(ValueError, match="softmax_length"):
-        layer.kernel(8, state=torch.zeros(1, 4, 64, dtype=torch.complex64))
+        mixer.kernel(8, state=torch.zeros(1, 4, 64, dtype=torch.complex64))
     with pytest.raises(ValueError, match="no recurrent"):
-        layer.step(torch.randn(2, 4), None)
+        mixer.step(torch.randn(2, 4), None)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_bidirectional_sees_the_future_causal_does_not(version, bidirectional):
     torch.manual_seed(0)
-    layer = SequenceLayer(4, kernel="dss", d_state=8, version=version, bidirectional=bidirectional).double()
+    mixer = build_mixer(4, dict(name="dss", d_state=8, version=version, bidirectional=bidirectional)).double()
     x = torch.randn(1, 4, 20, dtype=torch.float64)
     x2 = x.clone()
     x2[..., 11:] += 1.0
-    change = (layer(x) - layer(x2))[..., :11].abs().max().item()
+    change = (mixer(x) - mixer(x2))[..., :11].abs().max().item()
     assert (change > 1e-6) if bidirectional else (change < 1e-12)
 
 
@@ -276,10 +277,10 @@ def test_every_option_value_builds_and_runs(option, value):
     opts = {option: value}
     if option == "softmax_length" and value is not None:
         opts["version"] = "softmax"
-    layer = SequenceLayer(4, kernel="dss", d_state=6, **opts)
-    y = layer(torch.randn(2, 4, 16))
+    mixer = build_mixer(4, dict(name="dss", d_state=6, **opts))
+    y = mixer(torch.randn(2, 4, 16))
     assert y.shape == (2, 4, 16) and torch.isfinite(y).all()
-    assert rel(layer.kernel.double()(16)[0], reference_kernel(layer.kernel, 16)) < 1e-9
+    assert rel(mixer.kernel.double()(16)[0], reference_kernel(mixer.kernel, 16)) < 1e-9
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import hippo_closed_form, run_steps
 
-from ssmkit import SequenceLayer
+from ssmkit.mixers import build_mixer
 from ssmkit.mixers.kernels.lssl import LSSLKernel
 from ssmkit.ops.hippo import MEASURES
 from ssmkit.ops.krylov import krylov, power_series
@@ -105,13 +105,13 @@ def test_rate_equals_scaled_step_size(rate):
 def test_conv_step_and_state_passing_agree(kw):
     torch.manual_seed(0)
     H, L, T = 3, 30, 11
-    layer = SequenceLayer(H, kernel="lssl", d_state=8, **kw).double().eval()
+    mixer = build_mixer(H, dict(name="lssl", d_state=8, **kw)).double().eval()
     x = torch.randn(2, H, L, dtype=torch.float64)
-    y = layer(x)
-    ys, s_step = run_steps(layer, x, layer.default_state(2))
+    y = mixer(x)
+    ys, s_step = run_steps(mixer, x, mixer.default_state(2))
     assert rel(ys, np64(y)) < 1e-10
-    y1, s = layer(x[..., :T], return_state=True)
-    y2, s_end = layer(x[..., T:], state=s, return_state=True)
+    y1, s = mixer(x[..., :T], return_state=True)
+    y2, s_end = mixer(x[..., T:], state=s, return_state=True)
     assert rel(torch.cat([y1, y2], -1), np64(y)) < 1e-10
     assert rel(s_end, np64(s_step)) < 1e-10
 

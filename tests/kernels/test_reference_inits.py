@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import run_steps
 
-from ssmkit import SequenceLayer
+from ssmkit.mixers import build_mixer
 from ssmkit.mixers.kernels.s4 import S4Kernel
 from ssmkit.mixers.kernels.s4d import S4DKernel
 from ssmkit.mixers.kernels.sgconv import SGConvKernel
@@ -86,10 +86,10 @@ def test_s4d_real_kernel_and_step_are_twice_the_real_sum(disc):
     want = 2 * np.einsum("hn,hnl->hl", C * dB, dA[..., None] ** np.arange(L))
     np.testing.assert_allclose(k(L)[0][0].detach().numpy(), want, rtol=1e-12, atol=1e-14)
     # the recurrence: y_t = 2 C x_t, x_t = dA x_{t-1} + dB u_t
-    layer = SequenceLayer(H, kernel="s4d", d_state=N, init="real", disc=disc, D=False, activation="id", output=None).double()
-    layer.kernel.load_state_dict(k.state_dict())
+    mixer = build_mixer(H, dict(name="s4d", d_state=N, init="real", disc=disc, D=False, activation="id", output=None)).double()
+    mixer.kernel.load_state_dict(k.state_dict())
     u = torch.randn(1, H, L, dtype=torch.float64)
-    ys, _ = run_steps(layer, u, layer.default_state(1))
+    ys, _ = run_steps(mixer, u, mixer.default_state(1))
     x, ref = np.zeros((H, N)), []
     for t in range(L):
         x = dA * x + dB * u[0, :, t].numpy()[:, None]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import run_steps
 
-from ssmkit import SequenceLayer
+from ssmkit.mixers import build_mixer
 from ssmkit.mixers.kernels.s4 import DPLR_INITS, HIPPO_INITS, MODES, PRECISIONS, STEP_MODES, S4Kernel
 from ssmkit.mixers.kernels.s4d import INITS as DIAG_INITS
 
@@ -120,15 +120,15 @@ def test_length_doubling_equals_direct_length_and_is_saved():
 def test_conv_equals_step_from_zero_and_nonzero_state(step_mode, kw):
     torch.manual_seed(0)
     H, L, T = 4, 40, 17
-    layer = SequenceLayer(H, kernel="s4", d_state=16, step_mode=step_mode, **kw).eval()
+    mixer = build_mixer(H, dict(name="s4", d_state=16, step_mode=step_mode, **kw)).eval()
     x = torch.randn(2, H, L)
-    y = layer(x)
-    ys, _ = run_steps(layer, x, layer.default_state(2))
+    y = mixer(x)
+    ys, _ = run_steps(mixer, x, mixer.default_state(2))
     assert rel(ys, y.detach().double().numpy()) < 1e-4
     # non-zero state: the first T tokens by convolution, the rest by stepping and by forward-with-state
-    y1, s = layer(x[..., :T], return_state=True)
-    y2, s_end = layer(x[..., T:], state=s, return_state=True)
-    ys, s = run_steps(layer, x[..., T:], s)
+    y1, s = mixer(x[..., :T], return_state=True)
+    y2, s_end = mixer(x[..., T:], state=s, return_state=True)
+    ys, s = run_steps(mixer, x[..., T:], s)
     ref = y[..., T:].detach().double().numpy()
     assert rel(ys, ref) < 1e-4
     assert rel(y2, ref) < 1e-4
@@ -142,11 +142,11 @@ def test_conv_equals_step_from_zero_and_nonzero_state(step_mode, kw):
 def test_bidirectional_sees_the_future_causal_does_not(mode, bidirectional):
     torch.manual_seed(0)
     H, L = 3, 20
-    layer = SequenceLayer(H, kernel="s4", d_state=8, mode=mode, bidirectional=bidirectional).double()
+    mixer = build_mixer(H, dict(name="s4", d_state=8, mode=mode, bidirectional=bidirectional)).double()
     x = torch.randn(1, H, L, dtype=torch.float64)
     x2 = x.clone()
     x2[..., 11:] += 1.0
-    changed = (layer(x)[..., :11] - layer(x2)[..., :11]).abs().max().item()
+    changed = (mixer(x)[..., :11] - mixer(x2)[..., :11]).abs().max().item()
     assert (changed > 1e-6) if bidirectional else (changed < 1e-12)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ssmkit import SequenceLayer
+from ssmkit.mixers import build_mixer
 from ssmkit.mixers.kernels.sgconv import SGConvKernel, n_scales_for
 
 MODES = [
@@ -187,25 +187,25 @@ def test_longer_input_warns_once_and_sees_no_further_than_the_kernel():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_every_mode_runs_in_a_bidirectional_layer(mode):
+def test_every_mode_runs_in_a_bidirectional_mixer(mode):
     torch.manual_seed(0)
-    layer = SequenceLayer(4, kernel="sgconv", bidirectional=True, channels=2, l_max=16, kernel_dim=4, mode=mode)
+    mixer = build_mixer(4, dict(name="sgconv", bidirectional=True, channels=2, l_max=16, kernel_dim=4, mode=mode))
     x = torch.randn(2, 4, 16, requires_grad=True)
-    y = layer(x)
+    y = mixer(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
     y.square().sum().backward()
-    for name, p in layer.named_parameters():
+    for name, p in mixer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     with pytest.raises(ValueError, match="has no recurrent state"):
-        layer(x, return_state=True)
+        mixer(x, return_state=True)
 
 
 def test_bidirectional_sees_the_future_and_causal_does_not():
     for bidirectional in (False, True):
         torch.manual_seed(0)
-        layer = SequenceLayer(4, kernel="sgconv", bidirectional=bidirectional, l_max=16, kernel_dim=4).double()
+        mixer = build_mixer(4, dict(name="sgconv", bidirectional=bidirectional, l_max=16, kernel_dim=4)).double()
         x = torch.randn(1, 4, 16, dtype=torch.float64)
         x2 = x.clone()
         x2[..., 9:] += 1.0
-        changed = (layer(x)[..., :9] - layer(x2)[..., :9]).abs().max().item()
+        changed = (mixer(x)[..., :9] - mixer(x2)[..., :9]).abs().max().item()
         assert (changed > 1e-6) if bidirectional else (changed < 1e-12)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from ssmkit.errors import DataError
-from ssmkit.tasks.base import Task
+from ssmkit.tasks.base import Task, data_root
 
 IGNORE_INDEX = -100
 PAD_ID = 0
@@ -50,8 +51,6 @@ def require_files(paths: Iterable[Path], what: str, how: str) -> None:
 def user_path(text: str) -> Path:
     """A data path a user wrote in a recipe: absolute as given (``~`` expanded); relative, from the current
     directory when it exists there, else under ``$SSMKIT_DATA`` (where a missing path is then reported)."""
-    from ssmkit.tasks.base import data_root
-
     path = Path(text).expanduser()
     if path.is_absolute() or path.exists():
         return path
@@ -117,8 +116,6 @@ def _call(args):
 def parallel_map(fn: Callable, items: Sequence, workers: int, description: str) -> list:
     """``[fn(i) for i in items]`` over ``workers`` processes with a rich progress bar; order is kept,
     so results depend only on ``items`` (each carries its own seed), never on the worker count."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     results = []
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), transient=False) as progress:

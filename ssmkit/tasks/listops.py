@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.progress import Progress
 
 from ssmkit.errors import DataError
 from ssmkit.tasks._shared import (
@@ -147,8 +148,6 @@ def generate(n: int, seed: int = 0, max_depth: int = 10, max_args: int = 10, min
     max_tries = max_tries or 10_000 * n + 100_000
     bar = None
     if progress:
-        from rich.progress import Progress
-
         bar = Progress()
         bar.start()
         task_id = bar.add_task("listops expressions", total=n)

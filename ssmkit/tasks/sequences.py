@@ -30,8 +30,11 @@ model's vocabulary is one larger than the data's. ``seq_len`` cuts longer sequen
 """
 from __future__ import annotations
 
+import os
+import socket
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -300,10 +303,6 @@ def load_hf(name: str):
 
 def _hub_reachable() -> bool:
     """Whether the Hub's host name resolves (``$HF_ENDPOINT`` or huggingface.co); offline settings count as no."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"

@@ -11,6 +11,7 @@ Zero-shot resolution change (S4 paper, Table 5): ``sample_rate: 8000`` resamples
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,6 @@ class _SpeechCommands(ClassificationTask):
         """(16000,) waveform -> (L, 1) raw samples at ``sample_rate`` or (T, n_mfcc) MFCC frames."""
         if self.mfcc:
             if self._mfcc is None:
-                import warnings
-
                 import torchaudio
 
                 # torchaudio's defaults (n_fft 400, 128 mels), as in the S4 code: a few of the 128 mel filters

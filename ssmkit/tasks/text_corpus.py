@@ -34,6 +34,7 @@ import numpy as np
 
 from ssmkit.errors import DataError
 from ssmkit.ops.ext_build import cache_root
+from ssmkit.tasks._shared import user_path
 from ssmkit.tasks.base import data_root
 
 SPLITS = ("train", "val", "test")
@@ -88,7 +89,6 @@ def load_tokenizer(spec: str):
         from tokenizers import Tokenizer
     except ImportError:
         raise DataError("task.level=tokenizer needs the tokenizers library: pip install tokenizers") from None
-    from ssmkit.tasks._shared import user_path
 
     path = user_path(spec)
     if path.is_dir():

@@ -31,6 +31,8 @@ from ssmkit.mixers.gla import GatedLinearAttention
 from ssmkit.mixers.hyena import Hyena
 from ssmkit.mixers.lru import LRU
 from ssmkit.mixers.mamba import Mamba
+from ssmkit.mixers.mamba2 import Mamba2
+from ssmkit.mixers.rglru import RGLRU
 from ssmkit.mixers.s5 import S5
 from ssmkit.registry import Registry, did_you_mean
 
@@ -48,6 +50,8 @@ MIXERS.register("attn", description="attention: multi-head, rotary, full or loca
 MIXERS.register("hyena", description="Hyena: order-N gated long convolutions (implicit FFN, s4d or sgconv filters), exact step")(Hyena)
 MIXERS.register("gla", description="GLA: gated linear attention (low-rank data-dependent gate per key), chunked, step")(GatedLinearAttention)
 MIXERS.register("gated_deltanet", description="Gated DeltaNet: gated delta rule (WY/UT chunked form), short conv, step")(GatedDeltaNet)
+MIXERS.register("mamba2", description="Mamba-2: SSD block (scalar decay per head, chunked SSD scan, gated RMSNorm), step")(Mamba2)
+MIXERS.register("rglru", description="RG-LRU: Griffin's recurrent block (gated real diagonal recurrence, temporal conv, GeLU branch), step")(RGLRU)
 
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 

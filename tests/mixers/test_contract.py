@@ -19,6 +19,7 @@ SMALL = {
     "s4": {"d_state": 4}, "s4d": {"d_state": 4}, "dss": {"d_state": 4}, "dlr": {"d_state": 4}, "lssl": {"d_state": 4},
     "sgconv": {"l_max": L, "kernel_dim": 4}, "s5": {"d_state": 4}, "lru": {"d_state": 4}, "mamba": {"d_state": 4},
     "attn": {"n_heads": 2}, "gla": {"n_heads": 1, "chunk_size": 8}, "gated_deltanet": {"n_heads": 1, "chunk_size": 8},
+    "mamba2": {"d_state": 4, "headdim": 4, "chunk_size": 8},
 }
 NAMES = MIXERS.names()
 
@@ -152,9 +153,9 @@ def test_rate_reaches_the_step_size_or_is_refused(name):
     m = make(name).double().eval()
     u = torch.randn(2, H, L, dtype=torch.float64)
     if not m.has_rate:
-        with pytest.raises(ValueError, match="no step size"):
+        with pytest.raises(ValueError, match="sampling-rate factor cannot rescale it"):
             m(u, rate=2.0)
-        with pytest.raises(ValueError, match="no step size"):
+        with pytest.raises(ValueError, match="sampling-rate factor cannot rescale it"):
             m.setup_step(rate=2.0)
         return
     with torch.no_grad():

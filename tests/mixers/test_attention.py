@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ssmkit import SequenceLayer, SequenceModel
+from ssmkit.mixers import build_mixer
 from ssmkit.mixers.attention import Attention
+from ssmkit.models import SequenceModel
 
 
 def rope(x: np.ndarray, base: float = 10000.0) -> np.ndarray:
@@ -176,14 +177,14 @@ def test_bidirectional_has_no_state():
     assert not m.has_state
     with pytest.raises(ValueError, match="no recurrent state"):
         m.default_state(2)
-    layer = SequenceLayer(8, kernel="attn", bidirectional=True)
+    built = build_mixer(8, {"name": "attn", "bidirectional": True})
     with pytest.raises(ValueError, match="has no recurrent state"):
-        layer(torch.randn(1, 8, 5), return_state=True)
+        built(torch.randn(1, 8, 5), return_state=True)
 
 
 def test_sequence_model_with_attention_steps_like_its_forward():
     torch.manual_seed(0)
-    model = SequenceModel(3, 2, d_model=8, n_layers=2, pool=None, mlp_ratio=2, layer={"kernel": "attn", "chunk_size": 4, "n_heads": 2}).eval()
+    model = SequenceModel(3, 2, d_model=8, n_layers=2, pool=None, mlp_ratio=2, mixer={"name": "attn", "chunk_size": 4, "n_heads": 2}).eval()
     x = torch.randn(2, 10, 3)
     y = model(x)
     state = model.default_state(2)
@@ -194,6 +195,6 @@ def test_sequence_model_with_attention_steps_like_its_forward():
     torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-4, atol=1e-5)
 
 
-def test_layer_refuses_channels_for_a_mixer():
-    with pytest.raises(ValueError, match="token mixer: it has no channels"):
-        SequenceLayer(8, kernel="attn", channels=2)
+def test_channels_is_no_option_of_attention():
+    with pytest.raises(ValueError, match="unknown option 'channels' for mixer 'attn'"):
+        build_mixer(8, {"name": "attn", "channels": 2})

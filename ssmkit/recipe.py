@@ -19,17 +19,20 @@ import inspect
 import math
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ssmkit.errors import RecipeError
+from ssmkit.errors import DataError, RecipeError, UserError
 from ssmkit.mixers import MIXERS, mixer_parameters
 from ssmkit.models import BACKBONES
 from ssmkit.registry import did_you_mean
 from ssmkit.tasks import TASKS
+from ssmkit.tasks.download import download
+from ssmkit.tasks.task_sources import source_for_task
 
 SECTIONS = ("name", "description", "task", "model", "optimizer", "scheduler", "train")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -620,6 +623,28 @@ def build_task(recipe: Recipe):
         if isinstance(e, RecipeError):
             raise
         raise RecipeError(f"{recipe.source}: task {recipe.task['name']!r}: {e}") from None
+
+
+def prepare_data(recipe, asked: bool = False, accelerator=None):
+    """The recipe's task, built after fetching its dataset when ``asked`` (``ssmkit train --download``) or the task
+    option ``download: true`` is set and its files are missing. The main process downloads first; the others then find
+    the files. Called by the training loop (and ``ssmkit data``) right before ``task.check_data()``."""
+    options = {k: v for k, v in recipe.task.items() if k != "name"}
+    if not (asked or options.get("download") is True):
+        return build_task(recipe)
+    name = recipe.task["name"]
+    source, root = source_for_task(name, options)
+    if source is None:
+        raise UserError(f"--download: task {name!r} has nothing to download: {root}")
+    with accelerator.main_process_first() if accelerator is not None else nullcontext():
+        task = build_task(recipe)
+        try:
+            task.check_data()  # the task's own files may be there (generated, or copied by hand)
+            return task
+        except DataError:
+            download(source, root)
+    return build_task(recipe)  # built again: a task may read its files when it is built
+
 
 
 def build_model(recipe: Recipe, task):

@@ -5,8 +5,8 @@ tasks read under the data root (``$SSMKIT_DATA``, default ``./data``).
 sha256 or md5 where one is published; ``None`` where none is known to us, said in a comment, never guessed) and how
 each unpacks (``gz`` one file, ``tar`` a .tar.gz, ``zip``, ``none`` a plain file): rules map archive members (regular
 expressions, matched whole) to paths under the root, so nothing lands outside it and links, devices and unsafe member
-names are never written. ``TASKS_SOURCE`` says which source a task's files come from, for ``ssmkit train --download``
-and ``task.download: true`` (``prepare_data``, called by the training loop before ``check_data``).
+names are never written. Which source a task's files come from is ``ssmkit/tasks/task_sources.py``; fetching before a
+run (``ssmkit train --download``, ``task.download: true``) is ``prepare_data`` in ``ssmkit/recipe.py``.
 
 Fetching uses only the standard library: ``urllib.request`` into ``<root>/downloads/<file>.part``, resumed with an
 HTTP Range request after a cut connection (``RETRIES`` times in one command; a later command resumes the same part
@@ -19,6 +19,7 @@ replaces every base with ``<mirror>/<mirror name>/`` (a folder per release, the 
 """
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import http.client
@@ -33,6 +34,16 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from ssmkit.errors import DataError, UserError
 from ssmkit.tasks.base import data_root
@@ -199,8 +210,6 @@ SOURCES: dict[str, Source] = {s.name: s for s in _SOURCES}
 
 def get_source(name: str) -> Source:
     if name not in SOURCES:
-        import difflib
-
         close = difflib.get_close_matches(name, SOURCES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(f"unknown dataset {name!r} to download; {hint}choose one of {', '.join(SOURCES)} "
@@ -234,8 +243,6 @@ class _Report:
     """A rich progress bar on a terminal, plain lines (start, every 10%, end) otherwise."""
 
     def __init__(self, console=None):
-        from rich.console import Console
-
         self.console = console or Console(highlight=False, markup=False)
         self.bar = None
 
@@ -243,15 +250,6 @@ class _Report:
         self.label, self.total, self.done, self.t0, self.start_done = label, total, done, time.monotonic(), done
         self.next_pct = 10
         if self.console.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                                 TimeRemainingColumn(), console=self.console, transient=False)
             self.bar.start()
@@ -462,8 +460,6 @@ def download(name: str, root: Path | str | None = None, force: bool = False, con
     Already unpacked (every output present) and not ``force``: nothing is fetched. Archives are kept in
     ``<root>/downloads/`` and reused (verified again) by the sources that share them.
     """
-    from rich.console import Console
-
     source = get_source(name)
     root = Path(root) if root is not None else data_root()
     console = console or Console(highlight=False, markup=False)
@@ -506,94 +502,3 @@ def list_lines() -> list[tuple[str, str, str, str]]:
                         for p in s.outputs})
         rows.append((s.name, s.shown_size(), ", ".join(where), ", ".join(s.tasks)))
     return rows
-
-
-# --- from a task: ssmkit train --download, task.download: true ---------------------------------------------------
-def _root(options: dict) -> Path:
-    return Path(options["data_dir"]) if options.get("data_dir") else data_root()
-
-
-def _lm(o: dict):
-    if o.get("corpus", "wikitext-103") != "wikitext-103":
-        return None, f"task.corpus={o['corpus']!r} is not a downloadable corpus (only wikitext-103 is)"
-    return ("wikitext-103-raw" if o.get("raw") else "wikitext-103"), _root(o)
-
-
-def _named_dir(o: dict, source: str, *tail: str):
-    """Tasks whose ``data_dir`` is the dataset folder itself: the download root is the folder above ``tail``."""
-    if not o.get("data_dir"):
-        return source, data_root()
-    d = Path(o["data_dir"])
-    if d.parts[-len(tail):] != tail:
-        return None, (f"task.data_dir={o['data_dir']} is not a .../{'/'.join(tail)} folder; download into the "
-                      f"standard layout with `ssmkit data download {source} --root DIR` and drop task.data_dir")
-    return source, d.parents[len(tail) - 1]
-
-
-def _pathfinder(o: dict, default_res: int):
-    from ssmkit.tasks.pathfinder import DIFFICULTIES
-
-    res = o.get("resolution", default_res)
-    if res not in LRA_PATHFINDER_RESOLUTIONS:
-        return None, (f"the LRA release has no pathfinder{res}; make it with "
-                      f"`ssmkit data generate pathfinder --resolution {res}`")
-    diff = DIFFICULTIES.get(o.get("difficulty", "hard"), "curv_contour_length_14")
-    return _named_dir(o, f"lra-pathfinder{res}", f"pathfinder{res}", diff)
-
-
-def _informer(source: str):
-    def resolve(o: dict):
-        if o.get("file"):
-            return None, f"task.file={o['file']} names your own CSV"
-        return source, data_root()
-    return resolve
-
-
-TASKS_SOURCE = {
-    **{t: (lambda o: ("mnist", _root(o))) for t in ("smnist", "psmnist", "mnist-density")},
-    **{t: (lambda o: ("cifar10", _root(o))) for t in ("scifar", "lra-image", "cifar-density")},
-    **{t: (lambda o: ("speechcommands", _root(o))) for t in ("sc10", "sc35", "sc09")},
-    "lm": _lm,
-    "imdb": lambda o: ("lra-text", _root(o)),
-    "aan": lambda o: ("lra-retrieval", _root(o)),
-    "listops": lambda o: _named_dir(o, "lra-listops", "listops"),
-    "pathfinder": lambda o: _pathfinder(o, 32),
-    "pathx": lambda o: _pathfinder(o, 128),
-    **{t: _informer("ett") for t in ("etth1", "etth2", "ettm1")},
-    "weather": _informer("weather"),
-    "ecl": _informer("ecl"),
-}
-
-
-def source_for_task(name: str, options: dict) -> tuple[str | None, Path | str]:
-    """(source name, root) for a task and its recipe options, or (None, why nothing can be downloaded)."""
-    resolve = TASKS_SOURCE.get(name)
-    if resolve is None:
-        return None, "its data is generated (on the fly, or by `ssmkit data generate`), not downloaded"
-    return resolve(options)
-
-
-def prepare_data(recipe, asked: bool = False, accelerator=None):
-    """The recipe's task, built after fetching its dataset when ``asked`` (``ssmkit train --download``) or the task
-    option ``download: true`` is set and its files are missing. The main process downloads first; the others then find
-    the files. Called by the training loop right before ``task.check_data()``."""
-    from contextlib import nullcontext
-
-    from ssmkit.recipe import build_task
-
-    options = {k: v for k, v in recipe.task.items() if k != "name"}
-    if not (asked or options.get("download") is True):
-        return build_task(recipe)
-    name = recipe.task["name"]
-    source, root = source_for_task(name, options)
-    if source is None:
-        raise UserError(f"--download: task {name!r} has nothing to download: {root}")
-    with accelerator.main_process_first() if accelerator is not None else nullcontext():
-        task = build_task(recipe)
-        try:
-            task.check_data()  # the task's own files may be there (generated, or copied by hand)
-            return task
-        except DataError:
-            download(source, root)
-    return build_task(recipe)  # built again: a task may read its files when it is built
-

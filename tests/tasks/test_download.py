@@ -33,8 +33,10 @@ from typer.testing import CliRunner
 
 from ssmkit.cli import app
 from ssmkit.errors import DataError, UserError
+from ssmkit.recipe import load_recipe, prepare_data
 from ssmkit.tasks import TASKS
 from ssmkit.tasks import download as dl
+from ssmkit.tasks import task_sources as ts
 from ssmkit.tasks.data_cli import GENERATORS
 from ssmkit.tasks.forecast import write_synthetic_ett
 
@@ -590,7 +592,7 @@ def test_the_table_is_consistent():
     # no published checksum is known for the LRA release; everything else is verified
     unverified = {s.name for s in dl.SOURCES.values() for r in s.files if not (r.sha256 or r.md5)}
     assert unverified == {n for n in dl.SOURCES if n.startswith("lra") and n not in ("lra-text", "lra-image")}
-    for task, resolve in dl.TASKS_SOURCE.items():
+    for task, resolve in ts.TASKS_SOURCE.items():
         assert task in TASKS
         source, _ = resolve({})
         assert source in dl.SOURCES and task in dl.SOURCES[source].tasks, task
@@ -667,7 +669,7 @@ def test_every_missing_data_message_names_real_commands(tmp_path, monkeypatch):
             continue  # needs options to say where its data is (timeseries: task.csv)
         check_message(message, cls)
         checked.append(name)
-        if name in dl.TASKS_SOURCE and not dl.SOURCES[dl.source_for_task(name, {})[0]].manual:
+        if name in ts.TASKS_SOURCE and not dl.SOURCES[ts.source_for_task(name, {})[0]].manual:
             assert "`ssmkit data download " in message and "--download" in message, message
     assert {"smnist", "scifar", "sc10", "lm", "listops", "pathfinder", "imdb", "aan", "etth1"} <= set(checked)
 
@@ -698,13 +700,11 @@ def test_train_download_for_a_generated_task_is_refused(tmp_path):
 def test_train_download_leaves_data_that_is_there(tmp_path, monkeypatch):
     from test_images import write_mnist
 
-    from ssmkit.recipe import load_recipe
-
     write_mnist(tmp_path / "data")  # the task's files, put there by hand
     monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SSMKIT_MIRROR_MNIST", "http://127.0.0.1:9/")  # any fetch would fail
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "task": {"name": "smnist"}, "model": {"d_model": 4, "n_layers": 1}}))
-    task = dl.prepare_data(load_recipe(str(path), []), True)
+    task = prepare_data(load_recipe(str(path), []), True)
     task.check_data()
     assert not (tmp_path / "data" / "downloads").exists()

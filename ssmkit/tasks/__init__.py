@@ -6,6 +6,7 @@ from ssmkit.tasks import (  # noqa: F401  (register the real-data tasks)
     listops,
     lm,
     lra_text,
+    mqar,
     pathfinder,
     sc09,
     selective,

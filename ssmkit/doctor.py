@@ -1,20 +1,30 @@
 """``ssmkit doctor``: what is installed, what runs, and how to fix what is missing.
 
-Each check returns a row (component, status, detail, fix). Optional parts (pykeops, the compiled
-extension, vision/audio packages) are probed with the exceptions their import really raises, and the
-Cauchy/Vandermonde backends are self-tested against the plain torch backend on a tiny problem.
+Each check returns a row (component, status, detail, fix). Optional parts (pykeops, the compiled extension,
+mamba_ssm, vision/audio packages) are probed with the exceptions their import really raises. What an op's backend
+can do here is read from the op's table (``ssmkit/ops/dispatch.py``): the same reason string that errors and the
+``auto`` log line give, self-tests included; the ``auto:`` rows say, for every op, what ``auto`` picks on this
+machine for a typical call and why each implementation before it was not used.
 """
 from __future__ import annotations
 
 import importlib
-import logging
 import platform
+import shutil
 from dataclasses import dataclass
 
 import torch
 import typer
+from rich.table import Table
+
+from ssmkit import openmp
+from ssmkit.console import console as make_console
+from ssmkit.ops import backends, cauchy, causal_conv, dispatch, selective_scan, ssd, vandermonde
 
 OK, WARN, MISSING = "ok", "warn", "missing"
+#: the op modules with a backend table: importing one registers its table in ``dispatch.OPS`` (the auto: rows)
+OP_MODULES = (cauchy, vandermonde, selective_scan, causal_conv, ssd)
+_CPU = torch.device("cpu")
 
 
 @dataclass
@@ -49,41 +59,32 @@ def check_torch() -> list[Check]:
 
 
 def check_keops() -> Check:
-    from ssmkit.ops import backends, vandermonde
-
+    """pykeops: imports, and its Vandermonde reduction compiles and passes its self-test on the CPU."""
     probe = backends.probe_keops()
     if not probe.ok:
         return Check("pykeops", MISSING, probe.reason, "pip install 'ssmkit[keops]' (needs g++; optional)")
-    test = backends.self_test(
-        "log_vandermonde", "keops", torch.device("cpu"), lambda: vandermonde._self_test_error("keops", torch.device("cpu")), 1e-4
-    )
-    if test.ok:
-        return Check("pykeops", OK, f"{probe.reason}; compiles and runs on CPU ({test.reason})")
-    return Check("pykeops", WARN, f"{probe.reason} imports but does not run: {test.reason}",
+    ok, reason = vandermonde.OP.reason("keops", _CPU)
+    if ok:
+        return Check("pykeops", OK, f"compiles and runs on CPU: {reason}")
+    return Check("pykeops", WARN, f"{probe.reason} imports but does not run: {reason}",
                  "check that g++ works and ~/.cache/keops* is writable; `python -c 'import pykeops; pykeops.clean_pykeops()'`")
 
 
 def check_extension(build: bool = False) -> list[Check]:
-    """The compiled Cauchy product: installed, or compiled into the user's cache (``build``: compile it now
-    if it is not there; otherwise doctor only reports)."""
-    from ssmkit.ops import backends, cauchy
-
+    """The compiled extension: installed, or compiled into the user's cache (``build``: compile it now if it is not
+    there; otherwise doctor only reports); its Cauchy product's self-test on the CPU and, where built, on CUDA."""
     fix = ("ssmkit doctor --build  (compiles it once into the user cache; needs a C++ compiler), or from a "
            "checkout: pip install --no-build-isolation ./extensions/cauchy")
     probe = backends.probe_extension(build=build)
     if not probe.ok:
         return [Check("extension (CPU)", MISSING, probe.reason, fix)]
-    rows = []
-    test = backends.self_test("cauchy", "extension", torch.device("cpu"),
-                              lambda: cauchy._self_test_error("extension", torch.device("cpu")), 1e-4)
-    rows.append(Check("extension (CPU)", OK if test.ok else WARN, f"{probe.reason}; {test.reason}",
-                      "" if test.ok else f"rebuild it: {fix}"))
-    rows.append(check_mamba_cpu(probe.module, fix))
+    ok, reason = cauchy.OP.reason("extension", _CPU)
+    rows = [Check("extension (CPU)", OK if ok else WARN, reason, "" if ok else f"rebuild it: {fix}"),
+            check_mamba_cpu(probe.module, fix)]
     if probe.module.has_cuda():
         if torch.cuda.is_available():
-            dev = torch.device("cuda")
-            t = backends.self_test("cauchy", "extension", dev, lambda: cauchy._self_test_error("extension", dev), 1e-4)
-            rows.append(Check("extension (CUDA)", OK if t.ok else WARN, t.reason, "" if t.ok else f"rebuild it: {fix}"))
+            ok, reason = cauchy.OP.reason("extension", torch.device("cuda"))
+            rows.append(Check("extension (CUDA)", OK if ok else WARN, reason, "" if ok else f"rebuild it: {fix}"))
         else:
             rows.append(Check("extension (CUDA)", OK, "compiled; no GPU here to test it"))
     else:
@@ -96,9 +97,8 @@ def check_extension(build: bool = False) -> list[Check]:
 def check_mamba_cpu(module, fix: str) -> Check:
     """The extension's fused CPU kernels of Mamba (selective scan, causal convolution + SiLU): present, the
     compiled variant in use (AVX2+FMA or baseline), and their self-tests against the torch paths."""
-    from ssmkit.ops import causal_conv, selective_scan
-
-    why = selective_scan._extension_reason() or causal_conv._extension_reason()
+    why = selective_scan.OP.why_not("extension", selective_scan.OP.example(_CPU)) or \
+        causal_conv.OP.why_not("extension", causal_conv.OP.example(_CPU))
     if why is None:
         return Check("extension (Mamba, CPU)", OK,
                      f"selective scan and causal conv fused, {module.selective_scan_isa()} variant; self-tests passed")
@@ -106,48 +106,40 @@ def check_mamba_cpu(module, fix: str) -> Check:
 
 
 def check_mamba_ssm() -> Check:
-    """The optional fused selective scan (``mamba_ssm``, CUDA only), self-tested against ssmkit's torch scan."""
-    from ssmkit.ops import backends, selective_scan
-
+    """The optional fused kernels of ``mamba_ssm`` (CUDA only): its selective scan, self-tested against ssmkit's."""
     probe = backends.probe_mamba_ssm()
     if not probe.ok:
         return Check("mamba_ssm", MISSING, probe.reason, "optional (CUDA): pip install mamba-ssm; ssmkit's own scans run without it")
     if not torch.cuda.is_available():
         return Check("mamba_ssm", WARN, f"{probe.reason}; no GPU visible, so ssmkit's own scan runs", "")
-    dev = torch.device("cuda")
-    test = backends.self_test("selective_scan", "mamba_ssm", dev, lambda: selective_scan._self_test_error(dev), 1e-3)
-    return Check("mamba_ssm", OK if test.ok else WARN, f"{probe.reason}; {test.reason}",
-                 "" if test.ok else "the torch scan is used instead; reinstall mamba-ssm for this torch/CUDA")
+    ok, reason = selective_scan.OP.reason("mamba_ssm", torch.device("cuda"))
+    return Check("mamba_ssm", OK if ok else WARN, reason,
+                 "" if ok else "the torch scan is used instead; reinstall mamba-ssm for this torch/CUDA")
 
 
 def check_auto() -> list[Check]:
-    """What ``backend: auto`` picks for a typical S4 / S4D size (H=256, N=64, L=4096)."""
-    from ssmkit.ops import cauchy, vandermonde
-
+    """For every op with a backend table: what ``auto`` picks on this machine (CUDA if visible, else CPU) for the
+    op's typical call, and why each implementation before it was not used; the ones ``auto`` never reached or
+    takes by name only, with their own reason. A failed self-test makes the row a warning."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    H, n, L = 256, 32, 4096
-    v = torch.zeros(H, n, dtype=torch.complex64, device=device)
-    z = torch.zeros(L // 2 + 1, dtype=torch.complex64, device=device)
-    logging.getLogger("ssmkit.ops").setLevel(logging.WARNING)
-    c = cauchy.choose_backend(v, z, v)
-    vd = vandermonde.choose_backend(v, v, L)
-    from ssmkit.ops import causal_conv, selective_scan
-
-    x = torch.zeros(1, 1, 1, device=device)
-    sc, cc = selective_scan.choose_backend(x, None), causal_conv.choose_backend(x)
-    return [
-        Check("auto: cauchy", OK, f"{c} (S4, H={H}, N={2 * n}, L={L}, {device.type})"),
-        Check("auto: vandermonde", OK, f"{vd} (S4D, H={H}, N={2 * n}, L={L}, {device.type})"),
-        Check("auto: selective scan", OK, f"{sc} (Mamba, {device.type})"),
-        Check("auto: causal conv", OK, f"{cc} (Mamba, {device.type})"),
-    ]
+    rows = []
+    for op in dispatch.OPS.values():
+        pick, skipped, rest = op.explain(op.example(device) if op.example else dispatch.Call(device, frozenset()))
+        parts = [f"{pick} ({op.example_text or op.name}, {device.type}): {op.reason(pick, device)[1]}"]
+        parts += [f"{name} not used: {why}" for name, why in skipped]
+        for name in rest:
+            ok, why = op.reason(name, device)
+            how = "by name only" if op.impls[name].auto is False else "not reached"
+            parts.append(f"{name} ({how}{'' if ok else ', cannot run here'}): {why}")
+        broken = [name for name, why in skipped if why.startswith("self-test")]
+        rows.append(Check(f"auto: {op.label.lower()}", WARN if broken else OK, "; ".join(parts),
+                          f"{', '.join(broken)} failed its self-test: rebuild or reinstall it" if broken else ""))
+    return rows
 
 
 def check_openmp() -> Check:
     """The OpenMP runtime(s) in this process (after the extension was loaded) and the wait policy in effect
     (``ssmkit/openmp.py``): one runtime is right; a spinning policy slows layers down on a busy machine."""
-    from ssmkit import openmp
-
     libs = openmp.runtimes()
     names = ", ".join(p.split("site-packages/")[-1] for p in libs) or "none found (no /proc here?)"
     detail = f"{names}; {openmp.wait_policy()}"
@@ -162,8 +154,6 @@ def check_openmp() -> Check:
 
 def check_compiled_step() -> Check:
     """What ``SequenceModel.compile_step()`` can use: AOTInductor needs torch.export and a C++ compiler."""
-    import shutil
-
     if not hasattr(torch, "export") or not hasattr(torch._inductor, "aoti_compile_and_package"):
         return Check("compile_step", WARN, f"torch {torch.__version__} has no AOTInductor: torch.compile only",
                      "torch >= 2.6 for the ahead-of-time compiled step")
@@ -191,8 +181,6 @@ def run_checks(build: bool = False) -> list[Check]:
 
 
 def render(rows: list[Check]):
-    from rich.table import Table
-
     colour = {OK: "green", WARN: "yellow", MISSING: "red"}
     table = Table(title="ssmkit doctor")
     for col in ("component", "status", "detail", "fix"):
@@ -211,8 +199,6 @@ def register(app) -> None:
                                    "version) if it is not installed or cached"),
     ) -> None:
         """Check the installation: torch, CUDA, optional packages, the compiled extension, backends."""
-        from ssmkit.console import console as make_console
-
         rows = run_checks(build)
         console = make_console()  # off a terminal: rows never cut at 80 columns
         console.print(render(rows))

@@ -12,6 +12,8 @@ Backends, all with the same value and gradient (the tests check it):
 * ``keops``: pykeops ``Genred`` on the tensors' device (CPU tensors run on the CPU).
 * ``extension``: the compiled ``ssmkit_cauchy`` (C++ / CUDA); no gradient for z.
 * ``auto``: the extension when it runs here, else ``torch`` for small and ``chunked`` for large problems.
+
+The table :data:`OP` says what each supports; ``ssmkit/ops/dispatch.py`` chooses (the same rules for every op).
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import math
 import torch
 
 from ssmkit.ops import backends as _b
+from ssmkit.ops import dispatch as _d
+from ssmkit.ops.chunked import chunked_positions
 
-BACKENDS = ("auto", "torch", "chunked", "keops", "extension")
 # Above this many batch x N x L elements ``auto`` stops materialising; also the chunk budget.
 CHUNK_ELEMENTS = 1 << 22
 
@@ -59,7 +62,7 @@ def cauchy_chunked(
     def block(l0: int, n: int, v_, z_, w_):
         return _terms(v_, z_[l0 : l0 + n], w_, conj)
 
-    return _b.chunked_positions(block, z.shape[0], chunk, v, z, w)
+    return chunked_positions(block, z.shape[0], chunk, v, z, w)
 
 
 _keops_fns: dict = {}
@@ -73,7 +76,7 @@ def cauchy_keops(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool =
     _check(v, z, w)
     probe = _b.probe_keops()
     if not probe.ok:
-        raise _b.BackendUnavailable(probe.reason)
+        raise _d.BackendUnavailable(probe.reason)
     shape = torch.broadcast_shapes(v.shape, w.shape)
     batch = math.prod(shape[:-1])
     N, L = shape[-1], z.shape[0]
@@ -134,78 +137,69 @@ class _ExtensionCauchy(torch.autograd.Function):
         return dv, None, dw, None
 
 
-def _extension_supports(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> str | None:
-    """None if the extension can run these inputs, else the reason it cannot."""
-    probe = _b.probe_extension()
-    if not probe.ok:
-        return probe.reason
-    if v.is_cuda and not probe.module.has_cuda():
+def _call(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> _d.Call:
+    """What a product needs from a backend (``z_grad``: a gradient with respect to z)."""
+    size = math.prod(torch.broadcast_shapes(v.shape, w.shape)) * z.shape[-1]
+    return _d.Call(v.device, frozenset((v.dtype, z.dtype, w.dtype)),
+                   frozenset(("z_grad",)) if z.requires_grad else frozenset(), size)
+
+
+def _extension_check(call: _d.Call) -> str | None:
+    if call.device.type == "cuda" and not _b.probe_extension().module.has_cuda():
         return "ssmkit_cauchy was built without its CUDA part (nvcc or a CUDA torch missing at build time)"
-    if v.device.type not in ("cpu", "cuda"):
-        return f"no kernel for device {v.device.type}"
-    dtypes = {v.dtype, z.dtype, w.dtype}
-    if len(dtypes) != 1 or dtypes - {torch.complex64, torch.complex128}:
-        return f"needs one complex64/complex128 dtype, got {sorted(map(str, dtypes))}"
-    if z.requires_grad:
-        return "it has no gradient with respect to z"
+    if len(call.dtypes) != 1:
+        return f"needs one complex dtype for v, z and w, got {', '.join(sorted(map(str, call.dtypes)))}"
     return None
 
 
 def cauchy_extension(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool = True) -> torch.Tensor:
     """The compiled kernel (O(N + L) memory, gradient for v and w)."""
     _check(v, z, w)
-    why = _extension_supports(v, z, w)
+    why = OP.why_not("extension", _call(v, z, w), test=False)
     if why:
-        raise _b.BackendUnavailable(why)
+        raise _d.BackendUnavailable(why)
     return _ExtensionCauchy.apply(v, z, w, conj)
 
 
-_IMPLS = {"torch": cauchy_torch, "chunked": cauchy_chunked, "keops": cauchy_keops, "extension": cauchy_extension}
-
-
 def _self_test_error(backend: str, device: torch.device) -> float:
+    """``backend`` against :func:`cauchy_torch` on a tiny problem: values and the gradients for v and w."""
     g = torch.Generator().manual_seed(0)
     v = torch.randn(3, 7, dtype=torch.complex64, generator=g).to(device)
     w = torch.complex(-torch.rand(3, 7, generator=g), torch.randn(3, 7, generator=g)).to(device)
     z = torch.exp(2j * math.pi * torch.arange(11) / 20).to(torch.complex64).to(device)
-    ref = cauchy_torch(v, z, w, True)
-    out = _IMPLS[backend](v, z, w, True)
-    return ((out - ref).abs().max() / ref.abs().max()).item()
+    return _d.max_relative_error(lambda v, w: OP.fns[backend](v, z, w, True), lambda v, w: cauchy_torch(v, z, w, True),
+                                 [v, w], lambda r: r.abs().square().sum())
 
 
-def _usable(backend: str, v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> str | None:
-    """None if ``backend`` can run these inputs (self-testing it once per device), else why not."""
-    if backend == "extension":
-        why = _extension_supports(v, z, w)
-    elif backend == "keops":
-        probe = _b.probe_keops()
-        why = None if probe.ok else probe.reason
-    else:
-        return None
-    if why:
-        return why
-    test = _b.self_test("cauchy", backend, v.device, lambda: _self_test_error(backend, v.device), 1e-4)
-    return None if test.ok else test.reason
+def _small(call: _d.Call) -> str | None:
+    if call.size > CHUNK_ELEMENTS:
+        return f"{call.size:,} elements > CHUNK_ELEMENTS ({CHUNK_ELEMENTS:,}): chunked bounds the memory"
+    return None
+
+
+def _example(device: torch.device) -> _d.Call:
+    H, n, L = 256, 32, 4096
+    return _d.Call(device, frozenset((torch.complex64,)), size=H * n * (L // 2 + 1))
+
+
+#: the Cauchy product's backends, in the order ``auto`` prefers them
+OP = _d.Op("cauchy", "Cauchy", [
+    _d.Impl("extension", cauchy_extension, "compiled C++/CUDA kernel", probe=_b.probe_extension,
+            devices=("cpu", "cuda"), dtypes=(torch.complex64, torch.complex128), features=frozenset(),
+            check=_extension_check, self_test=lambda d: _self_test_error("extension", d), tol=1e-4),
+    _d.Impl("torch", cauchy_torch, "materialised (N, L) matrix", auto=_small),
+    _d.Impl("chunked", cauchy_chunked, "blocks of positions, bounded memory"),
+    _d.Impl("keops", cauchy_keops, "pykeops reduction (by name only)", probe=_b.probe_keops,
+            self_test=lambda d: _self_test_error("keops", d), tol=1e-4, auto=False),
+], needs={"z_grad": "it has no gradient with respect to z"}, example=_example, example_text="S4, H=256, N=64, L=4096")
+BACKENDS = OP.names
+_IMPLS = OP.fns  # name -> function: what cauchy() runs
 
 
 def choose_backend(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> str:
-    """The backend :func:`cauchy` will run for these inputs (warns once when it must fall back)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown Cauchy backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    size = math.prod(torch.broadcast_shapes(v.shape, w.shape)) * z.shape[-1]
-    plain = "torch" if size <= CHUNK_ELEMENTS else "chunked"
-    if backend == "auto":
-        why = _usable("extension", v, z, w)
-        if why is None:
-            _b.log_choice("cauchy", v.device, "extension", "compiled kernel, self-test passed")
-            return "extension"
-        _b.log_choice("cauchy", v.device, plain, f"extension not used: {why}")
-        return plain
-    why = _usable(backend, v, z, w)
-    if why is None:
-        return backend
-    _b.warn_fallback("cauchy", backend, plain, why)
-    return plain
+    """The backend :func:`cauchy` runs for these inputs (``ssmkit/ops/dispatch.py``: a name that cannot run them
+    is a one-line ``BackendUnavailable``)."""
+    return OP.choose(backend, _call(v, z, w))
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool = True, backend: str = "auto") -> torch.Tensor:

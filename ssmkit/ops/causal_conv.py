@@ -9,7 +9,8 @@ Backends: ``torch`` (``F.conv1d`` with ``groups=E`` on the padded input, then ``
 ssmkit's compiled kernel (``extensions/cauchy/csrc/causal_conv_cpu.cpp``): one pass per (batch, channel) row,
 forward and backward, instead of a padded copy, the convolution and the SiLU each with its own backward pass
 (~3x faster forward+backward at B 8, E 256, L 4096; docs/performance.md). ``auto`` takes the extension for CPU
-tensors when it is built and passed its self-test against the torch path, else torch (CUDA). It computes in
+tensors when it is built and passed its self-test against the torch path, else torch (CUDA): the table :data:`OP`,
+chosen from by ``ssmkit/ops/dispatch.py``. It computes in
 float64 for float64 inputs and in float32 otherwise (bf16/fp16 inputs under autocast give a float32 output, as
 the selective scan after it does). Both are tested against the sum written out in float64 in
 ``tests/ops/test_causal_conv.py``.
@@ -19,9 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops import backends
-
-BACKENDS = ("auto", "torch", "extension")
+from ssmkit.ops import backends, dispatch
 
 
 def _torch_conv(x, weight, bias, prev):
@@ -56,29 +55,38 @@ def _extension_conv(x, weight, bias, prev):
     return _ExtensionConv.apply(*cast)
 
 
-def _self_test_error() -> float:
-    """Max abs difference (relative to the values' scale) of the extension against torch: values and gradients."""
+def _self_test_error(name: str, device: torch.device) -> float:
+    """Max difference (relative to the values' scale) of backend ``name`` against torch: values and gradients."""
     g = torch.Generator().manual_seed(0)
     args = [torch.randn(2, 5, 37, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, generator=g),
             torch.randn(2, 5, 3, generator=g)]
-    return backends.max_relative_error(_extension_conv, _torch_conv, args, lambda y: y.square().sum())
+    return dispatch.max_relative_error(OP.fns[name], _torch_conv, [t.to(device) for t in args],
+                                       lambda y: y.square().sum())
+
+
+def _example(device: torch.device) -> dispatch.Call:
+    return dispatch.Call(device, frozenset((torch.float32,)))
+
+
+#: the causal convolution's backends, in the order ``auto`` prefers them
+OP = dispatch.Op("causal_conv", "causal-convolution", [
+    dispatch.Impl("extension", _extension_conv, "fused C++ convolution + SiLU", devices=("cpu",),
+                  probe=backends.extension_kernel("causal_conv_silu_fwd", "causal convolution"),
+                  self_test=lambda d: _self_test_error("extension", d), tol=1e-5),
+    dispatch.Impl("torch", _torch_conv, "conv1d + silu"),
+], example=_example, example_text="Mamba, float32")
+BACKENDS = OP.names
 
 
 def _extension_reason() -> str | None:
-    """None if the extension's fused convolution can run, else why not."""
-    return backends.extension_kernel_reason("causal_conv_silu_fwd", "causal convolution", "causal_conv",
-                                            _self_test_error, 1e-5)
+    """None if the extension's fused convolution can run on the CPU, else why not."""
+    return OP.why_not("extension", _example(torch.device("cpu")))
 
 
 def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
-    """``torch`` or ``extension`` for this input; a named extension that cannot run falls back with a warning."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown causal-convolution backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch":
-        return "torch"
-    why = "it runs on the CPU only" if x.device.type != "cpu" else _extension_reason()
-    return backends.settle("causal_conv", x.device, "extension", backend, why,
-                           "fused C++ convolution + SiLU, self-test passed")
+    """The backend :func:`causal_conv1d_silu` runs for x (``ssmkit/ops/dispatch.py``): ``auto`` takes the extension
+    on CPU tensors where it runs; a name that cannot run x is a one-line ``BackendUnavailable``."""
+    return OP.choose(backend, dispatch.Call(x.device, frozenset((x.dtype,))))
 
 
 def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -92,9 +100,7 @@ def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         prev = x.new_zeros(x.shape[0], x.shape[1], k1)
     elif prev.shape != (x.shape[0], x.shape[1], k1):
         raise ValueError(f"causal_conv1d_silu: prev must be (B, E, K - 1) = {(x.shape[0], x.shape[1], k1)}, got {tuple(prev.shape)}")
-    if choose_backend(x, backend) == "extension":
-        return _extension_conv(x, weight, bias, prev)
-    return _torch_conv(x, weight, bias, prev)
+    return OP.fns[choose_backend(x, backend)](x, weight, bias, prev)
 
 
 def last_inputs(x: torch.Tensor, prev: torch.Tensor | None, k1: int) -> torch.Tensor:

@@ -21,6 +21,8 @@ compiler log is kept in the build folder) and falls back to the torch backends.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import logging
 import os
 import platform
 import shutil
@@ -162,9 +164,8 @@ def load(verbose: bool = False, announce=None):
 
 
 def _cpp_extension():
-    """``torch.utils.cpp_extension``, imported without its warning about guessing CUDA_HOME on CPU builds."""
-    import logging
-
+    """``torch.utils.cpp_extension``, imported only when a build is wanted (it is slow to import and, on CPU builds,
+    logs a warning about guessing CUDA_HOME as it imports: silenced here)."""
     home = find_cuda_home()
     if home:
         os.environ.setdefault("CUDA_HOME", home)
@@ -172,10 +173,9 @@ def _cpp_extension():
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        from torch.utils import cpp_extension
+        return importlib.import_module("torch.utils.cpp_extension")
     finally:
         logger.setLevel(level)
-    return cpp_extension
 
 
 def _ninja_from_package() -> bool:

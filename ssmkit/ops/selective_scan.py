@@ -36,22 +36,22 @@ into it; the other backends apply them after the scan.
 
 ``backend="mamba_ssm"`` is the fused CUDA kernel of the ``mamba_ssm`` package (``selective_scan_fn``),
 used only on CUDA tensors and without a start state (it has none); ``auto`` takes it when it imports and
-passed its self-test against ours on that device (``ssmkit.ops.backends``), otherwise ``torch``. Self-tests
-(values and gradients) run with gradients on whatever the caller's mode, so a first call under ``no_grad`` or
-``inference_mode`` picks the same backend; an ``auto`` fallback is logged with its reason. Every backend is
+passed its self-test against ours on that device, otherwise ``torch``. The table :data:`OP` says what each
+supports and ``ssmkit/ops/dispatch.py`` chooses: self-tests (values and gradients) run with gradients on whatever
+the caller's mode, so a first call under ``no_grad`` or ``inference_mode`` picks the same backend; an ``auto``
+fallback is logged with its reason; a backend named that cannot run a call is a one-line error. Every backend is
 checked against a float64 recurrence in ``tests/ops/test_selective_scan.py``.
 """
 from __future__ import annotations
 
 import torch
 
-from ssmkit.ops import backends
+from ssmkit.ops import backends, dispatch
 
 #: positions per chunk: the (batch, D, N, CHUNK) temporaries are the scan's working memory
 CHUNK = 64
 #: the largest |log decay| a chunk may span before it is split (exp(-S) must stay finite)
 LOG_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
-BACKENDS = ("auto", "torch", "extension", "mamba_ssm")
 
 
 def _too_long(S: torch.Tensor) -> bool:
@@ -184,11 +184,22 @@ def _as_scan_dtype(u, delta, A, B, C, h0):
     return u, delta, A, B, C, h0
 
 
-def _torch_scan(u, delta, A, B, C, h0, chunk):
+def _torch_scan(u, delta, A, B, C, h0, chunk, D=None, z=None):
     u, delta, A, B, C, h0 = _as_scan_dtype(u, delta, A, B, C, h0)
     if u.shape[-1] == 0:  # an empty sequence: no output, the state unchanged
-        return u * 0, h0 * 1
-    return _SelectiveScan.apply(u, delta, A, B, C, h0, chunk)
+        y, last = u * 0, h0 * 1
+    else:
+        y, last = _SelectiveScan.apply(u, delta, A, B, C, h0, chunk)
+    return _skip_and_gate(y, u, D, z), last
+
+
+def _skip_and_gate(y, u, D, z):
+    """y + D u, times silu(z): what a backend that does not fuse them leaves to do."""
+    if D is not None:
+        y = y + u.to(y.dtype) * D.to(y.dtype).unsqueeze(-1)
+    if z is not None:
+        y = y * torch.nn.functional.silu(z.to(y.dtype))
+    return y
 
 
 # --- the fused CPU scan of ssmkit's extension ---
@@ -224,68 +235,66 @@ def _extension_scan(u, delta, A, B, C, h0, chunk, D=None, z=None):
     return _ExtensionScan.apply(u, delta, A, B, C, h0, D, z, chunk)
 
 
-def _extension_error() -> float:
-    """Max abs difference between the extension's scan and the torch scan, values and gradients (float32)."""
+def _self_test_error(name: str, device: torch.device) -> float:
+    """Max difference between backend ``name`` and the torch scan on a small problem (float32), values and
+    gradients, with the skip D, the gate z and (where it takes one) a start state."""
     g = torch.Generator().manual_seed(0)
     b, d, n, L = 2, 5, 6, 150  # n not a multiple of the vector width; L not a multiple of the chunk
-    args = [torch.randn(b, d, L, generator=g), torch.rand(b, d, L, generator=g) * 0.2 + 1e-3,
-            -torch.rand(d, n, generator=g) * 4, torch.randn(b, n, L, generator=g), torch.randn(b, n, L, generator=g),
-            torch.randn(b, d, n, generator=g), torch.randn(d, generator=g), torch.randn(b, d, L, generator=g)]
-    def run(name):
-        return lambda *a: _scan(name, *a[:6], CHUNK, *a[6:])
+    args = {"u": torch.randn(b, d, L, generator=g), "delta": torch.rand(b, d, L, generator=g) * 0.2 + 1e-3,
+            "A": -torch.rand(d, n, generator=g) * 4, "B": torch.randn(b, n, L, generator=g),
+            "C": torch.randn(b, n, L, generator=g), "h0": torch.randn(b, d, n, generator=g),
+            "D": torch.randn(d, generator=g), "z": torch.randn(b, d, L, generator=g)}
+    features = OP.impls[name].features
+    if features is not None and "start_state" not in features:
+        del args["h0"]
+    keys = list(args)
 
-    return backends.max_relative_error(run("extension"), run("torch"), args, lambda y, h: y.square().sum() + h.sum())
+    def run(backend):
+        return lambda *a: OP.fns[backend](**{"h0": None, **dict(zip(keys, a)), "chunk": CHUNK})
+
+    return dispatch.max_relative_error(run(name), run("torch"), [t.to(device) for t in args.values()],
+                                       lambda y, h: y.square().sum() + h.sum())
 
 
 def _extension_reason() -> str | None:
-    """None if the extension's CPU scan can run, else why not."""
-    return backends.extension_kernel_reason("selective_scan_fwd", "selective scan", "selective_scan", _extension_error, 1e-4)
+    """None if the extension's CPU scan can run (``OP``'s reason on the CPU), else why not."""
+    return OP.why_not("extension", _example(torch.device("cpu")))
 
 
 # --- the optional fused backend (mamba_ssm) ---
-def _fused_scan(u, delta, A, B, C):
+def _fused_scan(u, delta, A, B, C, h0, chunk, D=None, z=None):
+    """mamba_ssm's kernel (no start state: the table says so); the skip and the gate applied after it."""
     fn = backends.probe_mamba_ssm().module.selective_scan_fn
     dtype = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
     with torch.autocast(device_type=u.device.type, enabled=False):
         y, last = fn(u.to(dtype).contiguous(), delta.to(dtype).contiguous(), A.float().contiguous(),
                      B.to(dtype).contiguous(), C.to(dtype).contiguous(), return_last_state=True)
-    return y, last
+    return _skip_and_gate(y, u, D, z), last
 
 
-def _self_test_error(device: torch.device) -> float:
-    """Max abs difference between the fused kernel and ours on a small random problem (float32)."""
-    g = torch.Generator().manual_seed(0)
-    u = torch.randn(2, 8, 200, generator=g)
-    delta = torch.rand(2, 8, 200, generator=g) * 0.2 + 1e-3
-    A = -torch.rand(8, 4, generator=g) * 4
-    B, C = torch.randn(2, 4, 200, generator=g), torch.randn(2, 4, 200, generator=g)
-    args = [t.to(device) for t in (u, delta, A, B, C)]
-    y, h = _fused_scan(*args)
-    y_ref, h_ref = _torch_scan(*args, None, CHUNK)
-    return max((y - y_ref).abs().max().item(), (h - h_ref).abs().max().item())
+def _example(device: torch.device) -> dispatch.Call:
+    return dispatch.Call(device, frozenset((torch.float32,)))
+
+
+#: the selective scan's backends, in the order ``auto`` prefers them
+OP = dispatch.Op("selective_scan", "selective-scan", [
+    dispatch.Impl("extension", _extension_scan, "fused C++ scan", devices=("cpu",),
+                  probe=backends.extension_kernel("selective_scan_fwd", "selective scan"),
+                  self_test=lambda d: _self_test_error("extension", d), tol=1e-4),
+    dispatch.Impl("mamba_ssm", _fused_scan, "fused CUDA kernel", devices=("cuda",), probe=backends.probe_mamba_ssm,
+                  dtypes=(torch.float32, torch.float16, torch.bfloat16), features=frozenset(),
+                  self_test=lambda d: _self_test_error("mamba_ssm", d), tol=1e-3),
+    dispatch.Impl("torch", _torch_scan, "chunked log-space scan"),
+], needs={"start_state": "it takes no start state"}, example=_example, example_text="Mamba, float32")
+BACKENDS = OP.names
 
 
 def choose_backend(u: torch.Tensor, h0, backend: str = "auto") -> str:
-    """``torch``, ``extension`` or ``mamba_ssm`` for these inputs; a named backend that cannot run falls back to
-    ``torch`` with a warning. ``auto``: the extension on CPU tensors, ``mamba_ssm`` on CUDA ones, where they run."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch":
-        return "torch"
-    cpu = u.device.type == "cpu"
-    if backend == "extension" or (backend == "auto" and cpu):
-        why = _extension_reason() if cpu else "it runs on the CPU only"
-        return backends.settle("selective_scan", u.device, "extension", backend, why, "fused C++ scan, self-test passed")
-    why = None
-    if u.device.type != "cuda":
-        why = "it runs on CUDA only"
-    elif h0 is not None:
-        why = "it takes no start state"
-    elif not (probe := backends.probe_mamba_ssm()).ok:
-        why = probe.reason
-    elif not (test := backends.self_test("selective_scan", "mamba_ssm", u.device, lambda: _self_test_error(u.device), 1e-3)).ok:
-        why = test.reason
-    return backends.settle("selective_scan", u.device, "mamba_ssm", backend, why, "fused CUDA kernel, self-test passed")
+    """The backend :func:`selective_scan` runs for these inputs (``ssmkit/ops/dispatch.py``): ``auto`` takes the
+    extension on CPU tensors and ``mamba_ssm`` on CUDA ones where they run; a name that cannot run them is a
+    one-line ``BackendUnavailable``."""
+    needs = frozenset(("start_state",)) if h0 is not None else frozenset()
+    return OP.choose(backend, dispatch.Call(u.device, frozenset((u.dtype,)), needs))
 
 
 def selective_scan(
@@ -319,23 +328,8 @@ def selective_scan(
     if chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk}")
     with torch.autocast(device_type=u.device.type, enabled=False):
-        y, last = _scan(choose_backend(u, h0, backend), u, delta, A, B, C, h0, chunk, D, z)
+        y, last = OP.fns[choose_backend(u, h0, backend)](u, delta, A, B, C, h0, chunk, D, z)
     return y.to(u.dtype) if u.dtype in (torch.float16, torch.bfloat16) else y, last
-
-
-def _scan(backend: str, u, delta, A, B, C, h0, chunk, D, z):
-    """The chosen backend; the skip and the gate applied here where it does not fuse them."""
-    if backend == "extension":
-        return _extension_scan(u, delta, A, B, C, h0, chunk, D, z)
-    if backend == "mamba_ssm":
-        y, last = _fused_scan(u, delta, A, B, C)
-    else:
-        y, last = _torch_scan(u, delta, A, B, C, h0, chunk)
-    if D is not None:
-        y = y + u.to(y.dtype) * D.to(y.dtype).unsqueeze(-1)
-    if z is not None:
-        y = y * torch.nn.functional.silu(z.to(y.dtype))
-    return y, last
 
 
 def selective_step(u, delta, A, B, C, D, h):

@@ -27,19 +27,17 @@ bf16/fp16 training never accumulates the recurrence in half precision; y comes b
 
 ``backend``: ``torch`` (the above) or ``mamba_ssm`` (``mamba_chunk_scan_combined``, the Triton kernel of the
 optional ``mamba_ssm`` package, CUDA only); ``auto`` takes ``mamba_ssm`` on CUDA tensors when it imports and passes
-a self-test against the torch path, else torch. ``ssd_step`` is one position of the recurrence (decoding).
+a self-test against the torch path, else torch (the table :data:`OP`, chosen from by ``ssmkit/ops/dispatch.py``).
+``ssd_step`` is one position of the recurrence (decoding).
 """
 from __future__ import annotations
-
-import importlib
 
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops import backends
+from ssmkit.ops import backends, dispatch
 from ssmkit.ops.scan import linear_scan
 
-BACKENDS = ("auto", "torch", "mamba_ssm")
 #: positions per chunk: the intra-chunk form costs O(Q) per position, the chunk states O(P N / Q)
 CHUNK = 64
 
@@ -116,21 +114,9 @@ def _torch_ssd(x, dt, A, B, C, D, h0, chunk: int):
 
 
 # --- the optional fused backend (mamba_ssm's Triton kernels) ---
-_probe: dict[str, backends.Probe] = {}
-
-
-def probe_mamba_ssm_ssd() -> backends.Probe:
-    """Imports ``mamba_ssm.ops.triton.ssd_combined`` once (optional, CUDA only)."""
-    if "ssd" not in _probe:
-        try:
-            mod = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
-            _probe["ssd"] = backends.Probe(True, "mamba_ssm ssd_combined", mod)
-        except ImportError as e:  # not installed, or built for another torch / without triton
-            _probe["ssd"] = backends.Probe(False, f"mamba_ssm's SSD kernel does not import ({e}); optional, CUDA only: "
-                                                  "`pip install mamba-ssm`")
-        except OSError as e:
-            _probe["ssd"] = backends.Probe(False, f"mamba_ssm failed to load a library: {e}")
-    return _probe["ssd"]
+#: ``mamba_ssm.ops.triton.ssd_combined`` (optional, CUDA only), imported once
+probe_mamba_ssm_ssd = backends.optional_module("mamba_ssm.ops.triton.ssd_combined", "mamba_ssm",
+                                               "optional, CUDA only: `pip install mamba-ssm`")
 
 
 def _fused_ssd(x, dt, A, B, C, D, h0, chunk: int):
@@ -141,32 +127,36 @@ def _fused_ssd(x, dt, A, B, C, D, h0, chunk: int):
     return y.permute(0, 2, 3, 1), h_last
 
 
-def _self_test_error(device: torch.device) -> float:
-    """Largest difference (relative to 1 + scale) of the fused kernel against the torch path: outputs, final state
+def _self_test_error(name: str, device: torch.device) -> float:
+    """Largest difference (relative to 1 + scale) of backend ``name`` against the torch path: outputs, final state
     and the gradients of every input."""
     g = torch.Generator().manual_seed(0)
     args = [torch.randn(2, 4, 8, 100, generator=g), torch.rand(2, 4, 100, generator=g) * 0.2 + 1e-3,
             -torch.rand(4, generator=g) * 4 - 0.5, torch.randn(2, 2, 16, 100, generator=g),
             torch.randn(2, 2, 16, 100, generator=g), torch.randn(4, generator=g), torch.randn(2, 4, 8, 16, generator=g)]
-    args = [t.to(device) for t in args]
-    return backends.max_relative_error(lambda *a: _fused_ssd(*a, 64), lambda *a: _torch_ssd(*a, 64), args,
-                                       lambda y, h: y.square().sum() + h.square().sum())
+    return dispatch.max_relative_error(lambda *a: OP.fns[name](*a, 64), lambda *a: _torch_ssd(*a, 64),
+                                       [t.to(device) for t in args], lambda y, h: y.square().sum() + h.square().sum())
+
+
+def _example(device: torch.device) -> dispatch.Call:
+    return dispatch.Call(device, frozenset((torch.float32,)))
+
+
+#: the SSD scan's backends, in the order ``auto`` prefers them
+OP = dispatch.Op("ssd", "SSD", [
+    dispatch.Impl("mamba_ssm", _fused_ssd, "Triton SSD kernel (mamba_chunk_scan_combined)", devices=("cuda",),
+                  probe=probe_mamba_ssm_ssd, dtypes=(torch.float32,),
+                  self_test=lambda d: _self_test_error("mamba_ssm", d), tol=1e-3),
+    dispatch.Impl("torch", _torch_ssd, "chunked SSD in plain torch"),
+], example=_example, example_text="Mamba-2, float32")
+BACKENDS = OP.names
 
 
 def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:
-    """``torch`` or ``mamba_ssm`` for this input; a named ``mamba_ssm`` that cannot run falls back with a warning."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown SSD backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch":
-        return "torch"
-    why = None
-    if x.device.type != "cuda":
-        why = "it runs on CUDA only"
-    elif not (probe := probe_mamba_ssm_ssd()).ok:
-        why = probe.reason
-    elif not (test := backends.self_test("ssd", "mamba_ssm", x.device, lambda: _self_test_error(x.device), 1e-3)).ok:
-        why = test.reason
-    return backends.settle("ssd", x.device, "mamba_ssm", backend, why, "Triton SSD kernel, self-test passed")
+    """The backend :func:`ssd_scan` runs for x (``ssmkit/ops/dispatch.py``): ``auto`` takes ``mamba_ssm`` on CUDA
+    where it imports and passes its self-test, else torch; a name that cannot run x is a one-line
+    ``BackendUnavailable``, an unknown name a ``BackendError`` (a ``ValueError``)."""
+    return OP.choose(backend, dispatch.Call(x.device, frozenset((x.dtype,))))
 
 
 def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -195,9 +185,7 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     dtype = _compute_dtype(x, dt, A, B, C, D, h0)
     with torch.autocast(device_type=x.device.type, enabled=False):
         args = [None if t is None else t.to(dtype) for t in (x, dt, A, B, C, D, h0)]
-        if choose_backend(x, backend) == "mamba_ssm":
-            return _fused_ssd(*args, chunk)
-        return _torch_ssd(*args, chunk)
+        return OP.fns[choose_backend(args[0], backend)](*args, chunk)
 
 
 def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

@@ -9,9 +9,12 @@ with dA = exp(x)). Backends, all with the same value and gradient (the tests che
   GEMM speed. Blocks are sized so that no more than ``CHUNK_ELEMENTS`` intermediates exist at once,
   in forward and in backward (backward recomputes each block).
 * ``keops``: pykeops ``Genred`` on the tensors' device (CPU tensors run on the CPU).
-* ``extension``: accepted (S4 passes one backend name to both ops) and falls back to ``chunked``.
+* ``extension``: a name S4 may pass (one backend name for both of its ops in ``mode: diag``), but the compiled
+  extension has no Vandermonde kernel: never available, and asked for by name a one-line error that says so.
 * ``auto``: ``chunked`` (the fastest here at every size measured, see docs/performance.md), except
-  ``torch`` for tiny problems where one einsum beats the block bookkeeping.
+  ``torch`` for tiny problems where one einsum beats the block bookkeeping; ``keops`` by name only.
+
+The table :data:`OP` says what each supports; ``ssmkit/ops/dispatch.py`` chooses (the same rules for every op).
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ import math
 import torch
 
 from ssmkit.ops import backends as _b
+from ssmkit.ops import dispatch as _d
+from ssmkit.ops.chunked import chunked_positions
 
-BACKENDS = ("auto", "torch", "chunked", "keops", "extension")
 # The most batch x N x (J + c) intermediate elements a ``chunked`` block may hold.
 CHUNK_ELEMENTS = 1 << 23
 # Below this many batch x N x L elements ``auto`` materialises.
@@ -93,7 +97,7 @@ def log_vandermonde_chunked(v: torch.Tensor, x: torch.Tensor, L: int, budget: in
     left, right = _bases(x, J, c)  # (..., J, N), (..., N, c)
     if J * c >= L:
         return _block(0, L, v, x, left, right)
-    return _b.chunked_positions(_block, L, J * c, v, x, left, right)
+    return chunked_positions(_block, L, J * c, v, x, left, right)
 
 
 def _shared_base(x: torch.Tensor, L: int, budget: int) -> torch.Tensor:
@@ -163,7 +167,7 @@ def log_vandermonde_keops(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Ten
     """pykeops reduction over N of v_n exp(x_n l); complex numbers as real 2-vectors."""
     probe = _b.probe_keops()
     if not probe.ok:
-        raise _b.BackendUnavailable(probe.reason)
+        raise _d.BackendUnavailable(probe.reason)
     shape, _ = _rows(v, x)
     batch, N = math.prod(shape[:-1]), shape[-1]
     vr = torch.view_as_real(v.expand(shape).reshape(batch, N).resolve_conj())  # (batch, N, 2)
@@ -183,41 +187,53 @@ def log_vandermonde_keops(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Ten
     return torch.view_as_complex(r.contiguous()).reshape(*shape[:-1], L)
 
 
-_IMPLS = {"torch": log_vandermonde_torch, "chunked": log_vandermonde_chunked, "keops": log_vandermonde_keops}
-
-
 def _self_test_error(backend: str, device: torch.device) -> float:
+    """``backend`` against :func:`log_vandermonde_torch` on a tiny problem: values and the gradients for v and x."""
     g = torch.Generator().manual_seed(0)
     v = torch.randn(3, 5, dtype=torch.complex64, generator=g).to(device)
     x = torch.complex(-torch.rand(3, 5, generator=g) * 0.1, torch.randn(3, 5, generator=g)).to(device)
-    ref = log_vandermonde_torch(v, x, 13)
-    return ((_IMPLS[backend](v, x, 13) - ref).abs().max() / ref.abs().max()).item()
+    return _d.max_relative_error(lambda v, x: OP.fns[backend](v, x, 13), lambda v, x: log_vandermonde_torch(v, x, 13),
+                                 [v, x], lambda r: r.abs().square().sum())
+
+
+def _tiny(call: _d.Call) -> str | None:
+    return None if call.size <= _TINY else f"{call.size:,} elements > {_TINY:,}: blocked GEMMs are faster"
+
+
+def _no_extension() -> _d.Probe:
+    return _d.Probe(False, "the compiled extension has no Vandermonde kernel (only the Cauchy product); use chunked "
+                           "(what auto takes)")
+
+
+def _no_kernel(*args) -> torch.Tensor:
+    raise _d.BackendUnavailable(_no_extension().reason)
+
+
+def _example(device: torch.device) -> _d.Call:
+    H, n, L = 256, 32, 4096
+    return _d.Call(device, frozenset((torch.complex64,)), size=H * n * L)
+
+
+#: the Vandermonde product's backends, in the order ``auto`` prefers them
+OP = _d.Op("log_vandermonde", "Vandermonde", [
+    _d.Impl("torch", log_vandermonde_torch, "materialised (N, L) matrix, tiny problem", auto=_tiny),
+    _d.Impl("chunked", log_vandermonde_chunked, "blocked GEMMs, bounded memory"),
+    _d.Impl("keops", log_vandermonde_keops, "pykeops reduction (by name only)", probe=_b.probe_keops,
+            self_test=lambda d: _self_test_error("keops", d), tol=1e-4, auto=False),
+    _d.Impl("extension", _no_kernel, "none", probe=_no_extension, auto=False),
+], example=_example, example_text="S4D, H=256, N=64, L=4096")
+BACKENDS = OP.names
+_IMPLS = OP.fns  # name -> function: what log_vandermonde() runs
+
+
+def _call(v: torch.Tensor, x: torch.Tensor, L: int) -> _d.Call:
+    return _d.Call(v.device, frozenset((v.dtype, x.dtype)), size=_rows(v, x)[1] * L)
 
 
 def choose_backend(v: torch.Tensor, x: torch.Tensor, L: int, backend: str = "auto") -> str:
-    """The backend :func:`log_vandermonde` runs for these inputs (warns once when it must fall back)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown Vandermonde backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    _, rows = _rows(v, x)
-    if backend == "auto":
-        pick = "torch" if rows * L <= _TINY else "chunked"
-        _b.log_choice("log_vandermonde", v.device, pick, "tiny problem" if pick == "torch" else "blocked GEMM")
-        return pick
-    if backend == "extension":
-        _b.warn_fallback("log_vandermonde", "extension", "chunked", "the compiled extension is Cauchy-only")
-        return "chunked"
-    if backend == "keops":
-        probe = _b.probe_keops()
-        why = probe.reason if not probe.ok else None
-        if why is None:
-            test = _b.self_test(
-                "log_vandermonde", "keops", v.device, lambda: _self_test_error("keops", v.device), 1e-4
-            )
-            why = None if test.ok else test.reason
-        if why:
-            _b.warn_fallback("log_vandermonde", "keops", "chunked", why)
-            return "chunked"
-    return backend
+    """The backend :func:`log_vandermonde` runs for these inputs (``ssmkit/ops/dispatch.py``: a name that cannot
+    run them is a one-line ``BackendUnavailable``)."""
+    return OP.choose(backend, _call(v, x, L))
 
 
 def log_vandermonde(v: torch.Tensor, x: torch.Tensor, L: int, backend: str = "auto") -> torch.Tensor:

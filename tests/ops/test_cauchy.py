@@ -1,12 +1,13 @@
 """Cauchy backends: each equals an explicit float64 sum, and the torch backend in value and gradient."""
 import math
-import warnings
 
 import pytest
 import torch
 from helpers import MaxTensor
 
+from ssmkit.errors import UserError
 from ssmkit.ops import backends, cauchy
+from ssmkit.ops.dispatch import BackendUnavailable
 
 SIZES = [(1, 1), (3, 7), (4, 16), (5, 33), (8, 64)]  # (N, L), odd and even
 
@@ -114,17 +115,15 @@ def test_unknown_backend_names_the_choices():
         cauchy.cauchy(v, z, w, backend="cuda")
 
 
-def test_unavailable_backend_falls_back_with_one_warning(monkeypatch):
+def test_unavailable_backend_is_a_one_line_error_naming_why_and_the_alternatives(monkeypatch):
     backends.reset()
     monkeypatch.setitem(backends._probes, "keops", backends.Probe(False, "pretend pykeops is not installed"))
     v, z, w = problem(3, 5)
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        out = cauchy.cauchy(v, z, w, backend="keops")
+    with pytest.raises(UserError, match=r"cauchy: backend 'keops' cannot run this call on cpu \(pretend pykeops is "
+                                        r"not installed\); choose auto or .*torch or chunked") as e:
         cauchy.cauchy(v, z, w, backend="keops")
-    msgs = [str(r.message) for r in rec if issubclass(r.category, RuntimeWarning)]
-    assert len(msgs) == 1 and "pretend pykeops is not installed" in msgs[0] and "falling back to 'torch'" in msgs[0]
-    torch.testing.assert_close(out, explicit(v, z, w, True))
+    assert isinstance(e.value, BackendUnavailable) and "\n" not in str(e.value)
+    torch.testing.assert_close(cauchy.cauchy(v, z, w), explicit(v, z, w, True))  # auto still runs
     backends.reset()
 
 
@@ -144,3 +143,6 @@ def test_extension_refuses_z_gradient_and_auto_falls_back():
     v, z, w = problem(3, 5)
     z = z.clone().requires_grad_()
     assert cauchy.choose_backend(v, z, w, "auto") in ("torch", "chunked")
+    why = "no gradient with respect to z" if backends.probe_extension().ok else "ssmkit_cauchy"
+    with pytest.raises(BackendUnavailable, match=f"backend 'extension' cannot run .*{why}"):
+        cauchy.choose_backend(v, z, w, "extension")

@@ -1,13 +1,12 @@
 """Mamba's causal depthwise convolution + SiLU (ssmkit.ops.causal_conv) against the sum written out in float64
 here, for the torch path and the extension's kernel (its AVX2+FMA and its baseline variant)."""
-import warnings
-
 import pytest
 import torch
 from helpers import needs_ext
 
 from ssmkit.ops import backends
-from ssmkit.ops.causal_conv import causal_conv1d_silu, last_inputs
+from ssmkit.ops.causal_conv import causal_conv1d_silu, choose_backend, last_inputs
+from ssmkit.ops.dispatch import BackendUnavailable
 
 _ext = backends.probe_extension()
 
@@ -84,7 +83,7 @@ def test_last_inputs_for_short_chunks():
     torch.testing.assert_close(last_inputs(x, None, 3)[..., 0], torch.zeros(2, 5, dtype=torch.float64))
 
 
-def test_bad_inputs_and_fallbacks(monkeypatch):
+def test_bad_inputs_and_unavailable_backends(monkeypatch):
     x, w, bias, prev = problem()
     with pytest.raises(ValueError, match=r"prev must be \(B, E, K - 1\)"):
         causal_conv1d_silu(x, w, bias, prev[..., 1:])
@@ -94,11 +93,12 @@ def test_bad_inputs_and_fallbacks(monkeypatch):
         causal_conv1d_silu(x, w, bias, backend="cuda")
     backends.reset()
     monkeypatch.setitem(backends._probes, "extension", backends.Probe(True, "an old build", object()))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        y = causal_conv1d_silu(x, w, bias, prev, backend="extension")
-    assert any("predates the causal convolution" in str(m.message) for m in caught)
-    torch.testing.assert_close(y, explicit(x, w, bias, prev))
+    with pytest.raises(BackendUnavailable, match=r"backend 'extension' cannot run this call on cpu \(the installed "
+                                                 r"ssmkit_cauchy predates the causal convolution; rebuild it .*\); "
+                                                 r"choose auto or torch$"):
+        causal_conv1d_silu(x, w, bias, prev, backend="extension")
+    assert choose_backend(x, "auto") == "torch"  # auto falls back, with the same numbers
+    torch.testing.assert_close(causal_conv1d_silu(x, w, bias, prev), explicit(x, w, bias, prev))
     backends.reset()
 
 

@@ -5,14 +5,14 @@ import logging
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import pytest
 import torch
 from helpers import EXT_OK, MaxTensor, needs_ext
 
 import ssmkit.ops.selective_scan as ss
-from ssmkit.ops import backends
+from ssmkit.ops import backends, dispatch
+from ssmkit.ops.dispatch import BackendUnavailable
 from ssmkit.ops.selective_scan import choose_backend, selective_scan, selective_step
 
 _ext = backends.probe_extension()
@@ -186,10 +186,9 @@ def test_backend_choice_on_cpu_and_bad_inputs():
     assert choose_backend(u, None, "auto") == ("extension" if EXT_OK else "torch")
     assert choose_backend(u, None, "torch") == "torch"
     backends.reset()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert choose_backend(u, None, "mamba_ssm") == "torch"
-    assert any("mamba_ssm" in str(w.message) and "CUDA only" in str(w.message) for w in caught)
+    with pytest.raises(BackendUnavailable, match=r"backend 'mamba_ssm' cannot run this call on cpu \(it runs on CUDA "
+                                                 r"only\); choose auto or (extension or )?torch$"):
+        choose_backend(u, None, "mamba_ssm")
     with pytest.raises(ValueError, match="unknown selective-scan backend 'fused'"):
         selective_scan(u, delta, A, B, C, backend="fused")
     with pytest.raises(ValueError, match=r"B must be \(batch, N, L\)"):
@@ -199,18 +198,33 @@ def test_backend_choice_on_cpu_and_bad_inputs():
     assert isinstance(backends.probe_mamba_ssm().reason, str)
 
 
-def test_extension_without_the_scan_falls_back_to_torch(monkeypatch):
-    """An ssmkit_cauchy built before the scan existed (or none at all): ``auto`` runs torch, a named
-    ``extension`` says why in a warning, and the numbers are the same."""
+def test_extension_without_the_scan_is_refused_by_name_and_skipped_by_auto(monkeypatch):
+    """An ssmkit_cauchy built before the scan existed: ``auto`` runs torch (the same numbers), a named ``extension``
+    is a one-line error saying why and what can run."""
     u, delta, A, B, C, D, h0 = problem()
     backends.reset()
     monkeypatch.setitem(backends._probes, "extension", backends.Probe(True, "an old build", object()))
     assert choose_backend(u, None, "auto") == "torch"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        y, _ = selective_scan(u, delta, A, B, C, D, backend="extension")
-    assert any("predates the selective scan" in str(w.message) for w in caught)
-    torch.testing.assert_close(y, recurrence(u, delta, A, B, C, D)[0])
+    with pytest.raises(BackendUnavailable, match=r"\(the installed ssmkit_cauchy predates the selective scan; rebuild "
+                                                 r"it .*\); choose auto or torch$") as e:
+        selective_scan(u, delta, A, B, C, D, backend="extension")
+    assert "\n" not in str(e.value)
+    torch.testing.assert_close(selective_scan(u, delta, A, B, C, D)[0], recurrence(u, delta, A, B, C, D)[0])
+    backends.reset()
+
+
+def test_mamba_ssm_takes_no_start_state_nor_float64(monkeypatch):
+    """What the table says of mamba_ssm, with its import pretended: on CUDA it runs float32 calls without a start
+    state; a start state or float64 inputs are refused with the reason (``auto`` then takes torch)."""
+    backends.reset()
+    monkeypatch.setitem(backends._probes, "mamba_ssm.ops.selective_scan_interface", backends.Probe(True, "pretend"))
+    cuda = torch.device("cuda")
+    call = dispatch.Call(cuda, frozenset((torch.float32,)))
+    assert ss.OP.why_not("mamba_ssm", call, test=False) is None
+    assert ss.OP.why_not("mamba_ssm", dispatch.Call(cuda, call.dtypes, frozenset(("start_state",))),
+                         test=False) == "it takes no start state"
+    assert ss.OP.why_not("mamba_ssm", dispatch.Call(cuda, frozenset((torch.float64,))),
+                         test=False) == "it takes float32/float16/bfloat16 inputs, got float64"
     backends.reset()
 
 
@@ -251,7 +265,7 @@ def test_self_test_passes_inside_inference_mode():
     backends.reset()
     with torch.inference_mode():
         assert choose_backend(u, None, "auto") == "extension"
-    assert backends._self_tests[("selective_scan", "extension", "cpu")].ok
+    assert dispatch._self_tests[("selective_scan", "extension", "cpu")].ok
     backends.reset()
 
 
@@ -261,7 +275,7 @@ def test_auto_fallbacks_are_logged(monkeypatch, caplog):
     backends.reset()
     fake = type("Ext", (), {"selective_scan_fwd": None})()
     monkeypatch.setitem(backends._probes, "extension", backends.Probe(True, "a broken build", fake))
-    monkeypatch.setattr(ss, "_extension_error", lambda: 1.0)
+    monkeypatch.setattr(ss, "_self_test_error", lambda name, device: 1.0)
     with caplog.at_level(logging.INFO, logger="ssmkit.ops"):
         assert choose_backend(u, None, "auto") == "torch"
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import MaxTensor
 
+from ssmkit.ops.dispatch import BackendUnavailable
 from ssmkit.ops.ssd import choose_backend, segsum, ssd_scan, ssd_step
 
 
@@ -152,5 +153,6 @@ def test_bad_inputs():
 def test_auto_is_torch_on_cpu():
     x = torch.zeros(1, 1, 1, 1)
     assert choose_backend(x, "auto") == "torch"
-    with pytest.warns(RuntimeWarning, match="mamba_ssm"):
-        assert choose_backend(x, "mamba_ssm") == "torch"
+    with pytest.raises(BackendUnavailable, match="backend 'mamba_ssm' cannot run this call on cpu .*CUDA only") as e:
+        choose_backend(x, "mamba_ssm")
+    assert "\n" not in str(e.value)

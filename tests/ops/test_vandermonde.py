@@ -4,6 +4,7 @@ import torch
 from helpers import MaxTensor
 
 from ssmkit.ops import backends, vandermonde
+from ssmkit.ops.dispatch import BackendUnavailable
 
 SIZES = [(1, 1), (3, 7), (4, 16), (5, 33), (8, 100)]  # (N, L)
 
@@ -92,11 +93,12 @@ def test_chunked_memory_is_bounded_forward_and_backward():
     assert torch.isfinite(x.grad).all()
 
 
-def test_extension_name_falls_back_for_vandermonde():
+def test_extension_name_is_refused_for_vandermonde():
+    """S4 passes one backend name to both of its ops; the extension has no Vandermonde kernel: one line saying so."""
     v, x = problem(3)
-    with pytest.warns(RuntimeWarning, match="Cauchy-only"):
-        out = vandermonde.log_vandermonde(v, x, 5, backend="extension")
-    torch.testing.assert_close(out, explicit(v, x, 5))
+    with pytest.raises(BackendUnavailable, match="no Vandermonde kernel .*use chunked") as e:
+        vandermonde.log_vandermonde(v, x, 5, backend="extension")
+    assert "\n" not in str(e.value)
 
 
 def test_unknown_backend_names_the_choices():

@@ -17,6 +17,16 @@ def run_steps(mixer, x: torch.Tensor, state):
     return torch.stack(ys, -1), state
 
 
+#: small options per mixer for the tests that run every registered mixer (tests/mixers/test_contract.py at length 24,
+#: tests/models/test_padding.py): every part of each mixer matters at length 24, e.g. all of SGConv's scales
+SMALL_MIXER_OPTIONS = {
+    "s4": {"d_state": 4}, "s4d": {"d_state": 4}, "dss": {"d_state": 4}, "dlr": {"d_state": 4}, "lssl": {"d_state": 4},
+    "sgconv": {"l_max": 24, "kernel_dim": 4}, "s5": {"d_state": 4}, "lru": {"d_state": 4}, "mamba": {"d_state": 4},
+    "attn": {"n_heads": 2}, "gla": {"n_heads": 1, "chunk_size": 8}, "gated_deltanet": {"n_heads": 1, "chunk_size": 8},
+    "mamba2": {"d_state": 4, "headdim": 4, "chunk_size": 8},
+}
+
+
 class MaxTensor(TorchDispatchMode):
     """Records the largest tensor any op produces (forward and backward)."""
 

@@ -9,18 +9,11 @@ causality, and one-line refusals.
 """
 import pytest
 import torch
+from helpers import SMALL_MIXER_OPTIONS as SMALL
 
 from ssmkit.mixers import MIXERS, Mixer, build_mixer, mixer_parameters
 
-H, L = 4, 24
-
-#: small sizes per mixer (every part of each mixer matters at length L, e.g. all of SGConv's scales)
-SMALL = {
-    "s4": {"d_state": 4}, "s4d": {"d_state": 4}, "dss": {"d_state": 4}, "dlr": {"d_state": 4}, "lssl": {"d_state": 4},
-    "sgconv": {"l_max": L, "kernel_dim": 4}, "s5": {"d_state": 4}, "lru": {"d_state": 4}, "mamba": {"d_state": 4},
-    "attn": {"n_heads": 2}, "gla": {"n_heads": 1, "chunk_size": 8}, "gated_deltanet": {"n_heads": 1, "chunk_size": 8},
-    "mamba2": {"d_state": 4, "headdim": 4, "chunk_size": 8},
-}
+H, L = 4, 24  # SMALL (small sizes per mixer, in tests/helpers.py) is made for this L
 NAMES = MIXERS.names()
 
 

@@ -4,20 +4,21 @@ import pytest
 import torch
 
 from ssmkit.errors import RecipeError
+from ssmkit.generation import generate
 from ssmkit.models import BACKBONES, SaShiMi, SequenceModel
 from ssmkit.models.sashimi import DownPool, UpPool
 from ssmkit.recipe import build_model, validate
 
 FACTORS = [2, 3]  # unequal factors, so a swapped level or slot shows
 L = 2 * 6 + 3  # two full periods of prod(FACTORS) = 6 and a partial one
-KERNELS = {"s4d": dict(d_state=4), "s4": dict(d_state=4), "dss": dict(d_state=4), "dlr": dict(d_state=4),
-           "attn": dict(n_heads=2)}
+MIXERS = {"s4d": dict(d_state=4), "s4": dict(d_state=4), "dss": dict(d_state=4), "dlr": dict(d_state=4),
+          "attn": dict(n_heads=2)}
 
 
-def make(kernel="s4d", unet=False, factors=FACTORS, d_input=3, **kw) -> SaShiMi:
+def make(name="s4d", unet=False, factors=FACTORS, d_input=3, **kw) -> SaShiMi:
     torch.manual_seed(0)
-    layer = dict(kernel=kernel, **KERNELS[kernel])
-    return SaShiMi(d_input, 5, d_model=4, n_layers=2, layer=layer, pool_factors=factors, unet=unet, **kw).double().eval()
+    mixer = dict(name=name, **MIXERS[name])
+    return SaShiMi(d_input, 5, d_model=4, n_layers=2, mixer=mixer, pool_factors=factors, unet=unet, **kw).double().eval()
 
 
 def steps(model, x, state=None):
@@ -48,9 +49,9 @@ def test_pools_equal_explicit_sums():
     torch.testing.assert_close(pending, (z[:, -1] @ W2.T + b2).reshape(B, p, d_in))
 
 
-@pytest.mark.parametrize("kernel", list(KERNELS))
-def test_step_equals_forward(kernel):
-    m = make(kernel)
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_step_equals_forward(name):
+    m = make(name)
     x = torch.randn(2, L, 3, dtype=torch.float64)
     ys, state = steps(m, x)
     torch.testing.assert_close(ys, m(x), rtol=1e-9, atol=1e-10)
@@ -92,10 +93,10 @@ def test_any_length_equals_a_longer_input_cut():
         torch.testing.assert_close(m(x[:, :n]), m(x)[:, :n], rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("kernel", ["s4d", "s4", "attn"])
+@pytest.mark.parametrize("name", ["s4d", "s4", "attn"])
 @pytest.mark.parametrize("cuts", [(7,), (6, 12), (1, 2, 9)])
-def test_chunks_with_state_equal_the_whole(kernel, cuts):
-    m = make(kernel, unet=kernel == "s4d")
+def test_chunks_with_state_equal_the_whole(name, cuts):
+    m = make(name, unet=name == "s4d")
     x = torch.randn(2, 2 * L, 3, dtype=torch.float64)
     whole, whole_state = m(x, return_state=True)
     torch.testing.assert_close(whole, m(x), rtol=1e-9, atol=1e-10)
@@ -127,17 +128,27 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, q.grad, msg=n)
 
 
-def test_set_rate_reaches_every_level_and_layers_lists_all():
+def test_set_rate_reaches_every_level_and_mixers_lists_all():
     m = make("s4d", unet=True)
-    assert len(m.layers) == 2 * 2 * 2 + 2  # two levels x (down + up) x n_layers, plus the centre
-    m.set_rate(2.0)
-    assert all(layer.rate == 2.0 for layer in m.layers)
+    assert len(m.mixers) == 2 * 2 * 2 + 2  # two levels x (down + up) x n_layers, plus the centre
+    seen = []
+    for mixer in m.mixers:
+        mixer.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["rate"]), with_kwargs=True)
+    x = torch.randn(1, L, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y1 = m(x)
+        m.set_rate(2.0)
+        y2 = m(x)
+    assert m.rate == 2.0 and seen == [1.0] * 10 + [2.0] * 10 and (y1 - y2).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="cannot rescale it"):
+        make("attn").set_rate(2.0)
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(layer=dict(bidirectional=True)), "bidirectional"),
+        (dict(mixer=dict(name="s4d", bidirectional=True)), "bidirectional"),
+        (dict(layer=dict(kernel="s4d")), "instead of layer="),
         (dict(pool_factors=[]), "pool_factors"),
         (dict(pool_factors=[4, 1]), "pool_factors"),
         (dict(pool_factors=[4, 2.5]), "pool_factors"),
@@ -147,12 +158,12 @@ def test_set_rate_reaches_every_level_and_layers_lists_all():
     ],
 )
 def test_bad_options(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(TypeError if "layer" in kwargs else ValueError, match=match):
         SaShiMi(2, 2, **kwargs)
 
 
 def recipe(**model):
-    return validate({"name": "t", "task": {"name": "cumsum", "L": 24}, "model": model})
+    return validate({"name": "t", "task": {"name": "cumsum", "seq_len": 24}, "model": model})
 
 
 def test_recipe_builds_the_named_backbone():
@@ -162,7 +173,7 @@ def test_recipe_builds_the_named_backbone():
 
     m = build_model(r, build_task(r))
     assert isinstance(m, SaShiMi) and m.factors == (2, 2) and m.expand == 3 and m.unet
-    assert m.units["center"].blocks[0].layer.d_model == 4 * 3 * 3
+    assert m.units["center"].blocks[0].mixer.d_model == 4 * 3 * 3
     assert isinstance(build_model(recipe(), build_task(r)), SequenceModel)  # the default backbone
     again = validate(r.to_dict())  # a run directory's resolved recipe re-validates
     assert again.model == r.model
@@ -171,7 +182,7 @@ def test_recipe_builds_the_named_backbone():
 @pytest.mark.parametrize(
     "model,match",
     [
-        (dict(backbone="sashimi", layer=dict(kernel="s4d", bidirectional=True)), "bidirectional"),
+        (dict(backbone="sashimi", mixer=dict(name="s4d", bidirectional=True)), "bidirectional"),
         (dict(backbone="sashimi", pool_factors=[4, 1]), "pool_factors must be"),
         (dict(backbone="sashimi", pool_factors=[]), "pool_factors must be"),
         (dict(backbone="sashimi", expand=0), "expand must be"),
@@ -197,8 +208,8 @@ def test_a_pooling_task_is_a_recipe_error():
 def test_generate_reads_the_prompt_as_its_steps_would():
     m = make("s4d", d_input=7, encoder="embedding").float()
     prompt = torch.randint(0, 7, (2, 9))  # not a multiple of the period: steps, convolution, steps
-    conv = m.generate(prompt, 8, seed=3, compile="none", prefill="conv")
-    step = m.generate(prompt, 8, seed=3, compile="none", prefill="step")
+    conv = generate(m, prompt, 8, seed=3, compile="none", prefill="conv")
+    step = generate(m, prompt, 8, seed=3, compile="none", prefill="step")
     assert torch.equal(conv.tokens, step.tokens) and conv.tokens.shape == (2, 17)
 
 

@@ -13,7 +13,7 @@ def rel(a, b):
 @pytest.mark.parametrize("mlp_ratio", [0, 2])
 def test_step_equals_forward(prenorm, norm, mlp_ratio):
     torch.manual_seed(0)
-    m = SequenceModel(3, 5, d_model=8, n_layers=2, layer=dict(d_state=8), prenorm=prenorm, norm=norm,
+    m = SequenceModel(3, 5, d_model=8, n_layers=2, mixer=dict(name="s4d", d_state=8), prenorm=prenorm, norm=norm,
                       pool=None, mlp_ratio=mlp_ratio).eval()
     x = torch.randn(2, 30, 3)
     y = m(x)  # (B, L, d_output)
@@ -28,7 +28,7 @@ def test_step_equals_forward(prenorm, norm, mlp_ratio):
 
 def test_forward_state_two_halves():
     torch.manual_seed(0)
-    m = SequenceModel(3, 2, d_model=8, n_layers=3, layer=dict(d_state=8), pool=None).eval()
+    m = SequenceModel(3, 2, d_model=8, n_layers=3, mixer=dict(name="s4d", d_state=8), pool=None).eval()
     x = torch.randn(2, 40, 3)
     y1, s = m(x[:, :15], return_state=True)
     y2, _ = m(x[:, 15:], state=s, return_state=True)
@@ -39,16 +39,16 @@ def test_embedding_encoder_and_pooling():
     torch.manual_seed(0)
     ids = torch.randint(0, 11, (4, 20))
     for pool, shape in [("mean", (4, 3)), ("last", (4, 3)), (None, (4, 20, 3))]:
-        m = SequenceModel(11, 3, d_model=8, n_layers=1, encoder="embedding", pool=pool, layer=dict(d_state=4))
+        m = SequenceModel(11, 3, d_model=8, n_layers=1, encoder="embedding", pool=pool, mixer=dict(name="s4d", d_state=4))
         assert m(ids).shape == shape
 
 
 def test_pooling_respects_lengths():
     torch.manual_seed(0)
-    m = SequenceModel(2, 3, d_model=8, n_layers=1, pool="mean", layer=dict(d_state=4)).eval()
+    m = SequenceModel(2, 3, d_model=8, n_layers=1, pool="mean", mixer=dict(name="s4d", d_state=4)).eval()
     x = torch.randn(1, 12, 2)
     padded = torch.cat([x, torch.randn(1, 5, 2)], 1)
-    # causal layers: positions < 12 do not see the padding, so masked mean pooling ignores it exactly
+    # causal mixers: positions < 12 do not see the padding, so masked mean pooling ignores it exactly
     torch.testing.assert_close(m(padded, lengths=torch.tensor([12])), m(x), rtol=1e-5, atol=1e-5)
     m.pool = "last"
     torch.testing.assert_close(m(padded, lengths=torch.tensor([12])), m(x), rtol=1e-5, atol=1e-5)
@@ -56,7 +56,7 @@ def test_pooling_respects_lengths():
 
 def test_activation_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    kw = dict(d_model=8, n_layers=2, layer=dict(d_state=8), pool="mean")
+    kw = dict(d_model=8, n_layers=2, mixer=dict(name="s4d", d_state=8), pool="mean")
     a = SequenceModel(3, 2, **kw)
     b = SequenceModel(3, 2, checkpoint=True, **kw)
     b.load_state_dict(a.state_dict())
@@ -67,10 +67,23 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, q.grad, msg=n)
 
 
-def test_set_rate_reaches_every_layer():
-    m = SequenceModel(1, 1, d_model=4, n_layers=3, layer=dict(d_state=4))
+def test_set_rate_reaches_every_mixer():
+    """The model holds the rate and passes it to every mixer's forward and setup_step; a mixer without a step size
+    refuses it at set_rate."""
+    m = SequenceModel(1, 1, d_model=4, n_layers=3, mixer=dict(name="s4d", d_state=4), pool=None).eval()
+    seen = []
+    for mixer in m.mixers:
+        mixer.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["rate"]), with_kwargs=True)
+    x = torch.randn(1, 10, 1)
+    y1 = m(x)
     m.set_rate(2.0)
-    assert all(layer.rate == 2.0 for layer in m.layers)
+    y2 = m(x)
+    assert m.rate == 2.0 and seen == [1.0] * 3 + [2.0] * 3
+    assert (y1 - y2).abs().max() > 1e-4
+    m.step(x[:, 0], m.default_state(1))
+    assert all(mixer._step_rate == 2.0 for mixer in m.mixers)
+    with pytest.raises(ValueError, match="cannot rescale it"):
+        SequenceModel(1, 1, d_model=4, n_layers=1, mixer=dict(name="attn"), rate=2.0)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +93,9 @@ def test_set_rate_reaches_every_layer():
         (dict(norm="rms"), "unknown norm"),
         (dict(encoder="conv"), "unknown encoder"),
         (dict(n_layers=0), "must be positive"),
-        (dict(layer=dict(kernel="nope")), "unknown kernel"),
+        (dict(mixer=dict(name="nope")), "unknown mixer 'nope'"),
+        (dict(mixer=dict(d_state=4)), "have no name"),
+        (dict(rate=0), "rate .* must be a positive number"),
     ],
 )
 def test_bad_options(kwargs, match):
@@ -88,9 +103,14 @@ def test_bad_options(kwargs, match):
         SequenceModel(2, 2, **kwargs)
 
 
+def test_the_removed_layer_argument_names_mixer():
+    with pytest.raises(TypeError, match="takes mixer=.* instead of layer="):
+        SequenceModel(2, 2, layer=dict(kernel="s4d"))
+
+
 def test_real_states_step_like_complex_ones():
     torch.manual_seed(0)
-    m = SequenceModel(2, 3, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None).eval()
+    m = SequenceModel(2, 3, d_model=8, n_layers=2, mixer=dict(name="s4d", d_state=8), pool=None).eval()
     x = torch.randn(5, 2)
     s_c, s_r = m.default_state(5), m.default_state(5, real=True)
     assert all(not s.is_complex() and s.shape[-1] == 2 for s in s_r)
@@ -105,7 +125,7 @@ def test_real_states_step_like_complex_ones():
 @pytest.mark.parametrize("backend", ["inductor", "aot"])
 def test_compiled_step_equals_eager_and_follows_weight_updates(backend):
     torch.manual_seed(0)
-    m = SequenceModel(1, 2, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None)
+    m = SequenceModel(1, 2, d_model=8, n_layers=2, mixer=dict(name="s4d", d_state=8), pool=None)
     step = m.compile_step(backend)
     x = torch.randn(3, 1)
     state = m.default_state(3, real=True)
@@ -129,13 +149,13 @@ def test_compiled_step_equals_eager_and_follows_weight_updates(backend):
 def test_compile_step_auto_picks_aot_only_for_real_states():
     from ssmkit.models.fast_step import AOTStep, aot_unsupported
 
-    s4d = SequenceModel(1, 2, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None)
+    s4d = SequenceModel(1, 2, d_model=8, n_layers=2, mixer=dict(name="s4d", d_state=8), pool=None)
     assert aot_unsupported(s4d, s4d.default_state(1, real=True)) is None
     assert isinstance(s4d.compile_step(), AOTStep)
-    s4 = SequenceModel(1, 2, d_model=8, n_layers=1, layer=dict(kernel="s4", d_state=8), pool=None)
+    s4 = SequenceModel(1, 2, d_model=8, n_layers=1, mixer=dict(name="s4", d_state=8), pool=None)
     assert "complex" in aot_unsupported(s4, s4.default_state(1, real=True))
     assert not isinstance(s4.compile_step(), AOTStep)
-    attn = SequenceModel(1, 2, d_model=8, n_layers=1, layer=dict(kernel="attn"), pool=None)
+    attn = SequenceModel(1, 2, d_model=8, n_layers=1, mixer=dict(name="attn"), pool=None)
     assert "attention" in aot_unsupported(attn, attn.default_state(1, real=True))
     with pytest.raises(ValueError, match="auto, aot or inductor"):
         s4d.compile_step("fast")

@@ -1,30 +1,43 @@
 """Padding masks: with ``lengths`` each sample's valid outputs are the ones it gets alone.
 
-A bidirectional kernel's anticausal half (and bidirectional attention) would otherwise read the padding
-after each sample's end, so a sample's output would depend on how much padding, and which, it got.
-Every registered kernel, both directions: random amounts and contents of padding give the same valid
-outputs (float64) as the unpadded sample; a whole model on ListOps-like padded token batches gives the
-logits of each sample run alone.
+A bidirectional mixer's anticausal half (and bidirectional attention) would otherwise read the padding
+after each sample's end, so a sample's output would depend on how much padding, and which, it got. The
+residual block (``ssmkit/models/block.py``) zeroes its mixer's input after each length and the mixer's output
+after it. Every registered mixer, both directions where it has them, in a block: random amounts and contents of
+padding give the same valid outputs (float64) as the unpadded sample; a whole model on ListOps-like padded token
+batches gives the logits of each sample run alone.
 """
 import pytest
 import torch
-from test_contract import SMALL
+from helpers import SMALL_MIXER_OPTIONS as SMALL
 
-from ssmkit import KERNELS, SequenceLayer
+from ssmkit.mixers import MIXERS, build_mixer, mixer_parameters
 from ssmkit.models import SequenceModel
-from ssmkit.models.sequence import _Norm
+from ssmkit.models.block import Norm, ResidualBlock
 from ssmkit.tasks._shared import token_lengths
 from ssmkit.train.loop import forward
 
 H = 4
-# Every registered kernel with the contract test's options, and local attention (chunked masks) besides.
-CASES = [(k, SMALL.get(k, {})) for k in KERNELS.names()] + [("attn", dict(chunk_size=4))]
-IDS = [k if not opts or k != "attn" else "attn-local" for k, opts in CASES]
+# Every registered mixer with the contract test's options, and local attention (chunked masks) besides.
+MIXER_CASES = [(k, SMALL.get(k, {})) for k in MIXERS.names()] + [("attn", dict(chunk_size=4))]
+IDS = [k if not opts or k != "attn" else "attn-local" for k, opts in MIXER_CASES]
+# Each with both directions where it has a bidirectional option (the causal-only mixers once).
+CASES = [pytest.param(k, opts, b, id=f"{i}-{'bidirectional' if b else 'causal'}")
+         for (k, opts), i in zip(MIXER_CASES, IDS) for b in (False, True)
+         if not b or "bidirectional" in mixer_parameters(k)]
 
 
-def make(kernel, opts, bidirectional, seed=0):
+def make(name, opts, bidirectional, seed=0):
+    """A residual block without norm around mixer ``name``: its output minus its input is the masked mixer."""
     torch.manual_seed(seed)
-    return SequenceLayer(H, kernel=kernel, bidirectional=bidirectional, **opts).double().eval()
+    spec = {"name": name, **opts, **({"bidirectional": True} if bidirectional else {})}
+    return ResidualBlock(H, spec, prenorm=True, norm=None).double().eval()
+
+
+def mixed(block: ResidualBlock, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The block's mixer branch on x (B, H, L) -> (B, H, L): the block's output minus its residual."""
+    x = x.transpose(1, 2)
+    return (block(x, lengths) - x).transpose(1, 2)
 
 
 def padded(samples, L, gen):
@@ -35,50 +48,46 @@ def padded(samples, L, gen):
     return x
 
 
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("kernel,opts", CASES, ids=IDS)
-def test_valid_outputs_ignore_padding_amount_and_content(kernel, opts, bidirectional):
-    layer = make(kernel, opts, bidirectional)
+@pytest.mark.parametrize("name,opts,bidirectional", CASES)
+def test_valid_outputs_ignore_padding_amount_and_content(name, opts, bidirectional):
+    block = make(name, opts, bidirectional)
     gen = torch.Generator().manual_seed(1)
     lengths = torch.tensor([5, 13, 1, 20])
     samples = [torch.randn(H, int(n), dtype=torch.float64, generator=gen) for n in lengths]
     with torch.no_grad():
-        alone = [layer(s.unsqueeze(0))[0] for s in samples]
+        alone = [mixed(block, s.unsqueeze(0))[0] for s in samples]
         for L in (20, 23, 31):  # different amounts of padding, each with new random content
             x = padded(samples, L, gen)
-            y = layer(x, lengths=lengths)
+            y = mixed(block, x, lengths)
             for i, n in enumerate(lengths.tolist()):
                 torch.testing.assert_close(y[i, :, :n], alone[i], rtol=1e-9, atol=1e-10)
                 assert (y[i, :, n:] == 0).all(), "the output after a sample's length must be zero"
         if bidirectional:  # the test can fail: without the mask the padding leaks into the valid outputs
-            leak = layer(x)[0, :, : lengths[0]] - alone[0]
+            leak = mixed(block, x)[0, :, : lengths[0]] - alone[0]
             assert leak.abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("kernel,opts", CASES, ids=IDS)
-def test_lengths_none_or_full_is_exactly_the_unmasked_path(kernel, opts):
-    layer = make(kernel, opts, bidirectional=True)
+@pytest.mark.parametrize("name,opts", MIXER_CASES, ids=IDS)
+def test_lengths_none_or_full_is_exactly_the_unmasked_path(name, opts):
+    block = make(name, opts, bidirectional="bidirectional" in mixer_parameters(name))
     x = torch.randn(2, H, 12, dtype=torch.float64)
     with torch.no_grad():
-        assert torch.equal(layer(x, lengths=torch.tensor([12, 12])), layer(x))
+        assert torch.equal(mixed(block, x, torch.tensor([12, 12])), mixed(block, x))
 
 
 def test_state_with_lengths_is_refused():
-    layer = make("s4d", {}, bidirectional=False)
     x = torch.randn(2, H, 8, dtype=torch.float64)
-    with pytest.raises(ValueError, match="lengths cannot be combined with state"):
-        layer(x, lengths=torch.tensor([3, 8]), return_state=True)
-    model = SequenceModel(3, 2, d_model=H, n_layers=1, layer=dict(kernel="s4d"), pool=None)
+    for name in ("s4d", "attn"):
+        with pytest.raises(ValueError, match="lengths cannot be combined with state"):
+            build_mixer(H, {"name": name}).double()(x, lengths=torch.tensor([3, 8]), return_state=True)
+    model = SequenceModel(3, 2, d_model=H, n_layers=1, mixer=dict(name="s4d"), pool=None)
     with pytest.raises(ValueError, match="lengths cannot be combined with state"):
         model(torch.randn(2, 8, 3), lengths=torch.tensor([3, 8]), return_state=True)
-    attn = make("attn", {}, bidirectional=False)
-    with pytest.raises(ValueError, match="lengths cannot be combined"):
-        attn(x, lengths=torch.tensor([3, 8]), return_state=True)
 
 
 def test_batch_norm_statistics_come_from_valid_positions_only():
     torch.manual_seed(0)
-    norm, ref = _Norm("batch", H).double().train(), torch.nn.BatchNorm1d(H).double().train()
+    norm, ref = Norm("batch", H).double().train(), torch.nn.BatchNorm1d(H).double().train()
     x = torch.randn(3, 10, H, dtype=torch.float64)
     lengths = torch.tensor([10, 4, 7])
     mask = torch.arange(10) < lengths[:, None]
@@ -104,20 +113,20 @@ class _PaddedTask:
 
 
 @pytest.mark.parametrize(
-    "kernel,norm,prenorm,pool",
+    "name,norm,prenorm,pool",
     [("s4d", "layer", True, "mean"), ("s4", "batch", False, "mean"), ("attn", "layer", True, "last"),
      ("sgconv", "batch", True, "mean")],
 )
-def test_model_logits_on_padded_batches_equal_each_sample_alone(kernel, norm, prenorm, pool):
+def test_model_logits_on_padded_batches_equal_each_sample_alone(name, norm, prenorm, pool):
     torch.manual_seed(0)
-    layer = dict(kernel=kernel, bidirectional=True, **SMALL.get(kernel, {}))
-    model = SequenceModel(18, 10, d_model=8, n_layers=2, layer=layer, norm=norm, prenorm=prenorm, pool=pool,
+    mixer = dict(name=name, bidirectional=True, **SMALL.get(name, {}))
+    model = SequenceModel(18, 10, d_model=8, n_layers=2, mixer=mixer, norm=norm, prenorm=prenorm, pool=pool,
                           encoder="embedding", mlp_ratio=2).double().eval()
     gen = torch.Generator().manual_seed(2)
     lengths = [9, 24, 3, 16]
     x = listops_like(gen, lengths, 24)
     with torch.no_grad():
-        logits = forward(model, _PaddedTask(), x)  # the loop's call: task.lengths -> every layer
+        logits = forward(model, _PaddedTask(), x)  # the loop's call: task.lengths -> every block
         for i, n in enumerate(lengths):
             torch.testing.assert_close(logits[i], model(x[i : i + 1, :n])[0], rtol=1e-9, atol=1e-10)
         x2 = x.clone()
@@ -128,7 +137,7 @@ def test_model_logits_on_padded_batches_equal_each_sample_alone(kernel, norm, pr
 
 def test_checkpointed_blocks_pass_lengths():
     torch.manual_seed(0)
-    model = SequenceModel(18, 3, d_model=8, n_layers=2, layer=dict(kernel="s4d", bidirectional=True),
+    model = SequenceModel(18, 3, d_model=8, n_layers=2, mixer=dict(name="s4d", bidirectional=True),
                           encoder="embedding").double().train()
     x = listops_like(torch.Generator().manual_seed(3), [5, 12], 12)
     ref = model(x, lengths=token_lengths(x))
@@ -151,7 +160,7 @@ def test_retrieval_towers_see_each_document_without_its_padding():
     from ssmkit.tasks.lra_text import RetrievalModel
 
     torch.manual_seed(0)
-    backbone = SequenceModel(18, 1, d_model=8, n_layers=1, layer=dict(kernel="s4d", bidirectional=True),
+    backbone = SequenceModel(18, 1, d_model=8, n_layers=1, mixer=dict(name="s4d", bidirectional=True),
                              encoder="embedding")
     model = RetrievalModel(backbone).double().eval()
     gen = torch.Generator().manual_seed(4)

@@ -20,8 +20,8 @@ each with
 The rules, the same for every op:
 
 * ``auto`` takes the first implementation that ``auto`` may take, that supports the call, whose probe succeeds and
-  whose self-test passes on the call's device type. The reference (last, no probe, every device and feature) always
-  runs, so ``auto`` never fails. Its choice is logged once per (op, device type, choice) on the ``ssmkit.ops``
+  whose self-test passes on the call's device type. Every table has a plain-torch implementation that ``auto`` may
+  take with no probe and no restriction (``tests/ops/test_dispatch.py`` checks it), so ``auto`` never fails. Its choice is logged once per (op, device type, choice) on the ``ssmkit.ops``
   logger at INFO, with the reason each implementation before it was not used; a failed self-test is logged once as
   a WARNING (a broken build, not a missing one).
 * A name runs that implementation or raises :class:`BackendUnavailable`, one line naming why and the names that can

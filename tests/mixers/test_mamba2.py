@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from helpers import MaxTensor
 
+import ssmkit.mixers.mamba2 as mamba2_module
 from ssmkit.mixers.mamba2 import Mamba2
 from ssmkit.train.optim import param_groups
 
@@ -225,3 +226,20 @@ def test_rate_and_shape_refused():
     with pytest.raises(ValueError, match="expects"):
         m(torch.randn(1, 7, 5, dtype=torch.float64))
     assert math.isclose(m.nheads * 4, m.d_inner)
+
+
+def test_chunk_size_and_backend_reach_the_scan(monkeypatch):
+    """chunk_size and backend change no result beyond rounding, so check that they reach the SSD scan and the
+    convolution (backend torch pins both), in forward and in the reversed branch."""
+    mod = mamba2_module
+    calls = []
+    real_scan, real_conv = mod.ssd_scan, mod.causal_conv1d_silu
+    monkeypatch.setattr(mod, "ssd_scan", lambda *a, **kw: calls.append(("ssd", kw["chunk"], kw["backend"]))
+                        or real_scan(*a, **kw))
+    monkeypatch.setattr(mod, "causal_conv1d_silu", lambda *a, **kw: calls.append(("conv", kw["backend"]))
+                        or real_conv(*a, **kw))
+    build(chunk_size=3, backend="torch", bidirectional=True)(torch.randn(1, 8, 10, dtype=torch.float64))
+    assert calls == [("conv", "torch"), ("ssd", 3, "torch")] * 2
+    calls.clear()
+    build(chunk_size=16)(torch.randn(1, 8, 10, dtype=torch.float64))
+    assert calls == [("conv", "auto"), ("ssd", 16, "auto")]

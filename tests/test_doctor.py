@@ -1,9 +1,10 @@
 """``ssmkit doctor``: every check reports a status, missing parts come with a fix, the command runs."""
+import torch
 import typer
 from typer.testing import CliRunner
 
 from ssmkit import doctor
-from ssmkit.ops import backends
+from ssmkit.ops import backends, dispatch
 
 
 def test_checks_cover_the_components_and_missing_ones_have_a_fix():
@@ -63,3 +64,32 @@ def test_doctor_command_prints_a_table():
     result = CliRunner().invoke(app, ["doctor"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "ssmkit doctor" in result.output and "pykeops" in result.output and "auto: cauchy" in result.output
+
+
+def test_auto_rows_cover_every_table_and_a_failed_self_test_is_a_warning(monkeypatch):
+    """One auto: row per op table, naming the pick and why the ones before it were skipped; an extension that imports
+    but fails its self-tests (a broken build) turns the rows it was skipped in into warnings with a fix."""
+
+    class Broken:  # imports, has every kernel, and every kernel fails
+        def has_cuda(self):
+            return False
+
+        def __getattr__(self, name):
+            def kernel(*args):
+                raise RuntimeError("a broken build")
+            return kernel
+
+    backends.reset()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setitem(backends._probes, "extension", backends.Probe(True, "pretend", Broken()))
+    rows = {r.component: r for r in doctor.check_auto()}
+    assert set(rows) == {f"auto: {op.label.lower()}" for op in dispatch.OPS.values()}
+    assert {"auto: cauchy", "auto: vandermonde", "auto: selective-scan", "auto: causal-convolution", "auto: ssd"} <= set(rows)
+    for name, pick in (("auto: selective-scan", "torch"), ("auto: causal-convolution", "torch")):
+        row = rows[name]
+        assert row.status == doctor.WARN and row.detail.startswith(f"{pick} (Mamba, float32, cpu)"), row
+        assert "extension not used: self-test raised RuntimeError: a broken build" in row.detail
+        assert "extension failed its self-test" in row.fix
+    assert rows["auto: cauchy"].status == doctor.WARN and rows["auto: cauchy"].detail.startswith("chunked (S4,")
+    assert rows["auto: ssd"].status == doctor.OK and "mamba_ssm not used: it runs on CUDA only" in rows["auto: ssd"].detail
+    backends.reset()

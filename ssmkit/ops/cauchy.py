@@ -189,7 +189,7 @@ OP = _d.Op("cauchy", "Cauchy", [
             check=_extension_check, self_test=lambda d: _self_test_error("extension", d), tol=1e-4),
     _d.Impl("torch", cauchy_torch, "materialised (N, L) matrix", auto=_small),
     _d.Impl("chunked", cauchy_chunked, "blocks of positions, bounded memory"),
-    _d.Impl("keops", cauchy_keops, "pykeops reduction (by name only)", probe=_b.probe_keops,
+    _d.Impl("keops", cauchy_keops, "pykeops reduction", probe=_b.probe_keops,
             self_test=lambda d: _self_test_error("keops", d), tol=1e-4, auto=False),
 ], needs={"z_grad": "it has no gradient with respect to z"}, example=_example, example_text="S4, H=256, N=64, L=4096")
 BACKENDS = OP.names

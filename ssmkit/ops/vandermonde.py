@@ -218,7 +218,7 @@ def _example(device: torch.device) -> _d.Call:
 OP = _d.Op("log_vandermonde", "Vandermonde", [
     _d.Impl("torch", log_vandermonde_torch, "materialised (N, L) matrix, tiny problem", auto=_tiny),
     _d.Impl("chunked", log_vandermonde_chunked, "blocked GEMMs, bounded memory"),
-    _d.Impl("keops", log_vandermonde_keops, "pykeops reduction (by name only)", probe=_b.probe_keops,
+    _d.Impl("keops", log_vandermonde_keops, "pykeops reduction", probe=_b.probe_keops,
             self_test=lambda d: _self_test_error("keops", d), tol=1e-4, auto=False),
     _d.Impl("extension", _no_kernel, "none", probe=_no_extension, auto=False),
 ], example=_example, example_text="S4D, H=256, N=64, L=4096")

@@ -36,15 +36,15 @@ VOCAB = 256
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "s4d":  # the issue's model: 6 layers of S4D, d_model 128, N 64
-        return SequenceModel(VOCAB, VOCAB, d_model=128, n_layers=6, layer=dict(kernel="s4d", d_state=64),
+        return SequenceModel(VOCAB, VOCAB, d_model=128, n_layers=6, mixer=dict(name="s4d", d_state=64),
                              pool=None, encoder="embedding").eval()
     if name == "attn":  # the same stack with causal attention (4 heads) and an MLP, as a transformer
-        return SequenceModel(VOCAB, VOCAB, d_model=128, n_layers=6, layer=dict(kernel="attn", n_heads=4),
+        return SequenceModel(VOCAB, VOCAB, d_model=128, n_layers=6, mixer=dict(name="attn", n_heads=4),
                              pool=None, encoder="embedding", mlp_ratio=2).eval()
     if name == "sashimi":  # SaShiMi: pool factors 4, 4, expand 2, 2 S4D blocks per level (d_model 64 outside)
         from ssmkit.models.sashimi import SaShiMi
 
-        return SaShiMi(VOCAB, VOCAB, d_model=64, n_layers=2, layer=dict(kernel="s4d", d_state=64),
+        return SaShiMi(VOCAB, VOCAB, d_model=64, n_layers=2, mixer=dict(name="s4d", d_state=64),
                        pool_factors=(4, 4), expand=2, encoder="embedding").eval()
     raise SystemExit(f"unknown model {name!r}; choose s4d, sashimi or attn")
 
@@ -72,13 +72,13 @@ def forward_seconds(model, batch: int, context: int, samples: int) -> float:
 
 
 def attention_cache(model, batch: int, context: int) -> list:
-    """Every layer's KV cache after ``context`` tokens, with random keys and values (the step's cost does
+    """Every attention mixer's KV cache after ``context`` tokens, with random keys and values (the step's cost does
     not depend on their values)."""
     from ssmkit.mixers.attention import KVCache
 
     state = []
-    for layer in model.layers:
-        k = torch.randn(batch, layer.mixer.n_heads, context, layer.mixer.d_head)
+    for mixer in model.mixers:
+        k = torch.randn(batch, mixer.n_heads, context, mixer.d_head)
         state.append(KVCache(k, torch.randn_like(k), context))
     return state
 

@@ -5,7 +5,7 @@
     python scripts/bench_kernels.py --out bench.json
 
 Sections:
-  layer   a SequenceLayer of each kernel at B=8, H=128, N=64, L=4096, forward+backward, one child process
+  layer   the mixer (ConvMixer) of each kernel at B=8, H=128, N=64, L=4096, forward+backward, one child process
           per point (peak RSS above the pre-run RSS), with the bare FFT convolution of the same shape
           (``floor``) and the kernel generation alone (``kernel ms``: forward+backward of kernel(L)).
   large   DLR N=4096, H=32, L=2^20 and S4D H=256, N=64, L=2^18, forward+backward, B=1 (peak RSS).
@@ -66,7 +66,7 @@ def step_rate(n_layers: int = 6, d_model: int = 128) -> dict:
     from ssmkit.models.sequence import SequenceModel
 
     model = SequenceModel(d_model, d_model, d_model=d_model, n_layers=n_layers, pool=None,
-                          layer={"kernel": "s4d", "d_state": 64}).eval()
+                          mixer={"name": "s4d", "d_state": 64}).eval()
     model.setup_step()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a step is ~100 tiny ops: extra threads only add synchronisation

@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as runs:
-        overrides = [f"train.runs_dir={runs}", "model.layer.d_state=256", "train.log_every=50"]
+        overrides = [f"train.runs_dir={runs}", "model.mixer.d_state=256", "train.log_every=50"]
         if args.kernel != "dlr":
             overrides = [f"train.runs_dir={runs}", "train.log_every=50"]
         recipe = load_recipe(f"recipes/quick/atomic-{args.kernel}.yaml", overrides)

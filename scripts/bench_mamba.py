@@ -4,7 +4,7 @@ fused kernel, interleaved in one process (order reversed every round) so a loade
 * ``scan``: the selective scan with skip and gate, (B, E, N, L) = (8, 256, 16, L), ``ssmkit.ops.selective_scan``
   with ``backend="torch"`` (chunked log-space scan) against ``backend="extension"`` (fused C++);
 * ``conv``: the causal depthwise convolution (K = 4) + SiLU, ``ssmkit.ops.causal_conv``;
-* ``layer``: the whole layer (``SequenceLayer(kernel="mamba", output=None)``, H = 128) with ``backend`` torch /
+* ``layer``: the whole layer (``build_mixer(H, {"name": "mamba"})``, H = 128) with ``backend`` torch /
   extension (which also picks the convolution's backend).
 
     OMP_NUM_THREADS=2 python scripts/bench_mamba.py --length 4096 --rounds 5
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ssmkit.mixers.sequence_layer import SequenceLayer
+from ssmkit.mixers import build_mixer
 from ssmkit.ops.causal_conv import causal_conv1d_silu
 from ssmkit.ops.selective_scan import selective_scan
 
@@ -35,7 +35,7 @@ def parts(L: int) -> dict:
     conv_in = [t.requires_grad_() for t in (u.detach().clone(), w, b)]
     x = torch.randn(B, H, L, generator=g, requires_grad=True)
     torch.manual_seed(0)
-    layers = {name: SequenceLayer(H, kernel="mamba", d_state=N, output=None, backend=name) for name in ("torch", "extension")}
+    layers = {name: build_mixer(H, {"name": "mamba", "d_state": N, "backend": name}) for name in ("torch", "extension")}
 
     def scan(backend):
         y, _ = selective_scan(*scan_in[:6], backend=backend, z=scan_in[6])

@@ -1,5 +1,5 @@
 """The position-wise output map (Linear C*H -> H or 2H applied channels-first to (B, C*H, L)),
-forward+backward, as the 1x1 conv1d SequenceLayer uses and as three GEMM formulations. The variants
+forward+backward, as the 1x1 conv1d the old layer used and as three GEMM formulations. The variants
 alternate in one process (order reversed every round), so a loaded machine slows all of them alike.
 
     OMP_NUM_THREADS=2 python scripts/bench_output_map.py --out 256 --rounds 10

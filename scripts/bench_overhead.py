@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit import SequenceLayer
+from ssmkit.mixers import build_mixer
 from ssmkit.ops.fftconv import fftconv
 from ssmkit.profile import median_ms
 
@@ -23,8 +23,8 @@ def main() -> None:
     for kernel in ["s4d", "s4", "dss", "dlr", "sgconv"]:
         options = {"l_max": L} if kernel == "sgconv" else {"d_state": 64}
         for name, layer in [
-            ("bare", SequenceLayer(H, kernel=kernel, activation="id", output=None, **options)),
-            ("default", SequenceLayer(H, kernel=kernel, **options)),
+            ("bare", build_mixer(H, {"name": kernel, "activation": "id", "output": None, **options})),
+            ("default", build_mixer(H, {"name": kernel, **options})),
         ]:
             ms = median_ms(lambda layer=layer: layer(x).sum().backward())
             print(f"{kernel + ' ' + name:14s} {ms:7.1f} ms  x{ms / floor:.2f}")

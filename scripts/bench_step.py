@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = SequenceModel(1, 1, d_model=args.d_model, n_layers=args.layers, pool=None,
-                          layer={"kernel": args.kernel, "d_state": args.d_state}).eval()
+                          mixer={"name": args.kernel, "d_state": args.d_state}).eval()
     model.setup_step()
     x = torch.randn(args.batch, 1)
     print(f"eager:    {steps_per_second(model.step, x, model.default_state(args.batch)):,.0f} steps/s", flush=True)

@@ -93,7 +93,7 @@ def scifar_step_rows(device: torch.device) -> list[dict]:
         try:
             torch.manual_seed(0)
             model = SequenceModel(d_input=3, d_output=10, d_model=128, n_layers=4, pool="mean", prenorm=False,
-                                  layer={"kernel": "s4d", "d_state": 64}).to(device)
+                                  mixer={"name": "s4d", "d_state": 64}).to(device)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
             scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

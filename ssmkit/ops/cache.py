@@ -10,7 +10,7 @@ With gradients off (eval, ``torch.no_grad``), the kernel is kept until ``key`` c
 computes it once in total. ``key`` must change whenever a parameter does (``Kernel.cache_key`` follows
 in-place updates through ``tensor._version``).
 
-Contract for the caller (SequenceLayer / the training loop):
+Contract for the caller (``ConvMixer`` in ``ssmkit/mixers/conv.py`` / the training loop):
   * ``get(key, compute)`` in forward instead of ``compute()``;
   * ``flush_kernel_caches(model)`` after the last micro-batch's backward and before clipping /
     ``optimizer.step()``. A ``get`` with a new key flushes first, so a forgotten flush is never a wrong

@@ -67,7 +67,7 @@ class DLRKernel(Kernel):
         d_model: H, the number of features.
         d_state: N, the number of complex eigenvalues (shared by all features). The paper uses 4096 for
             the atomic tasks and 1024 for ListOpsSubTrees and Pathfinder-128/256.
-        channels: C, output channels per feature (doubled by ``SequenceLayer`` when bidirectional).
+        channels: C, output channels per feature (doubled by ``ConvMixer`` when bidirectional).
         Lambda_init: ``omega`` or ``randn`` (see :func:`dlr_lambda_init`).
         version: ``''`` (complex lambda and W), ``Lambda_imag`` (|lambda| = 1: pure rotations),
             ``Lambda_imag_W_real`` (rotations, real W), ``Lambda_real_W_real`` (real decays 0 < lambda < 1,
@@ -77,9 +77,9 @@ class DLRKernel(Kernel):
         W_scale: W ~ N(0, 1) * W_scale (each of Re and Im); None means 1/d_state.
         max_kernel_length: compute the kernel only up to this length (inputs longer than it are still
             convolved over their whole length, with a kernel that is zero beyond it). None: as long as the
-            input. ``SequenceLayer(kernel="dlr", max_kernel_length=...)`` (recipe ``model.layer.max_kernel_length``)
-            passes its value here and cuts the kernel itself too (one option, both places agree); set on the
-            kernel afterwards, the shorter of the two wins.
+            input. The DLR mixer's ``max_kernel_length`` (``ssmkit/mixers/conv.py``, recipe
+            ``model.mixer.max_kernel_length``) passes its value here and cuts the kernel itself too (one option,
+            both places agree); set on the kernel afterwards, the shorter of the two wins.
         lr, wd: per-parameter learning rate / weight decay, a float or a dict with keys Lambda (the
             imaginary part, and the real part unless Lambda_re is given), Lambda_re, W. The paper's runs
             use lr 1e-4 for Lambda and W on the atomic tasks. lr 0 (or null in the dict) freezes it.

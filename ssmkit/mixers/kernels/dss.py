@@ -92,7 +92,7 @@ class DSSKernel(Kernel):
         d_model: H, the number of features (one step size each).
         d_state: N, the number of complex eigenvalues Lambda (shared by all features; no conjugate pairs,
             the real part of the sum is taken instead).
-        channels: C, output channels per feature (doubled by ``SequenceLayer`` when bidirectional).
+        channels: C, output channels per feature (doubled by ``ConvMixer`` when bidirectional).
         version: ``exp`` (Re Lambda = -exp(theta) < 0, ZOH) or ``softmax`` (Lambda free, normalised over
             the kernel length; stable for Re Lambda > 0).
         Lambda_init: ``hippo``, ``lin``, ``inv`` or ``randn`` (see :func:`dss_lambda_init`).

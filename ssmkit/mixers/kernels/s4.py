@@ -90,7 +90,7 @@ class S4Kernel(Kernel):
     Args:
         d_model: H, the number of independent SSMs (one per feature).
         d_state: N, the state size; N/2 complex states are stored (conjugate pairs). Must be even.
-        channels: C, output channels per feature (doubled by ``SequenceLayer`` when bidirectional).
+        channels: C, output channels per feature (doubled by ``ConvMixer`` when bidirectional).
         mode: ``nplr`` (a HiPPO matrix in its normal plus low-rank form, the S4 paper), ``dplr`` (the
             same kernel, also allowing S4D-style diagonals ``lin``/``inv`` with a random complex low-rank
             term P ~ N(0, 1); with a HiPPO init it builds exactly the ``nplr`` kernel, as in the reference,

@@ -67,7 +67,7 @@ class S4DKernel(Kernel):
     Args:
         d_model: H, the number of independent SSMs (one per feature).
         d_state: N, the state size (N/2 complex states are stored for the complex inits).
-        channels: C, output channels per feature (doubled by ``SequenceLayer`` when bidirectional).
+        channels: C, output channels per feature (doubled by ``ConvMixer`` when bidirectional).
         init: ``legs`` (diagonal of HiPPO-LegS), ``lin`` (S4D-Lin), ``inv`` (S4D-Inv), ``real`` (S4D-Real).
         disc: ``zoh`` or ``bilinear``.
         real_transform: how the stored parameter p becomes Re(A) < 0: ``exp`` (-exp(p)), ``relu``

@@ -76,7 +76,7 @@ class SGConvKernel(Kernel):
 
     Args:
         d_model: H, the number of features.
-        channels: C, kernels per feature (doubled by ``SequenceLayer`` when bidirectional).
+        channels: C, kernels per feature (doubled by ``ConvMixer`` when bidirectional).
         l_max: the sequence length the kernel is built to cover; it sets the number of scales. Longer
             inputs see zero taps beyond the kernel's d * 2^(n-1+s) taps (with a one-time warning).
         kernel_dim: d, the taps of each sub-kernel.

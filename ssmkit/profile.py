@@ -1,6 +1,7 @@
-"""``ssmkit profile``: time, peak memory and throughput of each kernel's layer over a sweep of lengths.
+"""``ssmkit profile``: time, peak memory and throughput of each mixer over a sweep of lengths.
 
-One point = one (kernel, length): a ``SequenceLayer`` of that kernel at (B, H, L), run in ``fwd``
+One point = one (kernel, length): the registered mixer of that name (``ssmkit.mixers.build_mixer``; every name
+of ``MIXERS``, each with its own output map) at (B, H, L), run in ``fwd``
 (training forward, grad enabled, no backward), ``fwd+bwd`` (forward and backward, gradient for the
 input and every parameter) or ``step`` (the recurrent step after ``setup_step``; time per token).
 Each point runs in a fresh child process by default, so its peak memory is its own: the CUDA
@@ -11,11 +12,16 @@ mode, so each kernel's overhead over the convolution it feeds is ``ratio = time 
 ``--contention K`` times every point twice, idle and while K busy background processes compete for the cores
 (``ssmkit/contention.py``), and adds ``loaded ms`` (median), ``loaded max`` (slowest repetition) and
 ``loaded/idle``: how much a layer slows down on a shared machine.
+
+The profile's options reach the mixers that have them and are refused, before anything runs, where none of the
+chosen mixers does: ``--d-state`` (N; 64 unless given) goes to mixers with a ``d_state`` option (a point of a
+mixer without one records d_state as null), ``--backend`` to those with a ``backend``, ``--output`` (the output
+map; unset: each mixer's own default) to those with an ``output``. Length-bound filters span the input: SGConv's
+``l_max`` and Hyena's implicit filter ``filter_options.seq_len`` are set to L.
 """
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import multiprocessing as mp
 import os
@@ -27,11 +33,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import typer
+from rich.table import Table
 
+from ssmkit.console import console as make_console
+from ssmkit.contention import BusyLoad, check_k
 from ssmkit.errors import UserError
+from ssmkit.mixers import MIXERS, build_mixer, mixer_parameters
+from ssmkit.ops import cauchy, selective_scan, ssd, vandermonde
+from ssmkit.ops.fftconv import fftconv
+from ssmkit.registry import did_you_mean
 
 MODES = ("fwd", "fwd+bwd", "step")
-KNOWN_KERNELS = ("s4d", "s4", "dss", "dlr", "lssl", "sgconv", "attn", "s5", "lru", "mamba")
+#: every registered mixer can be profiled
+KNOWN_KERNELS = tuple(MIXERS.names())
+#: N when --d-state is not given, for the mixers that have a d_state
+DEFAULT_D_STATE = 64
 
 
 @dataclass
@@ -42,7 +59,7 @@ class Point:
     backend: str
     batch: int
     d_model: int
-    d_state: int
+    d_state: int | None  # None: the mixer has no d_state option
     status: str = "ok"
     time_ms: float | None = None
     peak_mb: float | None = None
@@ -77,17 +94,36 @@ def check_kernels(text: str) -> list[str]:
         raise UserError(f"--kernel names no kernel; choose from {', '.join(names)}")
     for k in kernels:
         if k not in names:
-            from ssmkit.registry import did_you_mean
-
             raise UserError(f"unknown --kernel {k!r}{did_you_mean(k, names)}; choose from {', '.join(names)}")
     return kernels
 
 
-def check_backend(backend: str) -> None:
-    from ssmkit.ops.cauchy import BACKENDS
+#: every backend name of the ops the mixers dispatch (Cauchy, Vandermonde, selective scan, SSD); each mixer checks its own
+BACKENDS = tuple(dict.fromkeys((*cauchy.BACKENDS, *vandermonde.BACKENDS, *selective_scan.BACKENDS, *ssd.BACKENDS)))
 
+
+def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise UserError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def check_options(kernels: list[str], d_state: int | None, backend: str, output: str | None, length: int,
+                  d_model: int) -> None:
+    """Refuses, before anything runs, a profile option that none of ``kernels`` has (given explicitly), and any
+    option value a chosen mixer rejects (each is built once, at the profile's width and shortest length, to ask it)."""
+    given = {"--d-state": ("d_state", d_state is not None), "--backend": ("backend", backend != "auto"),
+             "--output": ("output", output is not None)}
+    for flag, (option, set_) in given.items():
+        takers = [k for k in kernels if option in mixer_parameters(k)]
+        if set_ and not takers:
+            have = [k for k in KNOWN_KERNELS if option in mixer_parameters(k)]
+            raise UserError(f"{flag} does not apply to {', '.join(kernels)} (no {option} option); it applies to "
+                            f"{', '.join(have)}: drop it or profile one of those")
+    for k in kernels:
+        try:
+            build_mixer(d_model, mixer_spec(k, d_state, backend, length, output))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"mixer {k!r} refuses these profile options: {str(e).splitlines()[0]}") from e
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -166,25 +202,31 @@ def _timed(fn, device: torch.device, repeat: int, times: list | None = None) -> 
 OUTPUTS = ("glu", "linear", "none")
 
 
-def _build_layer(kernel: str, H: int, N: int, backend: str, L: int | None = None, output: str = "glu"):
-    from ssmkit.mixers.kernels import KERNELS
-    from ssmkit.mixers.sequence_layer import SequenceLayer
-
-    cls = KERNELS.get(kernel)
-    params = inspect.signature(cls.__init__).parameters
-    opts = {}
+def mixer_spec(kernel: str, N: int | None, backend: str, L: int | None = None, output: str | None = None) -> dict:
+    """The ``model.mixer`` dict a point builds: the profile's options where mixer ``kernel`` has them (d_state
+    ``N``, 64 when None; ``backend``; ``output``, None = the mixer's own default, "none" = no output map), and
+    length-bound filters as long as the input (SGConv's ``l_max``, Hyena's implicit ``filter_options.seq_len``)."""
+    params = mixer_parameters(kernel)
+    spec: dict = {"name": kernel}
     if "d_state" in params:
-        opts["d_state"] = N
+        spec["d_state"] = DEFAULT_D_STATE if N is None else N
     if "backend" in params:
-        opts["backend"] = backend
-    if "l_max" in params and L is not None:
-        opts["l_max"] = L  # SGConv: a kernel as long as the input, like the others
-    return SequenceLayer(H, kernel=kernel, output=None if output == "none" else output, **opts)
+        spec["backend"] = backend
+    if "output" in params and output is not None:
+        spec["output"] = None if output == "none" else output
+    if L is not None and "l_max" in params:
+        spec["l_max"] = L  # SGConv: a kernel as long as the input, like the others
+    if L is not None and kernel == "hyena":
+        spec["filter_options"] = {"seq_len": L}  # the implicit filter spans the input (no truncation warning)
+    return spec
+
+
+def _build_layer(kernel: str, H: int, N: int | None, backend: str, L: int | None = None, output: str | None = None):
+    """The mixer of one point, at width ``H`` (see :func:`mixer_spec`)."""
+    return build_mixer(H, mixer_spec(kernel, N, backend, L, output))
 
 
 def _floor_fn(B: int, H: int, L: int, mode: str, device: torch.device):
-    from ssmkit.ops.fftconv import fftconv
-
     u = torch.randn(B, H, L, device=device, requires_grad=mode == "fwd+bwd")
     k = torch.randn(1, H, L, device=device, requires_grad=mode == "fwd+bwd")
 
@@ -197,15 +239,17 @@ def _floor_fn(B: int, H: int, L: int, mode: str, device: torch.device):
 
 
 def measure_point(
-    kernel: str, length: int, mode: str, backend: str, batch: int, d_model: int, d_state: int,
+    kernel: str, length: int, mode: str, backend: str, batch: int, d_model: int, d_state: int | None,
     repeat: int = 3, floor: bool = True, device: str = "cpu", threads: int | None = None, step_tokens: int = 1000,
-    output: str = "glu",
+    output: str | None = None,
 ) -> dict:
     """Measures one point in this process; returns a :class:`Point` as a dict."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    pt = Point(kernel, length, mode, backend, batch, d_model, d_state)
+    takes_state = kernel in MIXERS and "d_state" in mixer_parameters(kernel)
+    pt = Point(kernel, length, mode, backend, batch, d_model,
+               (DEFAULT_D_STATE if d_state is None else d_state) if takes_state else None)
     B, H, L = batch, d_model, length
     times: list[float] = []
     try:
@@ -253,9 +297,7 @@ def measure_point(
 
 
 def _registry():
-    from ssmkit.mixers.kernels import KERNELS
-
-    return KERNELS
+    return MIXERS
 
 
 def _child(spec: dict, conn) -> None:
@@ -288,8 +330,6 @@ def sweep(kernels: list[str], lengths: list[int], *, isolate: bool = True, progr
           **common) -> list[dict]:
     """One row per (kernel, length). With ``contention`` K > 0 each point is measured idle, then again under K
     busy background processes (``ssmkit.contention.BusyLoad``, stopped after each point and on any exit)."""
-    from ssmkit.contention import BusyLoad
-
     load = BusyLoad(contention)
     rows = []
     for k in kernels:
@@ -314,8 +354,6 @@ def _fmt(v, spec: str) -> str:
 
 
 def table(rows: list[dict], title: str = "ssmkit profile"):
-    from rich.table import Table
-
     t = Table(title=title)
     loaded = any(r.get("slowdown") is not None for r in rows)
     cols = ["kernel", "L", "mode", "backend", "time ms", "peak MB", "tokens/s", "floor ms", "ratio"]
@@ -388,18 +426,17 @@ def machine() -> dict:
 
 def register(app) -> None:
     """Adds ``ssmkit profile`` to a Typer app."""
-    import typer
-
     @app.command("profile")
     def profile(
-        kernel: str = typer.Option("s4d", help="comma-separated kernels: " + ",".join(KNOWN_KERNELS)),
+        kernel: str = typer.Option("s4d", help="comma-separated mixers: " + ",".join(KNOWN_KERNELS)),
         length: str = typer.Option("1k,4k,16k", help="comma-separated lengths, k = 1024, M = 1024^2"),
         d_model: int = typer.Option(128, help="H"),
-        d_state: int = typer.Option(64, help="N"),
+        d_state: int | None = typer.Option(None, help=f"N, for the mixers with a d_state ({DEFAULT_D_STATE} if unset)"),
         batch: int = typer.Option(8, help="B"),
-        backend: str = typer.Option("auto", help="Cauchy/Vandermonde backend: auto|torch|chunked|keops|extension; for mamba the scan and convolution backend: auto|torch|extension"),
+        backend: str = typer.Option("auto", help="Cauchy/Vandermonde backend: auto|torch|chunked|keops|extension; for mamba the scan and convolution backend: auto|torch|extension; mamba2: auto|torch|mamba_ssm"),
         mode: str = typer.Option("fwd+bwd", help="fwd | fwd+bwd | step"),
-        output: str = typer.Option("glu", help="the layer's output map: glu (default layer) | linear | none"),
+        output: str | None = typer.Option(None, help="the output map of the mixers that have one: glu | linear | none "
+                                          "(unset: each mixer's default)"),
         repeat: int = typer.Option(3, help="timed repetitions per point (median), after one warm-up"),
         floor: bool = typer.Option(True, help="also time the bare FFT convolution of the same shape"),
         isolate: bool = typer.Option(True, help="one child process per point (honest peak memory)"),
@@ -410,19 +447,16 @@ def register(app) -> None:
                                        "(adds loaded ms, loaded max and loaded/idle)"),
     ) -> None:
         """Time, peak memory and tokens/s of kernels over a sweep of lengths."""
-        from ssmkit.console import console as make_console
-        from ssmkit.contention import BusyLoad, check_k
-
         if mode not in MODES:
             raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
-        if output not in OUTPUTS:
+        if output is not None and output not in OUTPUTS:
             raise UserError(f"unknown --output {output!r}; choose one of {', '.join(OUTPUTS)}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
             raise UserError(f"--device {device!r} is not available here; use cpu" + (" or cuda" if torch.cuda.is_available() else ""))
         for name, val in (("--d-model", d_model), ("--d-state", d_state), ("--batch", batch), ("--repeat", repeat)):
-            if val <= 0:
+            if val is not None and val <= 0:
                 raise UserError(f"{name} must be positive, got {val}")
         if repeat > MAX_REPEAT:
             raise UserError(f"--repeat {repeat} is more than {MAX_REPEAT} timed repetitions per point; the median settles "
@@ -431,13 +465,15 @@ def register(app) -> None:
         kernels = check_kernels(kernel)
         lengths = parse_lengths(length)
         check_backend(backend)
+        check_options(kernels, d_state, backend, output, min(lengths), d_model)
         if out is not None and out.suffix not in (".json", ".csv"):
             raise UserError(f"--out must end in .json or .csv, got {out}")
         if plot_path is not None and plot_path.suffix not in PLOT_SUFFIXES:
             raise UserError(f"--plot must end in {', '.join(PLOT_SUFFIXES)}, got {plot_path}")
         console = make_console(markup=False)  # off a terminal: rows never cut at 80 columns
         console.print(f"profiling {', '.join(kernels)} at L = {', '.join(map(str, lengths))} ({mode}, {device}, "
-                      f"B={batch}, H={d_model}, N={d_state}, {torch.get_num_threads()} threads)"
+                      f"B={batch}, H={d_model}, N={DEFAULT_D_STATE if d_state is None else d_state} where a mixer has "
+                      f"one, {torch.get_num_threads()} threads)"
                       + (f"; idle and under {BusyLoad(contention).describe()}" if contention else ""))
         rows = sweep(kernels, lengths, isolate=isolate, mode=mode, backend=backend, batch=batch, d_model=d_model,
                      d_state=d_state, repeat=repeat, floor=floor and mode != "step", device=device,

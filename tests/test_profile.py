@@ -72,6 +72,56 @@ def test_output_map_is_chosen_and_checked(monkeypatch):
     monkeypatch.setattr(profile, "_build_layer", lambda *a: built.append(real(*a)) or built[-1])
     assert profile.measure_point("sgconv", 16, "fwd", "auto", 1, 4, 4, repeat=1, output="linear")["status"] == "ok"
     layer = built[-1]
-    assert isinstance(layer.out, torch.nn.Linear) and layer.kernel.l_max == 16  # SGConv spans the input
+    assert isinstance(layer.post.out, torch.nn.Linear) and layer.kernel.l_max == 16  # SGConv spans the input
+    assert profile.measure_point("s4d", 16, "fwd", "auto", 1, 4, 4, repeat=1, output="none")["status"] == "ok"
+    assert isinstance(built[-1].post.out, torch.nn.Identity)  # --output none: no output map
+    assert profile.measure_point("hyena", 40, "fwd", "auto", 1, 4, None, repeat=1)["status"] == "ok"
+    assert built[-1].filters.seq_len == 40  # Hyena's implicit filter spans the input too
     result = CliRunner().invoke(app(), ["profile", "--output", "gated"])
     assert isinstance(result.exception, UserError) and "glu, linear, none" in str(result.exception)
+
+
+def test_every_registered_mixer_is_profiled_forward_backward_and_step():
+    """Each name of MIXERS builds through build_mixer with the profile's options and gives a finite point in
+    fwd+bwd; the recurrent ones also in step mode, and those without a recurrence say so."""
+    from ssmkit.mixers import MIXERS
+
+    assert set(profile.KNOWN_KERNELS) == set(MIXERS.names())
+    for name in MIXERS.names():
+        row = profile.measure_point(name, 32, "fwd+bwd", "auto", 1, 32, None, repeat=1, floor=False)
+        assert row["status"] == "ok" and row["time_ms"] > 0, (name, row["status"])
+        takes_state = "d_state" in profile.mixer_parameters(name)
+        assert row["d_state"] == (profile.DEFAULT_D_STATE if takes_state else None), name
+        step = profile.measure_point(name, 8, "step", "auto", 1, 32, 8, repeat=1)
+        assert step["status"] == "ok" or step["status"] == f"{name} has no recurrent step", (name, step["status"])
+        if name in ("s4d", "mamba", "mamba2", "gla", "gated_deltanet", "rglru", "hyena"):
+            assert step["status"] == "ok" and step["tokens_per_s"] > 0, name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kernel", "gla", "--d-state", "8"], "--d-state does not apply to gla (no d_state option)"),
+    (["--kernel", "rglru,gla", "--output", "linear"], "--output does not apply to rglru, gla (no output option)"),
+    (["--kernel", "hyena", "--backend", "torch"], "--backend does not apply to hyena (no backend option)"),
+    (["--kernel", "mamba2", "--backend", "keops"], "mixer 'mamba2' refuses these profile options"),
+    (["--kernel", "mamba2", "--d-model", "40"], "mixer 'mamba2' refuses these profile options: headdim"),
+])
+def test_options_that_reach_no_chosen_mixer_are_refused_before_running(args, message, tmp_path):
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(app(), ["profile", *args, "--length", "16", "--out", str(out)])
+    assert isinstance(result.exception, UserError), result.output
+    assert message in str(result.exception) and "\n" not in str(result.exception)
+    assert not out.exists()
+
+
+def test_options_reach_the_mixers_that_have_them(tmp_path):
+    """--d-state goes to s4d and not to gla (whose point records None); both rows are measured."""
+    out = tmp_path / "p.json"
+    args = ["profile", "--kernel", "s4d,gla", "--length", "32", "--d-model", "8", "--d-state", "6", "--batch", "1",
+            "--repeat", "1", "--no-isolate", "--no-floor", "--out", str(out)]
+    result = CliRunner().invoke(app(), args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    pts = {p["kernel"]: p for p in json.loads(out.read_text())["points"]}
+    assert pts["s4d"]["d_state"] == 6 and pts["gla"]["d_state"] is None
+    assert pts["s4d"]["status"] == pts["gla"]["status"] == "ok"
+    assert profile.mixer_spec("s4d", 6, "auto", 32)["d_state"] == 6
+    assert profile._build_layer("s4d", 8, 6, "auto", 32).kernel.N == 6

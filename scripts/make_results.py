@@ -17,9 +17,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = ("dlr", "s4d", "dss", "sgconv", "attn", "s5", "lru", "mamba")
+KERNELS = ("dlr", "s4d", "dss", "sgconv", "attn", "s5", "lru", "mamba", "mamba2", "hyena", "gla", "gated_deltanet", "rglru")
 KERNEL_NAMES = {"dlr": "DLR", "s4d": "S4D", "dss": "DSS-EXP", "sgconv": "SGConv", "attn": "attention", "s5": "S5", "lru": "LRU",
-                "mamba": "Mamba"}
+                "mamba": "Mamba", "mamba2": "Mamba-2", "hyena": "Hyena", "gla": "GLA", "gated_deltanet": "Gated DeltaNet",
+                "rglru": "RG-LRU"}
 TASKS = ("shift", "cumsum", "cummax", "reverse", "sort", "masked_select_fixed", "solve_fixed", "solve",
          "masked_select", "context_shift", "mips")
 #: What the DLR paper says per task, as far as our reference files carry it (reference/dlr-dss-sgconv.md 6.1).

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-KERNELS = ("dlr", "s4d", "dss", "sgconv", "attn", "s5", "lru", "mamba")
+KERNELS = ("dlr", "s4d", "dss", "sgconv", "attn", "s5", "lru", "mamba", "mamba2", "hyena", "gla", "gated_deltanet", "rglru")
 #: The ten atomic tasks of the DLR paper, then MIPS; the first three carry the paper's finding.
 TASKS = ("shift", "context_shift", "masked_select", "cumsum", "cummax", "reverse", "sort",
          "masked_select_fixed", "solve", "solve_fixed", "mips")
@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/atomic"), help="parent of the run directories")
     p.add_argument("--jobs", type=int, default=1, help="cells trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="OMP threads per run")
-    p.add_argument("extra", nargs="*", help="more key=value overrides for every cell, e.g. task.L=256")
+    p.add_argument("extra", nargs="*", help="more key=value overrides for every cell, e.g. task.seq_len=256")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     cells = [(k, t) for t in args.tasks for k in args.kernels]

@@ -7,6 +7,9 @@ Rows (each one ``ok``, ``FAIL: reason`` or ``skipped: reason``, with a number wh
                      extension, keops, torch, chunked; and the extension's largest error against torch
   s4d sCIFAR step    one AdamW training step of the minimal S4D sCIFAR model (4 x 128, N=64, B=64, L=1024,
                      3 input channels), fp32, bf16 and fp16 autocast (GradScaler), milliseconds and peak memory
+  mixer <name>       one mixer (``ssmkit profile``'s point) forward+backward at B=8, H=128, L=4096 (GPU; L=1024 on CPU),
+                     ms, peak memory and the ratio to s4d's time, and its recurrent step's tokens/s at batch 1: s4d and
+                     mamba as the references, then mamba2, hyena, gla, gated_deltanet, rglru (issue #25)
   ddp 2 GPUs         `ssmkit train recipes/quick/s4d-shift.yaml --processes 2` for 5 steps, when two GPUs exist
 Without a GPU the same rows run on the CPU where that makes sense (smaller L, no fp16, no DDP) and the title
 says plainly that no GPU was found.
@@ -113,6 +116,36 @@ def scifar_step_rows(device: torch.device) -> list[dict]:
     return rows
 
 
+#: the mixers the GPU check times: the two references, then the issue-25 mixers
+MIXER_ROWS = ("s4d", "mamba", "mamba2", "hyena", "gla", "gated_deltanet", "rglru")
+
+
+def mixer_rows(device: torch.device) -> list[dict]:
+    """Forward+backward of each mixer of MIXER_ROWS at B=8, H=128 (``ssmkit.profile.measure_point``, in this process)
+    and its step at batch 1; the ratio is against s4d's forward+backward at the same shape."""
+    L = 4096 if device.type == "cuda" else 1024
+    rows, s4d_ms = [], None
+    for name in MIXER_ROWS:
+        label = f"mixer {name} fwd+bwd (B=8, H=128, L={L})"
+        if name not in profile.KNOWN_KERNELS:
+            rows.append({"check": label, "status": "skipped: not registered in this checkout", "value": ""})
+            continue
+        pt = profile.measure_point(name, L, "fwd+bwd", "auto", 8, 128, None, repeat=3, floor=False, device=device.type)
+        if pt["status"] != "ok":
+            rows.append({"check": label, "status": f"FAIL: {pt['status']}", "value": ""})
+            continue
+        s4d_ms = pt["time_ms"] if name == "s4d" else s4d_ms
+        ratio = f", {pt['time_ms'] / s4d_ms:.2f}x s4d" if s4d_ms else ""
+        # CUDA's allocator peak; on CPU the RSS high-water mark of a process that ran earlier rows says nothing
+        mem = f", peak {pt['peak_mb']:.0f} MB" if device.type == "cuda" and pt["peak_mb"] is not None else ""
+        rows.append({"check": label, "status": "ok", "value": f"{pt['time_ms']:.1f} ms{mem}{ratio}"})
+        step = profile.measure_point(name, 256, "step", "auto", 1, 128, None, repeat=1, device=device.type)
+        rows.append({"check": f"mixer {name} step (B=1, H=128, 256 tokens)",
+                     "status": "ok" if step["status"] == "ok" else f"FAIL: {step['status']}",
+                     "value": f"{step['tokens_per_s']:.0f} tokens/s" if step["tokens_per_s"] else ""})
+    return rows
+
+
 def ddp_row() -> dict:
     name = "ddp 2 GPUs (quick/s4d-shift, 5 steps)"
     if torch.cuda.device_count() < 2:
@@ -137,7 +170,7 @@ def main() -> None:
     device = torch.device("cuda" if gpu else "cpu")
     title = (f"ssmkit GPU check on {torch.cuda.get_device_name(0)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
              if gpu else f"ssmkit GPU check: NO CUDA GPU FOUND (torch {torch.__version__}); CPU parts only, sizes reduced")
-    rows = cauchy_rows(device) + scifar_step_rows(device) + [ddp_row()]
+    rows = cauchy_rows(device) + scifar_step_rows(device) + mixer_rows(device) + [ddp_row()]
     from rich.console import Console
     from rich.table import Table
 

@@ -80,7 +80,7 @@ def atomic_section(runs: Path) -> list[str]:
     task = any_run["recipe"].get("task", {})
     steps = {r["summary"]["step"] for r in done}
     out += [
-        f"One layer, d_model {any_run['recipe']['model']['d_model']}, L={task.get('L')}, batch "
+        f"One layer, d_model {any_run['recipe']['model']['d_model']}, L={task.get('seq_len', task.get('L'))}, batch "
         f"{any_run['recipe']['train']['batch_size']}, {', '.join(map(str, sorted(steps)))} optimizer steps per cell "
         f"(the paper: L=4096, d_model 128, about 10k steps). Validation R^2 = 1 - MSE/Var(y) over "
         f"{task.get('val_samples')} fixed samples; **bold** = R^2 >= 0.9. Recipes: `recipes/quick/atomic-<kernel>.yaml`; "
@@ -120,8 +120,9 @@ def long_section(runs: Path) -> list[str]:
     out += ["| run | kernel | L | d_state | steps | val R^2 | wall s | published | command |", "|---|---|---|---|---|---|---|---|---|"]
     for p, run in found:
         rec, s = run["recipe"], run["summary"]
-        layer = rec["model"]["layer"]
-        out.append(f"| {p.name} | {layer['kernel']} | {rec['task'].get('L')} | {layer.get('d_state', layer.get('kernel_dim', '-'))} | {s['step']} | "
+        layer = rec["model"].get("mixer") or rec["model"]["layer"]  # model.layer: a run from before issue 23
+        kernel, length = layer.get("name", layer.get("kernel")), rec["task"].get("seq_len", rec["task"].get("L"))
+        out.append(f"| {p.name} | {kernel} | {length} | {layer.get('d_state', layer.get('kernel_dim', '-'))} | {s['step']} | "
                    f"{fmt(r2(run))} | {s['time_s']:.0f} | DLR: perfect shift up to 0.5M (abstract; per-L numbers {NO_TABLE}) | "
                    f"`{run['command']}` |")
     out += ["", "Training MSE by step (the target variance is about 0.04, so MSE 0.004 would be R^2 0.9):", ""]

@@ -14,8 +14,9 @@ mode, so each kernel's overhead over the convolution it feeds is ``ratio = time 
 ``loaded/idle``: how much a layer slows down on a shared machine.
 
 The profile's options reach the mixers that have them and are refused, before anything runs, where none of the
-chosen mixers does: ``--d-state`` (N; 64 unless given) goes to mixers with a ``d_state`` option (a point of a
-mixer without one records d_state as null), ``--backend`` to those with a ``backend``, ``--output`` (the output
+chosen mixers does: ``--d-state`` (N; unset: each mixer's own default, e.g. 64 for s4d, 16 for mamba, 128 for
+mamba2) goes to mixers with a ``d_state`` option (a point records the N it ran with, null for a mixer without
+one), ``--backend`` to those with a ``backend``, ``--output`` (the output
 map; unset: each mixer's own default) to those with an ``output``. Length-bound filters span the input: SGConv's
 ``l_max`` and Hyena's implicit filter ``filter_options.seq_len`` are set to L.
 """
@@ -47,8 +48,12 @@ from ssmkit.registry import did_you_mean
 MODES = ("fwd", "fwd+bwd", "step")
 #: every registered mixer can be profiled
 KNOWN_KERNELS = tuple(MIXERS.names())
-#: N when --d-state is not given, for the mixers that have a d_state
-DEFAULT_D_STATE = 64
+
+
+def default_d_state(kernel: str) -> int | None:
+    """Mixer ``kernel``'s own d_state default (None: it has no d_state option)."""
+    param = mixer_parameters(kernel).get("d_state")
+    return None if param is None else param.default
 
 
 @dataclass
@@ -204,12 +209,12 @@ OUTPUTS = ("glu", "linear", "none")
 
 def mixer_spec(kernel: str, N: int | None, backend: str, L: int | None = None, output: str | None = None) -> dict:
     """The ``model.mixer`` dict a point builds: the profile's options where mixer ``kernel`` has them (d_state
-    ``N``, 64 when None; ``backend``; ``output``, None = the mixer's own default, "none" = no output map), and
+    ``N``, the mixer's default when None; ``backend``; ``output``, None = the mixer's own default, "none" = no output map), and
     length-bound filters as long as the input (SGConv's ``l_max``, Hyena's implicit ``filter_options.seq_len``)."""
     params = mixer_parameters(kernel)
     spec: dict = {"name": kernel}
-    if "d_state" in params:
-        spec["d_state"] = DEFAULT_D_STATE if N is None else N
+    if "d_state" in params and N is not None:
+        spec["d_state"] = N
     if "backend" in params:
         spec["backend"] = backend
     if "output" in params and output is not None:
@@ -247,9 +252,8 @@ def measure_point(
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    takes_state = kernel in MIXERS and "d_state" in mixer_parameters(kernel)
-    pt = Point(kernel, length, mode, backend, batch, d_model,
-               (DEFAULT_D_STATE if d_state is None else d_state) if takes_state else None)
+    own = default_d_state(kernel) if kernel in MIXERS else None
+    pt = Point(kernel, length, mode, backend, batch, d_model, None if own is None else (own if d_state is None else d_state))
     B, H, L = batch, d_model, length
     times: list[float] = []
     try:
@@ -431,7 +435,7 @@ def register(app) -> None:
         kernel: str = typer.Option("s4d", help="comma-separated mixers: " + ",".join(KNOWN_KERNELS)),
         length: str = typer.Option("1k,4k,16k", help="comma-separated lengths, k = 1024, M = 1024^2"),
         d_model: int = typer.Option(128, help="H"),
-        d_state: int | None = typer.Option(None, help=f"N, for the mixers with a d_state ({DEFAULT_D_STATE} if unset)"),
+        d_state: int | None = typer.Option(None, help="N, for the mixers with a d_state (unset: each mixer's default)"),
         batch: int = typer.Option(8, help="B"),
         backend: str = typer.Option("auto", help="Cauchy/Vandermonde backend: auto|torch|chunked|keops|extension; for mamba the scan and convolution backend: auto|torch|extension; mamba2: auto|torch|mamba_ssm"),
         mode: str = typer.Option("fwd+bwd", help="fwd | fwd+bwd | step"),
@@ -472,8 +476,8 @@ def register(app) -> None:
             raise UserError(f"--plot must end in {', '.join(PLOT_SUFFIXES)}, got {plot_path}")
         console = make_console(markup=False)  # off a terminal: rows never cut at 80 columns
         console.print(f"profiling {', '.join(kernels)} at L = {', '.join(map(str, lengths))} ({mode}, {device}, "
-                      f"B={batch}, H={d_model}, N={DEFAULT_D_STATE if d_state is None else d_state} where a mixer has "
-                      f"one, {torch.get_num_threads()} threads)"
+                      f"B={batch}, H={d_model}, N={'each mixer default' if d_state is None else d_state} where a mixer "
+                      f"has one, {torch.get_num_threads()} threads)"
                       + (f"; idle and under {BusyLoad(contention).describe()}" if contention else ""))
         rows = sweep(kernels, lengths, isolate=isolate, mode=mode, backend=backend, batch=batch, d_model=d_model,
                      d_state=d_state, repeat=repeat, floor=floor and mode != "step", device=device,

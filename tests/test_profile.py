@@ -90,8 +90,8 @@ def test_every_registered_mixer_is_profiled_forward_backward_and_step():
     for name in MIXERS.names():
         row = profile.measure_point(name, 32, "fwd+bwd", "auto", 1, 32, None, repeat=1, floor=False)
         assert row["status"] == "ok" and row["time_ms"] > 0, (name, row["status"])
-        takes_state = "d_state" in profile.mixer_parameters(name)
-        assert row["d_state"] == (profile.DEFAULT_D_STATE if takes_state else None), name
+        own = profile.mixer_parameters(name).get("d_state")
+        assert row["d_state"] == (None if own is None else own.default), name  # unset: the mixer's own N
         step = profile.measure_point(name, 8, "step", "auto", 1, 32, 8, repeat=1)
         assert step["status"] == "ok" or step["status"] == f"{name} has no recurrent step", (name, step["status"])
         if name in ("s4d", "mamba", "mamba2", "gla", "gated_deltanet", "rglru", "hyena"):
@@ -122,6 +122,8 @@ def test_options_reach_the_mixers_that_have_them(tmp_path):
     assert result.exit_code == 0, result.output
     pts = {p["kernel"]: p for p in json.loads(out.read_text())["points"]}
     assert pts["s4d"]["d_state"] == 6 and pts["gla"]["d_state"] is None
+    assert profile.default_d_state("mamba") == 16 and profile.mixer_spec("mamba", None, "auto", 32) == {
+        "name": "mamba", "backend": "auto"}  # unset: the mixer's own d_state
     assert pts["s4d"]["status"] == pts["gla"]["status"] == "ok"
     assert profile.mixer_spec("s4d", 6, "auto", 32)["d_state"] == 6
     assert profile._build_layer("s4d", 8, 6, "auto", 32).kernel.N == 6

@@ -228,6 +228,26 @@ def test_mamba_ssm_takes_no_start_state_nor_float64(monkeypatch):
     backends.reset()
 
 
+def test_mamba_ssm_self_test_passes_a_kernel_that_behaves_like_it(monkeypatch):
+    """A stand-in with mamba_ssm's contract (the scan's values, gradients from y only: its backward drops the final
+    state's gradient) passes the self-test; a stand-in with a wrong gradient fails it. (The real kernel needs CUDA.)"""
+    def fake(u, delta, A, B, C, return_last_state):
+        y, h = ss._torch_scan(u, delta, A, B, C, None, ss.CHUNK)
+        return y, h.detach()
+
+    def wrong(u, delta, A, B, C, return_last_state):
+        y, h = fake(u, delta, A, B, C, return_last_state)
+        return y + (y - y.detach()) * 0.01, h  # the same values, gradients 1% off
+
+    key = "mamba_ssm.ops.selective_scan_interface"
+    cpu = torch.device("cpu")
+    tol = ss.OP.impls["mamba_ssm"].tol
+    monkeypatch.setitem(backends._probes, key, backends.Probe(True, "stand-in", type("M", (), {"selective_scan_fn": staticmethod(fake)})))
+    assert ss._self_test_error("mamba_ssm", cpu) < 1e-5
+    monkeypatch.setitem(backends._probes, key, backends.Probe(True, "stand-in", type("M", (), {"selective_scan_fn": staticmethod(wrong)})))
+    assert ss._self_test_error("mamba_ssm", cpu) > tol
+
+
 _FIRST_CALL = textwrap.dedent("""
     import json, sys, torch
     import ssmkit.ops.causal_conv as cc

@@ -1,14 +1,21 @@
-"""ssmkit: state-space and global-convolution sequence models in plain PyTorch."""
+"""ssmkit: state-space and global-convolution sequence models in plain PyTorch.
+
+``ssmkit.load(run)`` a trained run, ``ssmkit.generate(model, prompt, n)`` continue prompts, ``ssmkit.Stream(model)``
+feed an input chunk by chunk; ``SequenceModel(..., mixer={"name": "s4d", ...})`` with any of ``MIXERS``.
+"""
 # isort: off
 from ssmkit import openmp as _openmp
 
 _openmp.apply_default()  # before torch is imported: libgomp reads OMP_WAIT_POLICY once, when it loads
 
-from ssmkit.generation import Stream, load  # noqa: E402
+from ssmkit.generation import Stream, generate  # noqa: E402
+from ssmkit.mixers import MIXERS, build_mixer  # noqa: E402
 from ssmkit.mixers.kernels import KERNELS  # noqa: E402
 from ssmkit.models import SequenceModel  # noqa: E402
+from ssmkit.runs.load import load  # noqa: E402
 from ssmkit.train.optim import param_groups  # noqa: E402
 # isort: on
 
 __version__ = "0.1.0"
-__all__ = ["KERNELS", "SequenceModel", "Stream", "load", "param_groups", "__version__"]
+__all__ = ["KERNELS", "MIXERS", "SequenceModel", "Stream", "__version__", "build_mixer", "generate", "load",
+           "param_groups"]

@@ -279,13 +279,18 @@ def eval_command(
     checkpoint: str = typer.Option("latest", "--checkpoint", help="latest or best (for a run directory)"),
 ):
     """Evaluate a run's checkpoint: a table, then one JSON line."""
-    from ssmkit.train.loop import evaluate_run
+    from ssmkit.runs.evaluate import evaluate_run
+    from ssmkit.train.banner import slow_step
+    from ssmkit.train.progress import EvalProgress
 
     if split not in ("val", "test"):
         raise UserError(f"unknown --split {split!r}; choose val or test")
     if checkpoint not in ("latest", "best"):
         raise UserError(f"unknown --checkpoint {checkpoint!r}; choose latest or best")
-    result = evaluate_run(path, split, list(overrides or []), which=checkpoint, console=_console(err=True))
+    notes = _console(err=True)
+    result = evaluate_run(path, split, list(overrides or []), which=checkpoint,
+                          slow=lambda what: slow_step(notes, what),
+                          progress=lambda total: EvalProgress(notes, total, f"evaluating on {split}"))
     if not _is_main():
         return
     table = Table(title=f"{split} metrics of {result['checkpoint']} (step {result['step']})")

@@ -146,7 +146,7 @@ def _check_memory(loaded, n: int, prompt_len: int, new: int, device: torch.devic
     per_sample = (16 * (prompt_len + new)  # the new tokens, stacked, and the output with the prompt
                   + prompt_len * (64 * width + 4 * vocab)  # the prompt's forward: FFT buffers and every position's scores
                   + _state_bytes(loaded.model) * 3 + 16 * vocab)  # the state (and its next), a step's scores
-    if isinstance(recipe.layer, dict) and recipe.layer.get("kernel") == "attn":  # a key/value cache grows per token
+    if recipe.mixer.get("name") == "attn":  # a key/value cache grows per token
         per_sample += 8 * width * recipe.n_layers * (prompt_len + new)
     fixed = 200 * new  # one small tensor per generated position
     need = n * per_sample + fixed
@@ -198,8 +198,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto (a GPU if visible), cpu, cuda, cuda:N"),
     ):
         """Generate from a trained lm / density / sc09 run: text, image completions or audio."""
-        from ssmkit.generation import generate, load
+        from ssmkit.generation import generate
         from ssmkit.generation.sampling import check_sampling
+        from ssmkit.runs.load import load
 
         if not math.isfinite(temperature):
             raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")

@@ -1,9 +1,9 @@
 """``ssmkit runs [DIR]`` (a table of run directories, newest first) and ``ssmkit plot RUN [RUN...]`` (their
 loss and metric curves on shared axes).
 
-A run directory is what ``ssmkit train`` writes (``ssmkit/train/rundir.py``): ``recipe.yaml``,
+A run directory is what ``ssmkit train`` writes (``ssmkit/runs/rundir.py``): ``recipe.yaml``,
 ``metrics.jsonl``, ``checkpoints/`` (step folders, the ``latest`` and ``best`` pointers) and, once the run
-ends, ``summary.json``. Everything is read from those files and the run's lock (``ssmkit/train/lock.py``);
+ends, ``summary.json``. Everything is read from those files and the run's lock (``ssmkit/runs/lock.py``);
 nothing is loaded into a model. The status of a run:
 
 - ``running``: a live process holds the run's lock (its pid and host are shown);
@@ -11,7 +11,7 @@ nothing is loaded into a model. The status of a run:
 - ``crashed``: nobody holds the lock and there is no ``summary.json`` (killed, or it died);
 - ``unreadable``: one of its files cannot be read; the row says which and why, and the other runs are still listed.
 
-``--columns`` adds any dotted recipe key (``model.layer.kernel``, ``optimizer.lr``, ``task.L``; keys the recipe
+``--columns`` adds any dotted recipe key (``model.mixer.name``, ``optimizer.lr``, ``task.seq_len``; keys the recipe
 left at their default show the default), ``--filter KEY=GLOB`` / ``--filter NAME_GLOB`` keeps the matching
 runs, ``--json`` prints the same rows as JSON (every column, raw values).
 """
@@ -31,7 +31,7 @@ from ssmkit.errors import UserError
 MAX_DEPTH = 3  # runs/<name>, runs/<group>/<name>, runs/<group>/<sub>/<name>
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 #: The table's own columns, in order; ``--columns`` adds recipe keys after them.
-COLUMNS = ("run", "task", "kernel", "status", "step", "best", "time", "started")
+COLUMNS = ("run", "task", "mixer", "status", "step", "best", "time", "started")
 _MISSING = object()
 
 
@@ -40,7 +40,7 @@ class RunInfo:
     path: Path
     name: str
     task: str
-    kernel: str
+    mixer: str  # model.mixer.name (model.layer.kernel in a run saved before the mixer redesign)
     status: str  # running, finished, interrupted, crashed, unreadable
     step: int | None
     best: float | None
@@ -95,7 +95,7 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def _last_step(run: Path) -> int | None:
-    from ssmkit.train.rundir import read_metrics
+    from ssmkit.runs.rundir import read_metrics
 
     records = read_metrics(run)
     return records[-1]["step"] if records else None
@@ -126,7 +126,7 @@ def _pointer(run: Path, name: str) -> dict | None:
 
 def _latest_state(run: Path) -> dict:
     """``state.json`` of the latest checkpoint ({} without one); a malformed pointer or state: UserError."""
-    from ssmkit.train.checkpoint import read_state
+    from ssmkit.runs.checkpoint import read_state
 
     pointer = _pointer(run, "latest")
     ckpt = run / "checkpoints" / pointer["checkpoint"] if pointer else None
@@ -141,7 +141,7 @@ def _lock_holder(run: Path) -> dict | None:
     no live process holds it (``ssmkit/train/lock.py``)."""
     import datetime
 
-    from ssmkit.train.lock import is_locked
+    from ssmkit.runs.lock import is_locked
 
     holder = is_locked(run)
     if holder is None:
@@ -154,7 +154,7 @@ def _lock_holder(run: Path) -> dict | None:
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
-    """{"model": {"layer": {"kernel": "s4d"}}} -> {"model.layer.kernel": "s4d"} (lists stay values)."""
+    """{"model": {"mixer": {"name": "s4d"}}} -> {"model.mixer.name": "s4d"} (lists stay values)."""
     out = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
@@ -183,17 +183,19 @@ def run_info(run: Path) -> RunInfo:
     summary.json's ``time_s`` (every finished segment of a resumed run), plus the live segment of a running one."""
     recipe = _recipe(run)
     task = recipe.get("task") if isinstance(recipe.get("task"), dict) else {}
-    layer = (recipe.get("model") or {}).get("layer") if isinstance(recipe.get("model"), dict) else None
+    model = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+    mixer, layer = model.get("mixer"), model.get("layer")  # layer.kernel: a run saved before the mixer redesign
+    mixer = mixer.get("name", "-") if isinstance(mixer, dict) else layer.get("kernel", "-") if isinstance(layer, dict) else "-"
     started = (run / "recipe.yaml").stat().st_mtime
     for early in (run / "metrics.jsonl", run / "checkpoints"):  # recipe.yaml is rewritten on resume
         if early.exists():
             started = min(started, early.stat().st_mtime)
     info = RunInfo(path=run, name=str(recipe.get("name") or run.name), task=str(task.get("name", "-")),
-                   kernel=str(layer.get("kernel", "-")) if isinstance(layer, dict) else "-", status="crashed",
+                   mixer=str(mixer), status="crashed",
                    step=None, best=None, main_metric=None, time_s=None, started=started, settings=_settings(recipe))
     try:
         _read_progress(run, info)
-    except UserError as e:  # the recipe was read: keep its name, task and kernel on the row
+    except UserError as e:  # the recipe was read: keep its name, task and mixer on the row
         info.status, info.reason = "unreadable", str(e)
         info.step = info.best = info.time_s = None
     return info
@@ -201,7 +203,7 @@ def run_info(run: Path) -> RunInfo:
 
 def _read_progress(run: Path, info: RunInfo) -> None:
     """Status, step, best value and time from summary.json, the checkpoints, metrics.jsonl and the lock."""
-    from ssmkit.train.rundir import read_summary
+    from ssmkit.runs.rundir import read_summary
 
     state = _latest_state(run)
     best_pointer = _pointer(run, "best")
@@ -237,7 +239,7 @@ def _unreadable(run: Path, error: UserError) -> RunInfo:
         started = run.stat().st_mtime
     except OSError:
         started = 0.0
-    return RunInfo(path=run, name=run.name, task="-", kernel="-", status="unreadable", step=None, best=None,
+    return RunInfo(path=run, name=run.name, task="-", mixer="-", status="unreadable", step=None, best=None,
                    main_metric=None, time_s=None, started=started, reason=str(error))
 
 
@@ -297,7 +299,7 @@ def collect_runs(root: Path) -> list[RunInfo]:
 
 # --- columns and filters ---------------------------------------------------------------------------
 def _builtin(r: RunInfo, key: str, root: Path) -> str:
-    return {"run": _label(r, root), "name": r.name, "task": r.task, "kernel": r.kernel, "status": r.status}[key]
+    return {"run": _label(r, root), "name": r.name, "task": r.task, "mixer": r.mixer, "status": r.status}[key]
 
 
 def _known_keys(rows: list[RunInfo]) -> set[str]:
@@ -308,12 +310,13 @@ def _unknown_key(key: str, rows: list[RunInfo], what: str) -> UserError:
     from ssmkit.registry import did_you_mean
 
     known = sorted(_known_keys(rows))
-    hint = " (the token mixer of a recipe is model.layer.kernel)" if "mixer" in key else did_you_mean(key, known)
-    if not hint:  # match the last part: "d_state" -> model.layer.d_state
+    old = key.startswith("model.layer") or key in ("kernel", "layer", "mixer")  # the vocabulary before issue 23
+    hint = " (the token mixer of a recipe is model.mixer.name)" if old else did_you_mean(key, known)
+    if not hint:  # match the last part: "d_state" -> model.mixer.d_state
         tail = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
         hint = f" (did you mean {tail[0]!r}?)" if tail else ""
     return UserError(f"{what}: no run has the recipe key {key!r}{hint}; keys are dotted recipe paths such as "
-                     "model.layer.kernel, model.d_model, optimizer.lr, task.L")
+                     "model.mixer.name, model.d_model, optimizer.lr, task.seq_len")
 
 
 def parse_columns(text: str | None, rows: list[RunInfo]) -> list[str]:
@@ -323,11 +326,11 @@ def parse_columns(text: str | None, rows: list[RunInfo]) -> list[str]:
     keys = [k.strip() for k in text.split(",")]
     if not all(keys):
         raise UserError(f"--columns {text!r}: an empty key; give dotted recipe keys separated by commas, "
-                        "e.g. --columns model.layer.kernel,model.d_model")
+                        "e.g. --columns model.mixer.name,model.d_model")
     for key in keys:
         if key in COLUMNS:
             raise UserError(f"--columns {key}: already a column of the table; name a recipe key such as "
-                            f"{'task.L' if key == 'task' else 'model.layer.kernel'}")
+                            f"{'task.seq_len' if key == 'task' else 'model.mixer.name'}")
         if keys.count(key) > 1:
             raise UserError(f"--columns names {key!r} twice")
         if rows and key not in _known_keys(rows) and not all(r.status == "unreadable" for r in rows):
@@ -349,18 +352,18 @@ def _matches(value, pattern: str) -> bool:
 
 
 def make_filter(spec: str, rows: list[RunInfo], root: Path):
-    """``--filter KEY=GLOB`` (a recipe key or run/name/task/kernel/status) or ``--filter GLOB`` (the run's
+    """``--filter KEY=GLOB`` (a recipe key or run/name/task/mixer/status) or ``--filter GLOB`` (the run's
     name or folder; text without * ? [ matches as a substring) -> predicate on a RunInfo."""
     if not spec.strip():
-        raise UserError("--filter is empty; give KEY=VALUE (e.g. --filter model.layer.kernel=s4d) or a run name glob")
+        raise UserError("--filter is empty; give KEY=VALUE (e.g. --filter model.mixer.name=s4d) or a run name glob")
     if "=" not in spec:
         glob = spec if any(c in spec for c in "*?[") else f"*{spec}*"
         return lambda r: fnmatch.fnmatchcase(r.name, glob) or fnmatch.fnmatchcase(_label(r, root), glob)
     key, _, pattern = spec.partition("=")
     key = key.strip()
     if not key:
-        raise UserError(f"--filter {spec!r}: no key before '='; e.g. --filter model.layer.kernel=s4d")
-    if key in ("run", "name", "task", "kernel", "status"):
+        raise UserError(f"--filter {spec!r}: no key before '='; e.g. --filter model.mixer.name=s4d")
+    if key in ("run", "name", "task", "mixer", "status"):
         return lambda r: fnmatch.fnmatchcase(_builtin(r, key, root), pattern)
     if rows and key not in _known_keys(rows) and not all(r.status == "unreadable" for r in rows):
         raise _unknown_key(key, rows, f"--filter {spec}")
@@ -383,7 +386,7 @@ def runs_table(root: Path, rows: list[RunInfo] | None = None, columns: list[str]
         table.add_column(col, justify="right" if col in ("step", "best", "time") else "left")
     for r in rows:
         best = "-" if r.best is None else f"{r.main_metric or 'metric'} {_fmt(r.best)}"
-        table.add_row(_label(r, root), r.task, r.kernel, _status_text(r), _fmt(r.step), best, _duration(r.time_s),
+        table.add_row(_label(r, root), r.task, r.mixer, _status_text(r), _fmt(r.step), best, _duration(r.time_s),
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)),
                       *(_value_text(r.settings.get(c, _MISSING)) for c in columns))
     return table, len(rows)
@@ -412,7 +415,7 @@ def run_record(r: RunInfo, root: Path, columns: list[str] = ()) -> dict:
     """One row of ``ssmkit runs --json``: every table column (raw values: seconds, epoch times as ISO 8601,
     the metric's value) plus path, main_metric, reason (unreadable) and lock (running)."""
     record = {
-        "run": _label(r, root), "task": r.task, "kernel": r.kernel, "status": r.status, "step": r.step,
+        "run": _label(r, root), "task": r.task, "mixer": r.mixer, "status": r.status, "step": r.step,
         "best": r.best, "time": r.time_s, "started": _iso(r.started),
         "path": str(r.path), "name": r.name, "main_metric": r.main_metric, "reason": r.reason, "lock": r.holder,
     }
@@ -424,7 +427,7 @@ def run_record(r: RunInfo, root: Path, columns: list[str] = ()) -> dict:
 # --- curves ----------------------------------------------------------------------------------------
 def curves(run: Path) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
     """(training loss by step, {metric name: [(step, value)]}) from a run's metrics.jsonl."""
-    from ssmkit.train.rundir import read_metrics
+    from ssmkit.runs.rundir import read_metrics
 
     if not run.is_dir() or not is_run_dir(run):
         raise UserError(f"{run} is not a run directory (expected recipe.yaml and metrics.jsonl written by ssmkit train)")
@@ -517,13 +520,13 @@ def register(app: typer.Typer) -> None:
     def runs_command(
         folder: Path = typer.Argument(Path("runs"), help="folder of run directories (default: ./runs)"),
         columns: str = typer.Option(None, "--columns", help="recipe keys to add as columns, comma-separated, "
-                                    "e.g. model.layer.kernel,model.d_model,optimizer.lr"),
+                                    "e.g. model.mixer.name,model.d_model,optimizer.lr"),
         filters: list[str] = typer.Option(None, "--filter", help="keep runs whose KEY matches: KEY=VALUE or "
-                                          "KEY=GLOB (a recipe key, or run/name/task/kernel/status), or a run name "
+                                          "KEY=GLOB (a recipe key, or run/name/task/mixer/status), or a run name "
                                           "GLOB; repeat to require several"),
         as_json: bool = typer.Option(False, "--json", help="print the rows as a JSON list (every column, raw values)"),
     ) -> None:
-        """A table of runs (task, kernel, status, step, best metric, time), newest first."""
+        """A table of runs (task, mixer, status, step, best metric, time), newest first."""
         import click
 
         from ssmkit.console import console as make_console

@@ -275,7 +275,7 @@ def read_sweep(sweep_dir: Path) -> dict:
 
 
 def _write_sweep(sweep_dir: Path, data: dict) -> None:
-    from ssmkit.train.rundir import write_json
+    from ssmkit.runs.rundir import write_json
 
     write_json(Path(sweep_dir) / SWEEP_FILE, data)
 
@@ -356,7 +356,7 @@ def update_run(sweep_dir: Path, name: str, **fields) -> None:
 def run_state(run_dir: Path) -> str:
     """``finished`` | ``interrupted`` (summary says so) | ``unfinished`` (a checkpoint, no summary) |
     ``started`` (a folder without a checkpoint) | ``pending`` (no folder)."""
-    from ssmkit.train.checkpoint import find_checkpoint
+    from ssmkit.runs.checkpoint import find_checkpoint
 
     if not run_dir.exists():
         return "pending"

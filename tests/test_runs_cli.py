@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +14,18 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ssmkit.cli import app
+from ssmkit.runs.lock import RunLock
 from ssmkit.runs_cli import COLUMNS
-from ssmkit.train.lock import RunLock
 
 RECIPE = {
-    "task": {"name": "shift", "L": 16, "samples_per_epoch": 32, "val_samples": 8},
-    "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+    "task": {"name": "shift", "seq_len": 16, "samples_per_epoch": 32, "val_samples": 8},
+    "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
     "train": {"batch_size": 8, "epochs": 2, "log_every": 1, "eval_every": 2},
 }
 
 
-def _train(root, name: str, kernel: str, seed: int, *args: str):
-    recipe = {**RECIPE, "name": name, "model": {**RECIPE["model"], "layer": {"kernel": kernel, "d_state": 4}},
+def _train(root, name: str, mixer: str, seed: int, *args: str):
+    recipe = {**RECIPE, "name": name, "model": {**RECIPE["model"], "mixer": {"name": mixer, "d_state": 4}},
               "train": {**RECIPE["train"], "runs_dir": str(root), "seed": seed}}
     path = root.parent / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -80,7 +81,7 @@ def test_runs_table_newest_first(runs):
     assert list(rows) == ["tiny-dlr", "tiny-s4d", "killed", "group/broken"], result.output
     dlr = dict(zip(COLUMNS, rows["tiny-dlr"]))
     summary = json.loads((runs / "tiny-dlr" / "summary.json").read_text())
-    assert (dlr["task"], dlr["kernel"], dlr["status"], dlr["step"]) == ("shift", "dlr", "finished", "6")
+    assert (dlr["task"], dlr["mixer"], dlr["status"], dlr["step"]) == ("shift", "dlr", "finished", "6")
     assert dlr["best"] == f"r2 {summary['best']:.4g}"  # the best value of the task's main metric, as summary.json has it
     killed = dict(zip(COLUMNS, rows["killed"]))
     assert killed["status"] == "crashed" and killed["step"] == "3"  # nobody holds it, no summary: the last logged step
@@ -137,7 +138,7 @@ def test_a_malformed_file_marks_that_run_unreadable_and_lists_the_rest(runs, tmp
     for run in ("tiny-s4d", "tiny-dlr"):
         shutil.copytree(runs / run, tmp_path / run)
     (tmp_path / "tiny-s4d" / name).write_bytes(content)
-    result = invoke("runs", tmp_path, "--columns", "model.layer.kernel")
+    result = invoke("runs", tmp_path, "--columns", "model.mixer.name")
     assert result.exit_code == 0, result.output
     rows = table_rows(result.output)
     assert rows["tiny-dlr"][COLUMNS.index("status")] == "finished"
@@ -148,12 +149,12 @@ def test_a_malformed_file_marks_that_run_unreadable_and_lists_the_rest(runs, tmp
 
 
 def test_columns_of_any_recipe_key_with_defaults_filled_in(runs):
-    result = invoke("runs", runs, "--columns", "model.layer.kernel,model.d_model,optimizer.lr,model.layer.d_state,"
+    result = invoke("runs", runs, "--columns", "model.mixer.name,model.d_model,optimizer.lr,model.mixer.d_state,"
                     "train.grad_clip,task.num_shifts")
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if line.startswith("┃"))
     assert [c.strip() for c in header.strip("┃").split("┃")][len(COLUMNS):] == [
-        "model.layer.kernel", "model.d_model", "optimizer.lr", "model.layer.d_state", "train.grad_clip", "task.num_shifts"]
+        "model.mixer.name", "model.d_model", "optimizer.lr", "model.mixer.d_state", "train.grad_clip", "task.num_shifts"]
     rows = table_rows(result.output)
     # optimizer.lr, grad_clip and num_shifts are defaults the recipes never wrote (ModelConfig/TrainConfig, the task's signature)
     assert rows["tiny-dlr"][len(COLUMNS):] == ["dlr", "4", "0.001", "4", "null", "8"]
@@ -162,9 +163,9 @@ def test_columns_of_any_recipe_key_with_defaults_filled_in(runs):
 
 
 @pytest.mark.parametrize("spec,expected", [
-    (["model.layer.kernel=s4d"], ["tiny-s4d", "killed", "group/broken"]),
-    (["model.layer.kernel=dlr"], ["tiny-dlr"]),
-    (["model.layer.kernel=s4*", "status=finished"], ["tiny-s4d"]),
+    (["model.mixer.name=s4d"], ["tiny-s4d", "killed", "group/broken"]),
+    (["model.mixer.name=dlr"], ["tiny-dlr"]),
+    (["model.mixer.name=s4*", "status=finished"], ["tiny-s4d"]),
     (["optimizer.lr=1e-3", "train.seed=1"], ["tiny-dlr"]),  # 1e-3 read as the number 0.001
     (["tiny-*"], ["tiny-dlr", "tiny-s4d"]),
     (["broken"], ["group/broken"]),  # text without wildcards: a substring of the name
@@ -182,7 +183,7 @@ def test_filters(runs, spec, expected):
 
 
 def test_json_round_trips_every_column(runs):
-    keys = ["model.layer.kernel", "optimizer.betas", "train.grad_clip"]
+    keys = ["model.mixer.name", "optimizer.betas", "train.grad_clip"]
     result = invoke("runs", runs, "--json", "--columns", ",".join(keys))
     assert result.exit_code == 0 and result.stderr == ""
     records = json.loads(result.stdout)
@@ -192,7 +193,7 @@ def test_json_round_trips_every_column(runs):
     for record in records:
         assert set(COLUMNS) | set(keys) <= set(record)
         cells = dict(zip([*COLUMNS, *keys], rows[record["run"]]))
-        for col in ("run", "task", "kernel"):
+        for col in ("run", "task", "mixer"):
             assert record[col] == cells[col]
         assert cells["status"].startswith(record["status"])
         assert cells["step"] == ("-" if record["step"] is None else str(record["step"]))
@@ -201,7 +202,7 @@ def test_json_round_trips_every_column(runs):
         assert record["started"].replace("T", " ")[:16] == cells["started"]
         assert record["optimizer.betas"] == [0.9, 0.999] and record["train.grad_clip"] is None
     s4d = next(r for r in records if r["run"] == "tiny-s4d")
-    assert s4d["model.layer.kernel"] == "s4d" and s4d["step"] == 6 and s4d["status"] == "finished"
+    assert s4d["model.mixer.name"] == "s4d" and s4d["step"] == 6 and s4d["status"] == "finished"
 
 
 def test_lines_are_not_cut_when_piped(runs, tmp_path):
@@ -209,7 +210,7 @@ def test_lines_are_not_cut_when_piped(runs, tmp_path):
     long_name = "a-run-with-a-rather-long-name-" + "x" * 90
     shutil.copytree(runs / "tiny-s4d", tmp_path / long_name)
     for env in ({}, {"COLUMNS": "80"}):
-        result = CliRunner().invoke(app, ["runs", str(tmp_path), "--columns", "model.layer.kernel,optimizer.betas"], env=env)
+        result = CliRunner().invoke(app, ["runs", str(tmp_path), "--columns", "model.mixer.name,optimizer.betas"], env=env)
         (line,) = [line for line in result.output.splitlines() if long_name in line]
         assert len(line) > 160 and "…" not in result.output and line.rstrip().endswith("│")
         assert "[0.9, 0.999]" in line
@@ -224,10 +225,10 @@ def test_runs_of_an_empty_or_missing_folder(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--columns", "model.mixer.name"], "the token mixer of a recipe is model.layer.kernel"),
+    (["--columns", "model.layer.kernel"], "the token mixer of a recipe is model.mixer.name"),
     (["--columns", "model.d_modl"], "did you mean 'model.d_model'"),
-    (["--columns", "d_state"], "did you mean 'model.layer.d_state'"),
-    (["--columns", "model.d_model,,task.L"], "an empty key"),
+    (["--columns", "d_state"], "did you mean 'model.mixer.d_state'"),
+    (["--columns", "model.d_model,,task.seq_len"], "an empty key"),
     (["--columns", "status"], "already a column"),
     (["--filter", "optimizer.lrr=1"], "did you mean 'optimizer.lr'"),
     (["--filter", ""], "--filter is empty"),
@@ -272,3 +273,14 @@ def test_plot_of_a_run_with_a_damaged_summary_still_uses_the_main_metric(runs, t
     result = invoke("plot", run, "--out", tmp_path / "c.png")
     assert result.exit_code == 0, result.output
     assert "val/r2" in result.output and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_a_run_saved_before_the_mixer_redesign_is_listed_with_its_mixer(tmp_path):
+    """A run directory of the old layout (``model.layer.kernel``, tests/fixtures/legacy_v0) shows its mixer and
+    status like any other; its files are only read."""
+    fixture = Path(__file__).parent / "fixtures" / "legacy_v0" / "runs" / "s4d"
+    shutil.copytree(fixture, tmp_path / "old-s4d")
+    (record,) = json.loads(invoke("runs", tmp_path, "--json").stdout)
+    assert (record["mixer"], record["status"], record["step"]) == ("s4d", "finished", 2)
+    result = invoke("runs", tmp_path, "--columns", "model.layer.kernel")  # its own keys stay columns
+    assert result.exit_code == 0 and table_rows(result.output)["old-s4d"][len(COLUMNS):] == ["s4d"]

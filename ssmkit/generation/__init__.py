@@ -1,16 +1,17 @@
-"""Sampling, loading and streaming: from a trained run to new sequences and online outputs.
+"""Sampling and streaming: functions over a model (any backbone with a recurrent ``step``), never methods of it.
 
-- :func:`load` (``load.py``): a run directory or checkpoint -> :class:`LoadedRun` (model in eval mode,
-  task, recipe), the loading ``ssmkit eval`` uses.
-- :func:`generate` (``generate.py``): prompt read in convolution mode with state passing, then the
-  recurrent step token by token (compiled when it pays), sampled by ``sampling.py``; models get it as
-  ``model.generate`` through :class:`GenerationMixin`.
-- :class:`Stream` (``stream.py``): an unbounded input chunk by chunk, outputs equal to one full forward.
+- :func:`generate` (``generate.py``): ``ssmkit.generate(model, prompt, max_new_tokens, ...)``: the prompt read in
+  convolution mode with state passing, then the recurrent step token by token (compiled when it pays), sampled by
+  ``sampling.py``.
+- :class:`Stream` (``stream.py``): ``ssmkit.Stream(model)``: an unbounded input chunk by chunk, outputs equal to
+  one full forward.
+- ``recurrent.py``: what both need from a model (a prediction per position, a recurrence in every mixer).
+
+Loading a trained run is ``ssmkit.load`` (``ssmkit/runs/load.py``), below both training and generation.
 """
-from ssmkit.generation.generate import Generation, GenerationMixin, generate
-from ssmkit.generation.load import LoadedRun, load
+from ssmkit.generation.generate import Generation, generate
+from ssmkit.generation.recurrent import check_recurrent
 from ssmkit.generation.sampling import filter_scores, make_generator, sample_next
 from ssmkit.generation.stream import Stream
 
-__all__ = ["Generation", "GenerationMixin", "LoadedRun", "Stream", "filter_scores", "generate", "load",
-           "make_generator", "sample_next"]
+__all__ = ["Generation", "Stream", "check_recurrent", "filter_scores", "generate", "make_generator", "sample_next"]

@@ -25,7 +25,9 @@ import torch
 import torch.nn as nn
 
 from ssmkit.errors import UserError
+from ssmkit.generation.recurrent import check_recurrent
 from ssmkit.generation.sampling import check_sampling, make_generator, sample_next
+from ssmkit.models.fast_step import aot_unsupported
 
 log = logging.getLogger("ssmkit.generation")
 
@@ -67,28 +69,6 @@ class Generation:
         """New tokens (all sequences of the batch) per second of stepping."""
         n = self.new_tokens.numel()
         return n / self.decode_s if self.decode_s > 0 else float("inf")
-
-
-def sequence_layers(model: nn.Module) -> list:
-    """Every ``SequenceLayer`` in the model, in order (any backbone)."""
-    from ssmkit.mixers.sequence_layer import SequenceLayer
-
-    return [m for m in model.modules() if isinstance(m, SequenceLayer)]
-
-
-def check_recurrent(model: nn.Module, what: str) -> None:
-    """UserError (one line) unless the model predicts per position and every layer has a recurrence."""
-    pool = getattr(model, "pool", None)
-    if pool is not None:
-        raise UserError(f"{what} needs a model with a prediction per position, but this one pools (pool={pool!r}) "
-                        "into one prediction per sequence (a classification model)")
-    if not hasattr(model, "step"):
-        raise UserError(f"{what} needs a model with a recurrent step; {type(model).__name__} has none")
-    for i, layer in enumerate(sequence_layers(model)):
-        if not layer.has_state:
-            raise UserError(f"{what} needs a recurrent step in every layer, but layer {i} (kernel "
-                            f"{layer.kernel_name!r}) has none: {layer._no_state_reason()}; train a causal recurrent "
-                            "kernel (s4, s4d, dss, dlr, attn) without max_kernel_length")
 
 
 def _vocabulary(model: nn.Module) -> int | None:
@@ -163,8 +143,6 @@ def _choose_backend(model: nn.Module, compile: str, n_steps: int, template) -> t
         return "eager", f"{type(model).__name__} has no compile_step()"
     if compile in ("aot", "inductor"):
         return compile, f"compile={compile!r}"
-    from ssmkit.models.fast_step import aot_unsupported
-
     device = next(model.parameters()).device
     why = aot_unsupported(model, template) if hasattr(model, "blocks") else _uncompilable(template)
     if why is not None:
@@ -238,32 +216,17 @@ def generate(
         progress: called with the number of new tokens done after each one.
         keep_scores: also return the scores of every drawn token (``Generation.scores``).
     """
-    check_recurrent(model, "generation")
-    check_sampling(temperature, top_k, top_p)
-    if compile not in COMPILE_MODES:
-        raise UserError(f"unknown compile={compile!r}; choose one of {', '.join(COMPILE_MODES)}")
-    if prefill not in PREFILL_MODES:
-        raise UserError(f"unknown prefill={prefill!r}; choose conv or step")
-    if max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    _check_options(model, temperature, top_k, top_p, compile, prefill, max_new_tokens)
     prompt = _check_prompt(model, prompt)
     B, Lp = prompt.shape
-    device = prompt.device
-    generator, seed = make_generator(seed, device)
+    generator, seed = make_generator(seed, prompt.device)
     was_training = model.training
     model.eval()
     try:
         t0 = time.perf_counter()
-        if prefill == "conv":
-            scores, state = model(prompt, return_state=True)  # (B, Lp, V), per-layer states
-            scores = scores[:, -1]
-        else:
-            state = model.default_state(B, device=device)
-            for t in range(Lp):
-                scores, state = model.step(prompt[:, t], state)
+        scores, state = _prefill(model, prompt, prefill)
         prefill_s = time.perf_counter() - t0
-
-        template = model.default_state(B, device=device, real=True) if hasattr(model, "compile_step") else state
+        template = model.default_state(B, device=prompt.device, real=True) if hasattr(model, "compile_step") else state
         backend, note = _choose_backend(model, compile, max_new_tokens - 1, template)
         if backend != "eager":
             state = _like(state, template)
@@ -271,19 +234,9 @@ def generate(
         step, backend, failed, compile_s = _prepare_step(model, backend, token, state)
         note = failed or note
         log.info("generation step: %s (%s)", backend, note)
-
-        out, kept = [token], [scores] if keep_scores else None
         t0 = time.perf_counter()
-        if progress is not None:
-            progress(1)
-        for i in range(1, max_new_tokens):
-            scores, state = step(token, state)
-            token = sample_next(scores, temperature, top_k, top_p, generator)
-            out.append(token)
-            if keep_scores:
-                kept.append(scores)
-            if progress is not None:
-                progress(i + 1)
+        out, kept = _decode(step, token, scores, state, max_new_tokens,
+                            lambda s: sample_next(s, temperature, top_k, top_p, generator), progress, keep_scores)
         decode_s = time.perf_counter() - t0
     finally:
         model.train(was_training)
@@ -292,20 +245,41 @@ def generate(
     return Generation(tokens, Lp, backend, note, seed, prefill_s, compile_s, decode_s, kept)
 
 
-class GenerationMixin:
-    """Gives a backbone ``model.generate(...)`` (:func:`generate`) and ``model.stream()``
-    (:class:`ssmkit.generation.stream.Stream`)."""
+def _check_options(model, temperature, top_k, top_p, compile: str, prefill: str, max_new_tokens: int) -> None:
+    """One-line UserErrors for a model without recurrence and for bad sampling/compile/prefill options."""
+    check_recurrent(model, "generation")
+    check_sampling(temperature, top_k, top_p)
+    if compile not in COMPILE_MODES:
+        raise UserError(f"unknown compile={compile!r}; choose one of {', '.join(COMPILE_MODES)}")
+    if prefill not in PREFILL_MODES:
+        raise UserError(f"unknown prefill={prefill!r}; choose conv or step")
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
 
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 compile: str = "auto", prefill: str = "conv",
-                 progress: Callable[[int], None] | None = None, keep_scores: bool = False) -> Generation:
-        """Continues each prompt (B, Lp) by ``max_new_tokens`` tokens; see :func:`ssmkit.generation.generate`."""
-        return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, compile=compile, prefill=prefill, progress=progress, keep_scores=keep_scores)
 
-    def stream(self):
-        """A :class:`~ssmkit.generation.stream.Stream` over this model: feed chunks, get their outputs."""
-        from ssmkit.generation.stream import Stream
+def _prefill(model, prompt: torch.Tensor, prefill: str):
+    """(scores of the token after the prompt (B, V), every layer's state after the prompt)."""
+    if prefill == "conv":
+        scores, state = model(prompt, return_state=True)  # (B, Lp, V), per-layer states
+        return scores[:, -1], state
+    state = model.default_state(prompt.shape[0], device=prompt.device)
+    for t in range(prompt.shape[1]):
+        scores, state = model.step(prompt[:, t], state)
+    return scores, state
 
-        return Stream(self)
+
+def _decode(step, token, scores, state, max_new_tokens: int, sample, progress, keep_scores: bool):
+    """The new tokens (the first, ``token``, already drawn from ``scores``) and, with ``keep_scores``, the scores
+    each was drawn from."""
+    out, kept = [token], [scores] if keep_scores else None
+    if progress is not None:
+        progress(1)
+    for i in range(1, max_new_tokens):
+        scores, state = step(token, state)
+        token = sample(scores)
+        out.append(token)
+        if keep_scores:
+            kept.append(scores)
+        if progress is not None:
+            progress(i + 1)
+    return out, kept

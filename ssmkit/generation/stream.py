@@ -1,6 +1,6 @@
 """Online inference: feed an unbounded input chunk by chunk, get each chunk's outputs as it arrives.
 
-    stream = ssmkit.Stream(model)            # or model.stream()
+    stream = ssmkit.Stream(model)
     for chunk in source:                     # (B, l) token ids or (B, l, d_input) features, any l >= 1
         y = stream(chunk)                    # (B, l, d_output): the same numbers as model(whole input)
 
@@ -8,8 +8,8 @@ Each chunk runs in convolution mode from the state the previous chunks left (``f
 return_state=True)``): an FFT convolution over the chunk plus the state's free response, and the state
 after the chunk. A chunk of one position takes the recurrent ``step`` instead (no FFT). Either way the
 outputs equal one forward over the concatenation of all chunks, and memory stays bounded by the state
-(for attention: by the KV cache, which grows unless the attention is local). Models whose layers have
-no recurrence (SGConv, bidirectional layers, ``max_kernel_length``) cannot stream and are refused.
+(for attention: by the KV cache, which grows unless the attention is local). Models whose mixers have
+no recurrence (SGConv, bidirectional mixers, ``max_kernel_length``) cannot stream and are refused.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ssmkit.errors import UserError
-from ssmkit.generation.generate import check_recurrent
+from ssmkit.generation.recurrent import check_recurrent
 
 
 class Stream:

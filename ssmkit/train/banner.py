@@ -19,6 +19,8 @@ import contextlib
 import threading
 import time
 
+import torch
+
 from ssmkit.train.progress import say
 
 
@@ -27,11 +29,9 @@ def banner_lines(*, run_dir, new: bool, start_step: int, recipe, parameters: int
     cfg, model = recipe.train, recipe.model
     processes = accelerator.num_processes
     state = "new" if new else (f"resumed at step {start_step}" if start_step else "restarted from step 0")
-    kernel = model.layer.get("kernel", "-") if isinstance(model.layer, dict) else "-"
+    mixer = model.mixer.get("name", "-") if isinstance(model.mixer, dict) else "-"
     device = accelerator.device.type
     if device == "cuda":
-        import torch
-
         device = f"cuda ({torch.cuda.get_device_name(accelerator.device)})"
     if cfg.max_steps:
         plan = f"{total_steps} (train.max_steps; {steps_per_epoch} steps per epoch)"
@@ -40,7 +40,7 @@ def banner_lines(*, run_dir, new: bool, start_step: int, recipe, parameters: int
     per_step = cfg.batch_size * cfg.grad_accum * processes
     return [
         f"run      {run_dir} ({state})",
-        f"recipe   {recipe.source} ({recipe.name}): task {recipe.task['name']}, {kernel} x {model.n_layers} layer(s), "
+        f"recipe   {recipe.source} ({recipe.name}): task {recipe.task['name']}, {mixer} x {model.n_layers} layer(s), "
         f"d_model {model.d_model}",
         f"model    {parameters:,} parameters",
         f"device   {device}, precision {cfg.mixed_precision}, {processes} process(es)"

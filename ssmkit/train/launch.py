@@ -9,21 +9,29 @@ process only, hence torchrun.) For several machines use ``accelerate launch`` or
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import signal
+import sys
+import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import get_args_parser, run
 
 from ssmkit.errors import UserError
+from ssmkit.runs.checkpoint import has_checkpoint
+from ssmkit.train.signals import PROCESSES_ENV, exit_code, resume_command
 
 
 def end_distributed_worker(barrier: bool = True) -> bool:
     """Tears the process group (and gloo's threads) down after all ranks meet (``barrier``); returns
     whether there was one. Call :func:`leave_distributed_worker` once the worker's output is written."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return False
     if barrier:
@@ -32,20 +40,17 @@ def end_distributed_worker(barrier: bool = True) -> bool:
     return True
 
 
-def leave_distributed_worker(exit_code: int = 0) -> None:
+def leave_distributed_worker(code: int = 0) -> None:
     """Flushes streams and logs, then leaves through ``os._exit``, skipping interpreter finalization.
 
     A finished gloo worker aborts in finalization about one exit in ten on a loaded 2-core machine
     ("terminate called without an active exception", with no Python frame left, after
     ``destroy_process_group``); the launcher then reports a failed run although every file was written.
     """
-    import logging
-    import sys
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os._exit(exit_code)
+    os._exit(code)
 
 
 #: A worker that lost its peers (another rank died) leaves quietly with this code; the launcher names the dead rank.
@@ -57,8 +62,6 @@ _PEER_LOST_TEXT = ("connection reset by peer", "connection closed by peer", "bro
 def lost_peer(error: BaseException) -> bool:
     """Whether ``error`` is a collective failing because another process of the launch is gone (its own
     one-line report comes from the launcher, so this worker's traceback would only hide it)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return False
     if isinstance(error, getattr(dist, "DistError", ())):
@@ -102,9 +105,6 @@ def _run_of_launch(run_hint: tuple[Path | None, Path | None, str | None], starte
 def _resume_hint(run_hint: tuple[Path | None, Path | None, str | None], started: float, processes: int = 1) -> str:
     """The ``--resume`` command of the run the launch was writing (with ``--processes N``); a run without a
     checkpoint is started again by the same command."""
-    from ssmkit.train.checkpoint import has_checkpoint
-    from ssmkit.train.signals import resume_command
-
     run = _run_of_launch(run_hint, started)
     if run is None:
         return "no checkpoint was written; start the run again"
@@ -121,8 +121,6 @@ REPORTED_BY_WORKER = (2, 3, 130, 143)
 def _after_signal(signum: int, run_hint, started: float, processes: int) -> str | None:
     """The launcher got SIGINT/SIGTERM and passed it to the workers, which have stopped: None when the run
     recorded its own stop (its summary.json says interrupted; rank 0 printed the resume command), else one line."""
-    import json
-
     run = _run_of_launch(run_hint, started)
     summary = run / "summary.json" if run is not None else None
     try:
@@ -141,16 +139,6 @@ def launch_local(processes: int, ssmkit_args: list[str],
 
     ``run_hint``: (``--resume`` dir, ``--run-dir``, or ``<runs_dir>/<name>`` of a new run), so that a
     rank that dies is reported in one line with the ``--resume`` command that continues the run."""
-    import logging
-    import sys
-    import time
-
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    from ssmkit.train.signals import PROCESSES_ENV, exit_code
-
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         raise UserError("--processes inside an already distributed launch (torchrun / accelerate launch); drop --processes")
     if torch.cuda.is_available() and processes > torch.cuda.device_count():

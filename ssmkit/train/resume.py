@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssmkit.errors import RecipeError, UserError
-from ssmkit.train.checkpoint import find_checkpoint, has_checkpoint
+from ssmkit.recipe import validate
+from ssmkit.runs.checkpoint import find_checkpoint, has_checkpoint
+from ssmkit.runs.load import read_run_recipe
 
 AUTO = "auto"
 
@@ -84,30 +86,21 @@ def _first_difference(new, old, where: str):
     return None if new == old else (where, new, old)
 
 
-
 def recipe_to_resume(resume, overrides, given=None, run_dir=None):
     """The recipe ``ssmkit train --resume`` trains.
 
     ``resume=RUN_DIR``: the run's own recipe (its latest checkpoint's ``recipe.yaml``, or the run's when it has no
-    checkpoint yet) with ``overrides`` (``train.*``). ``resume="auto"``: ``given`` (the command line's recipe,
+    checkpoint yet; a run saved in the layout before the mixer redesign is upgraded, ``ssmkit/runs/load.py``) with
+    ``overrides`` (``train.*``). ``resume="auto"``: ``given`` (the command line's recipe,
     overrides applied) when the run has no checkpoint; else the run's recipe with ``given``'s ``train`` section
     (but the run's length: ``max_steps``, ``epochs``), after checking that the rest is the same experiment."""
     if str(resume) == AUTO:
         start = plan_start(given, run_dir, AUTO)
         if not start.resuming:
             return given
-        saved = _read_recipe(run_recipe_source(start), [])
+        saved = read_run_recipe(run_recipe_source(start))
         check_same_experiment(given, saved, start.run_dir)
-        from ssmkit.recipe import validate
-
         # The run's length (and so its schedule) stays the run's: --max-steps is then only a stop point.
         length = {k: getattr(saved.train, k) for k in ("max_steps", "epochs")}
         return validate({**saved.to_dict(), "train": {**given.to_dict()["train"], **length}}, given.source)
-    return _read_recipe(run_recipe_source(plan_start(None, None, resume)), overrides)
-
-
-def _read_recipe(path: Path, overrides):
-    from ssmkit.recipe import apply_overrides, load_yaml, validate
-
-    data = apply_overrides(load_yaml(path), list(overrides), str(path))  # missing/malformed: one RecipeError
-    return validate(data, str(path))
+    return read_run_recipe(run_recipe_source(plan_start(None, None, resume)), overrides)

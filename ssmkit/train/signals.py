@@ -13,6 +13,9 @@ import os
 import signal
 import threading
 
+import torch
+import torch.distributed as dist
+
 from ssmkit.errors import UserError
 
 #: Set by ``ssmkit train --processes N`` in its workers' environment, so their resume hint keeps ``--processes N``.
@@ -78,9 +81,6 @@ class StopFlag:
     def requested(self, accelerator) -> bool:
         """Whether any process got a signal (a collective under several processes: call it on all of them)."""
         if accelerator.num_processes > 1:
-            import torch
-            import torch.distributed as dist
-
             t = torch.tensor([int(self.signal or 0)], device=accelerator.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)  # every process takes the same signal (and exit code)
             self.signal = int(t.item()) or None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from accelerate.tracking import filter_trackers
+
 from ssmkit.errors import RecipeError
 
 #: tracker -> (importable packages, any of which will do; how to install one)
@@ -38,8 +40,6 @@ def check_trackers(names, source: str) -> None:
 
 def start_trackers(accelerator, recipe, run_dir: Path) -> None:
     """Starts ``recipe.train.log_with``'s trackers, writing under ``run_dir`` (call on every process)."""
-    from accelerate.tracking import filter_trackers
-
     names = list(recipe.train.log_with)
     if not names:
         return

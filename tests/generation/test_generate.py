@@ -6,6 +6,7 @@ import pytest
 import torch
 from generation_models import BACKBONES, STEP_KERNELS, V, make_model
 
+import ssmkit
 from ssmkit import SequenceModel
 from ssmkit.errors import UserError
 from ssmkit.generation import generate
@@ -70,9 +71,9 @@ def test_top_k_1_is_greedy_and_samples_stay_in_top_k():
     assert (top2 == g.new_tokens.unsqueeze(-1)).any(-1).all()
 
 
-def test_model_method_and_training_mode_restored():
+def test_training_mode_restored_and_ssmkit_generate_is_the_function():
     model = make_model("s4d").train()
-    g = model.generate(prompt(), 4, temperature=0)
+    g = ssmkit.generate(model, prompt(), 4, temperature=0)
     assert model.training
     assert torch.equal(g.tokens, generate(model.eval(), prompt(), 4, temperature=0).tokens)
     assert g.tokens_per_s > 0 and g.prefill_s >= 0
@@ -82,7 +83,7 @@ def test_adaptive_softmax_lm_generates_from_log_probs():
     from ssmkit.tasks.lm import AdaptiveLM
 
     torch.manual_seed(0)
-    backbone = SequenceModel(30, 30, d_model=8, n_layers=1, layer=dict(kernel="s4d", d_state=8), pool=None,
+    backbone = SequenceModel(30, 30, d_model=8, n_layers=1, mixer=dict(name="s4d", d_state=8), pool=None,
                              encoder="embedding")
     model = AdaptiveLM(backbone, 30, [10], 2.0).eval()  # the head runs in float32
     x = torch.randint(0, 30, (2, 4))
@@ -95,11 +96,11 @@ def test_adaptive_softmax_lm_generates_from_log_probs():
 
 
 @pytest.mark.parametrize("build,match", [
-    (lambda: SequenceModel(V, V, d_model=8, n_layers=1, layer=dict(kernel="sgconv", l_max=32, kernel_dim=4),
-                           pool=None, encoder="embedding"), "layer 0 \\(kernel 'sgconv'\\) has none"),
-    (lambda: SequenceModel(V, V, d_model=8, n_layers=1, layer=dict(bidirectional=True), pool=None, encoder="embedding"),
-     "bidirectional layer sees the future"),
-    (lambda: SequenceModel(V, V, d_model=8, n_layers=1, layer=dict(kernel="dlr", d_state=8, max_kernel_length=4),
+    (lambda: SequenceModel(V, V, d_model=8, n_layers=1, mixer=dict(name="sgconv", l_max=32, kernel_dim=4),
+                           pool=None, encoder="embedding"), "layer 0 \\(mixer 'sgconv'\\) has none"),
+    (lambda: SequenceModel(V, V, d_model=8, n_layers=1, mixer=dict(name="s4d", bidirectional=True), pool=None, encoder="embedding"),
+     "bidirectional mixer sees the future"),
+    (lambda: SequenceModel(V, V, d_model=8, n_layers=1, mixer=dict(name="dlr", d_state=8, max_kernel_length=4),
                            pool=None, encoder="embedding"), "max_kernel_length=4 cuts the kernel"),
     (lambda: SequenceModel(V, 3, d_model=8, n_layers=1, pool="mean", encoder="embedding"), "classification model"),
 ])
@@ -154,7 +155,7 @@ def test_a_failing_compile_falls_back_to_the_eager_step_with_a_warning(monkeypat
 def test_the_compiled_step_generates_what_the_eager_step_does():
     """compile='aot' (AOTInductor, ~10-50 s to compile): S4D's real-arithmetic states, same greedy tokens."""
     torch.manual_seed(0)
-    model = SequenceModel(V, V, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None, encoder="embedding").eval()
+    model = SequenceModel(V, V, d_model=8, n_layers=2, mixer=dict(name="s4d", d_state=8), pool=None, encoder="embedding").eval()
     eager = generate(model, prompt(), 30, temperature=0, keep_scores=True, compile="none")
     fast = generate(model, prompt(), 30, temperature=0, keep_scores=True, compile="aot")
     assert fast.step == "aot", fast.step_note

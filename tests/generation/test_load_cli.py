@@ -10,11 +10,12 @@ from tasks.test_images import write_mnist  # tests/tasks (tests/ is on sys.path)
 from typer.testing import CliRunner
 
 import ssmkit
+import ssmkit.runs.evaluate
 from ssmkit.cli import app
 from ssmkit.errors import UserError
 from ssmkit.tasks.lm import write_synthetic_corpus
 
-MODEL = {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}}
+MODEL = {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}}
 
 
 def train_run(root, name: str, task: dict, model: dict = MODEL):
@@ -40,9 +41,9 @@ def runs(tmp_path_factory):
     return {
         "root": root,
         "lm": train_run(root, "lm", lm),
-        "lm-sgconv": train_run(root, "lm-sgconv", lm, {**MODEL, "layer": {"kernel": "sgconv", "l_max": 16, "kernel_dim": 4}}),
+        "lm-sgconv": train_run(root, "lm-sgconv", lm, {**MODEL, "mixer": {"name": "sgconv", "l_max": 16, "kernel_dim": 4}}),
         "density": train_run(root, "density", {"name": "mnist-density", "data_dir": str(root / "data"), "val_fraction": 0.5}),
-        "shift": train_run(root, "shift", {"name": "shift", "L": 16, "samples_per_epoch": 8, "val_samples": 4}),
+        "shift": train_run(root, "shift", {"name": "shift", "seq_len": 16, "samples_per_epoch": 8, "val_samples": 4}),
     }
 
 
@@ -67,10 +68,10 @@ def test_load_gives_the_trained_model_in_eval_mode(runs):
 
 
 def test_eval_loads_through_load(runs, monkeypatch):
-    load_module = sys.modules["ssmkit.generation.load"]  # (ssmkit.generation.load is also the function)
     calls = []
-    real = load_module.load
-    monkeypatch.setattr(load_module, "load", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    real = ssmkit.runs.evaluate.load  # ssmkit eval (evaluate_run) reads the run through ssmkit.load
+    assert real is ssmkit.load
+    monkeypatch.setattr(ssmkit.runs.evaluate, "load", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     result = invoke("eval", runs["lm"])
     assert result.exit_code == 0, result.output
     assert calls and calls[0][1].get("check_data") is True
@@ -90,7 +91,7 @@ def test_generate_greedy_text_equals_the_library(runs):
     result = invoke("generate", runs["lm"], "--prompt", "The river of", "--max-new-tokens", "8", "--temperature", "0")
     assert result.exit_code == 0, result.output
     run = ssmkit.load(runs["lm"])
-    g = run.model.generate(run.task.encode("The river of"), 8, temperature=0)
+    g = ssmkit.generate(run.model, run.task.encode("The river of"), 8, temperature=0)
     assert result.stdout.rstrip("\n") == run.task.decode(g.tokens[0])
 
 
@@ -128,7 +129,7 @@ def one_line_exit_2(result, fragment: str):
 @pytest.mark.parametrize("key,args,fragment", [
     ("shift", [], "predicts labels, not sequences"),
     ("lm", ["--prompt", "The zebra"], "not in the training vocabulary"),
-    ("lm-sgconv", ["--prompt", "The old river " * 6], "(kernel 'sgconv') has none"),  # 18+ words > seq_len 16
+    ("lm-sgconv", ["--prompt", "The old river " * 6], "(mixer 'sgconv') has none"),  # 18+ words > seq_len 16
     ("density", ["--prompt", "x"], "takes no text prompt"),
     ("lm", ["--prompt", "a", "--prompt-file", "f"], "not both"),
     ("lm", ["--prompt-file", "{root}/nope.txt"], "No such file"),

@@ -36,12 +36,12 @@ def test_chunks_of_random_sizes_equal_the_full_forward(kernel, backbone):
     sizes = random_chunks(L, seed=len(kernel))
     assert 1 in sizes and max(sizes) > 8
     torch.testing.assert_close(feed(Stream(model), x, sizes), full, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(feed(model.stream(), x, [1] * L), full, rtol=1e-9, atol=1e-9)  # all steps
+    torch.testing.assert_close(feed(Stream(model), x, [1] * L), full, rtol=1e-9, atol=1e-9)  # all steps
 
 
 def test_features_stream_too_and_reset_starts_over():
     torch.manual_seed(0)
-    model = SequenceModel(3, 2, d_model=8, n_layers=2, layer=dict(d_state=8), pool=None).double().eval()
+    model = SequenceModel(3, 2, d_model=8, n_layers=2, mixer=dict(name="s4d", d_state=8), pool=None).double().eval()
     x = torch.randn(4, 30, 3, dtype=torch.float64)
     stream = Stream(model)
     torch.testing.assert_close(feed(stream, x, [7, 1, 22]), model(x), rtol=1e-9, atol=1e-9)
@@ -53,12 +53,12 @@ def test_features_stream_too_and_reset_starts_over():
     torch.testing.assert_close(feed(stream, x[:1], [5, 25]), model(x[:1]), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("layer,match", [
-    (dict(kernel="sgconv", l_max=32, kernel_dim=4), "kernel 'sgconv'"),
-    (dict(kernel="s4d", bidirectional=True), "bidirectional layer sees the future"),
+@pytest.mark.parametrize("mixer,match", [
+    (dict(name="sgconv", l_max=32, kernel_dim=4), "mixer 'sgconv'"),
+    (dict(name="s4d", bidirectional=True), "bidirectional mixer sees the future"),
 ])
-def test_layers_without_a_recurrence_cannot_stream(layer, match):
-    model = SequenceModel(V, V, d_model=8, n_layers=1, layer=layer, pool=None, encoder="embedding")
+def test_mixers_without_a_recurrence_cannot_stream(mixer, match):
+    model = SequenceModel(V, V, d_model=8, n_layers=1, mixer=mixer, pool=None, encoder="embedding")
     with pytest.raises(UserError, match=match) as e:
         Stream(model)
     assert str(e.value).startswith("streaming needs a recurrent step") and "\n" not in str(e.value)
@@ -66,4 +66,4 @@ def test_layers_without_a_recurrence_cannot_stream(layer, match):
 
 def test_a_pooling_model_cannot_stream():
     with pytest.raises(UserError, match="classification model"):
-        SequenceModel(V, 3, d_model=8, n_layers=1, pool="last", encoder="embedding").stream()
+        Stream(SequenceModel(V, 3, d_model=8, n_layers=1, pool="last", encoder="embedding"))

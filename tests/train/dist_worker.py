@@ -20,8 +20,8 @@ out = Path(sys.argv[1])
 def recipe(max_steps: int):
     return validate({
         "name": "dist",
-        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 64, "val_samples": 37},
-        "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1, "layer": {"kernel": "s4d", "d_state": 8}},
+        "task": {"name": "cumsum", "seq_len": 16, "samples_per_epoch": 64, "val_samples": 37},
+        "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1, "mixer": {"name": "s4d", "d_state": 8}},
         "optimizer": {"lr": 1e-2},
         "scheduler": {"name": "constant", "warmup_steps": 20},  # the same lr whatever max_steps
         "train": {"epochs": 3, "max_steps": max_steps, "batch_size": 4, "eval_batch_size": 8, "eval_every": 4,

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ssmkit.cli import app
-from ssmkit.train.rundir import read_metrics
+from ssmkit.runs.rundir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^step (\d+)/(\d+) \((\d+)%\) epoch (\d+) \| loss ([0-9.e+-]+) \| lr ([0-9.e+-]+) \| ([0-9,]+) tok/s \| "
@@ -23,8 +23,8 @@ def recipe(tmp_path, **train) -> dict:
     return {
         # a long run name and path, so a wrapped line would show
         "name": "a-run-name-long-enough-that-an-80-column-console-would-have-to-wrap-every-line-of-it",
-        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 64, "val_samples": 16},
-        "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 8}},
+        "task": {"name": "cumsum", "seq_len": 16, "samples_per_epoch": 64, "val_samples": 16},
+        "model": {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 8}},
         "optimizer": {"lr": 1e-2},
         "train": {"max_steps": 12, "batch_size": 8, "eval_every": 6, "log_every": 3, "runs_dir": str(tmp_path / "runs"),
                   **train},

@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = """\
 name: slow
-task: {name: shift, L: 64, samples_per_epoch: 100000, val_samples: 8}
-model: {d_model: 8, n_layers: 1, layer: {kernel: s4d, d_state: 4}}
+task: {name: shift, seq_len: 64, samples_per_epoch: 100000, val_samples: 8}
+model: {d_model: 8, n_layers: 1, mixer: {name: s4d, d_state: 4}}
 train: {batch_size: 4, epochs: 1, log_every: 1, save_every: 2, runs_dir: runs}
 """
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from ssmkit.cli import app
-from ssmkit.train.checkpoint import find_checkpoint, load_checkpoint
-from ssmkit.train.rundir import read_metrics
+from ssmkit.runs.checkpoint import find_checkpoint, load_checkpoint
+from ssmkit.runs.rundir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT)}
@@ -52,7 +52,7 @@ def test_two_processes_train_resume_and_evaluate_in_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["half", "straight"]
     steps = [r["step"] for r in read_metrics(straight) if r["loss"] is not None]
     assert steps == list(range(1, 13))
-    assert len(load_checkpoint(find_checkpoint(straight))["rng_by_rank"]) == 2
+    assert len(load_checkpoint(find_checkpoint(straight)).state.rng_by_rank) == 2
 
     # resume the 2-process half run in a new 2-process launch: it continues exactly (mid-epoch, dropout)
     resume = [sys.executable, "-m", "ssmkit", "train", "--resume", str(half), "--processes", "2", "train.max_steps=12"]
@@ -76,11 +76,11 @@ def test_two_processes_train_resume_and_evaluate_in_one(tmp_path):
 def test_processes_refuses_bad_recipes_and_nested_launches(tmp_path, monkeypatch):
     """The recipe is validated before any process starts; --processes inside torchrun is refused."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text("task: {name: cumsum, L: 16}\ntrain: {batch_sise: 4}\n")
+    bad.write_text("task: {name: cumsum, seq_len: 16}\ntrain: {batch_sise: 4}\n")
     out = CliRunner().invoke(app, ["train", str(bad), "--processes", "2"])
     assert out.exit_code == 2 and "unknown key train.batch_sise" in out.output and "batch_size" in out.output
     good = tmp_path / "good.yaml"
-    good.write_text("task: {name: cumsum, L: 16}\n")
+    good.write_text("task: {name: cumsum, seq_len: 16}\n")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     out = CliRunner().invoke(app, ["train", str(good), "--processes", "2"])

@@ -5,16 +5,16 @@ from safetensors.torch import load_file
 
 from ssmkit.ops import cache
 from ssmkit.recipe import validate
+from ssmkit.runs.checkpoint import find_checkpoint
 from ssmkit.train import loop
-from ssmkit.train.checkpoint import find_checkpoint
 from ssmkit.train.loop import train
 
 
 def recipe(tmp_path) -> dict:
     return {
         "name": "accum",
-        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 64, "val_samples": 8},
-        "model": {"d_model": 8, "n_layers": 2, "layer": {"kernel": "s4d", "d_state": 4}},
+        "task": {"name": "cumsum", "seq_len": 16, "samples_per_epoch": 64, "val_samples": 8},
+        "model": {"d_model": 8, "n_layers": 2, "mixer": {"name": "s4d", "d_state": 4}},
         # SGD: the weights then differ by the gradients' rounding only. Adam divides by sqrt(v) + 1e-8, so a
         # gradient entry near zero turns float-order noise into a visible update (2.6e-5 on A_real).
         "optimizer": {"name": "sgd", "lr": 1e-2},

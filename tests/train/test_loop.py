@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from ssmkit.cli import app
 from ssmkit.recipe import validate
-from ssmkit.train.checkpoint import find_checkpoint, load_checkpoint
+from ssmkit.runs.checkpoint import find_checkpoint, load_checkpoint
+from ssmkit.runs.rundir import read_metrics
 from ssmkit.train.loop import train
-from ssmkit.train.rundir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny(tmp_path, task="cumsum", **train_options) -> dict:
     return {
         "name": "tiny",
-        "task": {"name": task, "L": 16, "samples_per_epoch": 64, "val_samples": 24},
-        "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1, "layer": {"kernel": "s4d", "d_state": 8, "lr": 1e-3}},
+        "task": {"name": task, "seq_len": 16, "samples_per_epoch": 64, "val_samples": 24},
+        "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1, "mixer": {"name": "s4d", "d_state": 8, "lr": 1e-3}},
         "optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.01},
         "scheduler": {"name": "constant", "warmup_steps": 15},
         "train": {"epochs": 3, "batch_size": 8, "eval_every": 5, "log_every": 1, "grad_clip": 1.0,
@@ -48,8 +48,8 @@ def test_s4d_learns_shift(tmp_path):
     """S4D reaches R^2 >= 0.99 on shift at L=32 in a few hundred steps."""
     recipe = validate({
         "name": "shift-small",
-        "task": {"name": "shift", "L": 32, "samples_per_epoch": 32 * 600, "val_samples": 256},
-        "model": {"d_model": 32, "n_layers": 2, "layer": {"kernel": "s4d", "d_state": 64, "lr": 1e-3}},
+        "task": {"name": "shift", "seq_len": 32, "samples_per_epoch": 32 * 600, "val_samples": 256},
+        "model": {"d_model": 32, "n_layers": 2, "mixer": {"name": "s4d", "d_state": 64, "lr": 1e-3}},
         "optimizer": {"name": "adamw", "lr": 4e-3},
         "train": {"epochs": 1, "batch_size": 32, "eval_every": 300, "log_every": 100, "runs_dir": str(tmp_path)},
     })
@@ -86,18 +86,19 @@ def test_resume_continues_exactly_and_eval_reproduces(tmp_path):
 
 def test_gpu_generator_state_is_saved_and_restored(tmp_path, monkeypatch):
     """Dropout on a GPU draws from the device generator: a checkpoint keeps it and resume puts it back.
-    (No GPU here: the device boundary, ssmkit.train.checkpoint.device_rng_state/set_device_rng_state, is faked.)"""
+    (No GPU here: the device boundary, ssmkit.runs.checkpoint.device_rng_state/set_device_rng_state, is faked.)"""
+    import ssmkit.runs.checkpoint as checkpoint
     import ssmkit.train.loop as loop
 
     generator = {"state": torch.tensor([7, 7, 7], dtype=torch.uint8)}
-    monkeypatch.setattr(loop, "device_rng_state", lambda device: generator["state"].clone())
-    monkeypatch.setattr(loop, "set_device_rng_state", lambda device, state: generator.update(state=state))
+    monkeypatch.setattr(loop, "device_rng_state", lambda device: generator["state"].clone())  # saved by the loop
+    monkeypatch.setattr(checkpoint, "set_device_rng_state", lambda device, state: generator.update(state=state))
     first = train(validate(tiny(tmp_path, max_steps=4)))
     saved = load_checkpoint(find_checkpoint(first["run_dir"]))
-    assert [t.tolist() for t in saved["device_rng_by_rank"]] == [[7, 7, 7]]
+    assert [t.tolist() for t in saved.state.device_rng_by_rank] == [[7, 7, 7]]
     generator["state"] = torch.tensor([1, 2, 3], dtype=torch.uint8)  # the generator moved on since
     train(validate(tiny(tmp_path, max_steps=6)), resume=first["run_dir"])
-    assert load_checkpoint(find_checkpoint(first["run_dir"]))["state"]["step"] == 6
+    assert load_checkpoint(find_checkpoint(first["run_dir"])).state.step == 6
     assert generator["state"].tolist() == [7, 7, 7]  # resume restored the saved device state
 
 
@@ -130,7 +131,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     saved = load_checkpoint(find_checkpoint(run_dir))
-    assert saved["state"]["step"] == summary["step"] > 0
+    assert saved.state.step == summary["step"] > 0
     resumed = train(validate(tiny(tmp_path, max_steps=summary["step"] + 3, eval_every=0, epochs=1000)), resume=run_dir)
     assert resumed["step"] == summary["step"] + 3
 
@@ -143,7 +144,7 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path):
     proc.communicate(timeout=60)
     ckpt = find_checkpoint(run_dir)
     saved = load_checkpoint(ckpt)
-    step = saved["state"]["step"]
+    step = saved.state.step
     assert step >= 1 and ckpt.name == f"step-{step:08d}"
     assert not any(p.name.startswith(".tmp") and (p / "state.json").exists() is False and p == ckpt
                    for p in (run_dir / "checkpoints").iterdir())
@@ -154,7 +155,7 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path):
 
 def test_new_run_never_overwrites(tmp_path):
     from ssmkit.errors import UserError
-    from ssmkit.train.rundir import new_run_dir
+    from ssmkit.runs.rundir import new_run_dir
 
     a = new_run_dir(tmp_path, "x")
     (a / "file").write_text("keep")
@@ -166,7 +167,7 @@ def test_new_run_never_overwrites(tmp_path):
 
 def test_a_torn_metrics_line_from_a_killed_run_is_dropped(tmp_path):
     from ssmkit.errors import UserError
-    from ssmkit.train.rundir import truncate_metrics
+    from ssmkit.runs.rundir import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')

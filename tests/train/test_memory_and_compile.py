@@ -7,16 +7,16 @@ import torch
 from safetensors.torch import load_file
 
 from ssmkit.recipe import validate
+from ssmkit.runs.checkpoint import find_checkpoint
 from ssmkit.train import loop
-from ssmkit.train.checkpoint import find_checkpoint
 from ssmkit.train.loop import build_loop_model, forward, train
 
 
 def tiny(tmp_path, model=None, **train_options) -> dict:
     return {
         "name": "mem",
-        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 32, "val_samples": 8},
-        "model": {"d_model": 8, "n_layers": 2, "dropout": 0.1, "layer": {"kernel": "s4d", "d_state": 4}, **(model or {})},
+        "task": {"name": "cumsum", "seq_len": 16, "samples_per_epoch": 32, "val_samples": 8},
+        "model": {"d_model": 8, "n_layers": 2, "dropout": 0.1, "mixer": {"name": "s4d", "d_state": 4}, **(model or {})},
         "optimizer": {"lr": 1e-2},
         "train": {"batch_size": 8, "max_steps": 3, "log_every": 1, "runs_dir": str(tmp_path), **train_options},
     }
@@ -43,7 +43,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
 
 
 def test_max_kernel_length_trains(tmp_path):
-    summary = train(validate(tiny(tmp_path, {"layer": {"kernel": "s4d", "d_state": 4, "max_kernel_length": 4}})))
+    summary = train(validate(tiny(tmp_path, {"mixer": {"name": "s4d", "d_state": 4, "max_kernel_length": 4}})))
     assert summary["status"] == "finished" and summary["step"] == 3
 
 

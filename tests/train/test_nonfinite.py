@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from ssmkit.cli import app
 from ssmkit.recipe import validate
+from ssmkit.runs.checkpoint import load_torch_file
+from ssmkit.runs.rundir import read_metrics
 from ssmkit.tasks.synthetic import SyntheticDataset
-from ssmkit.train.checkpoint import load_torch_file
-from ssmkit.train.rundir import read_metrics
 
 POISONED = 5  # the index of the training sample that holds a NaN
 
@@ -23,8 +23,8 @@ POISONED = 5  # the index of the training sample that holds a NaN
 def recipe(tmp_path, **train) -> dict:
     return {
         "name": "nan",
-        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 64, "val_samples": 16},
-        "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 8}},
+        "task": {"name": "cumsum", "seq_len": 16, "samples_per_epoch": 64, "val_samples": 16},
+        "model": {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 8}},
         "optimizer": {"lr": 1e-2},
         "train": {"epochs": 2, "batch_size": 8, "eval_every": 2, "log_every": 1, "keep_checkpoints": 20,
                   "runs_dir": str(tmp_path / "runs"), **train},

@@ -1,5 +1,6 @@
 """Mixed precision that holds: under bf16 autocast, kernel generation, Cauchy/Vandermonde products and FFTs
-stay in float32/complex64 for every registered kernel; bf16 training of S4D on shift learns like float32."""
+stay in float32/complex64 for every registered mixer (and the S5/LRU recurrence); bf16 training of S4D on shift
+learns like float32."""
 import importlib
 import pkgutil
 
@@ -8,12 +9,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssmkit.mixers.kernels
-from ssmkit import KERNELS, SequenceLayer
+from ssmkit.mixers import MIXERS, build_mixer, mixer_parameters
+from ssmkit.mixers.conv import ConvMixer
+from ssmkit.mixers.mimo import DiagonalMIMO
 from ssmkit.recipe import validate
 from ssmkit.train.loop import train
 
 H, L = 4, 24
-SMALL = {"sgconv": dict(l_max=L, kernel_dim=4)}
+#: sizes that fit H and L (as tests/mixers/test_contract.py's); the other mixers run with their defaults
+SMALL = {"sgconv": dict(l_max=L, kernel_dim=4), "attn": dict(n_heads=2), "gla": dict(n_heads=1, chunk_size=8),
+         "gated_deltanet": dict(n_heads=1, chunk_size=8), "mamba2": dict(d_state=4, headdim=4, chunk_size=8)}
 LOW = {torch.bfloat16, torch.float16, torch.complex32}
 FFT_OPS = ("_fft_r2c", "_fft_c2r", "_fft_c2c")
 ENTRY_POINTS = ("cauchy", "log_vandermonde", "log_vandermonde_transpose")
@@ -61,35 +66,54 @@ def _patch_entry_points(monkeypatch, seen: list):
             monkeypatch.setattr(module, name, wrapped)
 
 
-@pytest.mark.parametrize("kernel", KERNELS.names())
+def _watch_core(mixer, rec, monkeypatch) -> bool:
+    """Marks the float32 core while it runs: a convolution mixer's kernel, S5/LRU's recurrence. False: the mixer
+    has no such core (attention, Mamba, ... legitimately run their projections in bf16)."""
+    if isinstance(mixer, ConvMixer):
+        mixer.kernel.register_forward_pre_hook(lambda *a: setattr(rec, "in_kernel", True))
+        mixer.kernel.register_forward_hook(lambda *a: setattr(rec, "in_kernel", False))
+        return True
+    if isinstance(mixer, DiagonalMIMO):
+        real = mixer.recurrence
+
+        def recurrence(*args, **kwargs):
+            rec.in_kernel = True
+            try:
+                return real(*args, **kwargs)
+            finally:
+                rec.in_kernel = False
+
+        monkeypatch.setattr(mixer, "recurrence", recurrence)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("name", MIXERS.names())
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_bf16_autocast_keeps_kernel_and_fft_in_float32(kernel, bidirectional, monkeypatch):
+def test_bf16_autocast_keeps_kernel_and_fft_in_float32(name, bidirectional, monkeypatch):
+    if bidirectional and "bidirectional" not in mixer_parameters(name):
+        pytest.skip(f"{name} is causal only (no bidirectional option)")
     torch.manual_seed(0)
-    layer = SequenceLayer(H, kernel=kernel, bidirectional=bidirectional, **SMALL.get(kernel, {}))
-    # mixers that promise a float32 core (S5, LRU) are checked whole; attention legitimately runs in bf16
-    core = layer.kernel if layer.kernel is not None else (layer.mixer if getattr(layer.mixer, "scan_in_float32", False) else None)
-    if core is None and bidirectional:
-        pytest.skip("token mixers (attention) have no bidirectional kernel to check")
+    options = {**SMALL.get(name, {}), **({"bidirectional": True} if bidirectional else {})}
+    mixer = build_mixer(H, {"name": name, **options})
     seen: list = []
     _patch_entry_points(monkeypatch, seen)
     rec = _Recorder()
-    if core is not None:
-        core.register_forward_pre_hook(lambda *a: setattr(rec, "in_kernel", True))
-        core.register_forward_hook(lambda *a: setattr(rec, "in_kernel", False))
+    has_core = _watch_core(mixer, rec, monkeypatch)
     x = torch.randn(2, H, L, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16), rec:
-        y = layer(x)
+        y = mixer(x)
         y.float().sum().backward()
     assert rec.any_low, "autocast did not run any op in bf16: the check would see nothing"
-    assert not rec.kernel_low, f"{kernel}: kernel generation ran in half precision: {rec.kernel_low[:5]}"
-    assert not rec.fft_low, f"{kernel}: FFT in half precision: {rec.fft_low[:5]}"
-    for name, dtypes in seen:
-        assert not set(dtypes) & LOW, f"{name} got {dtypes} under bf16 autocast"
-    if layer.kernel is not None:
-        assert rec.ffts >= 3  # rfft of u and k, irfft (forward), and their backward
-        assert layer.kernel(L)[0].dtype == torch.float32 or layer.kernel(L)[0].is_complex()
+    assert not rec.kernel_low, f"{name}: kernel generation / recurrence ran in half precision: {rec.kernel_low[:5]}"
+    assert not rec.fft_low, f"{name}: FFT in half precision: {rec.fft_low[:5]}"
+    for entry, dtypes in seen:
+        assert not set(dtypes) & LOW, f"{entry} got {dtypes} under bf16 autocast"
+    if isinstance(mixer, ConvMixer):
+        assert has_core and rec.ffts >= 3  # rfft of u and k, irfft (forward), and their backward
+        assert mixer.kernel(L)[0].dtype == torch.float32 or mixer.kernel(L)[0].is_complex()
     assert y.dtype in (torch.float32, torch.bfloat16) and torch.isfinite(y.float()).all()
-    assert all(p.grad is None or (p.grad.dtype == p.dtype and torch.isfinite(p.grad).all()) for p in layer.parameters())
+    assert all(p.grad is None or (p.grad.dtype == p.dtype and torch.isfinite(p.grad).all()) for p in mixer.parameters())
 
 
 @pytest.mark.parametrize("backend", ["torch", "extension"])
@@ -122,7 +146,7 @@ def test_bf16_autocast_keeps_the_selective_scan_in_float32(monkeypatch, backend)
 
         monkeypatch.setattr(ss.backends, "probe_extension", lambda *a, **k: ss.backends.Probe(True, "spy", Spy()))
     torch.manual_seed(0)
-    layer = SequenceLayer(H, kernel="mamba", output=None, backend=backend)
+    layer = build_mixer(H, {"name": "mamba", "backend": backend})
     x = torch.randn(2, H, L, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16), _Recorder() as rec:
         y = layer(x)
@@ -138,7 +162,7 @@ def test_fp16_without_gpu_is_refused(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: fp16 is allowed there")
-    recipe = validate({"name": "x", "task": {"name": "shift", "L": 8, "samples_per_epoch": 8},
+    recipe = validate({"name": "x", "task": {"name": "shift", "seq_len": 8, "samples_per_epoch": 8},
                        "model": {"d_model": 4, "n_layers": 1}, "train": {"mixed_precision": "fp16", "runs_dir": str(tmp_path)}})
     with pytest.raises(RecipeError, match="fp16 needs a GPU"):
         train(recipe)
@@ -147,8 +171,8 @@ def test_fp16_without_gpu_is_refused(tmp_path):
 def _shift(tmp_path, precision: str) -> dict:
     return train(validate({
         "name": f"shift-{precision}",
-        "task": {"name": "shift", "L": 16, "num_shifts": 4, "samples_per_epoch": 16 * 250, "val_samples": 128},
-        "model": {"d_model": 32, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 32, "lr": 1e-2}},
+        "task": {"name": "shift", "seq_len": 16, "num_shifts": 4, "samples_per_epoch": 16 * 250, "val_samples": 128},
+        "model": {"d_model": 32, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 32, "lr": 1e-2}},
         "optimizer": {"name": "adamw", "lr": 1e-2},
         "scheduler": {"name": "cosine"},
         "train": {"epochs": 1, "batch_size": 16, "log_every": 50, "seed": 0, "mixed_precision": precision,

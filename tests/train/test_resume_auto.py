@@ -10,15 +10,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from ssmkit.cli import app
-from ssmkit.train.checkpoint import find_checkpoint
-from ssmkit.train.rundir import read_metrics
+from ssmkit.runs.checkpoint import find_checkpoint
+from ssmkit.runs.rundir import read_metrics
 
 
 def recipe(tmp_path, **train) -> dict:
     return {
         "name": "auto",
-        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 64, "val_samples": 16},
-        "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1, "layer": {"kernel": "s4d", "d_state": 8}},
+        "task": {"name": "cumsum", "seq_len": 16, "samples_per_epoch": 64, "val_samples": 16},
+        "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1, "mixer": {"name": "s4d", "d_state": 8}},
         "optimizer": {"lr": 1e-2},
         "scheduler": {"name": "cosine", "warmup_steps": 2},
         "train": {"max_steps": 12, "batch_size": 8, "eval_every": 4, "save_every": 1, "keep_checkpoints": 20,

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-import ssmkit.train.rundir as rundir
+import ssmkit.runs.rundir as rundir
 from ssmkit.errors import UserError
 from ssmkit.recipe import validate
-from ssmkit.train.rundir import append_metrics, read_metrics, read_summary, truncate_metrics, write_summary
+from ssmkit.runs.rundir import append_metrics, read_metrics, read_summary, truncate_metrics, write_summary
 
 
 def train_record(step: int) -> dict:
@@ -103,8 +103,8 @@ def test_a_full_or_read_only_disk_is_one_line(tmp_path, monkeypatch, code, fragm
 def tiny(tmp_path, **train) -> dict:
     return {
         "name": "tiny",
-        "task": {"name": "cumsum", "L": 8, "samples_per_epoch": 32, "val_samples": 8},
-        "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+        "task": {"name": "cumsum", "seq_len": 8, "samples_per_epoch": 32, "val_samples": 8},
+        "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
         "optimizer": {"name": "adamw", "lr": 1e-2},
         "train": {"epochs": 100, "batch_size": 8, "eval_every": 3, "log_every": 1, "runs_dir": str(tmp_path / "runs"),
                   **train},

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ssmkit.recipe import validate
+from ssmkit.runs.rundir import read_metrics
 from ssmkit.train.loop import train
 from ssmkit.train.optim import lr_factor
-from ssmkit.train.rundir import read_metrics
 
 
 def test_warmup_is_linear_then_cosine_reaches_the_floor():
@@ -38,8 +38,8 @@ def test_epoch_interval_equals_cosine_annealing_stepped_per_epoch():
 def test_training_logs_an_lr_that_moves_once_per_epoch(tmp_path):
     recipe = validate({
         "name": "sched",
-        "task": {"name": "cumsum", "L": 8, "samples_per_epoch": 32, "val_samples": 8},
-        "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+        "task": {"name": "cumsum", "seq_len": 8, "samples_per_epoch": 32, "val_samples": 8},
+        "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
         "optimizer": {"lr": 1e-2},
         "scheduler": {"name": "cosine", "interval": "epoch"},
         "train": {"epochs": 3, "batch_size": 8, "log_every": 1, "runs_dir": str(tmp_path)},

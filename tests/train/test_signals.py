@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssmkit.train.checkpoint import find_checkpoint, load_checkpoint
+from ssmkit.runs.checkpoint import find_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def recipe(**train) -> dict:
     return {
         "name": "sig",
-        "task": {"name": "cumsum", "L": 16, "samples_per_epoch": 64, "val_samples": 24},
-        "model": {"d_model": 8, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 8}},
+        "task": {"name": "cumsum", "seq_len": 16, "samples_per_epoch": 64, "val_samples": 24},
+        "model": {"d_model": 8, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 8}},
         "train": {"max_steps": 100_000, "epochs": 1000, "batch_size": 8, "eval_every": 0, "log_every": 1,
                   "runs_dir": "runs", **train},
     }
@@ -56,14 +56,14 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
     assert f"stopped by {name} at step" in out and "Continue with: ssmkit train --resume run" in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == name
-    assert load_checkpoint(find_checkpoint(tmp_path / "run"))["state"]["step"] == summary["step"] > 0
+    assert load_checkpoint(find_checkpoint(tmp_path / "run")).state.step == summary["step"] > 0
 
 
 def test_sigterm_during_a_long_evaluation_stops_within_seconds(tmp_path):
     # an evaluation of 2,000,000 samples in batches of 8 takes many minutes; it starts right after step 2
     data = recipe(eval_every=2, eval_batch_size=8)
     data["task"]["val_samples"] = 2_000_000
-    data["task"]["L"] = 256
+    data["task"]["seq_len"] = 256
     proc = start(tmp_path, data, "--run-dir", "run")
     metrics = tmp_path / "run" / "metrics.jsonl"
     wait_for(metrics, proc)
@@ -79,7 +79,7 @@ def test_sigterm_during_a_long_evaluation_stops_within_seconds(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["step"] == 2 and summary["final"] == {}
     saved = load_checkpoint(find_checkpoint(tmp_path / "run"))
-    assert saved["state"]["step"] == 2 and saved["state"]["metric"] is None  # no metric from half an evaluation
+    assert saved.state.step == 2 and saved.state.metric is None  # no metric from half an evaluation
     assert not (tmp_path / "run" / "checkpoints" / "best").exists()
 
 
@@ -112,7 +112,7 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path, monkeypatch):
     assert lines[0] == ("error: stopped at once by a second Ctrl-C at step 2, without saving; continue from the last "
                         f"checkpoint with: ssmkit train --resume {tmp_path / 'run'}")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "aborted"
-    assert load_checkpoint(find_checkpoint(tmp_path / "run"))["state"]["step"] == 2  # step 3 was never saved
+    assert load_checkpoint(find_checkpoint(tmp_path / "run")).state.step == 2  # step 3 was never saved
 
 
 @pytest.mark.distributed
@@ -128,7 +128,7 @@ def test_ctrl_c_on_the_processes_launcher(tmp_path):
     assert "Continue with: ssmkit train --resume run --processes 2" in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["processes"] == 2
-    assert load_checkpoint(find_checkpoint(tmp_path / "run"))["state"]["step"] == summary["step"]
+    assert load_checkpoint(find_checkpoint(tmp_path / "run")).state.step == summary["step"]
 
 
 def test_the_resume_hint_is_one_whole_line_on_a_narrow_pipe(tmp_path, monkeypatch):
@@ -155,7 +155,7 @@ def test_the_resume_hint_is_one_whole_line_on_a_narrow_pipe(tmp_path, monkeypatc
 
     fake = SimpleNamespace(status="interrupted", _check_weights=lambda: None, checkpoint=lambda: None,
                            stop=SimpleNamespace(name="SIGTERM"), progress=Progress(True, 10, 3, console),
-                           step=3, run_path=run, signal=None)
+                           state=SimpleNamespace(step=3), run_path=run, signal=None)
     _Run._finish(fake, stop_at=10)  # the loop's stop note
     _train_summary(console, {"final": {"val/loss": 1.0}, "main_metric": "loss", "status": "interrupted",
                              "run_dir": str(run), "step": 3, "time_s": 1.0})

@@ -1,4 +1,4 @@
-"""The loop's task hooks: padded lengths reach the model's pooling; ``task.rate`` reaches every layer
+"""The loop's task hooks: padded lengths reach the model's pooling; ``task.rate`` reaches every mixer's forward
 (zero-shot resolution change in ``ssmkit eval``). AAN's ``wrap_model`` is exercised in
 tests/tasks/test_train_tasks.py (two steps through ``ssmkit train``)."""
 import json
@@ -9,7 +9,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+import ssmkit.runs.evaluate
 from ssmkit.cli import app
+from ssmkit.mixers import Mixer
 from ssmkit.models import SequenceModel
 from ssmkit.recipe import validate
 from ssmkit.tasks.speech import SC10_WORDS
@@ -20,8 +22,8 @@ from ssmkit.train.loop import build_loop_model, forward
 def test_padding_does_not_change_a_mean_pooled_prediction():
     """listops pads with id 0: through the loop's forward helper, extra padding leaves the output unchanged
     (causal layers: positions before the padding do not see it; masked mean pooling ignores it)."""
-    recipe = validate({"name": "p", "task": {"name": "listops", "l_max": 12},
-                       "model": {"d_model": 8, "n_layers": 2, "layer": {"kernel": "s4d", "d_state": 4}}})
+    recipe = validate({"name": "p", "task": {"name": "listops", "seq_len": 12},
+                       "model": {"d_model": 8, "n_layers": 2, "mixer": {"name": "s4d", "d_state": 4}}})
     task = loop.build_task(recipe)
     torch.manual_seed(0)
     model = build_loop_model(recipe, task).eval()
@@ -56,7 +58,7 @@ def test_zero_shot_eval_at_8khz_sets_rate_2(tmp_path, monkeypatch):
     monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "data"))
     _write_wavs(tmp_path / "data")
     recipe = {"name": "sc", "task": {"name": "sc10"},
-              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+              "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"batch_size": 5, "runs_dir": str(tmp_path / "runs"), "log_every": 1}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -65,14 +67,20 @@ def test_zero_shot_eval_at_8khz_sets_rate_2(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
 
     seen = []
-    real_evaluate = loop.evaluate
+    real_evaluate = ssmkit.runs.evaluate.evaluate
 
-    def spy(model, loader, task, accelerator):
-        net = accelerator.unwrap_model(model)
-        seen.append(([layer.rate for layer in net.layers], next(iter(loader))[0].shape))
-        return real_evaluate(model, loader, task, accelerator)
+    def spy(model, loader, task, accelerator):  # the rates every mixer's forward got during the evaluation
+        rates = []
+        hooks = [m.register_forward_pre_hook(lambda mod, args, kwargs: rates.append(kwargs["rate"]), with_kwargs=True)
+                 for m in accelerator.unwrap_model(model).modules() if isinstance(m, Mixer)]
+        try:
+            return real_evaluate(model, loader, task, accelerator)
+        finally:
+            seen.append((sorted(set(rates)), next(iter(loader))[0].shape))
+            for hook in hooks:
+                hook.remove()
 
-    monkeypatch.setattr(loop, "evaluate", spy)
+    monkeypatch.setattr(ssmkit.runs.evaluate, "evaluate", spy)
     out = {}
     for rate in (16000, 8000):
         result = CliRunner().invoke(app, ["eval", str(run), f"task.sample_rate={rate}"])
@@ -88,14 +96,19 @@ def test_zero_shot_eval_at_8khz_sets_rate_2(tmp_path, monkeypatch):
 
 def test_wrapped_model_rate_reaches_the_backbone():
     """A task with both wrap_model and rate: the rate is set on the SequenceModel inside the wrapper."""
-    recipe = validate({"name": "w", "task": {"name": "aan", "l_max": 8},
-                       "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}}})
+    recipe = validate({"name": "w", "task": {"name": "aan", "seq_len": 8},
+                       "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}}})
     task = loop.build_task(recipe)
     task.rate = 4.0
     model = build_loop_model(recipe, task)
     backbone = [m for m in model.modules() if isinstance(m, SequenceModel)]
     assert len(backbone) == 1 and model is not backbone[0]
-    assert [layer.rate for layer in backbone[0].layers] == [4.0]
+    assert backbone[0].rate == 4.0
+    rates = []
+    for m in backbone[0].modules():
+        if isinstance(m, Mixer):
+            m.register_forward_pre_hook(lambda mod, args, kwargs: rates.append(kwargs["rate"]), with_kwargs=True)
     x = torch.randint(1, 257, (3, 2, 8))
     x[:, :, 6:] = 0
     assert forward(model, task, x).shape == (3, 2)
+    assert rates and set(rates) == {4.0}  # both towers' mixers ran at the task's rate

@@ -1,5 +1,5 @@
 """Run directories: ``runs/<name>/`` with recipe.yaml, metrics.jsonl, checkpoints/, summary.json (and ``.lock``,
-``ssmkit/train/lock.py``).
+``ssmkit/runs/lock.py``).
 
 Resuming leaves the records as one uninterrupted run would have written them: ``truncate_metrics`` drops what a
 killed run logged after its checkpoint, ``append_metrics`` never writes a second training or evaluation record

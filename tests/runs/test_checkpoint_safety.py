@@ -1,5 +1,5 @@
 """Checkpoints survive a kill at every instant of a save, stay inside their run directory, and a full or
-read-only disk is one line with the previous checkpoint intact (ssmkit/train/checkpoint.py)."""
+read-only disk is one line with the previous checkpoint intact (ssmkit/runs/checkpoint.py)."""
 import errno
 import json
 import os
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import ssmkit.train.checkpoint as ck
+import ssmkit.runs.checkpoint as ck
 from ssmkit.errors import UserError
-from ssmkit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from ssmkit.runs.checkpoint import LoopState, find_checkpoint, load_checkpoint, save_checkpoint
 
 
 class Killed(BaseException):
@@ -47,7 +47,7 @@ def weights(tag: float) -> dict:
 
 
 def save(run: Path, step: int, tag: float, best: bool, keep: int = 1) -> Path:
-    state = {"step": step, "epoch": 0, "batch_in_epoch": step, "scheduler": {}, "tag": tag, "metric": tag}
+    state = LoopState(step=step, batch_in_epoch=step, metric=tag)  # the metric tags which save wrote the files
     optimizer = {"state": {}, "param_groups": [{"lr": tag, "params": []}]}
     return save_checkpoint(run, weights(tag), optimizer, state, f"name: r{tag}\n", best=best, keep=keep)
 
@@ -56,10 +56,10 @@ def loaded(run: Path, which: str) -> tuple[int, float]:
     """(step, tag) of the run's ``which`` checkpoint, after checking every file of it loads and agrees."""
     ckpt = find_checkpoint(run, which)
     saved = load_checkpoint(ckpt)
-    tag = saved["state"]["tag"]
-    assert all(torch.equal(saved["model"][k], v) for k, v in weights(tag).items())
-    assert saved["optimizer"]["param_groups"][0]["lr"] == tag and saved["recipe_yaml"] == f"name: r{tag}\n"
-    return saved["state"]["step"], tag
+    tag = saved.state.metric
+    assert all(torch.equal(saved.weights[k], v) for k, v in weights(tag).items())
+    assert saved.optimizer["param_groups"][0]["lr"] == tag and saved.recipe_yaml == f"name: r{tag}\n"
+    return saved.state.step, tag
 
 
 # (name, checkpoints before: (step, tag, best), the save under test: (step, tag, best))
@@ -231,10 +231,10 @@ def test_a_full_disk_during_training_is_one_line_and_the_run_continues_later(tmp
     from typer.testing import CliRunner
 
     from ssmkit.cli import app
-    from ssmkit.train.lock import is_locked
+    from ssmkit.runs.lock import is_locked
 
-    recipe = {"name": "tiny", "task": {"name": "cumsum", "L": 8, "samples_per_epoch": 16, "val_samples": 8},
-              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+    recipe = {"name": "tiny", "task": {"name": "cumsum", "seq_len": 8, "samples_per_epoch": 16, "val_samples": 8},
+              "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"epochs": 2, "batch_size": 8, "log_every": 1, "runs_dir": str(tmp_path / "runs")}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     real, calls = ck.save_file, []
@@ -251,11 +251,11 @@ def test_a_full_disk_during_training_is_one_line_and_the_run_continues_later(tmp
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
     assert "disk is full" in lines[0] and "previous checkpoint is intact" in lines[0]
-    assert load_checkpoint(find_checkpoint(run))["state"]["step"] == 2 and is_locked(run) is None
+    assert load_checkpoint(find_checkpoint(run)).state.step == 2 and is_locked(run) is None
     monkeypatch.undo()
     resumed = CliRunner().invoke(app, ["train", "--resume", str(run)])
     assert resumed.exit_code == 0, resumed.output
-    assert load_checkpoint(find_checkpoint(run))["state"]["step"] == 4
+    assert load_checkpoint(find_checkpoint(run)).state.step == 4
 
     # a malformed pointer or summary.json: one line, exit 2, no traceback
     def one_line(args, fragment):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ssmkit.errors import UserError
-from ssmkit.train.lock import RunLock, hold_run_lock, is_locked, releases_run_locks
+from ssmkit.runs.lock import RunLock, hold_run_lock, is_locked, releases_run_locks
 
 
 def _hold(run_dir, held) -> None:
@@ -95,8 +95,8 @@ def tiny_run(tmp_path):
 
     from ssmkit.cli import app
 
-    recipe = {"name": "tiny", "task": {"name": "cumsum", "L": 8, "samples_per_epoch": 16, "val_samples": 8},
-              "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+    recipe = {"name": "tiny", "task": {"name": "cumsum", "seq_len": 8, "samples_per_epoch": 16, "val_samples": 8},
+              "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
               "train": {"epochs": 1, "batch_size": 8, "log_every": 1, "runs_dir": str(tmp_path / "runs")}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(app, ["train", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run")])

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list
+
 from ssmkit.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -159,8 +161,6 @@ def hold_run_lock(run_dir: str | Path, accelerator=None) -> RunLock | None:
         except UserError as e:
             error = str(e)
     if accelerator is not None and accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
         error = broadcast_object_list([error])[0]
     if error is not None:
         raise UserError(error)

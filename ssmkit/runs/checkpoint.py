@@ -9,6 +9,10 @@ A checkpoint is a directory ``checkpoints/step-00001200/`` holding
 - ``state.json``: step, epoch, batches done in the epoch, best metric, scheduler state, Python/NumPy RNG,
 - ``recipe.yaml``: the resolved recipe.
 
+``state.json`` and ``rng.pt`` together are one :class:`LoopState`, the training loop's position, saved and read as
+one unit (``LoopState.to_json`` / :func:`load_checkpoint`); its keys are the ones every earlier ssmkit wrote, so
+old runs resume (``tests/runs/test_checkpoint_format.py`` reads ``tests/fixtures/legacy_v0``).
+
 The save sequence (:func:`save_checkpoint`), each file and directory fsynced before the next rename:
 
 1. every file is written into a fresh, uniquely named ``.tmp-XXXXXXXX/`` (``tempfile.mkdtemp``: a planted
@@ -21,7 +25,7 @@ The save sequence (:func:`save_checkpoint`), each file and directory fsynced bef
 
 A run killed at any instant leaves the old or the new checkpoint loadable: the loader ignores ``.tmp-*``, takes
 ``.old-step-N`` when ``step-N`` is missing or incomplete (:func:`find_checkpoint`), and the next save finishes or
-undoes an interrupted one (:func:`recover`). ``tests/train/test_checkpoint_safety.py`` kills the sequence at
+undoes an interrupted one (:func:`recover`). ``tests/runs/test_checkpoint_safety.py`` kills the sequence at
 every rename and delete.
 
 Every path read from a run directory stays in it: a pointer names a ``step-N`` folder of ``checkpoints/`` and
@@ -35,10 +39,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import random
 import re
 import shutil
 import tempfile
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +144,59 @@ def set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> No
         torch.cuda.set_rng_state(state, device)
 
 
+@dataclass
+class LoopState:
+    """Where a training run stands, checkpointed as one unit (``state.json`` plus the generator tensors in
+    ``rng.pt``): the loop reads it on resume and writes it at every checkpoint.
+
+    ``best``: the best main-metric value so far; ``metric``: the value of the evaluation that made this checkpoint
+    (None for a periodic or signal save); ``scheduler``: the schedule's ``state_dict``; ``processes``: how many
+    processes trained; ``rng``: the main process's Python and NumPy generators (JSON); ``rng_torch``: its torch CPU
+    generator; ``rng_by_rank`` / ``device_rng_by_rank``: every process's CPU and GPU (None on CPU) generators.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
+    metric: float | None = None
+    main_metric: str | None = None
+    scheduler: dict = field(default_factory=dict)
+    processes: int = 1
+    rng: dict = field(default_factory=dict)
+    rng_torch: torch.Tensor | None = None
+    rng_by_rank: list = field(default_factory=list)
+    device_rng_by_rank: list = field(default_factory=list)
+
+    #: the ``state.json`` keys, the same names every ssmkit version wrote (old runs stay readable)
+    JSON_KEYS = ("step", "epoch", "batch_in_epoch", "best", "metric", "main_metric", "scheduler", "processes", "rng")
+
+    def to_json(self) -> dict:
+        return {key: getattr(self, key) for key in self.JSON_KEYS}
+
+    @classmethod
+    def from_files(cls, state: dict, rng: dict | None = None) -> LoopState:
+        """From ``state.json`` (checked by :func:`read_state`) and ``rng.pt`` (None when not read: evaluation)."""
+        known = {key: state[key] for key in cls.JSON_KEYS if key in state}
+        if rng is None:
+            return cls(**known)
+        return cls(**known, rng_torch=rng["torch"], rng_by_rank=list(rng.get("by_rank") or []),
+                   device_rng_by_rank=list(rng.get("device_by_rank") or []))
+
+    def capture_rng(self, by_rank: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Records this (main) process's generators and every process's (CPU, device) pair, in rank order."""
+        self.rng, self.rng_torch = rng_state()
+        self.rng_by_rank = [pair[0] for pair in by_rank]
+        self.device_rng_by_rank = [pair[1] for pair in by_rank]
+
+    def restore_rng(self, rank: int, processes: int, device: torch.device) -> None:
+        """Each process continues its own streams; on another process count, all take the main one's (CPU)."""
+        same_layout = len(self.rng_by_rank) == processes
+        set_rng_state(self.rng, self.rng_by_rank[rank] if same_layout else self.rng_torch)
+        if same_layout and len(self.device_rng_by_rank) == processes:
+            set_device_rng_state(device, self.device_rng_by_rank[rank])
+
+
 def _save_error(e: OSError, where: Path, run_dir: Path) -> UserError:
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
@@ -157,20 +217,19 @@ def checkpoint_root(run_dir: str | Path, create: bool = False) -> Path:
     return root
 
 
-def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, state: dict, recipe_yaml: str,
-                    best: bool = False, keep: int = 1, rng_by_rank: list[torch.Tensor] | None = None,
-                    device_rng_by_rank: list[torch.Tensor | None] | None = None) -> Path:
+def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, state: LoopState, recipe_yaml: str,
+                    best: bool = False, keep: int = 1) -> Path:
     """Writes ``checkpoints/step-XXXXXXXX`` crash-safely, moves the pointers, prunes old step checkpoints.
 
-    ``rng_by_rank``: every process's torch CPU RNG state, ``device_rng_by_rank`` its GPU generator state
-    (None on CPU), so dropout continues exactly on each of them. A full or read-only disk is one UserError.
-    The caller holds the run's lock (``ssmkit/train/lock.py``): leftovers of interrupted saves are cleaned up."""
+    ``state``: the loop's position with every process's generators (:meth:`LoopState.capture_rng`), so dropout
+    continues exactly on each of them. A full or read-only disk is one UserError.
+    The caller holds the run's lock (``ssmkit/runs/lock.py``): leftovers of interrupted saves are cleaned up."""
     run_dir = Path(run_dir)
     try:
         ckpt_root = checkpoint_root(run_dir, create=True)
     except OSError as e:
         raise _save_error(e, run_dir, run_dir) from None
-    name = f"step-{state['step']:08d}"
+    name = f"step-{state.step:08d}"
     final, aside = ckpt_root / name, ckpt_root / f"{_ASIDE}{name}"
     try:
         recover(ckpt_root)
@@ -178,17 +237,7 @@ def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, sta
     except OSError as e:
         raise _save_error(e, ckpt_root, run_dir) from None
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state["step"])})
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        rng_json, rng_torch = rng_state()
-        torch.save({"torch": rng_torch, "by_rank": list(rng_by_rank or []),
-                    "device_by_rank": list(device_rng_by_rank or [])}, tmp / "rng.pt")
-        _fsync_write(tmp / "state.json", json.dumps({**state, "rng": rng_json}))
-        _fsync_write(tmp / "recipe.yaml", recipe_yaml)
-        for f in ("model.safetensors", "optimizer.pt", "rng.pt"):
-            _fsync_file(tmp / f)
-        _fsync_dir(tmp)
+        _write_files(tmp, model_state, optimizer_state, state, recipe_yaml)
     except OSError as e:
         _remove(tmp)
         raise _save_error(e, ckpt_root, run_dir) from None
@@ -206,7 +255,7 @@ def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, sta
         else:
             os.rename(tmp, final)
             _fsync_dir(ckpt_root)
-        pointer = {"checkpoint": name, "step": state["step"], "metric": state.get("metric")}
+        pointer = {"checkpoint": name, "step": state.step, "metric": state.metric}
         _replace_pointer(ckpt_root, "latest", pointer)
         if best:
             _replace_pointer(ckpt_root, "best", pointer)
@@ -218,6 +267,20 @@ def save_checkpoint(run_dir: Path, model_state: dict, optimizer_state: dict, sta
     except OSError:
         pass  # an old checkpoint left in place costs disk space, nothing else; the next save prunes again
     return final
+
+
+def _write_files(tmp: Path, model_state: dict, optimizer_state: dict, state: LoopState, recipe_yaml: str) -> None:
+    """Every checkpoint file into the fresh folder ``tmp``, each fsynced, then the folder."""
+    weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state.step)})
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save({"torch": state.rng_torch if state.rng_torch is not None else torch.get_rng_state(),
+                "by_rank": list(state.rng_by_rank), "device_by_rank": list(state.device_rng_by_rank)}, tmp / "rng.pt")
+    _fsync_write(tmp / "state.json", json.dumps(state.to_json()))
+    _fsync_write(tmp / "recipe.yaml", recipe_yaml)
+    for f in ("model.safetensors", "optimizer.pt", "rng.pt"):
+        _fsync_file(tmp / f)
+    _fsync_dir(tmp)
 
 
 def recover(ckpt_root: Path) -> None:
@@ -373,9 +436,6 @@ def _missing(path: Path) -> UserError:
 def load_torch_file(path: Path):
     """A ``torch.save`` file read with ``weights_only=True`` (tensors, numbers, containers; never code).
     A missing, corrupt or refused file is a :class:`UserError` naming the file and the reason."""
-    import pickle
-    import warnings
-
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols before it refuses them
             warnings.simplefilter("ignore")
@@ -436,17 +496,29 @@ def read_state(ckpt: Path, keys: dict[str, type] = STATE_KEYS) -> dict:
     return state
 
 
-def load_checkpoint(ckpt: Path, training_state: bool = True) -> dict:
+@dataclass
+class Checkpoint:
+    """A checkpoint as read by :func:`load_checkpoint`: ``weights`` (the model's state dict), the loop's ``state``,
+    the saved ``recipe_yaml``, and ``optimizer`` (None when only the evaluation part was read)."""
+
+    path: Path
+    weights: dict
+    state: LoopState
+    recipe_yaml: str
+    optimizer: dict | None = None
+
+
+def load_checkpoint(ckpt: Path, training_state: bool = True) -> Checkpoint:
     """Reads a checkpoint without unpickling code: safetensors, ``weights_only`` torch files, JSON.
 
-    ``training_state=False`` (evaluation) reads only the weights, ``state.json`` and the recipe."""
+    ``training_state=False`` (evaluation) reads only the weights, ``state.json`` (only ``step`` required) and the
+    recipe."""
     ckpt = Path(ckpt)
     _check_confined(ckpt)
     state = read_state(ckpt) if training_state else read_state(ckpt, {"step": int})
-    out = {"model": load_weights_file(ckpt / "model.safetensors"), "state": state,
-           "recipe_yaml": _read_text(ckpt / "recipe.yaml")}
+    weights, recipe_yaml = load_weights_file(ckpt / "model.safetensors"), _read_text(ckpt / "recipe.yaml")
     if not training_state:
-        return out
+        return Checkpoint(ckpt, weights, LoopState.from_files(state), recipe_yaml)
     rng = load_torch_file(ckpt / "rng.pt")
     if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor):
         raise UserError(f"{ckpt / 'rng.pt'}: expected a mapping with the torch generator state; the checkpoint is corrupt")
@@ -454,5 +526,4 @@ def load_checkpoint(ckpt: Path, training_state: bool = True) -> dict:
     if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
         raise UserError(f"{ckpt / 'optimizer.pt'}: expected an optimizer state dict (state, param_groups); "
                         "the checkpoint is corrupt")
-    return {**out, "optimizer": optimizer, "rng_torch": rng["torch"],
-            "rng_by_rank": rng.get("by_rank") or [], "device_rng_by_rank": rng.get("device_by_rank") or []}
+    return Checkpoint(ckpt, weights, LoopState.from_files(state, rng), recipe_yaml, optimizer)

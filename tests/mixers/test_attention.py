@@ -80,8 +80,7 @@ def test_matches_explicit_softmax_attention(cfg):
     with torch.no_grad():
         m.temperature.mul_(1.7)  # the learned temperature really scales the logits
     u = torch.randn(2, 8, 11, dtype=torch.float64)
-    y, state = m(u)
-    assert state is None
+    y = m(u)
     np.testing.assert_allclose(y.detach().numpy(), reference(m, u.numpy()), rtol=1e-9, atol=1e-10)
 
 
@@ -89,7 +88,7 @@ def test_odd_head_width_rotates_the_even_part():
     torch.manual_seed(0)
     m = Attention(6, n_heads=2, learn_temperature=False).double()  # d_head = 3: features 0, 1 rotate
     u = torch.randn(1, 6, 7, dtype=torch.float64)
-    np.testing.assert_allclose(m(u)[0].detach().numpy(), reference(m, u.numpy()), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(m(u).detach().numpy(), reference(m, u.numpy()), rtol=1e-9, atol=1e-10)
     assert "temperature" in dict(m.named_buffers())
 
 
@@ -98,7 +97,7 @@ def test_step_with_kv_cache_equals_full_forward(chunk_size):
     torch.manual_seed(0)
     m = Attention(8, n_heads=2, chunk_size=chunk_size).eval()
     u = torch.randn(3, 8, 13)
-    y, _ = m(u)
+    y = m(u)
     state = m.default_state(3)
     ys = []
     for t in range(13):
@@ -116,7 +115,7 @@ def test_forward_from_cache_equals_one_pass(chunk_size, splits):
     torch.manual_seed(0)
     m = Attention(8, n_heads=2, chunk_size=chunk_size).eval()
     u = torch.randn(2, 8, 13)
-    y, _ = m(u)
+    y = m(u)
     state, parts, start = None, [], 0
     for n in splits:
         y_part, state = m(u[..., start : start + n], state=state, return_state=True)
@@ -137,7 +136,7 @@ def test_bidirectional_sees_the_future_and_causal_does_not(chunk_size):
         u = torch.randn(1, 8, 12, dtype=torch.float64)
         u2 = u.clone()
         u2[..., 7:] += 1.0
-        changed = (m(u)[0][..., :7] - m(u2)[0][..., :7]).abs()
+        changed = (m(u)[..., :7] - m(u2)[..., :7]).abs()
         if bidirectional:
             assert changed[..., 6].max() > 1e-6
             if chunk_size:  # position 2 is two chunks before position 7: it cannot see it
@@ -150,12 +149,12 @@ def test_gradients_reach_all_parameters_and_dropout_is_training_only():
     torch.manual_seed(0)
     m = Attention(8, n_heads=2, chunk_size=3, attn_dropout=0.5)
     u = torch.randn(2, 8, 10, requires_grad=True)
-    m(u)[0].square().sum().backward()
+    m(u).square().sum().backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert not torch.equal(m(u)[0], m(u)[0])  # dropout on the weights while training
+    assert not torch.equal(m(u), m(u))  # dropout on the weights while training
     m.eval()
-    assert torch.equal(m(u)[0], m(u)[0])
+    assert torch.equal(m(u), m(u))
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """``ssmkit sweep``: a grid of ``ssmkit train`` runs over override values and seeds, resumable, tabulated.
 
-    ssmkit sweep RECIPE model.layer.d_state=16,32,64 optimizer.lr=1e-3,3e-3 [--seeds 3] [--processes N]
+    ssmkit sweep RECIPE model.mixer.d_state=16,32,64 optimizer.lr=1e-3,3e-3 [--seeds 3] [--processes N]
 
 Grid. Every ``key=value`` argument is an ordinary ``ssmkit train`` override (any dotted key). A value is
 split at its *top-level* commas into the values swept: commas inside ``[...]``, ``{...}`` or quotes do not
@@ -144,7 +144,7 @@ def parse_axes(overrides: list[str]) -> tuple[list[Axis], list[str]]:
 
 
 def axis_labels(keys: list[str]) -> dict[str, str]:
-    """Each key's shortest dotted suffix that no other key ends with (``d_state``, ``layer.lr``/``optimizer.lr``)."""
+    """Each key's shortest dotted suffix that no other key ends with (``d_state``, ``mixer.lr``/``optimizer.lr``)."""
     labels = {}
     for key in keys:
         parts = key.split(".")

@@ -10,8 +10,8 @@ from ssmkit.cli import app
 
 GOOD = """\
 # a tiny recipe for the tests
-task: {name: shift, L: 16, samples_per_epoch: 64, val_samples: 16}
-model: {d_model: 8, n_layers: 1, layer: {kernel: s4d, d_state: 8}}
+task: {name: shift, seq_len: 16, samples_per_epoch: 64, val_samples: 16}
+model: {d_model: 8, n_layers: 1, mixer: {name: s4d, d_state: 8}}
 optimizer: {name: adamw, lr: 1.0e-3}
 train: {epochs: 1, batch_size: 8}
 """
@@ -43,14 +43,16 @@ BAD = [
     (["train", "{good}", "train.batch_size=abc"], None, "train.batch_size must be int, got 'abc'"),
     (["train", "{good}", "train.epochs=true"], None, "train.epochs must be int"),
     (["train", "{good}", "train.batch_size=3.5"], None, "train.batch_size must be int"),
-    (["train", "{good}", "model.layer.kernel=s4dd"], None, "unknown model.layer.kernel 's4dd' (did you mean 's4d'?)"),
-    (["train", "{good}", "model.layer.d_stat=64"], None, "unknown option model.layer.d_stat"),
-    (["train", "{good}", "model.layer.d_state=big"], None, "model.layer.d_state must be int, got 'big'"),
-    (["train", "{good}", "model.layer.d_state=-4", "--dry-run"], None, "d_state must be positive"),
-    (["train", "{good}", "model.layer.d_model=4"], None, "model.layer.d_model is set by the model"),
+    (["train", "{good}", "model.mixer.name=s4dd"], None, "unknown model.mixer.name 's4dd' (did you mean 's4d'?)"),
+    (["train", "{good}", "model.mixer.d_stat=64"], None, "unknown option model.mixer.d_stat"),
+    (["train", "{good}", "model.mixer.d_state=big"], None, "model.mixer.d_state must be int, got 'big'"),
+    (["train", "{good}", "model.mixer.d_state=-4", "--dry-run"], None, "d_state must be positive"),
+    (["train", "{good}", "model.mixer.d_model=4"], None, "model.mixer.d_model is set by the model"),
+    (["train", "{good}", "model.layer.kernel=s4d"], None, "model.layer is now model.mixer"),
+    (["train", "{good}", "task.L=2"], None, "task.L is now task.seq_len"),
     (["train", "{good}", "task.name=shfit"], None, "unknown task.name 'shfit' (did you mean 'shift'?)"),
     (["train", "{good}", "task.LL=5"], None, "unknown option task.LL"),
-    (["train", "{good}", "task.L=2", "--dry-run"], None, "num_shifts must be in [1, L=2]"),
+    (["train", "{good}", "task.seq_len=2", "--dry-run"], None, "num_shifts must be in [1, seq_len=2]"),
     (["train", "{good}", "train.mixed_precision=fp32"], None, "choose one of no, bf16, fp16"),
     (["train", "{good}", "train.mixed_precision=fp16", "--dry-run"], None, "fp16 needs a GPU"),
     (["train", "{good}", "optimizer.lr"], None, "not of the form key.sub=value"),
@@ -93,7 +95,7 @@ def test_one_real_subprocess(tmp_path):
 
 def test_dry_run_builds_and_runs_one_batch(good, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["train", str(good), "model.layer.lr=1e-4", "--dry-run"])
+    result = CliRunner().invoke(app, ["train", str(good), "model.mixer.lr=1e-4", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "parameter groups" in result.output and "one batch: loss" in result.output
     assert "0.0001" in result.output  # the kernel's own lr group
@@ -170,10 +172,10 @@ def test_recipes_show_defaults_lists_every_key():
         key, value, default = (line[a:b].strip() for a, b in zip(starts, starts[1:]))
         rows[key.lstrip("*")] = (key.startswith("*"), value, default)
     recipe = yaml.safe_load(Path("recipes/quick/s4d-shift.yaml").read_text()) if Path("recipes").is_dir() else None
-    bare = validate({"name": "bare", "task": {"name": "shift"}, "model": {"layer": {"kernel": "s4d"}}}).to_dict()
+    bare = validate({"name": "bare", "task": {"name": "shift"}, "model": {"mixer": {"name": "s4d"}}}).to_dict()
     for section in ("model", "optimizer", "scheduler", "train"):
         for key, value in bare[section].items():
-            if key == "layer":
+            if key == "mixer":
                 continue
             changed, shown, default = rows[f"{section}.{key}"]
             expected = "null" if value is None else str(value).lower() if isinstance(value, bool) else None
@@ -186,7 +188,7 @@ def test_recipes_show_defaults_lists_every_key():
     for key in ("train.grad_clip", "train.grad_accum", "train.mixed_precision", "train.save_every", "train.compile"):
         assert key in rows
     assert rows["optimizer.lr"] == (True, "0.004", "0.001") and rows["model.d_model"] == (True, "64", "128")
-    assert rows["task.L"][1:] == ("128", "256") and rows["model.layer.d_state"][2] == "64"  # task and kernel signatures
+    assert rows["task.seq_len"][1:] == ("128", "256") and rows["model.mixer.d_state"][2] == "64"  # task and mixer signatures
     assert rows["train.grad_clip"] == (False, "null", "null") and rows["task.name"] == (False, "shift", "required")
 
 

@@ -21,12 +21,12 @@ from ssmkit.errors import UserError
 from ssmkit.sweep import Axis, axis_labels, build_grid, parse_axes, point_name, split_values, value_labels
 
 TINY = """\
-task: {name: shift, L: 16, samples_per_epoch: 64, val_samples: 16}
-model: {d_model: 8, n_layers: 1, layer: {kernel: s4d, d_state: 8}}
+task: {name: shift, seq_len: 16, samples_per_epoch: 64, val_samples: 16}
+model: {d_model: 8, n_layers: 1, mixer: {name: s4d, d_state: 8}}
 optimizer: {name: adamw, lr: 1.0e-3}
 train: {epochs: 1, batch_size: 8, seed: 3}
 """
-GRID = ["model.layer.d_state=4,8", "optimizer.lr=1e-3,3e-3"]
+GRID = ["model.mixer.d_state=4,8", "optimizer.lr=1e-3,3e-3"]
 
 
 def invoke(*args, cwd: Path):
@@ -59,9 +59,9 @@ def test_split_values_keeps_lists_and_quoted_commas():
 
 
 def test_parse_axes():
-    axes, fixed = parse_axes(["model.layer.d_state=16,32", "model.pool_factors=[4,4]", "optimizer.lr=1e-3,3e-3",
+    axes, fixed = parse_axes(["model.mixer.d_state=16,32", "model.pool_factors=[4,4]", "optimizer.lr=1e-3,3e-3",
                               "train.seed=5"])
-    assert axes == [Axis("model.layer.d_state", ("16", "32")), Axis("optimizer.lr", ("1e-3", "3e-3"))]
+    assert axes == [Axis("model.mixer.d_state", ("16", "32")), Axis("optimizer.lr", ("1e-3", "3e-3"))]
     assert fixed == ["model.pool_factors=[4,4]", "train.seed=5"]
     for bad, fragment in ((["optimizer.lr"], "not of the form"), (["a..b=1,2"], "empty key part"),
                           (["optimizer.lr=1,2", "optimizer.lr=3"], "given twice"), (["optimizer.lr=1,1"], "twice"),
@@ -71,10 +71,10 @@ def test_parse_axes():
 
 
 def test_names_are_readable_unique_and_stable():
-    assert axis_labels(["model.layer.d_state", "optimizer.lr", "model.layer.lr"]) == {
-        "model.layer.d_state": "d_state", "optimizer.lr": "optimizer.lr", "model.layer.lr": "layer.lr"}
-    axes = [Axis("model.layer.d_state", ("16", "32")), Axis("model.pool_factors", ("[4,4]", "[2,8]"))]
-    assert point_name(axes, {"model.layer.d_state": "16", "model.pool_factors": "[4,4]"}) == "d_state=16,pool_factors=4-4"
+    assert axis_labels(["model.mixer.d_state", "optimizer.lr", "model.mixer.lr"]) == {
+        "model.mixer.d_state": "d_state", "optimizer.lr": "optimizer.lr", "model.mixer.lr": "mixer.lr"}
+    axes = [Axis("model.mixer.d_state", ("16", "32")), Axis("model.pool_factors", ("[4,4]", "[2,8]"))]
+    assert point_name(axes, {"model.mixer.d_state": "16", "model.pool_factors": "[4,4]"}) == "d_state=16,pool_factors=4-4"
     assert point_name([], {}) == "base"
     # two values that would make the same folder name get a short hash each, always the same one
     labels = value_labels(Axis("task.name", ("a b", "ab")))
@@ -89,18 +89,18 @@ def test_build_grid_order_seeds_and_validation(recipe):
     assert names[:4] == ["d_state=4,lr=1e-3-seed3", "d_state=4,lr=3e-3-seed3", "d_state=8,lr=1e-3-seed3",
                          "d_state=8,lr=3e-3-seed3"]
     assert len(set(names)) == 8 and names[4].endswith("-seed4")
-    assert grid.runs[5].overrides == ["train.batch_size=4", "model.layer.d_state=4", "optimizer.lr=3e-3", "train.seed=4"]
+    assert grid.runs[5].overrides == ["train.batch_size=4", "model.mixer.d_state=4", "optimizer.lr=3e-3", "train.seed=4"]
     with pytest.raises(UserError, match="sweep point d_state=4,lrr=1e-3: .*unknown key optimizer.lrr"):
-        build_grid(str(recipe), ["model.layer.d_state=4,8", "optimizer.lrr=1e-3,3e-3"], seeds=1)
+        build_grid(str(recipe), ["model.mixer.d_state=4,8", "optimizer.lrr=1e-3,3e-3"], seeds=1)
 
 
 def test_bad_sweep_commands_are_one_line(recipe, tmp_path):
     folder = tmp_path / "s"
     cases = [
-        ([recipe, "model.layer.d_stat=4,8", "--dir", folder], "unknown option model.layer.d_stat"),
-        ([recipe, "model.layer.d_state=4,8", "--seeds", "0", "--dir", folder], "--seeds must be at least 1"),
-        ([recipe, "model.layer.d_state=4,8", "--index", "9", "--dir", folder], "outside the sweep's 2 runs"),
-        ([recipe, "model.layer.d_state=[4,8", "--dir", folder], "unclosed bracket"),
+        ([recipe, "model.mixer.d_stat=4,8", "--dir", folder], "unknown option model.mixer.d_stat"),
+        ([recipe, "model.mixer.d_state=4,8", "--seeds", "0", "--dir", folder], "--seeds must be at least 1"),
+        ([recipe, "model.mixer.d_state=4,8", "--index", "9", "--dir", folder], "outside the sweep's 2 runs"),
+        ([recipe, "model.mixer.d_state=[4,8", "--dir", folder], "unclosed bracket"),
         (["optimizer.lr=1,2", "--dir", folder], "the first argument is the recipe"),
         (["--table"], "missing RECIPE"),
         (["--table", "--dir", folder], "no sweep folder"),
@@ -124,7 +124,7 @@ def test_list_prints_one_line_per_run(recipe, tmp_path):
     assert len(lines) == 8
     index, name, state, overrides = lines[6].split("\t")
     assert (index, name, state) == ("6", "d_state=8,lr=1e-3-seed4", "pending")
-    assert overrides == "model.layer.d_state=8 optimizer.lr=1e-3 train.seed=4"
+    assert overrides == "model.mixer.d_state=8 optimizer.lr=1e-3 train.seed=4"
     assert not (tmp_path / "runs").exists()  # listing writes nothing
 
 
@@ -140,7 +140,7 @@ def test_children_get_threads_or_one_gpu_each(recipe, tmp_path, monkeypatch):
     env = sweep_module.child_env(4, "5")
     assert env["OMP_NUM_THREADS"] == "3" and env["CUDA_VISIBLE_DEVICES"] == "5"  # the user's setting wins
     monkeypatch.setattr(sweep_module, "_gpus", lambda: ["0", "1"])
-    result = invoke(recipe, "model.layer.d_state=4,8", "--processes", "3", "--dir", tmp_path / "s", cwd=tmp_path)
+    result = invoke(recipe, "model.mixer.d_state=4,8", "--processes", "3", "--dir", tmp_path / "s", cwd=tmp_path)
     assert result.exit_code == 2 and "--processes 3 but 2 GPU(s) visible" in result.stderr
     assert not (tmp_path / "s").exists()
 
@@ -149,11 +149,11 @@ def test_broken_sweep_folders_are_one_line(recipe, tmp_path):
     folder = tmp_path / "s"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    result = invoke(recipe, "model.layer.d_state=4,8", "--dir", folder, cwd=tmp_path)
+    result = invoke(recipe, "model.mixer.d_state=4,8", "--dir", folder, cwd=tmp_path)
     assert result.exit_code == 2 and "is not empty and holds no sweep.json" in result.stderr
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # nothing written there
     (folder / "sweep.json").write_bytes(b"\x00\xff{")
-    for args in (["--table", "--dir", folder], [recipe, "model.layer.d_state=4,8", "--dir", folder]):
+    for args in (["--table", "--dir", folder], [recipe, "model.mixer.d_state=4,8", "--dir", folder]):
         result = invoke(*args, cwd=tmp_path)
         assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "not readable JSON" in result.stderr
     for args, fragment in ((["plot", "--x", "d_state", "--y", "val/r2"], "--x/--y go with --sweep"),
@@ -181,14 +181,14 @@ def test_sweep_runs_resumes_and_tabulates(recipe, tmp_path, monkeypatch):
     summaries = _summaries(folder)
     assert len(summaries) == 8 and all(s["status"] == "finished" for s in summaries.values())
     data = json.loads((folder / "sweep.json").read_text())
-    assert data["axes"] == [{"key": "model.layer.d_state", "values": ["4", "8"]},
+    assert data["axes"] == [{"key": "model.mixer.d_state", "values": ["4", "8"]},
                             {"key": "optimizer.lr", "values": ["1e-3", "3e-3"]}]
     assert {r["status"] for r in data["runs"]} == {"finished"}
     # each run trained the point it is named after
     import yaml
 
     run_recipe = yaml.safe_load((folder / "d_state=8,lr=3e-3-seed4" / "recipe.yaml").read_text())
-    assert run_recipe["model"]["layer"]["d_state"] == 8 and run_recipe["optimizer"]["lr"] == 3e-3
+    assert run_recipe["model"]["mixer"]["d_state"] == 8 and run_recipe["optimizer"]["lr"] == 3e-3
     assert run_recipe["train"]["seed"] == 4
 
     # the aggregate is the mean and the sample std over the two seeds' own summaries
@@ -246,7 +246,7 @@ def test_sweep_runs_resumes_and_tabulates(recipe, tmp_path, monkeypatch):
         == {p: t for p, t in stamps.items() if p.parent.name not in (resumed, restarted)}
 
     # a different grid on the same folder is refused in one line; --table alone needs no recipe
-    other = invoke(recipe, "model.layer.d_state=4,16", "optimizer.lr=1e-3,3e-3", "--dir", folder, cwd=tmp_path)
+    other = invoke(recipe, "model.mixer.d_state=4,16", "optimizer.lr=1e-3,3e-3", "--dir", folder, cwd=tmp_path)
     assert other.exit_code == 2 and other.stderr.count("\n") == 1
     assert "holds another sweep" in other.stderr and "--force" in other.stderr
     shown = invoke("--table", "--dir", folder, cwd=tmp_path)
@@ -259,10 +259,10 @@ def test_sweep_runs_resumes_and_tabulates(recipe, tmp_path, monkeypatch):
     out = tmp_path / "r2.png"
     assert plot_sweep(folder, "d_state", "val/r2", out) == {"lines": 2, "points": 4}
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    cli = CliRunner().invoke(app, ["plot", "--sweep", str(folder), "--x", "model.layer.d_state", "--y", "val/r2"])
+    cli = CliRunner().invoke(app, ["plot", "--sweep", str(folder), "--x", "model.mixer.d_state", "--y", "val/r2"])
     assert cli.exit_code == 0, cli.output
-    assert (folder / "val-r2-vs-model.layer.d_state.png").read_bytes()[:4] == b"\x89PNG"
-    again = CliRunner().invoke(app, ["plot", "--sweep", str(folder), "--x", "model.layer.d_state", "--y", "val/r2"])
+    assert (folder / "val-r2-vs-model.mixer.d_state.png").read_bytes()[:4] == b"\x89PNG"
+    again = CliRunner().invoke(app, ["plot", "--sweep", str(folder), "--x", "model.mixer.d_state", "--y", "val/r2"])
     assert again.exit_code == 2 and "already exists" in again.stderr  # never overwritten without --force
     bad = CliRunner().invoke(app, ["plot", "--sweep", str(folder), "--x", "d_stat", "--y", "val/r2"])
     assert bad.exit_code == 2 and "did you mean 'd_state'" in bad.stderr and bad.stderr.count("\n") == 1
@@ -271,9 +271,9 @@ def test_sweep_runs_resumes_and_tabulates(recipe, tmp_path, monkeypatch):
 def test_failed_point_is_reported_and_retried(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     folder = tmp_path / "sw"
-    grid = ["model.layer.d_state=4,-4", "--dir", folder]
+    grid = ["model.mixer.d_state=4,-4", "--dir", folder]
     # one run alone, as a SLURM array task does (--index): d_state=-4 passes the recipe's type checks and fails
-    # when the kernel is built, inside the child
+    # when the mixer is built, inside the child
     task = invoke(recipe, *grid, "--index", "1", cwd=tmp_path)
     assert task.exit_code == 1, task.output
     assert "run 1 (d_state=-4-seed3): failed: error:" in task.stderr and "d_state must be positive" in task.stderr

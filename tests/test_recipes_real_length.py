@@ -22,9 +22,10 @@ import test_all_recipes as shipped
 import torch
 
 from ssmkit.recipe import build_task, load_recipe, load_yaml
+from ssmkit.runs.evaluate import make_loader
+from ssmkit.runs.model import forward
 from ssmkit.tasks import pathfinder
 from ssmkit.tasks.lm import write_synthetic_corpus
-from ssmkit.train.loop import forward, make_loader
 
 #: the module-scoped fixture of tests/test_all_recipes.py: tiny data in every real on-disk format
 data_root = shipped.data_root
@@ -43,8 +44,8 @@ def _recipe(name: str, runs: Path):
     overrides = shipped.shrink_overrides(data, runs, lengths=False, batch_size=1)
     if (_expected_length(data["task"]) or 0) > VERY_LONG:
         overrides.append("model.d_model=4")
-    if "n_heads" in ((data.get("model") or {}).get("layer") or {}):
-        overrides.append("model.layer.n_heads=1")  # full attention's cost is heads x L^2
+    if "n_heads" in ((data.get("model") or {}).get("mixer") or {}):
+        overrides.append("model.mixer.n_heads=1")  # full attention's cost is heads x L^2
     return load_recipe(str(path), overrides)
 
 
@@ -56,9 +57,8 @@ def _expected_length(task: dict) -> int | None:
     """The sequence length the recipe's task options name, where they name one."""
     if task["name"] in ("pathfinder", "pathx", "pathfinder-segmentation"):
         return int(task.get("resolution", 32)) ** 2
-    for key in ("L", "l_max", "seq_len"):
-        if key in task:
-            return int(task[key])
+    if "seq_len" in task:
+        return int(task["seq_len"])
     return None
 
 

@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops import backends, dispatch
-from ssmkit.ops.scan import linear_scan
 
 #: positions per chunk: the intra-chunk form costs O(Q) per position, the chunk states O(P N / Q)
 CHUNK = 64
@@ -73,6 +72,42 @@ def _check(x, dt, A, B, C, D, h0) -> None:
         raise ValueError(f"ssd_scan: h0 must be (b, heads, P, N) = {(b, h, P, N)}, got {tuple(h0.shape)}")
 
 
+class _ChunkStates(torch.autograd.Function):
+    """The states entering the chunks, S_0 = h0 and S_{k+1} = d_k S_k + s_k, one chunk after another.
+
+    decay (n, c, r), states (n, c, r, M), h0 (n, r, M) -> entering (n, c, r, M) (S_0 .. S_{c-1}) and the final
+    S_c (n, r, M). A sequential loop over the c = L / Q chunks on (n, r, M) slices (c is small: 64 at L 4096);
+    the backward is the adjoint loop G_k = dS_k + d_k G_{k+1} from the end, so nothing but the entering states
+    is kept."""
+
+    @staticmethod
+    def forward(ctx, decay, states, h0):
+        n, c, r, M = states.shape
+        entering = states.new_empty(n, c, r, M)
+        S = entering[:, 0]
+        S.zero_() if h0 is None else S.copy_(h0)
+        for k in range(c - 1):
+            torch.addcmul(states[:, k], decay[:, k, :, None], S, out=entering[:, k + 1])
+            S = entering[:, k + 1]
+        last = torch.addcmul(states[:, c - 1], decay[:, c - 1, :, None], S)
+        ctx.save_for_backward(decay, entering)
+        ctx.has_h0 = h0 is not None
+        return entering, last
+
+    @staticmethod
+    def backward(ctx, g_entering, g_last):
+        decay, entering = ctx.saved_tensors
+        n, c, r, M = entering.shape
+        g_states = torch.empty_like(entering)
+        g_decay = decay.new_empty(n, c, r)
+        G = g_last.clone()
+        for k in range(c - 1, -1, -1):
+            g_states[:, k] = G
+            torch.linalg.vecdot(G, entering[:, k], out=g_decay[:, k])
+            G = torch.addcmul(g_entering[:, k], decay[:, k, :, None], G)
+        return g_decay, g_states, (G if ctx.has_h0 else None)
+
+
 def _torch_ssd(x, dt, A, B, C, D, h0, chunk: int):
     b, h, P, L = x.shape
     g, N = B.shape[1], B.shape[2]
@@ -82,35 +117,38 @@ def _torch_ssd(x, dt, A, B, C, D, h0, chunk: int):
     if pad:  # dt = 0: decay 1 and no input, so the padded positions leave the state as it was
         x, dt, B, C = (F.pad(t, (0, pad)) for t in (x, dt, B, C))
     c = (L + pad) // Q
-    a = (dt * A[:, None]).reshape(b, h, c, Q)                      # log decay per position, <= 0
+    n = b * g * c
+    # internal layout: chunk-major (b, g, c, r, ...), so every GEMM is one bmm over the (b, g, c) or (b, g, c, r)
+    # batch with no copy of its operands, and the chunk states of one chunk are contiguous
+    a = (dt * A[:, None]).view(b, g, r, c, Q).permute(0, 1, 3, 2, 4).contiguous()  # log decay, <= 0
     a_cum = a.cumsum(-1)                                        # a_1 + ... + a_l within the chunk
     # a_{s+1} + ... + a_Q: suffix sums of the shifted a, not a_cum[-1] - a_cum[s]
     a_tail = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))
-    X = (x * dt[:, :, None]).reshape(b, g, r, P, c, Q)             # dt_s x_s
-    Bc, Cc = B.reshape(b, g, N, c, Q), C.reshape(b, g, N, c, Q)
+    X = (x * dt[:, :, None]).view(b, g, r, P, c, Q).permute(0, 1, 4, 2, 3, 5).contiguous()  # dt_s x_s
+    Bt = B.view(b, g, N, c, Q).permute(0, 1, 3, 4, 2).reshape(n, Q, N)
+    Ct = C.view(b, g, N, c, Q).permute(0, 1, 3, 4, 2).reshape(n, Q, N)
 
     # 1. within each chunk: (C_l . B_s) exp(segsum) dt_s x_s
-    scores = torch.einsum("bgncl,bgncs->bgcls", Cc, Bc)                     # (b, g, c, Q, Q)
-    M = scores[:, :, None] * torch.exp(segsum(a)).reshape(b, g, r, c, Q, Q)    # (b, g, r, c, Q, Q)
-    y = torch.einsum("bgrcls,bgrpcs->bgrpcl", M, X)
+    scores = torch.bmm(Ct, Bt.transpose(1, 2))                                   # (n, Q_l, Q_s)
+    M = scores.view(b, g, c, 1, Q, Q) * torch.exp(segsum(a))                      # (b, g, c, r, Q, Q)
+    y = torch.bmm(X.view(n * r, P, Q), M.view(n * r, Q, Q).transpose(1, 2))     # (n r, P, Q_l)
 
     # 2. every chunk's end state from a zero start: sum_s exp(a_tail_s) dt_s x_s B_s^T
-    Xd = X * torch.exp(a_tail).view(b, g, r, 1, c, Q)
-    states = torch.einsum("bgncs,bgrpcs->bgrpnc", Bc, Xd).reshape(b, h, P, N, c)
+    Xd = X * torch.exp(a_tail)[..., None, :]
+    states = torch.bmm(Xd.view(n, r * P, Q), Bt)                                  # (n, r P, N)
 
     # 3. the states entering the chunks: S_c = exp(sum a over chunk c-1) S_{c-1} + state_{c-1}
-    decay = torch.exp(a_cum[..., -1]).view(b, h, 1, 1, c)
-    ends, h_last = linear_scan(decay, states, h0)
-    start = torch.zeros_like(ends[..., :1]) if h0 is None else h0.to(ends.dtype)[..., None]
-    entering = torch.cat([start, ends[..., :-1]], dim=-1).reshape(b, g, r, P, N, c)
+    decay = torch.exp(a_cum[..., -1]).view(b * g, c, r)
+    h0_ = None if h0 is None else h0.reshape(b * g, r, P * N)
+    entering, h_last = _ChunkStates.apply(decay, states.view(b * g, c, r, P * N), h0_)
 
     # 4. the entering state read at every position, decayed by a_1 + ... + a_l
-    y_off = torch.einsum("bgncl,bgrpnc->bgrpcl", Cc, entering)
-    y = y + y_off * torch.exp(a_cum).view(b, g, r, 1, c, Q)
-    y = y.reshape(b, h, P, c * Q)[..., :L]
+    y_off = torch.bmm(entering.view(n, r * P, N), Ct.transpose(1, 2)).view(b, g, c, r, P, Q)
+    y = y.view(b, g, c, r, P, Q) + y_off * torch.exp(a_cum)[..., None, :]
+    y = y.permute(0, 1, 3, 4, 2, 5).reshape(b, h, P, c * Q)[..., :L]
     if D is not None:
         y = y + D[:, None, None] * x[..., :L]
-    return y, h_last
+    return y, h_last.view(b, h, P, N)
 
 
 # --- the optional fused backend (mamba_ssm's Triton kernels) ---

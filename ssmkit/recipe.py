@@ -521,14 +521,22 @@ def _mixer_default(mixer, key: str):
     return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 
+#: mixers that hold at least an H x H input and an H x H output projection besides any output map (attention's
+#: q/k/v/o, the gated and selective mixers' in/out projections); tests/test_bad_inputs.py checks the bound for every
+#: registered mixer, so a new mixer that needs to be here fails there.
+OWN_PROJECTIONS = frozenset({"attn", "mamba", "mamba2", "gla", "gated_deltanet", "rglru", "hyena"})
+
+
 def parameter_estimate(model: ModelConfig) -> int:
     """A lower bound on the parameters and buffers of ``model``, without building it: per block the output map
-    (2H² for GLU, H² for linear), the MLP (2·mlp_ratio·H²) and the mixer's states (H·d_state·channels); for
-    sashimi every level at its width H·expand^i. Real models hold 1-5x this (the mixers' own tensors, pooling);
+    (2H² for GLU, H² for linear), the MLP (2·mlp_ratio·H²), the mixer's states (H·d_state·channels) and, for a
+    mixer with its own input and output projections (``OWN_PROJECTIONS``), 2H²; for sashimi every level at its width
+    H·expand^i. Real models hold 1-5x this (the mixers' own tensors, pooling);
     it is what refuses absurd sizes before anything is allocated."""
     mixer = model.mixer if isinstance(model.mixer, dict) else {}
     name = mixer.get("name", "s4d")
     out = {"glu": 2, "linear": 1}.get(mixer.get("output", _mixer_default(name, "output")), 0)
+    out += 2 if name in OWN_PROJECTIONS else 0
     states = mixer.get("d_state", _mixer_default(name, "d_state"))
     states = states if isinstance(states, int) and not isinstance(states, bool) else 1
     channels = mixer.get("channels") if isinstance(mixer.get("channels"), int) else 1

@@ -24,6 +24,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ssmkit.cli import app
+from ssmkit.mixers import MIXERS
 
 sys.path.insert(0, str(Path(__file__).parent / "tasks"))
 from test_train_tasks import make_data  # noqa: E402
@@ -31,8 +32,8 @@ from test_train_tasks import make_data  # noqa: E402
 GARBAGE = bytes(range(128, 256)) * 8 + b"\x00\xff\xfe"
 RECIPE = {
     "name": "tiny",
-    "task": {"name": "shift", "L": 16, "samples_per_epoch": 32, "val_samples": 8},
-    "model": {"d_model": 4, "n_layers": 1, "layer": {"kernel": "s4d", "d_state": 4}},
+    "task": {"name": "shift", "seq_len": 16, "samples_per_epoch": 32, "val_samples": 8},
+    "model": {"d_model": 4, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 4}},
     "train": {"batch_size": 8, "epochs": 1, "log_every": 1},
 }
 
@@ -191,8 +192,8 @@ def test_run_directory_arguments(run, tmp_path):
     run_bad(tmp_path, ["eval", str(tmp_path / "nothing-here")], "no run directory")
     run_bad(tmp_path, ["eval", str(run), "--checkpoint", "newest"], "latest or best")
     run_bad(tmp_path, ["eval", str(run), "task.nope=1"], "task.nope")
-    run_bad(tmp_path, ["eval", str(run), "task.L=-4"])
-    run_bad(tmp_path, ["eval", str(run), "task.L=.nan"])
+    run_bad(tmp_path, ["eval", str(run), "task.seq_len=-4"])
+    run_bad(tmp_path, ["eval", str(run), "task.seq_len=.nan"])
     run_bad(tmp_path, ["train", "--resume", str(run), "optimizer.lr=1"], "train.*")
     run_bad(tmp_path, ["train", "--resume", str(run), "train.batch_size=-1"], "train.batch_size")
     run_bad(tmp_path, ["train", "--resume", str(run), "train.nope=1"], "train.nope")
@@ -222,10 +223,10 @@ RECIPE_FILES = {
     "task name unknown": b"task: {name: shfit}\n",
     "model a number": b"task: {name: shift}\nmodel: 5\n",
     "model a string": b"task: {name: shift}\nmodel: big\n",
-    "layer a list": b"task: {name: shift}\nmodel: {layer: [s4d]}\n",
-    "kernel a list": b"task: {name: shift}\nmodel: {layer: {kernel: [s4d]}}\n",
-    "kernel a mapping": b"task: {name: shift}\nmodel: {layer: {kernel: {a: 1}}}\n",
-    "kernel null": b"task: {name: shift}\nmodel: {layer: {kernel: null}}\n",
+    "mixer a list": b"task: {name: shift}\nmodel: {mixer: [s4d]}\n",
+    "mixer name a list": b"task: {name: shift}\nmodel: {mixer: {name: [s4d]}}\n",
+    "mixer name a mapping": b"task: {name: shift}\nmodel: {mixer: {name: {a: 1}}}\n",
+    "mixer name null": b"task: {name: shift}\nmodel: {mixer: {name: null}}\n",
     "name a list": b"name: [a]\ntask: {name: shift}\n",
     "name with a slash": b"name: ../escape\ntask: {name: shift}\n",
     "section keys not strings": b"task: {name: shift}\ntrain: {1: 2}\n",
@@ -253,24 +254,23 @@ def test_absurd_model_sizes_are_one_line_with_an_estimate(tmp_path):
 
 @pytest.mark.parametrize("model", [
     {"d_model": 64, "n_layers": 2},
-    {"d_model": 96, "n_layers": 3, "layer": {"kernel": "s4d", "d_state": 16, "output": "linear"}},
+    {"d_model": 96, "n_layers": 3, "mixer": {"name": "s4d", "d_state": 16, "output": "linear"}},
     {"d_model": 32, "n_layers": 2, "mlp_ratio": 4},
     {"d_model": 16, "n_layers": 2, "backbone": "sashimi", "pool_factors": [4, 4]},
-    *({"d_model": 64, "n_layers": 2, "layer": {"kernel": k}} for k in ("s4", "dss", "dlr", "lssl", "sgconv", "s5", "lru",
-                                                                       "mamba", "attn")),
+    *({"d_model": 64, "n_layers": 2, "mixer": {"name": k}} for k in MIXERS.names()),
 ])
 def test_the_size_estimate_is_a_lower_bound(model):
     """The estimate that refuses absurd sizes never exceeds a built model's real count (so no model that fits is
     refused), and stays within 5x of it."""
     from ssmkit.recipe import build_model, build_task, parameter_estimate, validate
 
-    recipe = validate({"name": "size", "task": {"name": "shift", "L": 64}, "model": model})
+    recipe = validate({"name": "size", "task": {"name": "shift", "seq_len": 64}, "model": model})
     built = build_model(recipe, build_task(recipe))
     real = sum(p.numel() for p in built.parameters()) + sum(b.numel() for b in built.buffers())
     assert real / 5 <= parameter_estimate(recipe.model) <= real
 
 
-@pytest.mark.parametrize("override", [f"task.L={2**62}", f"task.samples_per_epoch={2**62}"])
+@pytest.mark.parametrize("override", [f"task.seq_len={2**62}", f"task.samples_per_epoch={2**62}"])
 def test_an_allocation_that_cannot_succeed_is_one_line(tmp_path, override):
     """Sizes within 64 bits whose tensors still cannot exist: torch's allocation error is an environment failure,
     one line (the CLI's out-of-memory net), not a traceback."""
@@ -302,33 +302,35 @@ OVERRIDES = [
     # NaN and infinity
     "optimizer.lr=.nan", "optimizer.lr=nan", "optimizer.lr=.inf", "optimizer.lr=-.inf", "optimizer.lr=1e999",
     "model.dropout=.nan", "train.grad_clip=.inf", "optimizer.weight_decay=.nan", "optimizer.eps=.inf",
-    "scheduler.min_lr_ratio=.nan", "task.L=.nan", "task.L=.inf", "model.layer.dt_min=.nan",
-    "model.layer.dt_max=.inf", "model.layer.lr=.nan", "model.d_model=.inf", "model.mlp_ratio=.nan",
+    "scheduler.min_lr_ratio=.nan", "task.seq_len=.nan", "task.seq_len=.inf", "model.mixer.dt_min=.nan",
+    "model.mixer.dt_max=.inf", "model.mixer.lr=.nan", "model.d_model=.inf", "model.mlp_ratio=.nan",
     # negative and zero sizes
-    "model.d_model=-1", "model.d_model=0", "model.n_layers=0", "task.L=-5", "task.L=0", "task.samples_per_epoch=-1",
+    "model.d_model=-1", "model.d_model=0", "model.n_layers=0", "task.seq_len=-5", "task.seq_len=0", "task.samples_per_epoch=-1",
     "task.val_samples=0", "train.batch_size=0", "train.batch_size=-8", "train.eval_batch_size=-1",
     "train.grad_accum=0", "train.epochs=-1", "train.log_every=0", "train.keep_checkpoints=0",
-    "train.num_workers=-1", "model.layer.d_state=-4", "model.layer.d_state=0", "scheduler.warmup_steps=-1",
+    "train.num_workers=-1", "model.mixer.d_state=-4", "model.mixer.d_state=0", "scheduler.warmup_steps=-1",
     "model.mlp_ratio=-1", "optimizer.weight_decay=-0.1",
     # wrong types
     "train.batch_size=[1,2]", "train.batch_size={a: 1}", "train.batch_size=abc", "train.epochs=1.5",
-    "model.prenorm=maybe", "model.layer=5", "model.layer=[s4d]", "model.layer.kernel=[s4d]",
-    "model.layer.kernel={a: 1}", "task=5", "task=[shift]", "task.name=[shift]", "task.name={a: 1}",
-    "task.L=abc", "task.L=[16]", "model=5", "optimizer.betas=abc", "name=[1]", "description=5",
-    "train.log_with=tensorboard", "model.layer.d_state=1.5", "model.layer.d_state=abc", "train.seed=-1",
-    "model.layer.bidirectional=2", "train.compile=yes please",
+    "model.prenorm=maybe", "model.mixer=5", "model.mixer=[s4d]", "model.mixer.name=[s4d]",
+    "model.mixer.name={a: 1}", "task=5", "task=[shift]", "task.name=[shift]", "task.name={a: 1}",
+    "task.seq_len=abc", "task.seq_len=[16]", "model=5", "optimizer.betas=abc", "name=[1]", "description=5",
+    "train.log_with=tensorboard", "model.mixer.d_state=1.5", "model.mixer.d_state=abc", "train.seed=-1",
+    "model.mixer.bidirectional=2", "train.compile=yes please",
     # unknown names at every level
     "nope=1", "model.nope=1", "optimizer.nope=1", "scheduler.nope=1", "train.nope=1", "task.nope=1",
-    "model.layer.nope=1", "task.name=nope", "model.layer.kernel=nope", "optimizer.name=nope",
+    "model.mixer.nope=1", "task.name=nope", "model.mixer.name=nope", "optimizer.name=nope",
     "scheduler.name=nope", "train.mixed_precision=nope", "train.distributed=nope", "model.norm=nope",
-    "train.log_with=[nope]", "scheduler.interval=nope", "model.layer.activation=nope", "model.layer.output=nope",
-    "model.layer.init=nope",
+    "train.log_with=[nope]", "scheduler.interval=nope", "model.mixer.activation=nope", "model.mixer.output=nope",
+    "model.mixer.init=nope",
+    # the old layout's keys: one line naming the new key
+    "model.layer.kernel=s4d", "model.layer.d_state=4", "task.L=16", "task.l_max=16", "model.mixer.kernel=s4d",
     # malformed overrides
     "optimizer.lr", "=1", "optimizer..lr=1", ".lr=1", "optimizer.lr.x=1",
     # absurd sizes: refused before anything is allocated, or beyond 64 bits
-    "model.d_model=1e9", "model.n_layers=1e9", "model.layer.d_state=1000000000000", "model.mlp_ratio=1e12",
-    f"task.L={2**70}", f"task.samples_per_epoch={2**70}", f"train.seed={2**70}", "train.seed=4294967296",
-    f"train.grad_accum={2**70}", "train.num_workers=100000", f"optimizer.lr={2**2000}", f"model.layer.channels={2**64}",
+    "model.d_model=1e9", "model.n_layers=1e9", "model.mixer.d_state=1000000000000", "model.mlp_ratio=1e12",
+    f"task.seq_len={2**70}", f"task.samples_per_epoch={2**70}", f"train.seed={2**70}", "train.seed=4294967296",
+    f"train.grad_accum={2**70}", "train.num_workers=100000", f"optimizer.lr={2**2000}", f"model.mixer.channels={2**64}",
 ]
 
 
@@ -386,10 +388,10 @@ COMMANDS = [
     ["data", "generate", "listops", "--n", "20", "--val", "2", "--test", "2", "--min-length", "50", "--max-length", "10"],
     ["data", "check", "nope"],
     ["data", "check", "listops", "-o", "nope=1"],
-    ["data", "check", "listops", "-o", "l_max=-1"],
-    ["data", "check", "listops", "-o", "l_max=.nan"],
-    ["data", "check", "listops", "-o", "l_max"],
-    ["data", "check", "listops", "-o", "l_max=[1"],
+    ["data", "check", "listops", "-o", "seq_len=-1"],
+    ["data", "check", "listops", "-o", "seq_len=.nan"],
+    ["data", "check", "listops", "-o", "seq_len"],
+    ["data", "check", "listops", "-o", "seq_len=[1"],
     ["data", "check", "pathfinder", "-o", "resolution=abc"],
     ["profile", "--kernel", "nope"],
     ["profile", "--kernel", "s4d,nope"],
@@ -518,7 +520,7 @@ def test_damaged_data_under_train(tmp_path, data_cache):
     """The same errors reach ``ssmkit train`` (here: a corrupt ListOps TSV)."""
     root = data_cache("listops", tmp_path / "data")
     (root / "listops" / "basic_train.tsv").write_bytes(GARBAGE)
-    recipe = {**RECIPE, "task": {"name": "listops", "l_max": 64}, "train": {"batch_size": 2, "runs_dir": "runs"}}
+    recipe = {**RECIPE, "task": {"name": "listops", "seq_len": 64}, "train": {"batch_size": 2, "runs_dir": "runs"}}
     path = tmp_path / "listops.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run_bad(tmp_path, ["train", str(path), "--max-steps", "1"], "basic_train.tsv")

@@ -1,11 +1,12 @@
-"""LRU against its paper's formulas, run step by step in float64."""
+"""LRU against its paper's formulas, run step by step in float64, and its output map written out."""
 import math
 
 import pytest
 import torch
+from mixer_refs import post_reference, run_chunks, run_steps
 
-from ssmkit import SequenceModel, param_groups
 from ssmkit.mixers.lru import LRU
+from ssmkit.train.optim import param_groups
 
 H, L = 3, 40
 
@@ -50,15 +51,15 @@ def test_ring_initialisation_and_normalisation():
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_matches_the_float64_recurrence(mode, bidirectional):
     torch.manual_seed(1)
-    m = LRU(H, bidirectional=bidirectional, d_state=6, r_min=0.5, r_max=0.99, mode=mode)
+    m = LRU(H, bidirectional=bidirectional, d_state=6, r_min=0.5, r_max=0.99, mode=mode, activation=None, output=None)
     u = torch.randn(2, H, L)
-    torch.testing.assert_close(m(u)[0].double(), reference(m, u), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(m.double()(u.double())[0], reference(m, u), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(m(u).double(), reference(m, u), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(m.double()(u.double()), reference(m, u), rtol=1e-9, atol=1e-9)
 
 
 def test_state_passing_from_a_given_state():
     torch.manual_seed(2)
-    m = LRU(H, d_state=6, r_min=0.5).double()
+    m = LRU(H, d_state=6, r_min=0.5, activation=None, output=None).double()
     u = torch.randn(2, H, L, dtype=torch.float64)
     h0 = torch.randn(2, 6, dtype=torch.complex128)
     y, s = m(u, state=h0, return_state=True)
@@ -70,17 +71,23 @@ def test_state_passing_from_a_given_state():
 
 
 def test_no_step_size_so_rate_must_be_one():
-    with pytest.raises(ValueError, match="LRU has no step size"):
-        LRU(H)(torch.randn(1, H, 8), rate=2.0)
+    """A sampling-rate factor other than 1 is refused in one line, by forward and by setup_step (for step)."""
+    m = LRU(H)
+    for call in (lambda: m(torch.randn(1, H, 8), rate=2.0), lambda: m.setup_step(rate=0.5)):
+        with pytest.raises(ValueError, match="mixer 'lru' has no step size.*use rate=1") as err:
+            call()
+        assert "\n" not in str(err.value)
+    m(torch.randn(1, H, 8), rate=1.0)
 
 
 def test_param_groups_give_the_recurrence_its_own_lr_and_no_weight_decay():
-    m = SequenceModel(3, 2, d_model=8, n_layers=1, layer=dict(kernel="lru", d_state=8, lr={"Lambda": 5e-4, "gamma": 5e-4}))
+    m = LRU(8, d_state=8, lr={"Lambda": 5e-4, "gamma": 5e-4})
     groups = {n: (g["lr"], g["weight_decay"]) for g in param_groups(m, lr=1e-3, weight_decay=0.05) for n in g["names"]}
     for name in ("nu_log", "theta_log", "gamma_log"):
-        assert groups[f"blocks.0.layer.mixer.{name}"] == (5e-4, 0.0), name
-    assert groups["blocks.0.layer.mixer.B"] == (1e-3, 0.0)  # an SSM parameter: no weight decay
-    assert groups["blocks.0.layer.mixer.C"] == (1e-3, 0.05)
+        assert groups[name] == (5e-4, 0.0), name
+    assert groups["B"] == (1e-3, 0.0)  # an SSM parameter: no weight decay
+    assert groups["C"] == (1e-3, 0.05)
+    assert groups["post.out.0.weight"] == (1e-3, 0.05)
 
 
 def test_bad_options_are_refused():
@@ -88,3 +95,44 @@ def test_bad_options_are_refused():
         LRU(H, r_min=0.9, r_max=0.5)
     with pytest.raises(ValueError, match="max_phase"):
         LRU(H, max_phase=0)
+    with pytest.raises(ValueError, match="unknown output 'lin'"):
+        LRU(H, output="lin")
+
+
+@pytest.mark.parametrize("mode", ["scan", "conv"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_forward_step_and_chunks_equal_the_reference_with_the_output_map(mode, bidirectional):
+    """The whole mixer (LRU -> GELU -> dropout 0 -> Linear + GLU, the defaults) against the float64 recurrence and
+    the output map written out: forward, token by token with ``step`` and in chunks passing the state (causal)."""
+    torch.manual_seed(3)
+    m = LRU(H, bidirectional=bidirectional, d_state=6, r_min=0.5, r_max=0.99, mode=mode).double()
+    assert m.post.activation_name == "gelu" and m.post.output_name == "glu"
+    u = torch.randn(2, H, L, dtype=torch.float64)
+    want = post_reference(m, reference(m, u))
+    torch.testing.assert_close(m(u), want, rtol=1e-9, atol=1e-9)
+    if bidirectional:
+        assert not m.has_state
+        with pytest.raises(ValueError, match="'lru' mixer has no recurrent step: a bidirectional mixer sees the future"):
+            m.step(u[..., 0], None)
+        return
+    m.setup_step()
+    ys, state = run_steps(m, u, m.default_state(2))
+    torch.testing.assert_close(ys, want, rtol=1e-9, atol=1e-9)
+    yc, s = run_chunks(m, u, (1, 2, 23))
+    torch.testing.assert_close(yc, want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(s, state, rtol=1e-9, atol=1e-9)
+
+
+def test_dropout_and_its_tied_mask_act_in_training_only():
+    """``dropout`` drops features before the output map while training (``tie_dropout``: the same features at every
+    position), and nothing in eval."""
+    torch.manual_seed(4)
+    m = LRU(H, d_state=6, output=None, activation=None, dropout=0.5, tie_dropout=True).double()
+    u = torch.randn(2, H, L, dtype=torch.float64)
+    y = m(u)
+    ssm = m.recurrence(u)[0]
+    dropped = y == 0
+    assert dropped.any() and not dropped.all()
+    assert (dropped == dropped[..., :1]).all()  # a feature is dropped at all positions or at none
+    torch.testing.assert_close(y[~dropped], 2 * ssm[~dropped])
+    torch.testing.assert_close(m.eval()(u), ssm)

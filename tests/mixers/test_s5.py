@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from mixer_refs import post_reference, run_chunks, run_steps
 
 import ssmkit.mixers.mimo as mimo_module
 import ssmkit.mixers.s5 as s5_module
@@ -63,21 +64,6 @@ def reference(m: S5, u: torch.Tensor, rate: float = 1.0, h0=None) -> torch.Tenso
         x_rev = run(u.flip(-1), torch.zeros_like(x0)).flip(-1)
         y = y + m.output_scale * torch.einsum("hp,bpl->bhl", C[1], x_rev).real
     return y + m.D.double()[:, None] * u
-
-
-def post_reference(m, y: torch.Tensor) -> torch.Tensor:
-    """The mixer's end in float64, written out: GELU (erf form) or none, then Linear (+ GLU) or none."""
-    y = y.double()
-    if m.post.activation_name == "gelu":
-        y = 0.5 * y * (1 + torch.erf(y / math.sqrt(2)))
-    if m.post.output_name is None:
-        return y
-    linear = m.post.out[0] if m.post.output_name == "glu" else m.post.out
-    y = torch.einsum("oh,bhl->bol", linear.weight.double(), y) + linear.bias.double()[:, None]
-    if m.post.output_name == "glu":
-        a, b = y.chunk(2, dim=1)
-        y = a / (1 + torch.exp(-b))
-    return y
 
 
 def bare(**options) -> dict:
@@ -174,15 +160,6 @@ def test_dt_global_is_the_official_regular_group():
         S5(H, d_state=8, dt_global=True, lr={"Lambda": 1e-3, "dt": 1e-3})
 
 
-def run_steps(m, u: torch.Tensor, state):
-    """u (B, H, L) through ``m.step`` token by token: (outputs (B, H, L), final state)."""
-    ys = []
-    for t in range(u.shape[-1]):
-        y_t, state = m.step(u[..., t], state)
-        ys.append(y_t)
-    return torch.stack(ys, -1), state
-
-
 def test_rate_scales_the_step_and_step_mode_follows():
     torch.manual_seed(3)
     m = S5(H, d_state=8, activation="id", output="linear").eval()
@@ -253,11 +230,8 @@ def test_forward_step_and_chunks_equal_the_reference_with_the_output_map(bidirec
         m.setup_step(rate)
         ys, state = run_steps(m, u, m.default_state(2))
         torch.testing.assert_close(ys, want, rtol=1e-9, atol=1e-9)
-        parts, s = [], None
-        for a, b in ((0, 1), (1, 14), (14, L)):
-            y_part, s = m(u[..., a:b], state=s, return_state=True, rate=rate)
-            parts.append(y_part)
-        torch.testing.assert_close(torch.cat(parts, -1), want, rtol=1e-9, atol=1e-9)
+        yc, s = run_chunks(m, u, (1, 14), rate=rate)
+        torch.testing.assert_close(yc, want, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(s, state, rtol=1e-9, atol=1e-9)
 
 

@@ -78,12 +78,12 @@ class SSDBranch(nn.Module):
             _tag(p, lr)
 
     def _split(self, xBC: torch.Tensor):
-        """(b, conv_dim, ...) -> x (b, heads, P, ...), B, C (b, G, N, ...) as views."""
+        """(b, conv_dim, ...) -> x (b, heads, P, ...), B, C (b, G, N, ...) as views (one ``split``: its backward
+        is one concatenation, where three slices would each fill a zero gradient of the whole xBC and add to it)."""
         E, GN = self.d_inner, self.ngroups * self.d_state
-        x = xBC[:, :E].unflatten(1, (self.nheads, self.headdim))
-        B = xBC[:, E:E + GN].unflatten(1, (self.ngroups, self.d_state))
-        C = xBC[:, E + GN:].unflatten(1, (self.ngroups, self.d_state))
-        return x, B, C
+        x, B, C = xBC.split([E, GN, GN], dim=1)
+        return (x.unflatten(1, (self.nheads, self.headdim)), B.unflatten(1, (self.ngroups, self.d_state)),
+                C.unflatten(1, (self.ngroups, self.d_state)))
 
     def _dt(self, dt: torch.Tensor) -> torch.Tensor:
         """softplus(dt + dt_bias) in float32 at least; dt (b, heads, ...)."""

@@ -72,40 +72,160 @@ def _check(x, dt, A, B, C, D, h0) -> None:
         raise ValueError(f"ssd_scan: h0 must be (b, heads, P, N) = {(b, h, P, N)}, got {tuple(h0.shape)}")
 
 
-class _ChunkStates(torch.autograd.Function):
+def _decay_matrix(a: torch.Tensor) -> torch.Tensor:
+    """exp(segsum(a)) (..., Q, Q) without autograd, in place on one buffer: the masked copy of a, its cumulative
+    sum down the rows, exp, and exact zeros above the diagonal (as :func:`segsum`, no difference of sums)."""
+    Q = a.shape[-1]
+    strict = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)
+    S = torch.where(strict, a[..., :, None], a.new_zeros(()))                # S[k, s] = a[k] for k > s
+    S.cumsum_(dim=-2).exp_()
+    return S.masked_fill_(strict.logical_not_().triu_(1), 0)                 # s > t: exactly 0
+
+
+def _pass_states(decay: torch.Tensor, states: torch.Tensor, h0: torch.Tensor | None):
     """The states entering the chunks, S_0 = h0 and S_{k+1} = d_k S_k + s_k, one chunk after another.
 
-    decay (n, c, r), states (n, c, r, M), h0 (n, r, M) -> entering (n, c, r, M) (S_0 .. S_{c-1}) and the final
-    S_c (n, r, M). A sequential loop over the c = L / Q chunks on (n, r, M) slices (c is small: 64 at L 4096);
-    the backward is the adjoint loop G_k = dS_k + d_k G_{k+1} from the end, so nothing but the entering states
-    is kept."""
+    decay (n, c, r), states (n, c, r, M), h0 (n, r, M) or None -> entering (n, c, r, M) (S_0 .. S_{c-1}) and the
+    final S_c (n, r, M). A sequential loop over the c = L / Q chunks on (n, r, M) slices (c is small: 64 at L
+    4096), where a parallel scan would make log2(c) passes over all the states."""
+    n, c, r, M = states.shape
+    entering = states.new_empty(n, c, r, M)
+    S = entering[:, 0]
+    S.zero_() if h0 is None else S.copy_(h0)
+    for k in range(c - 1):
+        torch.addcmul(states[:, k], decay[:, k, :, None], S, out=entering[:, k + 1])
+        S = entering[:, k + 1]
+    return entering, torch.addcmul(states[:, c - 1], decay[:, c - 1, :, None], S)
+
+
+def _pass_states_backward(decay, entering, g_entering, g_last):
+    """The adjoint of :func:`_pass_states`, G_k = dS_k + d_k G_{k+1} from the end: the gradients of the chunk
+    states (G_{k+1}), of the decays (G_{k+1} . S_k) and of h0 (G_0)."""
+    n, c, r, M = entering.shape
+    g_states = torch.empty_like(entering)
+    g_decay = decay.new_empty(n, c, r)
+    G = g_last
+    for k in range(c - 1, -1, -1):
+        g_states[:, k] = G
+        torch.linalg.vecdot(G, entering[:, k], out=g_decay[:, k])
+        G = torch.addcmul(g_entering[:, k], decay[:, k, :, None], G)
+    return g_states, g_decay, G
+
+
+class _SSDChunked(torch.autograd.Function):
+    """The chunked SSD core with a hand-written backward (no autograd graph of (Q x Q) temporaries).
+
+    x (b, h, P, L), dt (b, h, L) with L a multiple of Q; a = dt A in the chunk-major layout (b, g, c, r, Q); B and
+    C as Bt, Ct (b g c, Q, N); h0 (b g, r, P N) or None -> y (b, h, P, L) without the skip D, and the final state
+    (b g, r, P N). Heads are (g, r): head g r + j reads group g. Inside, everything is chunk-major (b, g, c, r, ...)
+    so that every product is one bmm over the (b, g, c) or (b, g, c, r) batch with no copy of its operands.
+
+    Saved for the backward: the inputs, the states entering the chunks (b h P N L / Q) and the inter-chunk part of
+    y (b h P L); the (Q x Q) decay and score matrices and dt x are recomputed."""
 
     @staticmethod
-    def forward(ctx, decay, states, h0):
-        n, c, r, M = states.shape
-        entering = states.new_empty(n, c, r, M)
-        S = entering[:, 0]
-        S.zero_() if h0 is None else S.copy_(h0)
-        for k in range(c - 1):
-            torch.addcmul(states[:, k], decay[:, k, :, None], S, out=entering[:, k + 1])
-            S = entering[:, k + 1]
-        last = torch.addcmul(states[:, c - 1], decay[:, c - 1, :, None], S)
-        ctx.save_for_backward(decay, entering)
+    def forward(ctx, x, dt, a, Bt, Ct, h0):
+        b, g, c, r, Q = a.shape
+        P, N = x.shape[2], Bt.shape[-1]
+        n = b * g * c
+        X = _chunk_major(x, dt, a.shape)                                          # dt_s x_s (b, g, c, r, P, Q)
+        a_cum = a.cumsum(-1)                                    # a_1 + ... + a_l within the chunk
+        # a_{s+1} + ... + a_Q: suffix sums of the shifted a, not a_cum[-1] - a_cum[s]
+        a_tail = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))
+
+        # 1. within each chunk: (C_l . B_s) exp(segsum) dt_s x_s
+        M = _decay_matrix(a).mul_(torch.bmm(Ct, Bt.transpose(1, 2)).view(b, g, c, 1, Q, Q))
+        y = torch.bmm(X.view(n * r, P, Q), M.view(n * r, Q, Q).transpose(1, 2)).view(b, g, c, r, P, Q)
+        del M
+        # 2. every chunk's end state from a zero start: sum_s exp(a_tail_s) dt_s x_s B_s^T
+        states = torch.bmm(X.mul_(torch.exp(a_tail)[..., None, :]).view(n, r * P, Q), Bt)      # (n, r P, N)
+        del X
+        # 3. the states entering the chunks: S_c = exp(sum a over chunk c-1) S_{c-1} + state_{c-1}
+        decay = torch.exp(a_cum[..., -1]).view(b * g, c, r)
+        entering, h_last = _pass_states(decay, states.view(b * g, c, r, P * N), h0)
+        del states
+        # 4. the entering state read at every position, decayed by a_1 + ... + a_l
+        y_off = torch.bmm(entering.view(n, r * P, N), Ct.transpose(1, 2)).view(b, g, c, r, P, Q)
+        y_off.mul_(torch.exp(a_cum)[..., None, :])
+        out = x.new_empty(b, g, r, P, c, Q)
+        torch.add(y, y_off, out=out.permute(0, 1, 4, 2, 3, 5))
+        ctx.save_for_backward(x, dt, a, Bt, Ct, entering, y_off)
         ctx.has_h0 = h0 is not None
-        return entering, last
+        return out.view(b, g * r, P, c * Q), h_last
 
     @staticmethod
-    def backward(ctx, g_entering, g_last):
-        decay, entering = ctx.saved_tensors
-        n, c, r, M = entering.shape
-        g_states = torch.empty_like(entering)
-        g_decay = decay.new_empty(n, c, r)
-        G = g_last.clone()
-        for k in range(c - 1, -1, -1):
-            g_states[:, k] = G
-            torch.linalg.vecdot(G, entering[:, k], out=g_decay[:, k])
-            G = torch.addcmul(g_entering[:, k], decay[:, k, :, None], G)
-        return g_decay, g_states, (G if ctx.has_h0 else None)
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, g_last):
+        x, dt, a, Bt, Ct, entering, y_off = ctx.saved_tensors
+        b, g, c, r, Q = a.shape
+        P, N = x.shape[2], Bt.shape[-1]
+        n = b * g * c
+        a_cum = a.cumsum(-1)
+        w = torch.exp(F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1)))   # exp(a_tail)
+        v = torch.exp(a_cum)
+        decay = torch.exp(a_cum[..., -1]).view(b * g, c, r)
+        gy = gy.view(b, g, r, P, c, Q).permute(0, 1, 4, 2, 3, 5).contiguous()       # (b, g, c, r, P, Q)
+        X = _chunk_major(x, dt, a.shape)
+
+        # 4. y_off = (S C^T) v: the exponent a_cum, the entering states and C
+        ga_cum = torch.linalg.vecdot(gy, y_off, dim=-2)                # d/d a_cum (b, g, c, r, Q)
+        del y_off
+        gyv = gy * v[..., None, :]
+        g_entering = torch.bmm(gyv.view(n, r * P, Q), Ct)                            # (n, r P, N)
+        gCt = torch.bmm(gyv.view(n, r * P, Q).transpose(1, 2), entering.view(n, r * P, N))
+        del gyv
+        # 3. the states passed between chunks
+        g_last = torch.zeros_like(entering[:, 0]) if g_last is None else g_last
+        g_states, g_decay, g_h0 = _pass_states_backward(decay, entering.view(b * g, c, r, P * N),
+                                                        g_entering.view(b * g, c, r, P * N), g_last)
+        del g_entering
+        ga_cum[..., -1] += (g_decay * decay).view(b, g, c, r)
+        # 2. states = (X w) B: the exponent a_tail, X and B
+        g_states = g_states.view(n, r * P, N)
+        gX = torch.bmm(g_states, Bt.transpose(1, 2)).view(b, g, c, r, P, Q)      # gradient of X w
+        Xw = X * w[..., None, :]
+        gBt = torch.bmm(Xw.view(n, r * P, Q).transpose(1, 2), g_states)
+        del g_states
+        ga_tail = torch.linalg.vecdot(gX, Xw, dim=-2)                 # d/d a_tail
+        del Xw
+        gX.mul_(w[..., None, :])
+        # 1. y = X M^T with M = scores * exp(segsum a)
+        Lm = _decay_matrix(a)
+        scores = torch.bmm(Ct, Bt.transpose(1, 2)).view(b, g, c, 1, Q, Q)
+        M = Lm * scores
+        gX.view(n * r, P, Q).baddbmm_(gy.view(n * r, P, Q), M.view(n * r, Q, Q))
+        gM = torch.bmm(gy.view(n * r, P, Q).transpose(1, 2), X.view(n * r, P, Q)).view(b, g, c, r, Q, Q)
+        del gy, X
+        g_scores = (gM * Lm).sum(3).view(n, Q, Q) if r > 1 else (gM * Lm).view(n, Q, Q)
+        del Lm
+        gCt.baddbmm_(g_scores, Bt)
+        gBt.baddbmm_(g_scores.transpose(1, 2), Ct)
+        # the exponent segsum(a)[l, s] = a_{s+1} + ... + a_l: a_k gets sum over l >= k > s of gM M
+        R = gM.mul_(M).cumsum_(-1)                                # R[l, j] = sum_{s <= j} (gM M)[l, s]
+        del M
+        strict = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)
+        ga_seg = R.masked_fill_(~strict, 0).sum(-2)                      # [j]: sum over l > j of R[l, j]
+        del R
+        # a_cum[l] = a_1 + ... + a_l, a_tail[s] = a_{s+1} + ... + a_Q, segsum: back to a
+        ga = ga_cum.flip(-1).cumsum(-1).flip(-1)
+        ga[..., 1:] += ga_tail[..., :-1].cumsum(-1) + ga_seg[..., :-1]
+        # X = dt x
+        gX = gX.permute(0, 1, 3, 4, 2, 5)                                         # (b, g, r, P, c, Q)
+        xv = x.view(b, g, r, P, c, Q)
+        gdt = torch.linalg.vecdot(gX, xv, dim=3).reshape(dt.shape)
+        gx = x.new_empty(b, g, r, P, c, Q)
+        torch.mul(gX, dt.view(b, g, r, 1, c, Q), out=gx)
+        return (gx.view(x.shape), gdt, ga, gBt, gCt, (g_h0 if ctx.has_h0 else None))
+
+
+def _chunk_major(x: torch.Tensor, dt: torch.Tensor, shape) -> torch.Tensor:
+    """dt x in the chunk-major layout (b, g, c, r, P, Q), written in one pass."""
+    b, g, c, r, Q = shape
+    P = x.shape[2]
+    X = x.new_empty(b, g, c, r, P, Q)
+    torch.mul(x.view(b, g, r, P, c, Q).permute(0, 1, 4, 2, 3, 5),
+              dt.view(b, g, r, 1, c, Q).permute(0, 1, 4, 2, 3, 5), out=X)
+    return X
 
 
 def _torch_ssd(x, dt, A, B, C, D, h0, chunk: int):
@@ -117,35 +237,12 @@ def _torch_ssd(x, dt, A, B, C, D, h0, chunk: int):
     if pad:  # dt = 0: decay 1 and no input, so the padded positions leave the state as it was
         x, dt, B, C = (F.pad(t, (0, pad)) for t in (x, dt, B, C))
     c = (L + pad) // Q
-    n = b * g * c
-    # internal layout: chunk-major (b, g, c, r, ...), so every GEMM is one bmm over the (b, g, c) or (b, g, c, r)
-    # batch with no copy of its operands, and the chunk states of one chunk are contiguous
     a = (dt * A[:, None]).view(b, g, r, c, Q).permute(0, 1, 3, 2, 4).contiguous()  # log decay, <= 0
-    a_cum = a.cumsum(-1)                                        # a_1 + ... + a_l within the chunk
-    # a_{s+1} + ... + a_Q: suffix sums of the shifted a, not a_cum[-1] - a_cum[s]
-    a_tail = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))
-    X = (x * dt[:, :, None]).view(b, g, r, P, c, Q).permute(0, 1, 4, 2, 3, 5).contiguous()  # dt_s x_s
-    Bt = B.view(b, g, N, c, Q).permute(0, 1, 3, 4, 2).reshape(n, Q, N)
-    Ct = C.view(b, g, N, c, Q).permute(0, 1, 3, 4, 2).reshape(n, Q, N)
-
-    # 1. within each chunk: (C_l . B_s) exp(segsum) dt_s x_s
-    scores = torch.bmm(Ct, Bt.transpose(1, 2))                                   # (n, Q_l, Q_s)
-    M = scores.view(b, g, c, 1, Q, Q) * torch.exp(segsum(a))                      # (b, g, c, r, Q, Q)
-    y = torch.bmm(X.view(n * r, P, Q), M.view(n * r, Q, Q).transpose(1, 2))     # (n r, P, Q_l)
-
-    # 2. every chunk's end state from a zero start: sum_s exp(a_tail_s) dt_s x_s B_s^T
-    Xd = X * torch.exp(a_tail)[..., None, :]
-    states = torch.bmm(Xd.view(n, r * P, Q), Bt)                                  # (n, r P, N)
-
-    # 3. the states entering the chunks: S_c = exp(sum a over chunk c-1) S_{c-1} + state_{c-1}
-    decay = torch.exp(a_cum[..., -1]).view(b * g, c, r)
+    Bt = B.view(b, g, N, c, Q).permute(0, 1, 3, 4, 2).reshape(b * g * c, Q, N)
+    Ct = C.view(b, g, N, c, Q).permute(0, 1, 3, 4, 2).reshape(b * g * c, Q, N)
     h0_ = None if h0 is None else h0.reshape(b * g, r, P * N)
-    entering, h_last = _ChunkStates.apply(decay, states.view(b * g, c, r, P * N), h0_)
-
-    # 4. the entering state read at every position, decayed by a_1 + ... + a_l
-    y_off = torch.bmm(entering.view(n, r * P, N), Ct.transpose(1, 2)).view(b, g, c, r, P, Q)
-    y = y.view(b, g, c, r, P, Q) + y_off * torch.exp(a_cum)[..., None, :]
-    y = y.permute(0, 1, 3, 4, 2, 5).reshape(b, h, P, c * Q)[..., :L]
+    y, h_last = _SSDChunked.apply(x.contiguous(), dt.contiguous(), a, Bt, Ct, h0_)
+    y = y[..., :L]
     if D is not None:
         y = y + D[:, None, None] * x[..., :L]
     return y, h_last.view(b, h, P, N)

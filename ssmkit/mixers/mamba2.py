@@ -53,6 +53,44 @@ class Mamba2State(NamedTuple):
     ssm: torch.Tensor
 
 
+class _GatedRMSNorm(torch.autograd.Function):
+    """RMSNorm_G(y * silu(z)) * weight over each of G groups of channels (dim 1), fused by hand: the forward is
+    four passes over (B, E, L) (silu, gate, norm, scale) writing one buffer, the backward recomputes the gate from
+    y and z (autograd's graph of this would keep five (B, E, L) temporaries and make ~20 passes).
+
+    y, z (B, E, ...), weight (E,), rstd computed per (batch, group, position)."""
+
+    @staticmethod
+    def forward(ctx, y, z, weight, groups: int, eps: float):
+        out = F.silu(z).mul_(y)                                               # g = y silu(z)
+        grouped = out.unflatten(1, (groups, -1))
+        n = grouped.shape[2]
+        rstd = torch.linalg.vector_norm(grouped, dim=2, keepdim=True).square_().div_(n).add_(eps).rsqrt_()
+        grouped.mul_(rstd)
+        out.mul_(weight.view(-1, *([1] * (y.dim() - 2))))
+        ctx.save_for_backward(y, z, weight, rstd)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        y, z, weight, rstd = ctx.saved_tensors
+        w = weight.view(-1, *([1] * (y.dim() - 2)))
+        s = F.silu(z)
+        h = (y * s).unflatten(1, (ctx.groups, -1)).mul_(rstd)                 # the normalised gate
+        n = h.shape[2]
+        g_h = (g_out * w).unflatten(1, (ctx.groups, -1))
+        g_w = (g_out * h.flatten(1, 2)).sum(dim=[d for d in range(y.dim()) if d != 1])
+        # d/dg of g rstd(g) at the normalised h: rstd (g_h - h mean(g_h h))
+        mean = torch.linalg.vecdot(g_h, h, dim=2).unsqueeze(2).div_(n)
+        g_g = g_h.addcmul_(h, mean, value=-1).mul_(rstd).flatten(1, 2)
+        del h
+        g_y = g_g * s
+        g_z = torch.ops.aten.silu_backward(g_g.mul_(y), z)
+        return g_y, g_z, g_w, None, None
+
+
 def _tag(p: nn.Parameter, lr: float | None) -> None:
     """An SSM parameter: no weight decay, and its own lr when one is given."""
     p._optim = {"weight_decay": 0.0, **({} if lr is None else {"lr": float(lr)})}
@@ -227,10 +265,8 @@ class Mamba2(Mixer):
         """out_proj(RMSNorm over each group of E / G channels of y * silu(z), times the weight); channel dim 1."""
         dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=y.device.type, enabled=False):
-            g = y.to(dtype) * F.silu(z.to(dtype))
-            grouped = g.unflatten(1, (self.ngroups, -1))
-            g = (grouped * torch.rsqrt(grouped.square().mean(2, keepdim=True) + self.norm_eps)).flatten(1, 2)
-            g = g * self.norm_weight.to(dtype).view(-1, *([1] * (g.dim() - 2)))
+            g = _GatedRMSNorm.apply(y.to(dtype), z.to(dtype), self.norm_weight.to(dtype), self.ngroups,
+                                    self.norm_eps)
         g = g.to(self.out_proj.weight.dtype)  # (autocast casts it again for the GEMM)
         if g.dim() == 2:  # one token: nn.Linear on (B, E)
             return self.out_proj(g)

@@ -77,7 +77,7 @@ def _decay_matrix(a: torch.Tensor) -> torch.Tensor:
     sum down the rows, exp, and exact zeros above the diagonal (as :func:`segsum`, no difference of sums)."""
     Q = a.shape[-1]
     strict = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)
-    S = torch.where(strict, a[..., :, None], a.new_zeros(()))                # S[k, s] = a[k] for k > s
+    S = a[..., :, None] * strict.to(a.dtype)                                # S[k, s] = a[k] for k > s
     S.cumsum_(dim=-2).exp_()
     return S.masked_fill_(strict.logical_not_().triu_(1), 0)                 # s > t: exactly 0
 
@@ -116,7 +116,7 @@ class _SSDChunked(torch.autograd.Function):
     """The chunked SSD core with a hand-written backward (no autograd graph of (Q x Q) temporaries).
 
     x (b, h, P, L), dt (b, h, L) with L a multiple of Q; a = dt A in the chunk-major layout (b, g, c, r, Q); B and
-    C as Bt, Ct (b g c, Q, N); h0 (b g, r, P N) or None -> y (b, h, P, L) without the skip D, and the final state
+    C as Bt, Ct (b g c, Q, N); D (h,) or None; h0 (b g, r, P N) or None -> y (b, h, P, L) and the final state
     (b g, r, P N). Heads are (g, r): head g r + j reads group g. Inside, everything is chunk-major (b, g, c, r, ...)
     so that every product is one bmm over the (b, g, c) or (b, g, c, r) batch with no copy of its operands.
 
@@ -124,7 +124,7 @@ class _SSDChunked(torch.autograd.Function):
     y (b h P L); the (Q x Q) decay and score matrices and dt x are recomputed."""
 
     @staticmethod
-    def forward(ctx, x, dt, a, Bt, Ct, h0):
+    def forward(ctx, x, dt, a, Bt, Ct, D, h0):
         b, g, c, r, Q = a.shape
         P, N = x.shape[2], Bt.shape[-1]
         n = b * g * c
@@ -149,14 +149,17 @@ class _SSDChunked(torch.autograd.Function):
         y_off.mul_(torch.exp(a_cum)[..., None, :])
         out = x.new_empty(b, g, r, P, c, Q)
         torch.add(y, y_off, out=out.permute(0, 1, 4, 2, 3, 5))
-        ctx.save_for_backward(x, dt, a, Bt, Ct, entering, y_off)
+        out = out.view(b, g * r, P, c * Q)
+        if D is not None:
+            out.addcmul_(x, D[:, None, None])
+        ctx.save_for_backward(x, dt, a, Bt, Ct, D, entering, y_off)
         ctx.has_h0 = h0 is not None
-        return out.view(b, g * r, P, c * Q), h_last
+        return out, h_last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, g_last):
-        x, dt, a, Bt, Ct, entering, y_off = ctx.saved_tensors
+        x, dt, a, Bt, Ct, D, entering, y_off = ctx.saved_tensors
         b, g, c, r, Q = a.shape
         P, N = x.shape[2], Bt.shape[-1]
         n = b * g * c
@@ -164,7 +167,9 @@ class _SSDChunked(torch.autograd.Function):
         w = torch.exp(F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1)))   # exp(a_tail)
         v = torch.exp(a_cum)
         decay = torch.exp(a_cum[..., -1]).view(b * g, c, r)
-        gy = gy.view(b, g, r, P, c, Q).permute(0, 1, 4, 2, 3, 5).contiguous()       # (b, g, c, r, P, Q)
+        gD = None if D is None else torch.linalg.vecdot(gy, x, dim=-1).sum((0, 2))
+        g_skip = gy
+        gy = gy.reshape(b, g, r, P, c, Q).permute(0, 1, 4, 2, 3, 5).contiguous()       # (b, g, c, r, P, Q)
         X = _chunk_major(x, dt, a.shape)
 
         # 4. y_off = (S C^T) v: the exponent a_cum, the entering states and C
@@ -211,11 +216,14 @@ class _SSDChunked(torch.autograd.Function):
         ga[..., 1:] += ga_tail[..., :-1].cumsum(-1) + ga_seg[..., :-1]
         # X = dt x
         gX = gX.permute(0, 1, 3, 4, 2, 5)                                         # (b, g, r, P, c, Q)
-        xv = x.view(b, g, r, P, c, Q)
+        xv = x.reshape(b, g, r, P, c, Q)
         gdt = torch.linalg.vecdot(gX, xv, dim=3).reshape(dt.shape)
         gx = x.new_empty(b, g, r, P, c, Q)
         torch.mul(gX, dt.view(b, g, r, 1, c, Q), out=gx)
-        return (gx.view(x.shape), gdt, ga, gBt, gCt, (g_h0 if ctx.has_h0 else None))
+        gx = gx.view(x.shape)
+        if D is not None:
+            gx.addcmul_(g_skip, D[:, None, None])
+        return gx, gdt, ga, gBt, gCt, gD, (g_h0 if ctx.has_h0 else None)
 
 
 def _chunk_major(x: torch.Tensor, dt: torch.Tensor, shape) -> torch.Tensor:
@@ -223,7 +231,7 @@ def _chunk_major(x: torch.Tensor, dt: torch.Tensor, shape) -> torch.Tensor:
     b, g, c, r, Q = shape
     P = x.shape[2]
     X = x.new_empty(b, g, c, r, P, Q)
-    torch.mul(x.view(b, g, r, P, c, Q).permute(0, 1, 4, 2, 3, 5),
+    torch.mul(x.reshape(b, g, r, P, c, Q).permute(0, 1, 4, 2, 3, 5),
               dt.view(b, g, r, 1, c, Q).permute(0, 1, 4, 2, 3, 5), out=X)
     return X
 
@@ -241,11 +249,8 @@ def _torch_ssd(x, dt, A, B, C, D, h0, chunk: int):
     Bt = B.view(b, g, N, c, Q).permute(0, 1, 3, 4, 2).reshape(b * g * c, Q, N)
     Ct = C.view(b, g, N, c, Q).permute(0, 1, 3, 4, 2).reshape(b * g * c, Q, N)
     h0_ = None if h0 is None else h0.reshape(b * g, r, P * N)
-    y, h_last = _SSDChunked.apply(x.contiguous(), dt.contiguous(), a, Bt, Ct, h0_)
-    y = y[..., :L]
-    if D is not None:
-        y = y + D[:, None, None] * x[..., :L]
-    return y, h_last.view(b, h, P, N)
+    y, h_last = _SSDChunked.apply(x, dt.contiguous(), a, Bt, Ct, D, h0_)
+    return (y[..., :L] if pad else y), h_last.view(b, h, P, N)
 
 
 # --- the optional fused backend (mamba_ssm's Triton kernels) ---

@@ -20,3 +20,21 @@ def console(stderr: bool = False, **options) -> Console:
     if out.is_terminal:
         return out
     return Console(stderr=stderr, width=UNCUT_WIDTH, soft_wrap=True, **options)
+
+
+def number_text(value, spec: str = ".6g") -> str:
+    """A value for a table cell or a log line: ``-`` for None, a float in ``spec``, anything else as text."""
+    if value is None:
+        return "-"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def duration_text(seconds: float | None) -> str:
+    """Seconds as ``12.3s``, ``4.5m`` or ``1.2h`` (``-`` for None)."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ssmkit.errors import DataError, RecipeError, UserError
+from ssmkit.errors import DataError, RecipeError, UserError, first_line, read_utf8
 from ssmkit.mixers import MIXERS, mixer_parameters
 from ssmkit.models import BACKBONES
 from ssmkit.registry import did_you_mean
@@ -234,15 +234,8 @@ def load_yaml(path: Path) -> dict:
     """A recipe file as a mapping; binary or non-UTF-8 bytes, malformed or too deeply nested YAML, and a
     document that is not a mapping are each one RecipeError naming the file."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"{path}: not a UTF-8 text file (byte {e.start} is 0x{e.object[e.start]:02x}); "
-                          "a recipe is a YAML text file") from None
-    except FileNotFoundError:
-        raise RecipeError(f"no recipe file {str(path)!r}") from None
-    except OSError as e:
-        raise RecipeError(f"cannot read recipe {path}: {e.strerror}") from None
+    text = read_utf8(path, RecipeError, fix="a recipe is a YAML text file",
+                     missing=RecipeError(f"no recipe file {str(path)!r}"))
     if "\x00" in text:
         raise RecipeError(f"{path}: contains NUL bytes; a recipe is a YAML text file")
     try:
@@ -252,7 +245,7 @@ def load_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise RecipeError(f"{path}: malformed YAML at{where}: {problem}") from None
     if data is None:
         data = {}

@@ -11,6 +11,12 @@ def did_you_mean(name: str, allowed) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def check_choice(name: str, value, allowed) -> None:
+    """A ValueError ``unknown NAME VALUE; choose one of A, B, C`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
 class Registry:
     """A dict of named builders with friendly errors."""
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ssmkit.errors import UserError
+from ssmkit.errors import UserError, first_line
 from ssmkit.generation.recurrent import check_recurrent
 from ssmkit.generation.sampling import check_sampling, make_generator, sample_next
 from ssmkit.models.fast_step import aot_unsupported
@@ -164,8 +164,7 @@ def _prepare_step(model, backend: str, token: torch.Tensor, state) -> tuple[Call
         fn = _compiled_step(model, backend)
         fn(token, state)  # compiles for this signature; the step is pure, the result is dropped
     except Exception as e:  # noqa: BLE001 - export/inductor raise many types; the warning names it
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        warnings.warn(f"compile_step({backend!r}) failed ({type(e).__name__}: {first}); stepping eagerly",
+        warnings.warn(f"compile_step({backend!r}) failed ({type(e).__name__}: {first_line(e, empty='')}); stepping eagerly",
                       RuntimeWarning, stacklevel=3)
         return model.step, "eager", f"compile_step({backend!r}) failed: {type(e).__name__}", time.perf_counter() - t0
     return fn, backend, "", time.perf_counter() - t0

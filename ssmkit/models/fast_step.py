@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssmkit.errors import first_line
 from ssmkit.mixers import ConvMixer
 
 # Inductor options of the compiled step: freeze the weights into the library and let inductor generate
@@ -99,7 +100,7 @@ class AOTStep:
         except Exception as e:  # export and inductor raise many types; keep the cause, say what to do
             raise RuntimeError(
                 f"compile_step('aot') could not compile this model's step ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); use compile_step('inductor') or model.step"
+                f"{first_line(e, empty='')}); use compile_step('inductor') or model.step"
             ) from e
         runner = torch._inductor.aoti_load_package(package).loader.run  # skips per-call pytree parsing
         self._runs[key] = runner

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ssmkit.errors import UserError
+from ssmkit.errors import UserError, first_line, read_utf8
 
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json", "recipe.yaml")
 _STEP_NAME = re.compile(r"step-(\d{8,})")
@@ -426,7 +426,7 @@ def _weights_only_reason(e: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
         return reason.split(" was not an allowed global")[0].strip() or "unsupported content"
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return first_line(e)
 
 
 def _missing(path: Path) -> UserError:
@@ -447,13 +447,8 @@ def load_torch_file(path: Path):
     except FileNotFoundError:
         raise _missing(path) from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/EOFError/ValueError/... for broken files
-        raise UserError(f"{path}: not a readable torch file ({type(e).__name__}: {_first_line(e)}); "
+        raise UserError(f"{path}: not a readable torch file ({type(e).__name__}: {first_line(e, 200, empty='no details')}); "
                         "the checkpoint is corrupt or truncated (delete this step folder)") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else "no details"
 
 
 def load_weights_file(path: Path) -> dict:
@@ -463,17 +458,12 @@ def load_weights_file(path: Path) -> dict:
     except FileNotFoundError:
         raise _missing(path) from None
     except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, also OSError
-        raise UserError(f"{path}: not a readable safetensors file ({_first_line(e)}); the checkpoint is corrupt "
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(e, 200, empty='no details')}); the checkpoint is corrupt "
                         "or truncated (delete this step folder)") from None
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _missing(path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read this file as UTF-8 text ({_first_line(e)}); the checkpoint is corrupt") from None
+    return read_utf8(path, fix="the checkpoint is corrupt", missing=_missing(path))
 
 
 STATE_KEYS = {"step": int, "epoch": int, "batch_in_epoch": int, "scheduler": dict, "rng": dict}

@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ssmkit.errors import UserError
+from ssmkit.errors import UserError, first_line
 
 
 def _make_folder(path: Path, what: str) -> None:
@@ -206,7 +206,7 @@ def read_summary(run_dir: Path) -> dict | None:
         raise UserError(f"cannot read {path} ({'a symbolic link' if e.errno == errno.ELOOP else e.strerror}); "
                         "delete it") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: not valid JSON ({str(e).splitlines()[0][:80]}); fix it or delete it") from None
+        raise UserError(f"{path}: not valid JSON ({first_line(e, 80)}); fix it or delete it") from None
     if not isinstance(summary, dict):
         raise UserError(f"{path}: expected a JSON object, got a {type(summary).__name__}; fix it or delete it")
     _segments(summary, path)

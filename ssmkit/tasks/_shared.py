@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from ssmkit.errors import DataError
+from ssmkit.errors import DataError, read_utf8
 from ssmkit.tasks.base import Task, data_root
 
 IGNORE_INDEX = -100
@@ -59,13 +59,7 @@ def user_path(text: str) -> Path:
 
 def read_text(path: Path) -> str:
     """A data file as UTF-8 text; binary or non-UTF-8 bytes are one DataError naming the file."""
-    try:
-        return Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a UTF-8 text file (byte {e.start} is 0x{e.object[e.start]:02x}); the file is "
-                        "corrupt or not the expected one: replace it") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    return read_utf8(path, DataError, fix="the file is corrupt or not the expected one: replace it")
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int = 42) -> list[list[int]]:

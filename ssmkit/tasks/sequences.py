@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssmkit.errors import DataError
+from ssmkit.errors import DataError, first_line
 from ssmkit.tasks._shared import PAD_ID, check_choice, check_split, split_indices, user_path
 from ssmkit.tasks.base import TASKS, Task
 
@@ -247,7 +247,7 @@ def load_arrays(path: Path, split: str) -> ArraySource:
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         if "allow_pickle" in reason or "Object arrays" in reason:
             reason = "it holds Python objects (ragged lists?); store a padded numeric array with lengths"
         raise DataError(f"{path}: not a NumPy .npz/.npy the {split} split can use ({reason})") from None
@@ -290,7 +290,7 @@ def load_hf(name: str):
         with _hub_offline(offline):  # no network: the library's cache only, at once (not five retries per file)
             return datasets.load_dataset(name)
     except Exception as e:  # noqa: BLE001 - the datasets library raises many types (connection, not found, format)
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 200)
         if path.exists():
             raise DataError(f"{path}: not a Hugging Face dataset the datasets library can read ({type(e).__name__}: "
                             f"{reason})") from None

@@ -82,7 +82,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
 
 class SyntheticTask(Task):
-    """Common options and the loss/metric contract. Subclasses set d_input, d_output, l_output, generate()."""
+    """Common options and the loss/metric contract. Subclasses set d_input, d_output and generate(), and
+    ``l_output`` (how many final positions are the target) where it is not the whole ``seq_len``."""
 
     encoder = "linear"
     pool = None
@@ -100,6 +101,7 @@ class SyntheticTask(Task):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.L, self.seed = seq_len, seed
+        self.l_output = seq_len  # the target is read from every position unless a task sets fewer
         self.sizes = {"train": samples_per_epoch, "val": val_samples, "test": test_samples}
 
     def generate(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +151,6 @@ class Shift(SyntheticTask):
             raise ValueError(f"num_shifts must be in [1, seq_len={seq_len}], got {num_shifts}")
         super().__init__(seq_len, **options)
         self.num_shifts = self.d_output = num_shifts
-        self.l_output = seq_len
         self.shifts = [h * seq_len // num_shifts for h in range(num_shifts)]
 
     def generate(self, g):
@@ -167,10 +168,6 @@ class CumSum(SyntheticTask):
     name = "cumsum"
     d_input, d_output = 3, 1
 
-    def __init__(self, seq_len: int = 256, **options):
-        super().__init__(seq_len, **options)
-        self.l_output = seq_len
-
     def generate(self, g):
         x = inf_normalised(self.L, g)
         y = torch.cumsum(x.double(), 0) / torch.sqrt(torch.arange(1, self.L + 1, dtype=torch.float64))
@@ -184,10 +181,6 @@ class CumMax(SyntheticTask):
     name = "cummax"
     d_input, d_output = 3, 1
 
-    def __init__(self, seq_len: int = 256, **options):
-        super().__init__(seq_len, **options)
-        self.l_output = seq_len
-
     def generate(self, g):
         x = inf_normalised(self.L, g)
         return _with_positions(x), torch.cummax(x, 0).values.unsqueeze(-1)
@@ -199,10 +192,6 @@ class Reverse(SyntheticTask):
 
     name = "reverse"
     d_input, d_output = 3, 1
-
-    def __init__(self, seq_len: int = 256, **options):
-        super().__init__(seq_len, **options)
-        self.l_output = seq_len
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(0)
@@ -303,10 +292,6 @@ class ContextShift(SyntheticTask):
     name = "context_shift"
     d_input, d_output = 3, 1
     min_L = 3
-
-    def __init__(self, seq_len: int = 256, **options):
-        super().__init__(seq_len, **options)
-        self.l_output = seq_len
 
     def generate(self, g):
         L = self.L

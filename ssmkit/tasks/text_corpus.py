@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmkit.errors import DataError
+from ssmkit.errors import DataError, first_line
 from ssmkit.ops.ext_build import cache_root
 from ssmkit.tasks._shared import user_path
 from ssmkit.tasks.base import data_root
@@ -102,7 +102,7 @@ def load_tokenizer(spec: str):
     try:
         return Tokenizer.from_file(str(path)), path
     except Exception as e:  # noqa: BLE001 - the Rust library's errors are all plain Exceptions
-        raise DataError(f"{path}: not a tokenizers JSON file ({str(e).strip().splitlines()[0][:160]})") from None
+        raise DataError(f"{path}: not a tokenizers JSON file ({first_line(e, 160)})") from None
 
 
 class TextCorpus:

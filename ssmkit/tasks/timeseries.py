@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssmkit.errors import DataError
+from ssmkit.errors import DataError, first_line
 from ssmkit.tasks._shared import check_choice, check_split, read_text, user_path
 from ssmkit.tasks.base import TASKS, Task
 from ssmkit.tasks.instance_norm import WindowNorm
@@ -208,7 +208,7 @@ def _read_parquet(path: Path) -> Table:
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).strip().splitlines()[0]})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
     header = [str(n) for n in table.column_names]
     _check_header(path, header)
     cells = {name: table.column(j).to_pylist() for j, name in enumerate(header)}

@@ -45,7 +45,7 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from rich.table import Table
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-from ssmkit.errors import DataError, RecipeError, UserError
+from ssmkit.errors import DataError, RecipeError, UserError, first_line
 from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
 from ssmkit.recipe import Recipe, build_task, prepare_data  # noqa: F401  (build_task: tests reach it as loop.build_task)
 from ssmkit.runs.accelerator import is_fsdp, make_accelerator
@@ -571,7 +571,7 @@ class _Compiled:
             self._fallback(e)
 
     def _fallback(self, e: Exception) -> None:
-        self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        self.failed = f"{type(e).__name__}: {first_line(e, empty='')}"
         self.compiled = None
         warnings.warn(f"train.compile: torch.compile of the model did not work ({self.failed}); "
                       "training continues uncompiled", RuntimeWarning, stacklevel=3)

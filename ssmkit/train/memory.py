@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from ssmkit.errors import UserError
+from ssmkit.errors import UserError, first_line
 
 _MARKS = ("can't allocate memory", "out of memory", "cannot allocate memory")
 
@@ -29,7 +29,7 @@ def _what_failed(error: BaseException) -> str:
         if "tried to allocate" in line.lower():
             start = line.lower().index("tried to allocate")
             return line[start:].split(".")[0].strip()
-    return text.strip().splitlines()[0][:160] if text.strip() else type(error).__name__
+    return first_line(error, 160)
 
 
 @contextlib.contextmanager

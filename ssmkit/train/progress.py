@@ -15,11 +15,7 @@ import time
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+from ssmkit.console import number_text
 
 
 def clock(seconds: float | None) -> str:
@@ -85,7 +81,7 @@ class Progress:
             self._losses.append(loss)
         running = sum(self._losses) / len(self._losses) if self._losses else None
         if self._bar is not None:
-            fields = {"loss": _fmt(running), "lr": f"{lr:.3g}"}
+            fields = {"loss": number_text(running, ".4g"), "lr": f"{lr:.3g}"}
             if tokens_per_s is not None:
                 fields["tps"] = f"{tokens_per_s:,.0f}"
             self._bar.update(self._task, completed=step, **fields)
@@ -97,15 +93,15 @@ class Progress:
     def line(self, step: int, epoch: int, loss: float | None, lr: float, tokens_per_s: float | None) -> str:
         percent = f" ({100 * step // self.total}%)" if self.total else ""
         rate = f"{tokens_per_s:,.0f} tok/s" if tokens_per_s is not None else "- tok/s"
-        return (f"step {step}/{self.total}{percent} epoch {epoch} | loss {_fmt(loss)} | lr {lr:.3g} | {rate} | "
+        return (f"step {step}/{self.total}{percent} epoch {epoch} | loss {number_text(loss, '.4g')} | lr {lr:.3g} | {rate} | "
                 f"elapsed {clock(time.time() - self.t0)} | eta {clock(self.eta(step))}")
 
     def eval_line(self, step: int, total: int, epoch: int, metrics: dict, main_metric: str) -> None:
         if not self.enabled:
             return
-        text = " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k != "samples")
+        text = " ".join(f"{k} {number_text(v, '.4g')}" for k, v in metrics.items() if k != "samples")
         if self._bar is not None:
-            self._bar.update(self._task, metric=f"val {main_metric} {_fmt(metrics.get(main_metric))}")
+            self._bar.update(self._task, metric=f"val {main_metric} {number_text(metrics.get(main_metric), '.4g')}")
             say(self._bar.console, f"step {step}/{total} epoch {epoch} | val {text}")
         else:
             say(self.console, f"step {step}/{total} epoch {epoch} | val {text} | elapsed {clock(time.time() - self.t0)}")

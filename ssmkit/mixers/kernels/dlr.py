@@ -31,16 +31,12 @@ import torch
 
 from ssmkit.mixers.kernels.base import KERNEL_TO_REAL, LINEAR_TO_REAL, Kernel, complex_to_real, log_uniform
 from ssmkit.ops.vandermonde import BACKENDS, log_vandermonde, log_vandermonde_transpose
+from ssmkit.registry import check_choice
 
 LAMBDA_INITS = ("omega", "randn")
 VERSIONS = ("", "Lambda_imag", "Lambda_imag_W_real", "Lambda_real_W_real")
 
 _STATE_CHUNK = 1 << 12
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}")
 
 
 def dlr_lambda_init(
@@ -51,7 +47,7 @@ def dlr_lambda_init(
     ``omega``: theta_n = 2 pi n / N (the N-th roots of unity, slightly damped: a DFT-like basis).
     ``randn``: theta_n ~ N(0, 1). In both theta is reduced to [0, 2 pi).
     """
-    _check_choice("Lambda_init", init, LAMBDA_INITS)
+    check_choice("Lambda_init", init, LAMBDA_INITS)
     dt = log_uniform((N,), dt_min, dt_max, generator=generator).double()
     if init == "omega":
         theta = 2 * math.pi * torch.arange(N, dtype=torch.float64) / N
@@ -106,10 +102,10 @@ class DLRKernel(Kernel):
         backend: str = "auto",
     ):
         super().__init__(d_model, channels, lr, wd)
-        _check_choice("Lambda_init", Lambda_init, LAMBDA_INITS)
-        _check_choice("version", version, VERSIONS)
-        _check_choice("kernel_to_real", kernel_to_real, KERNEL_TO_REAL)
-        _check_choice("Vandermonde backend", backend, BACKENDS)
+        check_choice("Lambda_init", Lambda_init, LAMBDA_INITS)
+        check_choice("version", version, VERSIONS)
+        check_choice("kernel_to_real", kernel_to_real, KERNEL_TO_REAL)
+        check_choice("Vandermonde backend", backend, BACKENDS)
         if d_state <= 0:
             raise ValueError(f"d_state must be positive, got {d_state}")
         if max_kernel_length is not None and max_kernel_length <= 0:

@@ -35,6 +35,7 @@ import torch
 from ssmkit.mixers.kernels.base import KERNEL_TO_REAL, LINEAR_TO_REAL, Kernel, complex_to_real, log_uniform
 from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
 from ssmkit.ops.vandermonde import BACKENDS, log_vandermonde, log_vandermonde_transpose
+from ssmkit.registry import check_choice
 
 VERSIONS = ("exp", "softmax")
 LAMBDA_INITS = ("hippo", "lin", "inv", "randn")
@@ -43,11 +44,6 @@ _NO_STATE = (
     "DSS version='softmax' normalises its kernel over the input length, so it has no length-independent "
     "recurrence; pass softmax_length=<S> to normalise over a fixed S and get step/state, or use version='exp'"
 )
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}")
 
 
 def dss_lambda_init(init: str, N: int, version: str = "exp", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -59,7 +55,7 @@ def dss_lambda_init(init: str, N: int, version: str = "exp", generator: torch.Ge
     ``randn``: -1/2 + i N(0, 1) for version exp (which needs Re Lambda < 0); a complex standard normal
     (Re may be > 0) for softmax, as in the DSS repository.
     """
-    _check_choice("Lambda_init", init, LAMBDA_INITS)
+    check_choice("Lambda_init", init, LAMBDA_INITS)
     if init == "hippo":
         return legs_diagonal(2 * N)[0]
     if init == "randn" and version == "softmax":
@@ -130,10 +126,10 @@ class DSSKernel(Kernel):
         backend: str = "auto",
     ):
         super().__init__(d_model, channels, lr, wd)
-        _check_choice("version", version, VERSIONS)
-        _check_choice("Lambda_init", Lambda_init, LAMBDA_INITS)
-        _check_choice("Vandermonde backend", backend, BACKENDS)
-        _check_choice("kernel_to_real", kernel_to_real, KERNEL_TO_REAL)
+        check_choice("version", version, VERSIONS)
+        check_choice("Lambda_init", Lambda_init, LAMBDA_INITS)
+        check_choice("Vandermonde backend", backend, BACKENDS)
+        check_choice("kernel_to_real", kernel_to_real, KERNEL_TO_REAL)
         if d_state <= 0:
             raise ValueError(f"d_state must be positive, got {d_state}")
         if softmax_length is not None:

@@ -37,6 +37,7 @@ from ssmkit.mixers.kernels.s4d import INITS as DIAG_INITS
 from ssmkit.ops.cauchy import cauchy
 from ssmkit.ops.hippo import MEASURES, dplr_dense, nplr
 from ssmkit.ops.linalg import solve
+from ssmkit.registry import check_choice
 
 MODES = ("nplr", "dplr", "diag")
 HIPPO_INITS = MEASURES  # legs, legt, lagt, fourier, fout
@@ -49,11 +50,6 @@ PRECISIONS = ("auto", "single", "double")
 ILL_CONDITIONED_INITS = ("legt", "fourier", "fout")
 #: -Re(Lambda) is kept >= this at initialisation (legt, lagt and FouT have Re(Lambda) = 0) so that its log exists
 MIN_DECAY = 1e-4
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
 
 
 def _conj_full(x: torch.Tensor) -> torch.Tensor:
@@ -141,10 +137,10 @@ class S4Kernel(Kernel):
         backend: str = "auto",
     ):
         super().__init__(d_model, channels, lr, wd)
-        _check_choice("mode", mode, MODES)
-        _check_choice("step_mode", step_mode, STEP_MODES)
-        _check_choice("precision", precision, PRECISIONS)
-        _check_choice("init", init, {"nplr": HIPPO_INITS, "dplr": DPLR_INITS, "diag": DIAG_INITS}[mode])
+        check_choice("mode", mode, MODES)
+        check_choice("step_mode", step_mode, STEP_MODES)
+        check_choice("precision", precision, PRECISIONS)
+        check_choice("init", init, {"nplr": HIPPO_INITS, "dplr": DPLR_INITS, "diag": DIAG_INITS}[mode])
         if d_state <= 0 or d_state % 2:
             raise ValueError(f"d_state must be even and positive (states come in conjugate pairs), got {d_state}")
         if not isinstance(rank, int) or rank < 1:

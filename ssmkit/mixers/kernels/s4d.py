@@ -27,6 +27,7 @@ from ssmkit.mixers.kernels.base import Kernel, log_uniform
 from ssmkit.ops.discretize import bilinear_log, phi1
 from ssmkit.ops.hippo import legs_diagonal, s4d_inverse_imag
 from ssmkit.ops.vandermonde import log_vandermonde, log_vandermonde_transpose
+from ssmkit.registry import check_choice
 
 INITS = ("legs", "lin", "inv", "real")
 DISCS = ("zoh", "bilinear")
@@ -38,15 +39,10 @@ RELU_FLOOR = 1e-4
 B_CLIP = 2.0
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
-
-
 def s4d_init(init: str, N: int, B_clip: float | None = B_CLIP) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, B) complex128 of the stored states: N/2 for complex inits, N for ``real``. ``B_clip`` clamps
     Im(B) of ``legs`` (the other inits have B = 1)."""
-    _check_choice("init", init, INITS)
+    check_choice("init", init, INITS)
     if B_clip is not None and not B_clip > 0:
         raise ValueError(f"B_clip must be positive or null, got {B_clip}")
     if init == "real":
@@ -100,8 +96,8 @@ class S4DKernel(Kernel):
         backend: str = "auto",
     ):
         super().__init__(d_model, channels, lr, wd)
-        _check_choice("disc", disc, DISCS)
-        _check_choice("real_transform", real_transform, REAL_TRANSFORMS)
+        check_choice("disc", disc, DISCS)
+        check_choice("real_transform", real_transform, REAL_TRANSFORMS)
         if d_state <= 0:
             raise ValueError(f"d_state must be positive, got {d_state}")
         self.N, self.init, self.disc, self.real_transform, self.backend = d_state, init, disc, real_transform, backend

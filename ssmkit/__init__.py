@@ -14,8 +14,8 @@ from ssmkit.mixers.kernels import KERNELS  # noqa: E402
 from ssmkit.models import SequenceModel  # noqa: E402
 from ssmkit.runs.load import load  # noqa: E402
 from ssmkit.train.optim import param_groups  # noqa: E402
+from ssmkit._version import __version__  # noqa: E402
 # isort: on
 
-__version__ = "0.1.0"
 __all__ = ["KERNELS", "MIXERS", "SequenceModel", "Stream", "__version__", "build_mixer", "generate", "load",
            "param_groups"]

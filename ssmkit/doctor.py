@@ -4,7 +4,8 @@ Each check returns a row (component, status, detail, fix). Optional parts (pykeo
 mamba_ssm, vision/audio packages) are probed with the exceptions their import really raises. What an op's backend
 can do here is read from the op's table (``ssmkit/ops/dispatch.py``): the same reason string that errors and the
 ``auto`` log line give, self-tests included; the ``auto:`` rows say, for every op, what ``auto`` picks on this
-machine for a typical call and why each implementation before it was not used.
+machine for a typical call and why each implementation before it was not used. The command that prints them is
+``ssmkit/cli/doctor.py``.
 """
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ import shutil
 from dataclasses import dataclass
 
 import torch
-import typer
 from rich.table import Table
 
 from ssmkit import openmp
-from ssmkit.console import console as make_console
 from ssmkit.ops import backends, cauchy, causal_conv, dispatch, selective_scan, ssd, vandermonde
 
 OK, WARN, MISSING = "ok", "warn", "missing"
@@ -190,20 +189,4 @@ def render(rows: list[Check]):
     return table
 
 
-def register(app) -> None:
-    """Adds ``ssmkit doctor`` to a Typer app."""
-
-    @app.command("doctor")
-    def doctor(
-        build: bool = typer.Option(False, "--build", help="compile the C++/CUDA Cauchy extension now (once per torch "
-                                   "version) if it is not installed or cached"),
-    ) -> None:
-        """Check the installation: torch, CUDA, optional packages, the compiled extension, backends."""
-        rows = run_checks(build)
-        console = make_console()  # off a terminal: rows never cut at 80 columns
-        console.print(render(rows))
-        missing = [r for r in rows if r.status != OK]
-        console.print(f"{len(rows) - len(missing)} ok, {len(missing)} to look at" if missing else "all ok")
-
-
-__all__ = ["Check", "run_checks", "render", "register"]
+__all__ = ["Check", "run_checks", "render"]

@@ -34,12 +34,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import typer
 from rich.table import Table
 
-from ssmkit.console import console as make_console
-from ssmkit.contention import BusyLoad, check_k
-from ssmkit.errors import UserError
+from ssmkit.console import number_text
+from ssmkit.contention import BusyLoad
+from ssmkit.errors import UserError, first_line
 from ssmkit.mixers import MIXERS, build_mixer, mixer_parameters
 from ssmkit.ops import cauchy, selective_scan, ssd, vandermonde
 from ssmkit.ops.fftconv import fftconv
@@ -128,7 +127,7 @@ def check_options(kernels: list[str], d_state: int | None, backend: str, output:
         try:
             build_mixer(d_model, mixer_spec(k, d_state, backend, length, output))
         except (ValueError, TypeError) as e:
-            raise UserError(f"mixer {k!r} refuses these profile options: {str(e).splitlines()[0]}") from e
+            raise UserError(f"mixer {k!r} refuses these profile options: {first_line(e)}") from e
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -296,7 +295,7 @@ def measure_point(
             pt.floor_ms = _timed(_floor_fn(B, H, L, mode, dev), dev, repeat) * 1e3
             pt.ratio = pt.time_ms / pt.floor_ms
     except Exception as e:  # noqa: BLE001  the point is reported, never the sweep aborted
-        pt.status = "oom" if _is_oom(e) else f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        pt.status = "oom" if _is_oom(e) else f"error: {type(e).__name__}: {first_line(e, empty='')}"
     return asdict(pt)
 
 
@@ -353,10 +352,6 @@ def sweep(kernels: list[str], lengths: list[int], *, isolate: bool = True, progr
 
 
 # --- output --------------------------------------------------------------------------------------
-def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def table(rows: list[dict], title: str = "ssmkit profile"):
     t = Table(title=title)
     loaded = any(r.get("slowdown") is not None for r in rows)
@@ -365,11 +360,11 @@ def table(rows: list[dict], title: str = "ssmkit profile"):
     for col in cols + ["status"]:
         t.add_column(col, justify="right" if col not in ("kernel", "mode", "backend", "status") else "left")
     for r in rows:
-        cells = [r["kernel"], str(r["length"]), r["mode"], r["backend"], _fmt(r["time_ms"], ".2f"),
-                 _fmt(r["peak_mb"], ".0f"), _fmt(r["tokens_per_s"], ".3g"), _fmt(r["floor_ms"], ".2f"),
-                 _fmt(r["ratio"], ".2f")]
+        cells = [r["kernel"], str(r["length"]), r["mode"], r["backend"], number_text(r["time_ms"], ".2f"),
+                 number_text(r["peak_mb"], ".0f"), number_text(r["tokens_per_s"], ".3g"), number_text(r["floor_ms"], ".2f"),
+                 number_text(r["ratio"], ".2f")]
         if loaded:
-            cells += [_fmt(r.get("loaded_ms"), ".2f"), _fmt(r.get("loaded_max_ms"), ".2f"), _fmt(r.get("slowdown"), ".2f")]
+            cells += [number_text(r.get("loaded_ms"), ".2f"), number_text(r.get("loaded_max_ms"), ".2f"), number_text(r.get("slowdown"), ".2f")]
         t.add_row(*cells, r["status"])
     return t
 
@@ -426,68 +421,3 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def register(app) -> None:
-    """Adds ``ssmkit profile`` to a Typer app."""
-    @app.command("profile")
-    def profile(
-        kernel: str = typer.Option("s4d", help="comma-separated mixers: " + ",".join(KNOWN_KERNELS)),
-        length: str = typer.Option("1k,4k,16k", help="comma-separated lengths, k = 1024, M = 1024^2"),
-        d_model: int = typer.Option(128, help="H"),
-        d_state: int | None = typer.Option(None, help="N, for the mixers with a d_state (unset: each mixer's default)"),
-        batch: int = typer.Option(8, help="B"),
-        backend: str = typer.Option("auto", help="Cauchy/Vandermonde backend: auto|torch|chunked|keops|extension; for mamba the scan and convolution backend: auto|torch|extension; mamba2: auto|torch|mamba_ssm"),
-        mode: str = typer.Option("fwd+bwd", help="fwd | fwd+bwd | step"),
-        output: str | None = typer.Option(None, help="the output map of the mixers that have one: glu | linear | none "
-                                          "(unset: each mixer's default)"),
-        repeat: int = typer.Option(3, help="timed repetitions per point (median), after one warm-up"),
-        floor: bool = typer.Option(True, help="also time the bare FFT convolution of the same shape"),
-        isolate: bool = typer.Option(True, help="one child process per point (honest peak memory)"),
-        device: str = typer.Option("auto", help="cpu | cuda | auto"),
-        out: Path | None = typer.Option(None, help="write the points to .json or .csv"),
-        plot_path: Path | None = typer.Option(None, "--plot", help="write a log-log plot (PNG) of time and memory"),
-        contention: int = typer.Option(0, metavar="K", help="also time each point under K busy background processes "
-                                       "(adds loaded ms, loaded max and loaded/idle)"),
-    ) -> None:
-        """Time, peak memory and tokens/s of kernels over a sweep of lengths."""
-        if mode not in MODES:
-            raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
-        if output is not None and output not in OUTPUTS:
-            raise UserError(f"unknown --output {output!r}; choose one of {', '.join(OUTPUTS)}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-            raise UserError(f"--device {device!r} is not available here; use cpu" + (" or cuda" if torch.cuda.is_available() else ""))
-        for name, val in (("--d-model", d_model), ("--d-state", d_state), ("--batch", batch), ("--repeat", repeat)):
-            if val is not None and val <= 0:
-                raise UserError(f"{name} must be positive, got {val}")
-        if repeat > MAX_REPEAT:
-            raise UserError(f"--repeat {repeat} is more than {MAX_REPEAT} timed repetitions per point; the median settles "
-                            "within a few: use 3-20")
-        check_k(contention)
-        kernels = check_kernels(kernel)
-        lengths = parse_lengths(length)
-        check_backend(backend)
-        check_options(kernels, d_state, backend, output, min(lengths), d_model)
-        if out is not None and out.suffix not in (".json", ".csv"):
-            raise UserError(f"--out must end in .json or .csv, got {out}")
-        if plot_path is not None and plot_path.suffix not in PLOT_SUFFIXES:
-            raise UserError(f"--plot must end in {', '.join(PLOT_SUFFIXES)}, got {plot_path}")
-        console = make_console(markup=False)  # off a terminal: rows never cut at 80 columns
-        console.print(f"profiling {', '.join(kernels)} at L = {', '.join(map(str, lengths))} ({mode}, {device}, "
-                      f"B={batch}, H={d_model}, N={'each mixer default' if d_state is None else d_state} where a mixer "
-                      f"has one, {torch.get_num_threads()} threads)"
-                      + (f"; idle and under {BusyLoad(contention).describe()}" if contention else ""))
-        rows = sweep(kernels, lengths, isolate=isolate, mode=mode, backend=backend, batch=batch, d_model=d_model,
-                     d_state=d_state, repeat=repeat, floor=floor and mode != "step", device=device,
-                     threads=torch.get_num_threads(), output=output, contention=contention,
-                     progress=lambda r: console.print(f"  {r['kernel']} L={r['length']}: {r['status']}"
-                                                      + (f", {r['time_ms']:.2f} ms" if r["time_ms"] else "")))
-        console.print(table(rows))
-        if out:
-            write(rows, out)
-            console.print(f"wrote {out}")
-        if plot_path:
-            plot(rows, plot_path)
-            console.print(f"wrote {plot_path}")

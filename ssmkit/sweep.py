@@ -23,9 +23,10 @@ refused unless ``--force``. ``--processes N`` runs N children at a time (on CPUs
 ``OMP_NUM_THREADS = cores / N`` unless set; with GPUs each gets one GPU through ``CUDA_VISIBLE_DEVICES``).
 ``--list`` prints the runs and ``--index I`` runs only run I, for SLURM arrays (``scripts/slurm/sweep.sh``).
 
-Table. One row per grid point (seeds aggregated): the swept values, how many runs finished, every final
-validation metric and the best value of the main metric as mean ± sample std (n), and the mean run time;
-failed runs show the last line of their error. ``plot_sweep`` draws a metric against one swept value, one
+Results. ``collect`` aggregates every grid point over its seeds: how many runs finished, every final validation
+metric and the best value of the main metric as mean ± sample std (n), and the mean run time; failed runs keep
+the last line of their error. ``ssmkit sweep`` (``ssmkit/cli/sweep.py``) prints them as one table row per point.
+``plot_sweep`` draws a metric against one swept value, one
 line per combination of the other swept values, error bars over seeds (``ssmkit plot --sweep``).
 
 Exit codes: 0 every run finished (or was already), 1 a run failed (the table says which and why), 2 bad input
@@ -34,6 +35,7 @@ Exit codes: 0 every run finished (or was already), 1 a run failed (the table say
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -43,13 +45,19 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import typer
+import torch
+import yaml
 
 from ssmkit.errors import UserError
+from ssmkit.recipe import load_recipe, parse_value, resolve_recipe_path
+from ssmkit.registry import did_you_mean
+from ssmkit.runs.checkpoint import find_checkpoint
+from ssmkit.runs.rundir import write_json
 
 SWEEP_FILE = "sweep.json"
 FORMAT = 1
@@ -156,7 +164,7 @@ def axis_labels(keys: list[str]) -> dict[str, str]:
     return labels
 
 
-def _value_label(text: str) -> str:
+def value_label(text: str) -> str:
     """A value text as part of a folder name: ``[4,4]`` -> ``4-4``, ``1e-3`` -> ``1e-3``."""
     s = re.sub(r"[\s'\"\[\]{}()]", "", text).replace(",", "-").replace(":", "-")
     s = re.sub(r"[^A-Za-z0-9._+-]", "_", s)
@@ -169,7 +177,7 @@ def _hash(text: str, n: int = 6) -> str:
 
 def value_labels(axis: Axis) -> dict[str, str]:
     """Folder-safe labels of an axis's values; values whose labels would collide get a short hash."""
-    raw = {v: _value_label(v) for v in axis.values}
+    raw = {v: value_label(v) for v in axis.values}
     counts: dict[str, int] = {}
     for label in raw.values():
         counts[label] = counts.get(label, 0) + 1
@@ -189,8 +197,6 @@ def point_name(axes: list[Axis], values: dict[str, str]) -> str:
 
 def build_grid(recipe: str, overrides: list[str], seeds: int) -> Grid:
     """Expands the arguments and validates every run's recipe (a bad key or value fails before anything runs)."""
-    from ssmkit.recipe import load_recipe, resolve_recipe_path
-
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     axes, fixed = parse_axes(list(overrides))
@@ -218,14 +224,10 @@ def build_grid(recipe: str, overrides: list[str], seeds: int) -> Grid:
 
 
 def resolved_recipe(grid: Grid, run: Run) -> dict:
-    from ssmkit.recipe import load_recipe
-
     return load_recipe(grid.recipe_path, run.overrides).to_dict()
 
 
 def default_dir(grid: Grid) -> Path:
-    from ssmkit.recipe import load_recipe
-
     base = load_recipe(grid.recipe_path, grid.fixed)
     return Path(base.train.runs_dir) / "sweeps" / base.name
 
@@ -233,8 +235,6 @@ def default_dir(grid: Grid) -> Path:
 # --- the sweep folder -------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _file_lock(path: Path):
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -246,8 +246,6 @@ def _file_lock(path: Path):
 
 def _try_run_lock(sweep_dir: Path, run: str):
     """An open file holding an exclusive lock on ``locks/<run>.lock``, or None if another process holds it."""
-    import fcntl
-
     path = sweep_dir / "locks" / f"{run}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a")
@@ -275,8 +273,6 @@ def read_sweep(sweep_dir: Path) -> dict:
 
 
 def _write_sweep(sweep_dir: Path, data: dict) -> None:
-    from ssmkit.runs.rundir import write_json
-
     write_json(Path(sweep_dir) / SWEEP_FILE, data)
 
 
@@ -356,8 +352,6 @@ def update_run(sweep_dir: Path, name: str, **fields) -> None:
 def run_state(run_dir: Path) -> str:
     """``finished`` | ``interrupted`` (summary says so) | ``unfinished`` (a checkpoint, no summary) |
     ``started`` (a folder without a checkpoint) | ``pending`` (no folder)."""
-    from ssmkit.runs.checkpoint import find_checkpoint
-
     if not run_dir.exists():
         return "pending"
     summary = _summary(run_dir)
@@ -382,8 +376,6 @@ def _summary(run_dir: Path) -> dict | None:
 
 
 def _recipe_of(run_dir: Path) -> dict | None:
-    import yaml
-
     try:
         data = yaml.safe_load((run_dir / "recipe.yaml").read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
@@ -446,8 +438,6 @@ def _cpu_count() -> int:
 def _gpus() -> list[str]:
     """The GPU ids children may use (from CUDA_VISIBLE_DEVICES, else all visible devices)."""
     try:
-        import torch
-
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # noqa: BLE001 - no usable CUDA: run on CPUs
         count = 0
@@ -497,8 +487,6 @@ class _Stop:
         self._old = {}
 
     def __enter__(self):
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -611,7 +599,7 @@ def _start(grid: Grid, sweep_dir: Path, run: Run, processes: int, gpu: str | Non
         offset = err.tell()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=child_env(processes, gpu),
                                 start_new_session=True, pass_fds=(lock.fileno(),))
-    record = _read_record(sweep_dir, run.name)
+    record = read_record(sweep_dir, run.name)
     update_run(sweep_dir, run.name, status="running", attempts=int(record.get("attempts") or 0) + 1)
     return _Child(run=run, proc=proc, lock=lock, started=time.time(), err_path=err_path, err_offset=offset,
                   resumed=resume, gpu=gpu)
@@ -628,7 +616,7 @@ def _is_running(sweep_dir: Path, name: str) -> bool:
     return False
 
 
-def _read_record(sweep_dir: Path, name: str) -> dict:
+def read_record(sweep_dir: Path, name: str) -> dict:
     return next((r for r in read_sweep(sweep_dir)["runs"] if r.get("name") == name), {})
 
 
@@ -665,8 +653,6 @@ def _stats(values: list[float]) -> dict:
 
 def collect(sweep_dir: Path) -> dict:
     """Every grid point with its runs and their final metrics aggregated over seeds (what ``--json`` prints)."""
-    from ssmkit.recipe import parse_value
-
     sweep_dir = Path(sweep_dir)
     data = read_sweep(sweep_dir)
     axes = [a["key"] for a in data["axes"]]
@@ -711,72 +697,12 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _pm(s: dict) -> str:
-    if not s or s["n"] == 0:
-        return "-"
-    text = f"{s['mean']:.4g}"
-    if s["std"] is not None:
-        text += f" ± {s['std']:.2g}"
-    return f"{text} (n={s['n']})"
-
-
 def failed(results: dict) -> int:
     return sum(r["status"] == "failed" for p in results["points"] for r in p["runs"])
 
 
-def sweep_table(results: dict):
-    """A rich Table: one row per grid point."""
-    from rich.table import Table
-
-    from ssmkit.runs_cli import _duration
-
-    labels = results["labels"]
-    metric_names = sorted({k for p in results["points"] for k in p["metrics"]})
-    mains = {p["main_metric"] for p in results["points"] if p["main_metric"]}
-    best_name = f"best val/{next(iter(mains))}" if len(mains) == 1 else "best"
-    table = Table()
-    for key in results["axes"]:
-        table.add_column(labels.get(key, key))
-    table.add_column("runs")
-    for name in metric_names:
-        table.add_column(name, justify="right")
-    table.add_column(best_name, justify="right")
-    table.add_column("time", justify="right")
-    any_error = any(r.get("error") for p in results["points"] for r in p["runs"])
-    if any_error:
-        table.add_column("error")
-    for p in results["points"]:
-        counts = p["counts"]
-        status = f"{counts.get('finished', 0)}/{len(p['runs'])} finished"
-        others = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "finished")
-        if others:
-            status += f"; {others}"
-        row = [p["values"].get(key, "-") for key in results["axes"]] + [status]
-        row += [_pm(p["metrics"].get(name)) for name in metric_names]
-        row += [_pm(p["best"]), _duration(p["time_s"]["mean"]) if p["time_s"]["n"] else "-"]
-        if any_error:
-            errors = [f"{r['run']}: {r['error']}" for r in p["runs"] if r.get("error")]
-            row.append("; ".join(errors))
-        table.add_row(*row)
-    return table
-
-
-def print_table(results: dict, console=None) -> None:
-    from rich.console import Console
-
-    if console is None:
-        console = Console(highlight=False, markup=False)
-        if not console.is_terminal:  # a file or a pipe: never cut or wrap at 80 columns
-            console = Console(highlight=False, markup=False, width=100_000, soft_wrap=True)
-    seeds = len(results["seeds"]) or 1
-    console.print(f"sweep {results['sweep_dir']} ({results['recipe']}, {seeds} seed(s) per point)")
-    console.print(sweep_table(results))
-
-
 # --- the plot ---------------------------------------------------------------------------------------
 def _resolve_axis(results: dict, x: str) -> str:
-    from ssmkit.registry import did_you_mean
-
     if x in results["axes"]:
         return x
     by_label = {label: key for key, label in results["labels"].items()}
@@ -791,8 +717,6 @@ def _resolve_axis(results: dict, x: str) -> str:
 def plot_sweep(sweep_dir: Path, x: str, y: str, out: Path) -> dict:
     """Writes ``y`` (a final metric, mean ± std over seeds) against swept key ``x``, one line per combination of
     the other swept values; returns ``{"lines", "points"}`` counts."""
-    from ssmkit.registry import did_you_mean
-
     results = collect(sweep_dir)
     xkey = _resolve_axis(results, x)
     known = sorted({k for p in results["points"] for k in p["metrics"]})
@@ -810,7 +734,7 @@ def plot_sweep(sweep_dir: Path, x: str, y: str, out: Path) -> dict:
     labels = results["labels"]
     others = [k for k in results["axes"] if k != xkey]
     xs_text = next(a for a in read_sweep(sweep_dir)["axes"] if a["key"] == xkey)["values"]
-    parsed = {t: _parsed(t) for t in xs_text}
+    parsed = {t: parse_value(t) for t in xs_text}
     numeric = all(_number(v) for v in parsed.values())
     position = {t: (float(parsed[t]) if numeric else i) for i, t in enumerate(xs_text)}
     lines: dict[tuple, list] = {}
@@ -851,39 +775,7 @@ def plot_sweep(sweep_dir: Path, x: str, y: str, out: Path) -> dict:
     return {"lines": len(lines), "points": n_points}
 
 
-def plot_sweep_command(sweep: Path | None, x: str | None, y: str | None, out: Path | None, force: bool,
-                       runs: list[Path] | None, metric: str | None) -> None:
-    """``ssmkit plot --sweep DIR --x KEY --y METRIC [--out F] [--force]`` (dispatched from ``ssmkit/runs_cli.py``)."""
-    from ssmkit.runs_cli import PLOT_SUFFIXES
-
-    if sweep is None:
-        raise UserError("--x/--y go with --sweep: ssmkit plot --sweep SWEEP_DIR --x KEY --y METRIC")
-    if runs:
-        raise UserError("give run directories or --sweep, not both")
-    if metric is not None:
-        raise UserError("with --sweep the metric is --y (e.g. --y val/accuracy), not --metric")
-    if x is None or y is None:
-        raise UserError(f"--sweep needs --x KEY (a swept key) and --y METRIC (a final metric); see: ssmkit sweep --table --dir {sweep}")
-    read_sweep(sweep)  # a missing or broken sweep folder first
-    if out is None:
-        out = Path(sweep) / f"{_value_label(y.replace('/', '-'))}-vs-{_value_label(x)}.png"
-    if out.suffix.lower() not in PLOT_SUFFIXES:
-        raise UserError(f"--out must end in {', '.join(PLOT_SUFFIXES)}, got {out}")
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose another --out")
-    if not out.parent.is_dir():
-        raise UserError(f"folder {out.parent} does not exist (for --out {out})")
-    shown = plot_sweep(Path(sweep), x, y, out)
-    typer.echo(f"wrote {out} ({y} against {x}: {shown['lines']} line(s), {shown['points']} point(s))")
-
-
-def _parsed(text: str):
-    from ssmkit.recipe import parse_value
-
-    return parse_value(text)
-
-
-# --- the command ------------------------------------------------------------------------------------
+# --- listing --------------------------------------------------------------------------------------
 def list_runs(grid: Grid, sweep_dir: Path | None) -> list[str]:
     """``index<TAB>run<TAB>state<TAB>overrides`` per run (``--list``; one line per SLURM array task)."""
     lines = []
@@ -893,91 +785,3 @@ def list_runs(grid: Grid, sweep_dir: Path | None) -> list[str]:
     return lines
 
 
-#: the most seeds per grid point ``ssmkit sweep --seeds`` accepts (each seed is a full training run)
-MAX_SEEDS = 1000
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("sweep")
-    def sweep_command(
-        recipe: str = typer.Argument(None, help="recipe YAML file or shipped recipe name"),
-        overrides: list[str] = typer.Argument(None, help="key=v1,v2,... to sweep (one value: a fixed override); "
-                                              "a comma inside brackets or quotes does not split"),
-        sweep_dir: Path = typer.Option(None, "--dir", help="the sweep folder (default: <train.runs_dir>/sweeps/<recipe name>)"),
-        seeds: int = typer.Option(1, "--seeds", help="seeds per point: train.seed, train.seed+1, ..."),
-        processes: int = typer.Option(1, "--processes", help="runs at a time (one GPU each when GPUs are visible)"),
-        force: bool = typer.Option(False, "--force", help="replace a different grid in --dir (runs of unchanged points are kept; "
-                                   "runs of another recipe are moved to .replaced/)"),
-        list_only: bool = typer.Option(False, "--list", help="print the runs (index, name, state, overrides) and exit"),
-        index: int = typer.Option(None, "--index", help="run only this run (0-based, see --list): one SLURM array task"),
-        table_only: bool = typer.Option(False, "--table", help="do not run anything: print the table of --dir"),
-        as_json: bool = typer.Option(False, "--json", help="print the results as JSON instead of a table"),
-    ) -> None:
-        """Train a grid of override values x seeds, resumably; then a table of final metrics (mean ± std)."""
-        if seeds < 1:
-            raise UserError(f"--seeds must be at least 1, got {seeds}")
-        if seeds > MAX_SEEDS:
-            raise UserError(f"--seeds {seeds} is more than {MAX_SEEDS} runs per point; use at most {MAX_SEEDS}")
-        if processes < 1:
-            raise UserError(f"--processes must be at least 1, got {processes}")
-        if sum([list_only, index is not None, table_only]) > 1:
-            raise UserError("give one of --list, --index and --table")
-        mode = "--list" if list_only else "--table" if table_only else "--index" if index is not None else None
-        unused = [flag for flag, given, modes in (
-            ("--json", as_json, ("--list", "--index")), ("--force", force, ("--list", "--table")),
-            ("--processes", processes != 1, ("--list", "--table", "--index")),
-            ("--seeds", seeds != 1 and recipe is None, ("--table",))) if given and mode in modes]
-        if unused:
-            raise UserError(f"{unused[0]} does nothing with {mode}; drop it")
-        if recipe is None:
-            if table_only and sweep_dir is not None:
-                _show(sweep_dir, as_json)
-                return
-            raise UserError("missing RECIPE: ssmkit sweep RECIPE key=v1,v2 ... (or: ssmkit sweep --table --dir SWEEP_DIR)")
-        if "=" in recipe:
-            raise UserError(f"the first argument is the recipe, got the override {recipe!r}; ssmkit sweep RECIPE key=v1,v2 ...")
-        grid = build_grid(recipe, list(overrides or []), seeds)
-        folder = sweep_dir if sweep_dir is not None else default_dir(grid)
-        if list_only:
-            for line in list_runs(grid, folder if (folder / SWEEP_FILE).exists() else None):
-                typer.echo(line)
-            return
-        if table_only:
-            _show(folder, as_json)
-            return
-        say = _say()
-        counts = run_sweep(grid, folder, processes=processes, force=force, index=index, log=say)
-        if index is not None:
-            run = grid.runs[index]
-            record = _read_record(folder, run.name)
-            status = "finished" if run_state(folder / run.name) == "finished" else record.get("status") or "pending"
-            error = f": {record.get('error')}" if status == "failed" and record.get("error") else ""
-            say(f"run {index} ({run.name}): {status}{error}")
-            n_failed = int(status == "failed")
-        else:
-            results = collect(folder)
-            _print_results(results, folder, as_json)
-            n_failed = failed(results)
-        if counts.get("signal"):
-            say(f"sweep stopped by {signal.Signals(counts['signal']).name}; the running trainings saved a checkpoint; "
-                "the same command continues them")
-            raise typer.Exit(128 + counts["signal"])
-        if n_failed:
-            say(f"{n_failed} run(s) failed; their output is in {folder / 'logs'}; re-running the same command retries them")
-            raise typer.Exit(1)
-
-
-def _say():
-    return lambda line: typer.echo(line, err=True)
-
-
-def _show(folder: Path, as_json: bool) -> None:
-    _print_results(collect(folder), folder, as_json)
-
-
-def _print_results(results: dict, folder: Path, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(results, indent=2))
-    else:
-        print_table(results)
-        typer.echo(f"plot: ssmkit plot --sweep {folder} --x KEY --y METRIC")

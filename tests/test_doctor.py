@@ -4,6 +4,7 @@ import typer
 from typer.testing import CliRunner
 
 from ssmkit import doctor
+from ssmkit.cli.doctor import doctor_command
 from ssmkit.ops import backends, dispatch
 
 
@@ -55,7 +56,7 @@ def test_compiled_step_check_names_the_missing_compiler(monkeypatch):
 
 def test_doctor_command_prints_a_table():
     app = typer.Typer()
-    doctor.register(app)
+    app.command("doctor")(doctor_command)
 
     @app.command("noop")  # a second command, so typer keeps ``doctor`` as a subcommand name
     def noop() -> None:

@@ -8,12 +8,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ssmkit import profile
+from ssmkit.cli.profile import profile_command
 from ssmkit.errors import UserError
 
 
 def app():
     a = typer.Typer()
-    profile.register(a)
+    a.command("profile")(profile_command)
 
     @a.command("noop")
     def noop() -> None:

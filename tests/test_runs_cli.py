@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ssmkit.cli import app
+from ssmkit.runs.listing import COLUMNS
 from ssmkit.runs.lock import RunLock
-from ssmkit.runs_cli import COLUMNS
 
 RECIPE = {
     "task": {"name": "shift", "seq_len": 16, "samples_per_epoch": 32, "val_samples": 8},

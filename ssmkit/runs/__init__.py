@@ -9,6 +9,8 @@
   layout before the mixer redesign (``legacy.py``);
 - ``evaluate.py``: ``evaluate`` (a split's exact metrics) and ``evaluate_run`` (``ssmkit eval``);
 - ``accelerator.py``: the Accelerator a recipe runs on.
+- ``listing.py``: what ``ssmkit runs`` / ``ssmkit plot`` read of run directories (status, step, best, time, recipe
+  columns, filters, curves), without loading a model.
 
 The functions ``load`` and ``evaluate`` are not re-exported here: they would hide their own modules
 (``ssmkit.runs.load`` and ``ssmkit.runs.evaluate`` must stay the modules); ``ssmkit.load`` is the public name.

@@ -149,7 +149,7 @@ def test_bad_generate_inputs_are_one_line_and_exit_code_2(runs, key, args, fragm
 def test_a_prompt_file_that_is_not_utf8(runs, tmp_path):
     bad = tmp_path / "bytes.bin"
     bad.write_bytes(b"The \xff\xfe river")
-    one_line_exit_2(invoke("generate", runs["lm"], "--prompt-file", bad), "not UTF-8 text")
+    one_line_exit_2(invoke("generate", runs["lm"], "--prompt-file", bad), "not a UTF-8 text file (byte 4 is 0xff)")
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -37,7 +37,7 @@ from ssmkit.recipe import load_recipe, prepare_data
 from ssmkit.tasks import TASKS
 from ssmkit.tasks import download as dl
 from ssmkit.tasks import task_sources as ts
-from ssmkit.tasks.data_cli import GENERATORS
+from ssmkit.tasks.datasets import GENERATORS
 from ssmkit.tasks.forecast import write_synthetic_ett
 
 

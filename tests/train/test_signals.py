@@ -139,7 +139,7 @@ def test_the_resume_hint_is_one_whole_line_on_a_narrow_pipe(tmp_path, monkeypatc
 
     from rich.console import Console
 
-    from ssmkit.cli import _train_summary
+    from ssmkit.cli.train import _train_summary
     from ssmkit.train.loop import _Run
     from ssmkit.train.progress import Progress
     from ssmkit.train.signals import PROCESSES_ENV

@@ -31,7 +31,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ssmkit.errors import UserError
+from ssmkit.errors import UserError, read_utf8
+from ssmkit.generation import generate
+from ssmkit.generation.sampling import check_sampling
+from ssmkit.recipe import _size, physical_memory_bytes
+from ssmkit.runs.load import load
 
 
 def _device(name: str) -> torch.device:
@@ -68,12 +72,7 @@ def _prompt_text(prompt: str | None, prompt_file: Path | None) -> str | None:
         if prompt is not None:
             _check_utf8(prompt, "--prompt")
         return prompt
-    try:
-        return prompt_file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"--prompt-file {prompt_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"--prompt-file {prompt_file}: {e.strerror}") from None
+    return read_utf8(prompt_file, label=f"--prompt-file {prompt_file}", fix="give a UTF-8 text file")
 
 
 def _prompts(task, text: str | None, n: int, seed: int) -> torch.Tensor:
@@ -112,8 +111,6 @@ def _available_memory(device: torch.device) -> int | None:
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    from ssmkit.recipe import physical_memory_bytes
-
     return physical_memory_bytes()
 
 
@@ -152,8 +149,6 @@ def _check_memory(loaded, n: int, prompt_len: int, new: int, device: torch.devic
     need = n * per_sample + fixed
     if need <= available:
         return
-    from ssmkit.recipe import _size
-
     fits = max(0, (available - fixed) // per_sample)
     advice = (f"at most about {fits:,} samples fit at once (--num-samples)" if fits >= 1
               else "lower --max-new-tokens")
@@ -178,82 +173,86 @@ def _bar(console: Console) -> Progress:
     )
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("generate")
-    def generate_command(
-        run: Path = typer.Argument(..., help="a run directory (of a generative task) or one of its checkpoints"),
-        prompt: str = typer.Option(None, "--prompt", help="text to continue (lm)"),
-        prompt_file: Path = typer.Option(None, "--prompt-file", help="read the prompt text from this file (lm)"),
-        num_samples: int = typer.Option(1, "--num-samples", min=1, help="sequences to generate"),
-        max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1,
-                                           help="tokens to add (default: up to the training length)"),
-        temperature: float = typer.Option(1.0, "--temperature", help="0 is greedy; >1 flatter, <1 sharper"),
-        top_k: int = typer.Option(None, "--top-k", help="sample among the k most likely tokens only"),
-        top_p: float = typer.Option(None, "--top-p", help="sample within the smallest set of probability >= p"),
-        seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED,
-                                 help="seed of the sampling and of the choice of prompts (0 to 2^64-1)"),
-        out: Path = typer.Option(None, "--out", help="lm: a text file (default stdout); images/audio: a new folder"),
-        checkpoint: str = typer.Option("best", "--checkpoint", help="best or latest (for a run directory)"),
-        compile: str = typer.Option("auto", "--compile", help="the step: auto, aot, inductor or none"),
-        device: str = typer.Option("auto", "--device", help="auto (a GPU if visible), cpu, cuda, cuda:N"),
-    ):
-        """Generate from a trained lm / density / sc09 run: text, image completions or audio."""
-        from ssmkit.generation import generate
-        from ssmkit.generation.sampling import check_sampling
-        from ssmkit.runs.load import load
+def _write_text(task, samples: torch.Tensor, out: Path | None, console: Console) -> None:
+    """lm: the decoded samples to stdout, or to the new file ``out``."""
+    texts = [task.decode(row) for row in samples]
+    body = texts[0] if len(texts) == 1 else "\n".join(f"===== sample {i} =====\n{t}" for i, t in enumerate(texts))
+    if out is None:
+        click.echo(body)
+        return
+    try:
+        out.write_text(body + "\n", encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write it ({e.strerror})") from None
+    console.print(f"wrote {out}")
 
-        if not math.isfinite(temperature):
-            raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
-        check_sampling(temperature, top_k, top_p)
-        if checkpoint not in ("best", "latest"):
-            raise UserError(f"unknown --checkpoint {checkpoint!r}; choose best or latest")
-        text = _prompt_text(prompt, prompt_file)
-        where = _device(device)
-        loaded = load(run, which=checkpoint, device=where)
-        task = loaded.task
-        if not getattr(task, "generative", False):
-            raise UserError(f"{run} is a run of task {task.name!r}, which predicts labels, not sequences; "
-                            "ssmkit generate needs a generative task (lm, a density task, sc09)")
-        is_text = hasattr(task, "decode")
-        _check_out(out, is_text)
-        if text is None:  # the task's own prompts: check the memory before drawing them
-            _check_memory(loaded, num_samples, task.seq_len, max_new_tokens or 1, where)
-        prompts = _prompts(task, text, num_samples, seed)
-        Lp = prompts.shape[1]
-        # A prompt that begins with the start token holds one position more than the sequence it starts.
-        full = task.seq_len + (getattr(task, "start_token", None) is not None)
-        new = max_new_tokens or max(1, full - Lp)
-        _check_memory(loaded, num_samples, Lp, new, where)
 
-        console = Console(stderr=True, highlight=False, markup=False)
-        with _bar(console) as bar:
-            job = bar.add_task("generate", total=new, tps="-")
-            started = {}
+def _run(loaded, prompts: torch.Tensor, new: int, console: Console, **sampling):
+    """``generate`` under a progress bar (tokens/s on a terminal)."""
+    n = prompts.shape[0]
+    with _bar(console) as bar:
+        job = bar.add_task("generate", total=new, tps="-")
+        started = {}
 
-            def progress(done: int) -> None:
-                started.setdefault("t", time.perf_counter())
-                elapsed = time.perf_counter() - started["t"]
-                tps = f"{done * num_samples / elapsed:,.0f}" if elapsed > 0 else "-"
-                bar.update(job, completed=done, tps=tps)
+        def progress(done: int) -> None:
+            started.setdefault("t", time.perf_counter())
+            elapsed = time.perf_counter() - started["t"]
+            tps = f"{done * n / elapsed:,.0f}" if elapsed > 0 else "-"
+            bar.update(job, completed=done, tps=tps)
 
-            result = generate(loaded.model, prompts, new, temperature=temperature, top_k=top_k, top_p=top_p,
-                              seed=seed, compile=compile, progress=progress)
-        samples = result.tokens.cpu()
-        console.print(f"generated {num_samples} x {new} tokens after a {Lp}-token prompt: "
-                      f"{result.tokens_per_s:,.0f} tokens/s (step: {result.step}; {result.step_note})")
-        if is_text:
-            texts = [task.decode(row) for row in samples]
-            body = texts[0] if len(texts) == 1 else "\n".join(f"===== sample {i} =====\n{t}" for i, t in enumerate(texts))
-            if out is None:
-                click.echo(body)
-            else:
-                try:
-                    out.write_text(body + "\n", encoding="utf-8")
-                except OSError as e:
-                    raise UserError(f"--out {out}: cannot write it ({e.strerror})") from None
-                console.print(f"wrote {out}")
-            return
-        folder = out or _free_folder(loaded.run_dir / "samples" / f"{loaded.checkpoint.name}-seed{seed}")
-        for path in task.save_samples(samples, folder, Lp):
-            click.echo(str(path))
+        return generate(loaded.model, prompts, new, progress=progress, **sampling)
 
+
+def generate_command(
+    run: Path = typer.Argument(..., help="a run directory (of a generative task) or one of its checkpoints"),
+    prompt: str = typer.Option(None, "--prompt", help="text to continue (lm)"),
+    prompt_file: Path = typer.Option(None, "--prompt-file", help="read the prompt text from this file (lm)"),
+    num_samples: int = typer.Option(1, "--num-samples", min=1, help="sequences to generate"),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1,
+                                       help="tokens to add (default: up to the training length)"),
+    temperature: float = typer.Option(1.0, "--temperature", help="0 is greedy; >1 flatter, <1 sharper"),
+    top_k: int = typer.Option(None, "--top-k", help="sample among the k most likely tokens only"),
+    top_p: float = typer.Option(None, "--top-p", help="sample within the smallest set of probability >= p"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED,
+                             help="seed of the sampling and of the choice of prompts (0 to 2^64-1)"),
+    out: Path = typer.Option(None, "--out", help="lm: a text file (default stdout); images/audio: a new folder"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or latest (for a run directory)"),
+    compile: str = typer.Option("auto", "--compile", help="the step: auto, aot, inductor or none"),
+    device: str = typer.Option("auto", "--device", help="auto (a GPU if visible), cpu, cuda, cuda:N"),
+):
+    """Generate from a trained lm / density / sc09 run: text, image completions or audio."""
+    if not math.isfinite(temperature):
+        raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
+    check_sampling(temperature, top_k, top_p)
+    if checkpoint not in ("best", "latest"):
+        raise UserError(f"unknown --checkpoint {checkpoint!r}; choose best or latest")
+    text = _prompt_text(prompt, prompt_file)
+    where = _device(device)
+    loaded = load(run, which=checkpoint, device=where)
+    task = loaded.task
+    if not getattr(task, "generative", False):
+        raise UserError(f"{run} is a run of task {task.name!r}, which predicts labels, not sequences; "
+                        "ssmkit generate needs a generative task (lm, a density task, sc09)")
+    is_text = hasattr(task, "decode")
+    _check_out(out, is_text)
+    if text is None:  # the task's own prompts: check the memory before drawing them
+        _check_memory(loaded, num_samples, task.seq_len, max_new_tokens or 1, where)
+    prompts = _prompts(task, text, num_samples, seed)
+    Lp = prompts.shape[1]
+    # A prompt that begins with the start token holds one position more than the sequence it starts.
+    full = task.seq_len + (getattr(task, "start_token", None) is not None)
+    new = max_new_tokens or max(1, full - Lp)
+    _check_memory(loaded, num_samples, Lp, new, where)
+
+    console = Console(stderr=True, highlight=False, markup=False)
+    result = _run(loaded, prompts, new, console, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  compile=compile)
+    samples = result.tokens.cpu()
+    console.print(f"generated {num_samples} x {new} tokens after a {Lp}-token prompt: "
+                  f"{result.tokens_per_s:,.0f} tokens/s (step: {result.step}; {result.step_note})")
+    if is_text:
+        _write_text(task, samples, out, console)
+        return
+    folder = out or _free_folder(loaded.run_dir / "samples" / f"{loaded.checkpoint.name}-seed{seed}")
+    for path in task.save_samples(samples, folder, Lp):
+        click.echo(str(path))

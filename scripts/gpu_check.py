@@ -31,11 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ssmkit import profile  # noqa: E402
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:120] if text else type(e).__name__
+from ssmkit.errors import first_line  # noqa: E402
 
 
 def cauchy_rows(device: torch.device) -> list[dict]:
@@ -60,9 +56,9 @@ def cauchy_rows(device: torch.device) -> list[dict]:
             err = float((out - ref).abs().max() / ref.abs().max()) if ref is not None else float("nan")
             rows.append({"check": name, "status": "ok", "value": f"{ms:.2f} ms fwd+bwd, rel. err {err:.1e}"})
         except dispatch.BackendUnavailable as e:  # not installed or not built here: a skip, not a failure
-            rows.append({"check": name, "status": f"skipped: {_first_line(e)} (see ssmkit doctor)", "value": ""})
+            rows.append({"check": name, "status": f"skipped: {first_line(e, 120)} (see ssmkit doctor)", "value": ""})
         except (RuntimeError, ValueError) as e:
-            rows.append({"check": name, "status": f"FAIL: {_first_line(e)}", "value": ""})
+            rows.append({"check": name, "status": f"FAIL: {first_line(e, 120)}", "value": ""})
     return rows
 
 
@@ -112,7 +108,7 @@ def scifar_step_rows(device: torch.device) -> list[dict]:
             rows.append({"check": name, "status": "ok" if finite else "FAIL: non-finite loss",
                          "value": f"{ms:.1f} ms{mem}, loss {losses[0]:.3f} -> {losses[-1]:.3f}"})
         except RuntimeError as e:
-            rows.append({"check": name, "status": f"FAIL: {_first_line(e)}", "value": ""})
+            rows.append({"check": name, "status": f"FAIL: {first_line(e, 120)}", "value": ""})
     return rows
 
 

@@ -5,13 +5,14 @@ run once per round in one process (the order rotated every round) so a loaded ma
 * ``mamba2``: ``build_mixer(128, {"name": "mamba2"})`` with its defaults (d_state 128, headdim 64, expand 2,
   chunk_size 64: the official sizes);
 * ``mamba2-N16-P32``: d_state 16, headdim 32, a state size like the other mixers' (issue #25's like-for-like row);
-* ``--chunks 32,64,...``: mamba2 at the defaults with each chunk_size (the SSD computation setting).
+* ``--chunks 32,64,...``: each chunk_size (the SSD computation setting) on the ``--chunk-config`` layer.
 
 Besides the median time it prints the ratio to s4d and what autograd keeps for the backward (MB of saved
 tensors, hand-written backwards included), which is the memory that grows with L.
 
     OMP_NUM_THREADS=1 python scripts/bench_mamba2.py --length 4096 --rounds 5
     OMP_NUM_THREADS=1 python scripts/bench_mamba2.py --configs mamba2 --chunks 32,64,128,256
+    OMP_NUM_THREADS=1 python scripts/bench_mamba2.py --configs mamba2-N16-P32 --chunk-config mamba2-N16-P32 --chunks 32
 """
 from __future__ import annotations
 
@@ -51,10 +52,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--configs", default="s4d,mamba2,mamba2-N16-P32")
     parser.add_argument("--chunks", default="", help="mamba2 chunk sizes to add, e.g. 32,64,128,256")
+    parser.add_argument("--chunk-config", default="mamba2", choices=[n for n in CONFIGS if n != "s4d"],
+                        help="the layer whose chunk_size --chunks varies")
     args = parser.parse_args()
     configs = {name: CONFIGS[name] for name in args.configs.split(",") if name}
     for q in filter(None, args.chunks.split(",")):
-        configs[f"mamba2-Q{q}"] = {"name": "mamba2", "chunk_size": int(q)}
+        configs[f"{args.chunk_config}-Q{q}"] = {**CONFIGS[args.chunk_config], "chunk_size": int(q)}
     if "s4d" not in configs:
         configs = {"s4d": CONFIGS["s4d"], **configs}
     torch.manual_seed(0)
@@ -77,10 +80,10 @@ def main() -> None:
     print(f"B={B} H={H} L={args.length}, forward+backward, {torch.get_num_threads()} threads, {args.rounds} "
           f"interleaved rounds (median)")
     ref = statistics.median(times["s4d"])
-    print(f"{'layer':16s} {'ms':>9s} {'x s4d':>7s} {'saved MB':>9s}")
+    print(f"{'layer':20s} {'ms':>9s} {'x s4d':>7s} {'saved MB':>9s}")
     for name in names:
         t = statistics.median(times[name])
-        print(f"{name:16s} {1e3 * t:9.1f} {t / ref:7.2f} {memory[name]:9.1f}")
+        print(f"{name:20s} {1e3 * t:9.1f} {t / ref:7.2f} {memory[name]:9.1f}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,14 @@ chunk:
 2. each chunk's own end state sum_s exp(a_{s+1} + ... + a_Q) dt_s x_s B_s^T, the suffix sums again computed
    without differences;
 3. the states entering the chunks: the recurrence S_c = exp(sum of chunk c-1's a) S_{c-1} + state_{c-1} from h0,
-   a time-varying diagonal scan over L / Q steps (``ssmkit.ops.scan.linear_scan``, doubling scan, its own backward);
+   a sequential loop over the L / Q chunks on (b, heads, P, N) slices (64 steps at L 4096);
 4. each position adds C_l S_c exp(a_1 + ... + a_l) (the state entering its chunk, decayed to it).
+Speed (CPU): steps 1-4 and the skip D are one autograd Function (``_SSDChunked``) with a hand-written backward,
+laid out chunk-major (b, groups, chunk, heads per group, ...) so that every product is one ``bmm`` over the
+chunks with no copy of its operands (B and C shared by the heads of a group fold into the GEMM's rows); the
+backward recomputes the (Q x Q) decay and score matrices and dt x rather than keeping them, and the state loop's
+adjoint runs from the end. (``scripts/bench_mamba2.py``; a doubling scan over time-last chunk states, as
+``ops/scan.linear_scan``, and autograd through the (Q x Q) temporaries made the Mamba-2 layer ~5x slower.)
 Memory: O(b heads L Q) for the decay and score matrices, O(b heads P N L / Q) for the chunk states; never a
 (L x L) matrix or a state per position. Computed in float32 (float64 for double inputs) with autocast off, so
 bf16/fp16 training never accumulates the recurrence in half precision; y comes back in that dtype.
@@ -101,15 +107,13 @@ def _pass_states(decay: torch.Tensor, states: torch.Tensor, h0: torch.Tensor | N
 def _pass_states_backward(decay, entering, g_entering, g_last):
     """The adjoint of :func:`_pass_states`, G_k = dS_k + d_k G_{k+1} from the end: the gradients of the chunk
     states (G_{k+1}), of the decays (G_{k+1} . S_k) and of h0 (G_0)."""
-    n, c, r, M = entering.shape
-    g_states = torch.empty_like(entering)
-    g_decay = decay.new_empty(n, c, r)
-    G = g_last
-    for k in range(c - 1, -1, -1):
-        g_states[:, k] = G
-        torch.linalg.vecdot(G, entering[:, k], out=g_decay[:, k])
-        G = torch.addcmul(g_entering[:, k], decay[:, k, :, None], G)
-    return g_states, g_decay, G
+    c = entering.shape[1]
+    g_states = torch.empty_like(entering)                      # g_states[:, k] = G_{k+1}, written in place
+    g_states[:, c - 1] = g_last
+    for k in range(c - 1, 0, -1):
+        torch.addcmul(g_entering[:, k], decay[:, k, :, None], g_states[:, k], out=g_states[:, k - 1])
+    g_h0 = torch.addcmul(g_entering[:, 0], decay[:, 0, :, None], g_states[:, 0])
+    return g_states, torch.linalg.vecdot(g_states, entering), g_h0
 
 
 class _SSDChunked(torch.autograd.Function):

@@ -24,7 +24,7 @@ chunk:
 Speed (CPU): steps 1-4 and the skip D are one autograd Function (``_SSDChunked``) with a hand-written backward,
 laid out chunk-major (b, groups, chunk, heads per group, ...) so that every product is one ``bmm`` over the
 chunks with no copy of its operands (B and C shared by the heads of a group fold into the GEMM's rows); the
-backward recomputes the (Q x Q) decay and score matrices and dt x rather than keeping them, and the state loop's
+backward keeps the (Q x Q) decay matrices but recomputes the score matrices and dt x, and the state loop's
 adjoint runs from the end. (``scripts/bench_mamba2.py``; a doubling scan over time-last chunk states, as
 ``ops/scan.linear_scan``, and autograd through the (Q x Q) temporaries made the Mamba-2 layer ~5x slower.)
 Memory: O(b heads L Q) for the decay and score matrices, O(b heads P N L / Q) for the chunk states; never a
@@ -124,8 +124,8 @@ class _SSDChunked(torch.autograd.Function):
     (b g, r, P N). Heads are (g, r): head g r + j reads group g. Inside, everything is chunk-major (b, g, c, r, ...)
     so that every product is one bmm over the (b, g, c) or (b, g, c, r) batch with no copy of its operands.
 
-    Saved for the backward: the inputs, the states entering the chunks (b h P N L / Q) and the inter-chunk part of
-    y (b h P L); the (Q x Q) decay and score matrices and dt x are recomputed."""
+    Saved for the backward: the inputs, the states entering the chunks (b h P N L / Q), the inter-chunk part of
+    y before its decay (b h P L) and the decay matrices (b h L Q); the scores and dt x are recomputed."""
 
     @staticmethod
     def forward(ctx, x, dt, a, Bt, Ct, D, h0):
@@ -138,7 +138,8 @@ class _SSDChunked(torch.autograd.Function):
         a_tail = F.pad(a[..., 1:].flip(-1).cumsum(-1).flip(-1), (0, 1))
 
         # 1. within each chunk: (C_l . B_s) exp(segsum) dt_s x_s
-        M = _decay_matrix(a).mul_(torch.bmm(Ct, Bt.transpose(1, 2)).view(b, g, c, 1, Q, Q))
+        Lm = _decay_matrix(a)
+        M = Lm * torch.bmm(Ct, Bt.transpose(1, 2)).view(b, g, c, 1, Q, Q)
         y = torch.bmm(X.view(n * r, P, Q), M.view(n * r, Q, Q).transpose(1, 2)).view(b, g, c, r, P, Q)
         del M
         # 2. every chunk's end state from a zero start: sum_s exp(a_tail_s) dt_s x_s B_s^T
@@ -150,20 +151,19 @@ class _SSDChunked(torch.autograd.Function):
         del states
         # 4. the entering state read at every position, decayed by a_1 + ... + a_l
         y_off = torch.bmm(entering.view(n, r * P, N), Ct.transpose(1, 2)).view(b, g, c, r, P, Q)
-        y_off.mul_(torch.exp(a_cum)[..., None, :])
         out = x.new_empty(b, g, r, P, c, Q)
-        torch.add(y, y_off, out=out.permute(0, 1, 4, 2, 3, 5))
+        torch.addcmul(y, y_off, torch.exp(a_cum)[..., None, :], out=out.permute(0, 1, 4, 2, 3, 5))
         out = out.view(b, g * r, P, c * Q)
         if D is not None:
             out.addcmul_(x, D[:, None, None])
-        ctx.save_for_backward(x, dt, a, Bt, Ct, D, entering, y_off)
+        ctx.save_for_backward(x, dt, a, Bt, Ct, D, entering, y_off, Lm)
         ctx.has_h0 = h0 is not None
         return out, h_last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, g_last):
-        x, dt, a, Bt, Ct, D, entering, y_off = ctx.saved_tensors
+        x, dt, a, Bt, Ct, D, entering, y_off, Lm = ctx.saved_tensors
         b, g, c, r, Q = a.shape
         P, N = x.shape[2], Bt.shape[-1]
         n = b * g * c
@@ -177,7 +177,7 @@ class _SSDChunked(torch.autograd.Function):
         X = _chunk_major(x, dt, a.shape)
 
         # 4. y_off = (S C^T) v: the exponent a_cum, the entering states and C
-        ga_cum = torch.linalg.vecdot(gy, y_off, dim=-2)                # d/d a_cum (b, g, c, r, Q)
+        ga_cum = torch.linalg.vecdot(gy, y_off, dim=-2).mul_(v)        # d/d a_cum (b, g, c, r, Q)
         del y_off
         gyv = gy * v[..., None, :]
         g_entering = torch.bmm(gyv.view(n, r * P, Q), Ct)                            # (n, r P, N)
@@ -199,7 +199,6 @@ class _SSDChunked(torch.autograd.Function):
         del Xw
         gX.mul_(w[..., None, :])
         # 1. y = X M^T with M = scores * exp(segsum a)
-        Lm = _decay_matrix(a)
         scores = torch.bmm(Ct, Bt.transpose(1, 2)).view(b, g, c, 1, Q, Q)
         M = Lm * scores
         gX.view(n * r, P, Q).baddbmm_(gy.view(n * r, P, Q), M.view(n * r, Q, Q))

@@ -6,6 +6,7 @@
 #   recipes/mqar/sweep-state.sh --processes 2                 # the CPU grid measured in docs/results.md
 #   GRID=full recipes/mqar/sweep-state.sh --processes 4       # zoology's widths and Based's d_state values (GPUs)
 #   MIXERS="attn mamba" recipes/mqar/sweep-state.sh           # a subset
+#   D_MODEL=64 MIXERS=hyena recipes/mqar/sweep-state.sh       # other widths (D_STATE_LTI / D_STATE_SELECTIVE likewise)
 #   python scripts/plot_mqar.py runs/sweeps/mqar --out mqar-state.png     # table + plot of every finished run
 #
 # Arguments after the script name go to every `ssmkit sweep` (--processes N, --seeds N, --force ...). Each mixer's runs
@@ -17,9 +18,9 @@ MIXERS=${MIXERS:-attn s4d s5 lru mamba mamba2 gla gated_deltanet hyena rglru}
 SSMKIT=${SSMKIT:-ssmkit}
 case "${GRID:-cpu}" in
   cpu)   # 2 widths per mixer, each recipe's own d_state: 20 runs of 1500 steps
-    D_MODEL=32,64; D_STATE_LTI=; D_STATE_SELECTIVE= ;;
+    D_MODEL=${D_MODEL:-32,64}; D_STATE_LTI=${D_STATE_LTI:-}; D_STATE_SELECTIVE=${D_STATE_SELECTIVE:-} ;;
   full)  # Zoology Fig. 2 widths; Based Fig. 2's d_state 8/16/24 for the selective SSMs; S4D/S5/LRU 16..256
-    D_MODEL=64,128,256,512; D_STATE_LTI=16,64,256; D_STATE_SELECTIVE=8,16,24 ;;
+    D_MODEL=${D_MODEL:-64,128,256,512}; D_STATE_LTI=${D_STATE_LTI:-16,64,256}; D_STATE_SELECTIVE=${D_STATE_SELECTIVE:-8,16,24} ;;
   *) echo "error: GRID must be cpu or full, got ${GRID}" >&2; exit 2 ;;
 esac
 for mixer in $MIXERS; do

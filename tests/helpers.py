@@ -17,6 +17,17 @@ def run_steps(mixer, x: torch.Tensor, state):
     return torch.stack(ys, -1), state
 
 
+def run_chunks(mixer, x: torch.Tensor, cuts, **kwargs):
+    """x (B, H, L) through ``mixer.forward`` in pieces cut at ``cuts``, passing the state (``kwargs``, e.g. ``rate``,
+    go to every call): returns (outputs (B, H, L), final state)."""
+    bounds = [0, *cuts, x.shape[-1]]
+    parts, state = [], None
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        y, state = mixer(x[..., a:b], state=state, return_state=True, **kwargs)
+        parts.append(y)
+    return torch.cat(parts, -1), state
+
+
 #: small options per mixer for the tests that run every registered mixer (tests/mixers/test_contract.py at length 24,
 #: tests/models/test_padding.py): every part of each mixer matters at length 24, e.g. all of SGConv's scales
 SMALL_MIXER_OPTIONS = {

@@ -3,6 +3,7 @@ and a token-by-token driver for ``Mixer.step``."""
 import math
 
 import torch
+from helpers import run_chunks, run_steps  # noqa: F401  (the mixers' tests import them from here too)
 
 
 def post_reference(m, y: torch.Tensor) -> torch.Tensor:
@@ -21,22 +22,3 @@ def post_reference(m, y: torch.Tensor) -> torch.Tensor:
         a, b = y.chunk(2, dim=1)
         y = a / (1 + torch.exp(-b))
     return y
-
-
-def run_steps(m, u: torch.Tensor, state):
-    """u (B, H, L) through ``m.step`` token by token: (outputs (B, H, L), final state)."""
-    ys = []
-    for t in range(u.shape[-1]):
-        y_t, state = m.step(u[..., t], state)
-        ys.append(y_t)
-    return torch.stack(ys, -1), state
-
-
-def run_chunks(m, u: torch.Tensor, cuts, **kwargs):
-    """u (B, H, L) through ``m.forward`` in pieces cut at ``cuts``, passing the state: (outputs, final state)."""
-    bounds = [0, *cuts, u.shape[-1]]
-    parts, state = [], None
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        y, state = m(u[..., a:b], state=state, return_state=True, **kwargs)
-        parts.append(y)
-    return torch.cat(parts, -1), state

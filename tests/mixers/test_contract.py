@@ -10,6 +10,7 @@ causality, and one-line refusals.
 import pytest
 import torch
 from helpers import SMALL_MIXER_OPTIONS as SMALL
+from helpers import run_chunks, run_steps
 
 from ssmkit.mixers import MIXERS, Mixer, build_mixer, mixer_parameters
 
@@ -30,22 +31,6 @@ def directions(name: str) -> list[bool]:
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
-
-
-def run_steps(m: Mixer, u: torch.Tensor, state):
-    ys = []
-    for t in range(u.shape[-1]):
-        y, state = m.step(u[..., t], state)
-        ys.append(y)
-    return torch.stack(ys, -1), state
-
-
-def run_chunks(m: Mixer, u: torch.Tensor, cuts, rate: float = 1.0):
-    bounds, parts, state = [0, *cuts, u.shape[-1]], [], None
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        y, state = m(u[..., a:b], state=state, return_state=True, rate=rate)
-        parts.append(y)
-    return torch.cat(parts, -1), state
 
 
 @pytest.mark.parametrize("name", NAMES)

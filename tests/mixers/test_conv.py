@@ -8,6 +8,7 @@ import inspect
 
 import pytest
 import torch
+from helpers import run_steps
 
 from ssmkit.mixers import MIXERS, build_mixer, mixer_parameters
 from ssmkit.mixers.conv import CONV_MIXERS, ConvMixer, S4DMixer, conv_mixer_class
@@ -17,14 +18,6 @@ from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
 
 def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
-
-
-def run_steps(m, x, state):
-    ys = []
-    for t in range(x.shape[-1]):
-        y, state = m.step(x[..., t], state)
-        ys.append(y)
-    return torch.stack(ys, -1), state
 
 
 def s4d(d_model=4, **options) -> ConvMixer:

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import MaxTensor
+from mixer_refs import run_chunks, run_steps
 
 import ssmkit.mixers.mamba2 as mamba2_module
 from ssmkit.mixers.mamba2 import Mamba2
@@ -97,19 +98,13 @@ def test_step_and_state_passing_match_loop():
     u = torch.randn(2, 8, 23, dtype=torch.float64)
     y_ref, (conv_ref, h_ref) = reference(m, u)
     # token by token
-    state, ys = m.default_state(2), []
-    for t in range(u.shape[-1]):
-        y_t, state = m.step(u[..., t], state)
-        ys.append(y_t)
-    torch.testing.assert_close(torch.stack(ys, -1), y_ref, rtol=1e-10, atol=1e-10)
+    ys, state = run_steps(m, u, m.default_state(2))
+    torch.testing.assert_close(ys, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(state.ssm, h_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(state.conv, conv_ref, rtol=1e-10, atol=1e-10)
     # forward in chunks passing the state (pieces shorter than the convolution too)
-    outs, state = [], m.default_state(2)
-    for a, b in [(0, 2), (2, 13), (13, 14), (14, 23)]:
-        y, state = m(u[..., a:b], state=state, return_state=True)
-        outs.append(y)
-    torch.testing.assert_close(torch.cat(outs, -1), y_ref, rtol=1e-10, atol=1e-10)
+    yc, state = run_chunks(m, u, (2, 13, 14))
+    torch.testing.assert_close(yc, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(state.ssm, h_ref, rtol=1e-10, atol=1e-10)
     # a non-zero start state is read the same way by the loop
     y2_ref, _ = reference(m, u[..., :7], h0=state.ssm, conv0=state.conv)

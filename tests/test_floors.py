@@ -49,6 +49,8 @@ OPTIONAL = {"torchvision", "torchaudio", "soundfile", "torchcodec", "PIL", "pyke
 LAZY = {
     # importing it imports setuptools and distutils (~0.5 s): only the extension build needs it.
     "torch.utils.cpp_extension",
+    # ~0.7 s on an idle core, a fifth of `ssmkit --help`; only FSDP runs (GPUs) use it (ssmkit/train/loop.py).
+    "torch.distributed.fsdp",
 }
 
 

@@ -43,7 +43,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from rich.table import Table
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from ssmkit.errors import DataError, RecipeError, UserError, first_line
 from ssmkit.ops.cache import flush_kernel_caches, set_kernel_caching
@@ -600,6 +599,9 @@ def _full_states(accelerator: Accelerator, model, optimizer) -> tuple[dict | Non
     """Full (unsharded) model and optimizer state dicts on the main process (None elsewhere under FSDP).
     Under FSDP every process must call this: it gathers the shards."""
     if is_fsdp(accelerator):
+        # lazy: see tests/test_floors.py LAZY
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
         return accelerator.get_state_dict(model), FSDP.optim_state_dict(model, optimizer.optimizer)
     return accelerator.unwrap_model(model).state_dict(), optimizer.state_dict()
 
@@ -607,5 +609,8 @@ def _full_states(accelerator: Accelerator, model, optimizer) -> tuple[dict | Non
 def _load_optimizer(accelerator: Accelerator, model, optimizer, state: dict) -> None:
     """Loads a full optimizer state dict (any process count) into the (possibly sharded) optimizer."""
     if is_fsdp(accelerator):
+        # lazy: see tests/test_floors.py LAZY
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
         state = FSDP.optim_state_dict_to_load(model, optimizer.optimizer, state)
     optimizer.load_state_dict(state)

@@ -180,8 +180,10 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
         gc, bc = (_to_chunks(t.unsqueeze(-1), n, C).squeeze(-1) for t in (g, beta))  # (B, h, n, C)
         gam = gc.to(torch.float64).cumsum(-1)  # <= 0, non-increasing; float64 as GLA's (differences keep their digits)
         diff = gam.unsqueeze(-1) - gam.unsqueeze(-2)  # (t, s): gamma_t - gamma_s, <= 0 for s <= t
-        tri = torch.ones(C, C, dtype=torch.bool, device=q.device)
-        A = bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * _masked_exp(diff, tri.tril(-1), dtype)  # strictly lower
+        # exp(gamma_t - gamma_s) for s <= t, 0 above: one exponential for both the solve and the output; the solve
+        # reads only the strictly lower triangle of A (unitriangular), and its backward gives the rest no gradient
+        decay_ts = _masked_exp(diff, torch.ones(C, C, dtype=torch.bool, device=q.device).tril(), dtype)
+        A = bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * decay_ts
         eye = torch.eye(C, dtype=dtype, device=q.device)
         rhs = torch.cat([bc.unsqueeze(-1) * vc, (bc * _exp(gam, dtype)).unsqueeze(-1) * kc], dim=-1)
         sol = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
@@ -189,13 +191,15 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
         kd = kc * _exp(gam[..., -1:] - gam, dtype).unsqueeze(-1)  # k exp(gamma_C - gamma) (B, h, n, C, dk)
         decay = _exp(gam[..., -1], dtype).unsqueeze(-1).unsqueeze(-1)  # (B, h, n, 1, 1)
         us, S_prev = [], []
-        for i in range(n):  # the only sequential part: L/C steps of small products
+        # the only sequential part: L/C steps of small products. unbind, not U[:, :, i]: each indexing's backward
+        # would write a zero-filled gradient as large as U (L/C of them: quadratic in L)
+        for U_i, W_i, kd_i, d_i in zip(*(t.unbind(2) for t in (U, W, kd.transpose(-1, -2), decay))):
             S_prev.append(S)
-            u = U[:, :, i] - W[:, :, i] @ S  # (B, h, C, dv)
+            u = U_i - W_i @ S  # (B, h, C, dv)
             us.append(u)
-            S = decay[:, :, i] * S + kd[:, :, i].transpose(-1, -2) @ u
+            S = d_i * S + kd_i @ u
         u, S_prev = torch.stack(us, dim=2), torch.stack(S_prev, dim=2)
-        QK = (qc @ kc.transpose(-1, -2)) * _masked_exp(diff, tri.tril(), dtype)
+        QK = (qc @ kc.transpose(-1, -2)) * decay_ts
         o = (qc * _exp(gam, dtype).unsqueeze(-1)) @ S_prev + QK @ u
         o = (scale * o).reshape(B, h, n * C, dv)[:, :, :L]
     return o, S

@@ -187,10 +187,11 @@ def test_data_generate_listops_says_what_a_slow_write_is_doing(tmp_path, monkeyp
     """`ssmkit data generate listops`: writing the files over the threshold (0 s here) is announced on stderr."""
     import functools
 
+    import ssmkit.cli.data as data_cli
     import ssmkit.train.banner as banner
     from ssmkit.tasks import listops
 
-    monkeypatch.setattr(banner, "slow_step", functools.partial(banner.slow_step, after=0.0))
+    monkeypatch.setattr(data_cli, "slow_step", functools.partial(banner.slow_step, after=0.0))
     monkeypatch.setattr(listops, "write_listops", _slow(listops.write_listops))
     out = tmp_path / "lo"
     result = CliRunner().invoke(app, ["data", "generate", "listops", "--n", "6", "--val", "2", "--test", "2",

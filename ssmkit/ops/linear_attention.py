@@ -42,9 +42,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-
-from ssmkit.ops.scan import linear_scan
 
 #: GLA's secondary chunk (the paper's and fla's 16)
 SUB_CHUNK = 16
@@ -79,13 +76,45 @@ def _masked_exp(diff: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> t
     return torch.exp(torch.where(keep, diff, torch.full_like(diff, -math.inf)).to(dtype))
 
 
-def _gla_diagonal_blocks(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Inside each sub-chunk: A[t, s] = sum_d q_td k_sd exp(b_td - b_sd) for s <= t; (..., c, dk) -> (..., c, c).
-    b is float64: the difference is taken there, then rounded once."""
-    c = q.shape[-2]
-    keep = torch.ones(c, c, dtype=torch.bool, device=q.device).tril().unsqueeze(-1)  # (t, s, 1)
-    decay = _masked_exp(b.unsqueeze(-2) - b.unsqueeze(-3), keep, q.dtype)  # (..., t, s, dk)
-    return torch.einsum("...td,...sd,...tsd->...ts", q, k, decay)
+def _block_factors(C: int) -> list[int]:
+    """C as a product of small factors (4 where it divides, else its least prime): the branching of the blocks."""
+    factors = []
+    while C > 1:
+        f = 4 if C % 4 == 0 else next(p for p in range(2, C + 1) if C % p == 0)
+        factors.append(f)
+        C //= f
+    return factors
+
+
+def _gla_intra(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The intra-chunk matrix A[t, s] = sum_d q_td k_sd exp(b_td - b_sd) for s <= t, 0 above: q, k (..., C, dk) in
+    their dtype, b (..., C, dk) the float64 cumulative gate -> A (..., C, C).
+
+    Built bottom-up over nested blocks: the diagonal is q_t.k_t (exp(0)); a parent block of f children of c
+    positions takes its children's A as its diagonal blocks, and for children j < i the block
+    (q_i exp(b - r_i)) diag(exp(r_i - e_j)) (k_j exp(e_j - b))^T, r_i the gate entering child i and e_j the one
+    leaving child j: three factors with exponents <= 0 (nothing overflows; one that underflows bounds a product
+    that is itself below the float range). Each level costs O(f dk) per position in elementwise work and bmm's,
+    never a (c, c, dk) tensor."""
+    *batch, C, dk = q.shape
+    dtype = q.dtype
+    A = (q * k).sum(-1).reshape(*batch, C, 1, 1)  # blocks of one position
+    c = 1
+    for f in _block_factors(C):
+        P = c * f
+        qs, ks, bs = (t.reshape(*batch, C // P, f, c, dk) for t in (q, k, b))
+        e = bs[..., -1:, :]  # the gate leaving each child (..., C/P, f, 1, dk)
+        r = torch.cat([bs[..., :1, :1, :], e[..., :-1, :, :]], dim=-3)  # entering child i (child 0: its first b)
+        earlier = torch.ones(f, f, dtype=torch.bool, device=q.device).tril(-1).unsqueeze(-1)  # j < i
+        mid = _masked_exp(r.unsqueeze(-3).squeeze(-2) - e.unsqueeze(-4).squeeze(-2), earlier, dtype)  # (.., i, j, dk)
+        qg = qs * _exp(bs - r, dtype)  # (..., C/P, i, t, dk)
+        kg = ks * _exp(e - bs, dtype)  # (..., C/P, j, s, dk)
+        blocks = (qg.unsqueeze(-3) * mid.unsqueeze(-2)) @ kg.unsqueeze(-4).transpose(-1, -2)  # (.., i, j, t, s)
+        eye = torch.eye(f, dtype=dtype, device=q.device)[:, :, None, None]
+        blocks = blocks + A.reshape(*batch, C // P, f, 1, c, c) * eye  # the children's own A on the diagonal
+        A = blocks.transpose(-3, -2).reshape(*batch, C // P, P, P)
+        c = P
+    return A.reshape(*batch, C, C)
 
 
 def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
@@ -109,7 +138,6 @@ def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
             return v.new_zeros(B, h, 0, dv), S0
         C = chunk_size
         n = -(-L // C)
-        m = C // c
         # padded positions: k = v = 0 adds nothing, g = 0 decays nothing, so the final state is exact
         qc, kc, vc, gc = (_to_chunks(t, n, C) for t in (q, k, v, g))  # (B, h, n, C, d)
         # cumulative log gate within each chunk, <= 0 and non-increasing, in float64: a float32 sum of large gates
@@ -117,31 +145,19 @@ def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
         b = gc.to(torch.float64).cumsum(-2)
         b_last = b[..., -1:, :]  # (B, h, n, 1, dk)
 
-        # --- the states entering each chunk: S_{i+1} = diag(exp(b_C)) S_i + (k exp(b_C - b))^T v ---
+        # --- the states entering each chunk: S_{i+1} = diag(exp(b_C)) S_i + (k exp(b_C - b))^T v, a loop over the
+        # L/C chunks on (B, h, dk, dv) slices (unbind: one gradient buffer for all, not one per chunk) ---
         kd = kc * _exp(b_last - b, dtype)
         contrib = kd.transpose(-1, -2) @ vc  # (B, h, n, dk, dv)
-        decay = _exp(b_last, dtype).squeeze(-2)  # (B, h, n, dk)
-        states, S_final = linear_scan(decay.permute(0, 1, 3, 2).unsqueeze(-2), contrib.permute(0, 1, 3, 4, 2), S0)
-        states = states.to(dtype).permute(0, 1, 4, 2, 3)  # (B, h, n, dk, dv): the state after each chunk
-        S_prev = torch.cat([S0.unsqueeze(2), states[:, :, :-1]], dim=2)  # the state entering each chunk
-        o = (qc * _exp(b, dtype)) @ S_prev  # (B, h, n, C, dv)
-
-        # --- the intra-chunk matrix A (B, h, n, C, C), by sub-chunks ---
-        qs, ks, bs = (t.reshape(B, h, n, m, c, dk) for t in (qc, kc, b))
-        zero = bs.new_zeros(B, h, n, 1, 1, dk)
-        r = torch.cat([zero, bs[..., :-1, -1:, :]], dim=3)  # entering sub-chunk i: (B, h, n, m, 1, dk)
-        e = bs[..., -1:, :]  # leaving sub-chunk j
-        A = _gla_diagonal_blocks(qs, ks, bs) if not torch.is_grad_enabled() else checkpoint(
-            _gla_diagonal_blocks, qs, ks, bs, use_reentrant=False)  # (B, h, n, m, c, c)
-        eye = torch.eye(m, dtype=dtype, device=q.device)
-        A = A.unsqueeze(-2) * eye[:, None, :, None]  # (B, h, n, m, c, m, c), diagonal blocks only
-        if m > 1:
-            earlier = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1).unsqueeze(-1)  # j < i
-            mid = _masked_exp(r.squeeze(-2).unsqueeze(-2) - e.squeeze(-2).unsqueeze(-3), earlier, dtype)  # (i, j, dk)
-            qg = qs * _exp(bs - r, dtype)  # exp(b_t - r_i) <= 1
-            kg = ks * _exp(e - bs, dtype)  # exp(e_j - b_s) <= 1
-            A = A + torch.einsum("...itd,...ijd,...jsd->...itjs", qg, mid, kg)
-        o = o + A.reshape(B, h, n, C, C) @ vc
+        decay = _exp(b_last, dtype).transpose(-1, -2)  # (B, h, n, dk, 1)
+        S, prev = S0, []
+        for d_i, c_i in zip(decay.unbind(2), contrib.unbind(2)):
+            prev.append(S)
+            S = d_i * S + c_i
+        S_final = S
+        o = (qc * _exp(b, dtype)) @ torch.stack(prev, dim=2)  # (B, h, n, C, dv)
+        A = _gla_intra(qc, kc, b)  # (B, h, n, C, C)
+        o = o + A @ vc
         o = (scale * o).reshape(B, h, n * C, dv)[:, :, :L]
     return o, S_final.to(dtype)
 

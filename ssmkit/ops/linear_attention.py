@@ -108,11 +108,16 @@ def _gla_intra(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tenso
         earlier = torch.ones(f, f, dtype=torch.bool, device=q.device).tril(-1).unsqueeze(-1)  # j < i
         mid = _masked_exp(r.unsqueeze(-3).squeeze(-2) - e.unsqueeze(-4).squeeze(-2), earlier, dtype)  # (.., i, j, dk)
         qg = qs * _exp(bs - r, dtype)  # (..., C/P, i, t, dk)
-        kg = ks * _exp(e - bs, dtype)  # (..., C/P, j, s, dk)
-        blocks = (qg.unsqueeze(-3) * mid.unsqueeze(-2)) @ kg.unsqueeze(-4).transpose(-1, -2)  # (.., i, j, t, s)
-        eye = torch.eye(f, dtype=dtype, device=q.device)[:, :, None, None]
-        blocks = blocks + A.reshape(*batch, C // P, f, 1, c, c) * eye  # the children's own A on the diagonal
-        A = blocks.transpose(-3, -2).reshape(*batch, C // P, P, P)
+        right = mid.unsqueeze(-2) * (ks * _exp(e - bs, dtype)).unsqueeze(-4)  # (..., C/P, i, j, s, dk)
+        right = right.reshape(*batch, C // P, f, P, dk)
+        if c == 1:  # rows of one position: a product and a sum, not (1 x dk) matmuls
+            blocks = (qg * right).sum(-1, keepdim=True).transpose(-1, -2)  # (..., C/P, i, 1, j s)
+        else:
+            blocks = qg @ right.transpose(-1, -2)  # (..., C/P, i, t, j s): one bmm per child, no copy
+        blocks = blocks.reshape(*batch, C // P, f, c, f, c)
+        # the children's own A on the diagonal blocks (i = j), in place on the product
+        blocks.diagonal(dim1=-4, dim2=-2).add_(A.reshape(*batch, C // P, f, c, c).movedim(-3, -1))
+        A = blocks.reshape(*batch, C // P, P, P)
         c = P
     return A.reshape(*batch, C, C)
 

@@ -163,6 +163,13 @@ class _SSDChunked(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, g_last):
+        # a backward runs under the caller's autocast (the forward turned it off): off here too, or bf16 autocast
+        # casts one operand of each bmm/baddbmm_ into bf16 against float32 accumulators
+        with torch.autocast(device_type=gy.device.type, enabled=False):
+            return _SSDChunked._backward(ctx, gy, g_last)
+
+    @staticmethod
+    def _backward(ctx, gy, g_last):
         x, dt, a, Bt, Ct, D, entering, y_off, Lm = ctx.saved_tensors
         b, g, c, r, Q = a.shape
         P, N = x.shape[2], Bt.shape[-1]

@@ -17,14 +17,14 @@ precision). The reference code (HazyResearch/safari ``src/models/sequence/hyena.
 Filters (``filter``; their options in the nested ``filter_options`` dict):
 
 - ``implicit`` (default; ``ImplicitFilter``): h_n(t) = Window(t) FFN(PositionalEncoding(t)) as the reference's
-  ``HyenaFilter``: the encoding is [t, cos(f_k w_t), -sin(f_k w_t)] with t = linspace(0, 1, seq_len),
-  w_t = 2 pi t' / seq_len for t' = 0..seq_len-1, and (emb_dim - 1)/2 bands f_k = linspace(1e-4, bands - 1, bands)
+  ``HyenaFilter``: the encoding is [t, cos(f_k w_t), -sin(f_k w_t)] with t = linspace(0, 1, l_max),
+  w_t = 2 pi t' / l_max for t' = 0..l_max-1, and (emb_dim - 1)/2 bands f_k = linspace(1e-4, bands - 1, bands)
   (learned at ``lr_pos_emb``, 1e-5); the FFN is Linear(emb_dim, filter_order), Sin, ``num_inner_mlps`` x
   (Linear, Sin), Linear(filter_order, N H, no bias), with one Sin shared by every layer, sin(freq * x), freq
   initialised to ``w`` (1) and learned; the window multiplies channel c by exp(-t |delta_c|) + shift with
   delta = linspace(ln(target)/slow_decay_pct, ln(target)/fast_decay_pct, N H) (frozen unless ``modulation_lr``).
   Channel c of the FFN's output is filter n = c mod N of feature h = c div N, as the reference lays it out. The
-  filter has ``seq_len`` taps: h_n[t] = 0 for t >= seq_len (a longer input is convolved with the zero-extended
+  filter has ``l_max`` taps: h_n[t] = 0 for t >= l_max (a longer input is convolved with the zero-extended
   filter, with a one-time warning).
 - ``s4d`` / ``sgconv``: one kernel per order from ``ssmkit.mixers.kernels.KERNELS`` (``S4DKernel`` /
   ``SGConvKernel``), each with d_model = H and one channel; ``filter_options`` are that kernel's options
@@ -34,7 +34,7 @@ Streaming (``step`` and ``forward(state=..., return_state=True)``) is exact for 
 ``HyenaState`` (the short convolution's last P H inputs, and the long convolutions' memory):
 
 - ``implicit`` and ``sgconv``: the memory is the input *prefix* of each order's long convolution, the last
-  min(t, S - 1) inputs (S = the filter's taps: ``seq_len``, or the SGConv kernel's length), shape
+  min(t, S - 1) inputs (S = the filter's taps: ``l_max``, or the SGConv kernel's length), shape
   (B, N, H, T). A step convolves the prefix with the filter: O(N H min(t, S)) work per token and O(N H min(t, S))
   memory per sequence, so it grows with the context until S and stays there. ``forward`` from a state convolves
   [prefix, chunk] by FFT and keeps its last S - 1 inputs.
@@ -112,7 +112,7 @@ class ImplicitFilter(nn.Module):
 
     Args:
         d_model: H. n_filters: N (set by ``Hyena``).
-        seq_len: the filter's taps (positions 0..seq_len-1; zero beyond). The encoding is normalised to it.
+        l_max: the filter's taps (positions 0..l_max-1; zero beyond). The encoding is normalised to it.
         emb_dim: features of the positional encoding (t, then (emb_dim - 1)/2 cosine and sine bands); odd, >= 3.
         filter_order: width of the FFN. num_inner_mlps: its hidden (Linear, Sin) layers after the first.
         w: initial frequency of the Sin activations.
@@ -123,12 +123,12 @@ class ImplicitFilter(nn.Module):
             None of them gets weight decay.
     """
 
-    def __init__(self, d_model: int, n_filters: int, seq_len: int = 1024, emb_dim: int = 3, filter_order: int = 64,
+    def __init__(self, d_model: int, n_filters: int, l_max: int = 1024, emb_dim: int = 3, filter_order: int = 64,
                  num_inner_mlps: int = 2, w: float = 1.0, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
                  target: float = 1e-2, shift: float = 0.0, modulate: bool = True, lr: float | None = None,
                  lr_pos_emb: float | None = 1e-5, modulation_lr: float | None = 0.0):
         super().__init__()
-        _check_int("filter_options.seq_len", seq_len, 1)
+        _check_int("filter_options.l_max", l_max, 1)
         _check_int("filter_options.filter_order", filter_order, 1)
         _check_int("filter_options.num_inner_mlps", num_inner_mlps, 0)
         if isinstance(emb_dim, bool) or not isinstance(emb_dim, int) or emb_dim < 3 or emb_dim % 2 == 0:
@@ -142,13 +142,13 @@ class ImplicitFilter(nn.Module):
                              f"{fast_decay_pct}, {slow_decay_pct}")
         for name, value in (("lr", lr), ("lr_pos_emb", lr_pos_emb), ("modulation_lr", modulation_lr)):
             _check_lr(name, value)
-        self.d_model, self.n_filters, self.seq_len, self.modulate = d_model, n_filters, seq_len, modulate
+        self.d_model, self.n_filters, self.l_max, self.modulate = d_model, n_filters, l_max, modulate
         self.shift = float(shift)
         width = d_model * n_filters
 
-        t = torch.linspace(0, 1, seq_len, dtype=torch.float64).unsqueeze(-1)  # (S, 1)
+        t = torch.linspace(0, 1, l_max, dtype=torch.float64).unsqueeze(-1)  # (S, 1)
         bands = (emb_dim - 1) // 2
-        angle = 2 * math.pi * torch.arange(seq_len, dtype=torch.float64).unsqueeze(-1) / seq_len  # (S, 1)
+        angle = 2 * math.pi * torch.arange(l_max, dtype=torch.float64).unsqueeze(-1) / l_max  # (S, 1)
         f = torch.linspace(1e-4, bands - 1, bands, dtype=torch.float64)  # (bands,)
         z = torch.cat([t, torch.cos(f * angle), -torch.sin(f * angle)], dim=-1).float()  # exp(-i f w) = cos - i sin
         self.register_buffer("t", t.float())
@@ -174,16 +174,16 @@ class ImplicitFilter(nn.Module):
     @property
     def support(self) -> int:
         """Taps of the filter (zero beyond)."""
-        return self.seq_len
+        return self.l_max
 
     def forward(self, L: int) -> torch.Tensor:
-        """The N filters' first min(L, seq_len) taps, (N, H, min(L, seq_len)), in the parameters' dtype."""
-        if L > self.seq_len and not self._warned_long:
-            warnings.warn(f"hyena's implicit filter has seq_len={self.seq_len} taps but the input has L={L}; "
-                          "positions further apart do not interact. Raise filter_options.seq_len to cover L.",
+        """The N filters' first min(L, l_max) taps, (N, H, min(L, l_max)), in the parameters' dtype."""
+        if L > self.l_max and not self._warned_long:
+            warnings.warn(f"hyena's implicit filter has l_max={self.l_max} taps but the input has L={L}; "
+                          "positions further apart do not interact. Raise filter_options.l_max to cover L.",
                           stacklevel=3)
             self._warned_long = True
-        n = min(L, self.seq_len)
+        n = min(L, self.l_max)
         with torch.autocast(device_type=self.t.device.type, enabled=False):
             h = self.z[:n]
             for linear in self.linears:
@@ -203,7 +203,7 @@ class Hyena(Mixer):
         filter: ``implicit`` (an FFN over a positional encoding, windowed), ``s4d`` or ``sgconv`` (a convolution
             kernel from ``ssmkit.mixers.kernels`` per order).
         filter_options: the filter's own options (``ImplicitFilter``'s, or the kernel's), e.g.
-            ``{seq_len: 2048, emb_dim: 33}`` or ``{d_state: 64, lr: 0.001}``.
+            ``{l_max: 2048, emb_dim: 33}`` or ``{d_state: 64, lr: 0.001}``.
         short_filter_order: width of the causal depthwise convolution after in_proj (3).
         pre_gate: gate v by one more projection before the first long convolution (the reference code's form:
             its ``order: 2`` is ``order: 1, pre_gate: true``).

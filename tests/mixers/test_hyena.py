@@ -11,9 +11,9 @@ from ssmkit.mixers.hyena import Hyena, HyenaState, ImplicitFilter
 from ssmkit.train.optim import param_groups
 
 CASES = {  # name -> Hyena options (small filters so the tests stay fast)
-    "implicit": dict(order=2, filter_options=dict(seq_len=64, emb_dim=5, filter_order=8)),
-    "implicit-short": dict(order=2, filter_options=dict(seq_len=7, emb_dim=3, filter_order=6, shift=0.1)),
-    "implicit-pregate": dict(order=1, pre_gate=True, filter_options=dict(seq_len=64, filter_order=8, num_inner_mlps=1)),
+    "implicit": dict(order=2, filter_options=dict(l_max=64, emb_dim=5, filter_order=8)),
+    "implicit-short": dict(order=2, filter_options=dict(l_max=7, emb_dim=3, filter_order=6, shift=0.1)),
+    "implicit-pregate": dict(order=1, pre_gate=True, filter_options=dict(l_max=64, filter_order=8, num_inner_mlps=1)),
     "s4d": dict(order=2, filter="s4d", filter_options=dict(d_state=8)),
     "sgconv": dict(order=3, filter="sgconv", filter_options=dict(l_max=16, kernel_dim=4), short_filter_order=2),
 }
@@ -29,11 +29,11 @@ def make(name, H=4, seed=0, **extra):
 
 
 def implicit_reference(f: ImplicitFilter, L: int) -> torch.Tensor:
-    """(N, H, L) float64: the FFN on each position's encoding, the window, zero beyond seq_len."""
+    """(N, H, L) float64: the FFN on each position's encoding, the window, zero beyond l_max."""
     N, H = f.n_filters, f.d_model
     out = torch.zeros(N, H, L, dtype=torch.float64)
     freq = f.act.freq.double()
-    for t in range(min(L, f.seq_len)):
+    for t in range(min(L, f.l_max)):
         h = f.z[t].double()
         for lin in f.linears:
             h = torch.sin(freq * (lin.weight.double() @ h + lin.bias.double()))
@@ -87,7 +87,7 @@ def test_forward_matches_the_explicit_computation(name):
     m = make(name)
     u = torch.randn(2, 4, 20, dtype=torch.float64)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # implicit-short: L = 20 > seq_len = 7 (its zero taps are the point)
+        warnings.simplefilter("ignore")  # implicit-short: L = 20 > l_max = 7 (its zero taps are the point)
         y = m(u)
     assert y.shape == u.shape
     torch.testing.assert_close(y, hyena_reference(m, u), rtol=1e-10, atol=1e-10)
@@ -95,7 +95,7 @@ def test_forward_matches_the_explicit_computation(name):
 
 def test_initial_filter_follows_the_reference_formulas():
     """Positional encoding [t, cos(f w), -sin(f w)] and the window's decay rates, written from the formulas."""
-    f = ImplicitFilter(3, 2, seq_len=10, emb_dim=7, fast_decay_pct=0.5, slow_decay_pct=2.0, target=0.05)
+    f = ImplicitFilter(3, 2, l_max=10, emb_dim=7, fast_decay_pct=0.5, slow_decay_pct=2.0, target=0.05)
     bands = [1e-4 + (2 - 1e-4) * i / 2 for i in range(3)]
     for t in range(10):
         w = 2 * math.pi * t / 10
@@ -223,7 +223,7 @@ def test_bf16_autocast_runs_and_stays_close(name):
 
 def test_long_sequence_forward_backward():
     torch.manual_seed(0)
-    m = Hyena(8, filter_options=dict(seq_len=4096, filter_order=16))
+    m = Hyena(8, filter_options=dict(l_max=4096, filter_order=16))
     u = torch.randn(2, 8, 4096, requires_grad=True)
     y = m(u)
     y.square().mean().backward()
@@ -233,7 +233,7 @@ def test_long_sequence_forward_backward():
 
 def test_parameter_groups():
     """Filter parameters: no weight decay, their own lr where set; the projections follow the optimizer."""
-    m = Hyena(8, filter_options=dict(lr=1e-3, lr_pos_emb=0, modulation_lr=2e-4, filter_order=4, seq_len=16))
+    m = Hyena(8, filter_options=dict(lr=1e-3, lr_pos_emb=0, modulation_lr=2e-4, filter_order=4, l_max=16))
     groups = {(g["lr"], g["weight_decay"]): set(g["names"]) for g in param_groups(m, lr=0.01, weight_decay=0.1)}
     assert groups[(1e-3, 0.0)] == {"filters.act.freq", "filters.out.weight"} | {
         f"filters.linears.{i}.{w}" for i in range(3) for w in ("weight", "bias")}
@@ -250,8 +250,8 @@ def test_parameter_groups():
     (dict(filter="s4"), "unknown hyena filter 's4' \\(did you mean 's4d'\\?\\)"),
     (dict(order=0), "order must be an integer >= 1"),
     (dict(filter_options=dict(emb_dim=4)), "emb_dim must be an odd integer >= 3"),
-    (dict(filter_options=dict(seq_lenn=8)), "unknown option 'seq_lenn'.*did you mean 'seq_len'"),
-    (dict(filter="s4d", filter_options=dict(seq_len=8)), "unknown option 'seq_len' for hyena's s4d filter"),
+    (dict(filter_options=dict(l_maxx=8)), "unknown option 'l_maxx'.*did you mean 'l_max'"),
+    (dict(filter="s4d", filter_options=dict(l_max=8)), "unknown option 'l_max' for hyena's s4d filter"),
     (dict(filter="s4d", filter_options=dict(channels=2)), "hyena sets the s4d filter's channels itself"),
     (dict(filter_options=dict(target=2.0)), "target must be in \\(0, 1\\)"),
     (dict(filter_options=dict(lr=-1)), "lr must be a number >= 0"),

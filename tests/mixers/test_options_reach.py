@@ -69,7 +69,7 @@ VALUES = {
     "mamba": {"d_state": 6, "d_conv": 2, "expand": 1, "dt_rank": 2, "dt_min": 0.01, "dt_max": 0.5, "dt_init_floor": 0.05,
               "conv_bias": False, "bias": True, "lr": 1e-2, "backend": "torch"},
     "attn": {"n_heads": 4, "chunk_size": 4, "attn_dropout": 0.5, "learn_temperature": False, "rotary_base": 100.0},
-    "hyena": {"order": 3, "filter": "s4d", "filter_options": {"seq_len": 16}, "short_filter_order": 2, "pre_gate": True},
+    "hyena": {"order": 3, "filter": "s4d", "filter_options": {"l_max": 16}, "short_filter_order": 2, "pre_gate": True},
     "rglru": {"expand": 2, "n_heads": 2, "d_conv": 2, "c": 4.0, "a_min": 0.5, "a_max": 0.95, "bias": False,
               "lr": 1e-3},
     "gla": {"n_heads": 2, "expand_k": 1.0, "expand_v": 0.5, "gate_low_rank_dim": 4, "gate_logit_normalizer": 4,

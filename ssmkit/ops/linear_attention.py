@@ -70,10 +70,30 @@ def _exp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.exp(x.to(dtype))
 
 
-def _masked_exp(diff: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """exp(diff) in ``dtype`` where ``keep``, else 0; the dropped entries (possibly large positive) are never
-    exponentiated."""
-    return torch.exp(torch.where(keep, diff, torch.full_like(diff, -math.inf)).to(dtype))
+class _GateDecay(torch.autograd.Function):
+    """D[..., i, j, :] = exp(x_i - y_j) where ``keep[i, j]``, else 0: x, y (..., f, d) float64 cumulative gates ->
+    (..., f, f, d) in ``dtype``. The difference is taken in float64, rounded once and exponentiated; the dropped
+    entries are never exponentiated. The backward is written out (P = G D; dx = sum_j P, dy = -sum_i P): two
+    reductions over the kept D instead of autograd's where/copy/sub chain."""
+
+    @staticmethod
+    def forward(ctx, x, y, keep, dtype):
+        diff = x.unsqueeze(-2) - y.unsqueeze(-3)
+        D = diff.masked_fill_(~keep, -math.inf).to(dtype).exp_()
+        ctx.save_for_backward(D)
+        ctx.dtypes = x.dtype, y.dtype
+        return D
+
+    @staticmethod
+    def backward(ctx, G):
+        (D,) = ctx.saved_tensors
+        P = G * D
+        return P.sum(-2).to(ctx.dtypes[0]), P.sum(-3).neg_().to(ctx.dtypes[1]), None, None
+
+
+def _gate_decay(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """exp(x_i - y_j) where keep[i, j] (a (f, f, 1) mask), else 0 (``_GateDecay``)."""
+    return _GateDecay.apply(x, y, keep, dtype)
 
 
 def _block_factors(C: int) -> list[int]:
@@ -106,7 +126,7 @@ def _gla_intra(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tenso
         e = bs[..., -1:, :]  # the gate leaving each child (..., C/P, f, 1, dk)
         r = torch.cat([bs[..., :1, :1, :], e[..., :-1, :, :]], dim=-3)  # entering child i (child 0: its first b)
         earlier = torch.ones(f, f, dtype=torch.bool, device=q.device).tril(-1).unsqueeze(-1)  # j < i
-        mid = _masked_exp(r.unsqueeze(-3).squeeze(-2) - e.unsqueeze(-4).squeeze(-2), earlier, dtype)  # (.., i, j, dk)
+        mid = _gate_decay(r.squeeze(-2), e.squeeze(-2), earlier, dtype)  # (..., C/P, i, j, dk)
         qg = qs * _exp(bs - r, dtype)  # (..., C/P, i, t, dk)
         right = mid.unsqueeze(-2) * (ks * _exp(e - bs, dtype)).unsqueeze(-4)  # (..., C/P, i, j, s, dk)
         right = right.reshape(*batch, C // P, f, P, dk)
@@ -200,10 +220,10 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
         qc, kc, vc = (_to_chunks(t, n, C) for t in (q, k, v))  # (B, h, n, C, d)
         gc, bc = (_to_chunks(t.unsqueeze(-1), n, C).squeeze(-1) for t in (g, beta))  # (B, h, n, C)
         gam = gc.to(torch.float64).cumsum(-1)  # <= 0, non-increasing; float64 as GLA's (differences keep their digits)
-        diff = gam.unsqueeze(-1) - gam.unsqueeze(-2)  # (t, s): gamma_t - gamma_s, <= 0 for s <= t
         # exp(gamma_t - gamma_s) for s <= t, 0 above: one exponential for both the solve and the output; the solve
         # reads only the strictly lower triangle of A (unitriangular), and its backward gives the rest no gradient
-        decay_ts = _masked_exp(diff, torch.ones(C, C, dtype=torch.bool, device=q.device).tril(), dtype)
+        lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril().unsqueeze(-1)
+        decay_ts = _gate_decay(gam.unsqueeze(-1), gam.unsqueeze(-1), lower, dtype).squeeze(-1)  # exp(gam_t - gam_s)
         A = bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * decay_ts
         eye = torch.eye(C, dtype=dtype, device=q.device)
         rhs = torch.cat([bc.unsqueeze(-1) * vc, (bc * _exp(gam, dtype)).unsqueeze(-1) * kc], dim=-1)

@@ -155,3 +155,18 @@ def test_default_scale_is_inverse_sqrt_dk():
     q, k, v, g, S0 = gla_inputs(L=6, dk=4)
     want, _ = loop_gla(q, k, v, g, 1 / math.sqrt(4))
     torch.testing.assert_close(chunk_gla(q, k, v, g)[0], want, rtol=1e-10, atol=1e-10)
+
+
+def test_gate_decay_backward_gradcheck():
+    """The hand-written backward of the masked decay exp(x_i - y_j) (``_GateDecay``) against finite differences."""
+    from ssmkit.ops.linear_attention import _gate_decay
+
+    gen = torch.Generator().manual_seed(3)
+    y = -torch.rand(2, 5, 3, generator=gen, dtype=torch.float64).cumsum(-2)
+    x = y - 0.1 * torch.rand(2, 5, 3, generator=gen, dtype=torch.float64)
+    for keep in (torch.ones(5, 5, dtype=torch.bool).tril(), torch.ones(5, 5, dtype=torch.bool).tril(-1)):
+        args = (x.clone().requires_grad_(), y.clone().requires_grad_())
+        assert torch.autograd.gradcheck(lambda a, b, keep=keep: _gate_decay(a, b, keep.unsqueeze(-1), torch.float64), args)
+        D = _gate_decay(*args, keep.unsqueeze(-1), torch.float64)
+        want = torch.where(keep.unsqueeze(-1), torch.exp(x.unsqueeze(-2) - y.unsqueeze(-3)), torch.zeros(()))
+        torch.testing.assert_close(D, want, rtol=1e-14, atol=0)

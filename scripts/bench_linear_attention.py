@@ -5,6 +5,7 @@ once per round in one process (the order rotated every round) so a loaded machin
 * ``gla``: ``build_mixer(128, {"name": "gla"})`` with its defaults (4 heads, dk 16, dv 32, chunk 64);
 * ``gated_deltanet``: ``build_mixer(128, {"name": "gated_deltanet"})`` with its defaults (4 heads, head_dim 24,
   dv 48, short conv 4, chunk 64);
+* ``gated_deltanet-hd16``: head_dim 16 (dk 16, dv 32 as GLA's: the like-for-like row, projections as GLA's);
 * ``--chunks 32,128,...``: each chunk_size on both mixers.
 
 Besides the median time it prints the ratio to s4d and what autograd keeps for the backward (MB of saved
@@ -28,6 +29,7 @@ CONFIGS = {
     "s4d": {"name": "s4d"},
     "gla": {"name": "gla"},
     "gated_deltanet": {"name": "gated_deltanet"},
+    "gated_deltanet-hd16": {"name": "gated_deltanet", "head_dim": 16},
 }
 
 

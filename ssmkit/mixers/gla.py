@@ -9,7 +9,7 @@ u (B, H, L) -> y (B, H, L):
     y = W_o (RMSNorm(o) * swish(u W_g))  RMSNorm over each head's dv features (one weight shared by the heads)
 
 The recurrence runs chunked (``ssmkit.ops.linear_attention.chunk_gla``: chunks of ``chunk_size`` 64 with
-sub-chunks of 16, every exponential <= 1, memory linear in L); ``step`` is the recurrence itself, on the state
+nested blocks, every exponential <= 1, memory linear in L); ``step`` is the recurrence itself, on the state
 (B, n_heads, dk, dv). Causal only. The gate's bias b is the decay parameter: ``lr`` sets its learning rate and it
 gets no weight decay (its ``_optim`` tag, as Mamba's dt bias). Projections keep ``nn.Linear``'s initialisation,
 like ssmkit's other mixers (fla's model classes re-draw them N(0, 0.02)). Not implemented: fla's optional short

@@ -11,14 +11,15 @@ Hardware-Efficient Training", eq. 3; fla-org/flash-linear-attention ``fla/ops/gl
 
 Chunked form (their section 4.2): positions are cut into chunks of C (64); b_t = sum of g within the chunk up to t.
 The output is o = scale [(q exp(b)) S_chunk + A V] with the intra-chunk matrix A_ts = sum_d q_td k_sd exp(b_td - b_sd)
-(s <= t), and the states entering the chunks follow S_{i+1} = diag(exp(b_C)) S_i + (k exp(b_C - b))^T V, a linear
-recurrence over the L/C chunks (``ssmkit.ops.scan.linear_scan``). A is formed stably without ever computing a
-growing exponential: the chunk is cut into sub-chunks of c (16, the paper's secondary chunking); for a target
-sub-chunk i and an earlier source sub-chunk j, exp(b_t - b_s) = exp(b_t - r_i) exp(r_i - e_j) exp(e_j - b_s) with r_i
-the cumulative gate entering sub-chunk i and e_j the one leaving sub-chunk j: each factor is <= 1, so nothing
-overflows, and a factor that underflows bounds a product that is itself below the float range. Inside a sub-chunk
-the (c, c, dk) exponents are formed in log space (recomputed in backward by checkpointing, so memory stays
-O(L (C + dk + dv)) plus the L/C chunk states, never (L, L) or per-position states).
+(s <= t), and the states entering the chunks follow S_{i+1} = diag(exp(b_C)) S_i + (k exp(b_C - b))^T V, a loop
+over the L/C chunks on (dk, dv) slices. A is formed stably without ever computing a growing exponential, bottom-up
+over nested blocks (``_gla_intra``; C factored into 4s, as the paper's secondary chunking applied recursively): the
+diagonal is q_t.k_t, and inside a parent block, for a target child i and an earlier child j, exp(b_t - b_s) =
+exp(b_t - r_i) exp(r_i - e_j) exp(e_j - b_s) with r_i the cumulative gate entering child i and e_j the one leaving
+child j: each factor is <= 1, so nothing overflows, and a factor that underflows bounds a product that is itself
+below the float range. Each level is O(dk) elementwise work per position and one bmm per child, so memory stays
+O(L (C + dk + dv)) plus the L/C chunk states, never (L, L), (c, c, dk) blocks or per-position states. The
+chunk_size rule (<= 16 or a multiple of 16) is kept from the sub-chunked form (the options are unchanged).
 
 Gated delta rule (Yang, Kautz, Hatamizadeh 2025, "Gated Delta Networks: Improving Mamba2 with Delta Rule", eq. 10;
 fla ``fla/ops/gated_delta_rule``), in the (dk, dv) layout of the state:
@@ -31,7 +32,8 @@ sum_{s<=t} exp(gamma_t - gamma_s) k_s u_s^T, where the pseudo-values u solve the
 (I + A) u = diag(beta) (V - exp(gamma) K S_0), A_ts = beta_t exp(gamma_t - gamma_s) k_t.k_s (s < t). So with
 T = (I + A)^-1 (a triangular solve): U~ = T diag(beta) V and W = T diag(beta exp(gamma)) K are computed for all
 chunks at once, and only u = U~ - W S_0 and S_C = exp(gamma_C) S_0 + (K exp(gamma_C - gamma))^T u run chunk by
-chunk (a loop over the L/C chunks of (C, dk) x (dk, dv) products). The output is o = scale [(q exp(gamma)) S_0 +
+chunk (a loop over the L/C chunks of (C, dk) x (dk, dv) products, over ``unbind`` slices: indexing U[:, :, i]
+would give each step's backward a zero-filled gradient as large as U, quadratic in L). The output is o = scale [(q exp(gamma)) S_0 +
 (Q K^T * exp(gamma_t - gamma_s), s <= t) u]. Every exponent is <= 0.
 
 Both take an initial state and return the final one; ``*_step`` are the recurrences for one token.

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmkit.mixers.base import Mixer
+from ssmkit.ops.linear import channels_first_linear
 from ssmkit.ops.linear_attention import SUB_CHUNK, chunk_gla, gla_step
 
 
@@ -29,11 +30,6 @@ def head_rms_norm(o: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     """RMSNorm over the last dimension (each head's features), in float32 (float64 for float64)."""
     x = o.float() if o.dtype not in (torch.float32, torch.float64) else o
     return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight.to(x.dtype)
-
-
-def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(B, L, n * d) -> (B, n, L, d) (a view)."""
-    return x.unflatten(-1, (n_heads, -1)).transpose(1, 2)
 
 
 def check_heads(d_model: int, n_heads, expand_k: float, expand_v: float) -> tuple[int, int]:
@@ -130,13 +126,30 @@ class GatedLinearAttention(Mixer):
         return self.o_proj(o.to(self.o_proj.weight.dtype) if not torch.is_autocast_enabled() else o)
 
     def forward(self, u: torch.Tensor, state=None, return_state: bool = False, lengths=None, rate: float = 1.0):
-        """u (B, H, L) -> y (B, H, L); causal, so ``lengths`` (the block zeroes the padding) needs nothing here."""
+        """u (B, H, L) -> y (B, H, L); causal, so ``lengths`` (the block zeroes the padding) needs nothing here.
+
+        Channels first (``ops/linear.channels_first_linear``): q, k, v, the gate's low-rank input and the output
+        gate by one GEMM on u as it is, the output map by one more, no transposed copies of the activations."""
         self.check_call(u, state, return_state, lengths, rate)
-        x = u.transpose(1, 2)  # (B, L, H), a view
-        q, k, v = (_heads(p(x), self.n_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
-        g = _heads(self._log_gate(x), self.n_heads)
-        o, next_state = chunk_gla(q, k, v, g, initial_state=state, chunk_size=self.chunk_size)  # (B, n, L, dv)
-        y = self._output(o.transpose(1, 2), x).transpose(1, 2)  # (B, H, L)
+        gate_in, gate_out = self.gk_proj
+        weights = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, gate_in.weight]
+        sizes = [self.key_dim, self.key_dim, self.value_dim, gate_in.out_features]
+        if self.g_proj is not None:
+            weights.append(self.g_proj.weight)
+            sizes.append(self.value_dim)
+        q, k, v, z, *out_gate = channels_first_linear(u, torch.cat(weights)).split(sizes, dim=1)  # (B, ., L)
+        a = channels_first_linear(z, gate_out.weight, gate_out.bias)  # (B, key_dim, L)
+        g = F.logsigmoid(a.float() if a.dtype in (torch.float16, torch.bfloat16) else a) / self.gate_logit_normalizer
+        g = g if self.clamp_min is None else g.clamp(min=self.clamp_min)
+        heads = lambda t: t.unflatten(1, (self.n_heads, -1)).transpose(-1, -2)  # noqa: E731  (B, n, L, d), a view
+        o, next_state = chunk_gla(heads(q), heads(k), heads(v), heads(g), initial_state=state,
+                                  chunk_size=self.chunk_size)  # (B, n, L, dv)
+        o = head_rms_norm(o, self.norm_weight, self.norm_eps).transpose(-1, -2)  # (B, n, dv, L)
+        if out_gate:
+            o = o * F.silu(out_gate[0].unflatten(1, (self.n_heads, -1)).to(o.dtype))
+        o = o.reshape(o.shape[0], self.value_dim, o.shape[-1])
+        y = channels_first_linear(o.to(self.o_proj.weight.dtype) if not torch.is_autocast_enabled() else o,
+                                  self.o_proj.weight)  # (B, H, L)
         return (y, next_state) if return_state else y
 
     def step(self, u: torch.Tensor, state: torch.Tensor):

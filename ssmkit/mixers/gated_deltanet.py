@@ -131,7 +131,10 @@ class GatedDeltaNet(Mixer):
 
     def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (..., H) -> log alpha, beta (..., n_heads), in float32 (float64 for float64)."""
-        a, b = self.a_proj(x), self.b_proj(x)
+        return self._gate_values(self.a_proj(x), self.b_proj(x))
+
+    def _gate_values(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u W_a, u W_b (..., n_heads) -> log alpha, beta (..., n_heads)."""
         a, b = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (a, b))
         g = -torch.exp(self.A_log.to(a.dtype)) * F.softplus(a + self.dt_bias.to(a.dtype))
         beta = torch.sigmoid(b)
@@ -159,11 +162,19 @@ class GatedDeltaNet(Mixer):
         bias = self.conv1d.bias
         qkv = causal_conv1d_silu(qkv_in, self.conv1d.weight.squeeze(1), bias, prev)  # (B, E, L)
         q, k, v = (t.transpose(1, 2) for t in self._split(qkv.transpose(1, 2)))  # (B, n, L, d)
-        x = u.transpose(1, 2)  # (B, L, H)
-        g, beta = (t.transpose(1, 2) for t in self._gates(x))  # (B, n, L)
+        # the gates' and the output gate's maps by one more GEMM on u as it is (channels first, no transposed copy)
+        weights = [self.a_proj.weight, self.b_proj.weight] + ([] if self.g_proj is None else [self.g_proj.weight])
+        sizes = [self.n_heads, self.n_heads] + ([] if self.g_proj is None else [self.value_dim])
+        a, b, *out_gate = channels_first_linear(u, torch.cat(weights)).split(sizes, dim=1)
+        g, beta = (t.transpose(1, 2) for t in self._gate_values(a.transpose(1, 2), b.transpose(1, 2)))  # (B, n, L)
         o, S = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=None if state is None else state.ssm,
-                                      chunk_size=self.chunk_size)
-        y = self._output(o.transpose(1, 2), x).transpose(1, 2)
+                                      chunk_size=self.chunk_size)  # (B, n, L, dv)
+        o = head_rms_norm(o, self.norm_weight, self.norm_eps).transpose(-1, -2)  # (B, n, dv, L)
+        if out_gate:
+            o = o * F.silu(out_gate[0].unflatten(1, (self.n_heads, -1)).to(o.dtype))
+        o = o.reshape(o.shape[0], self.value_dim, o.shape[-1])
+        y = channels_first_linear(o.to(self.o_proj.weight.dtype) if not torch.is_autocast_enabled() else o,
+                                  self.o_proj.weight)  # (B, H, L)
         if not return_state:
             return y
         return y, GatedDeltaNetState(last_inputs(qkv_in, prev, self.conv_size - 1), S)

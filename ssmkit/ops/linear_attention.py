@@ -99,10 +99,10 @@ def _gate_decay(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, dtype: tor
 
 
 def _block_factors(C: int) -> list[int]:
-    """C as a product of small factors (4 where it divides, else its least prime): the branching of the blocks."""
+    """C as a product of primes, least first: the branching of the blocks (64: six halvings)."""
     factors = []
     while C > 1:
-        f = 4 if C % 4 == 0 else next(p for p in range(2, C + 1) if C % p == 0)
+        f = next(p for p in range(2, C + 1) if C % p == 0)
         factors.append(f)
         C //= f
     return factors
@@ -116,8 +116,9 @@ def _gla_intra(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     positions takes its children's A as its diagonal blocks, and for children j < i the block
     (q_i exp(b - r_i)) diag(exp(r_i - e_j)) (k_j exp(e_j - b))^T, r_i the gate entering child i and e_j the one
     leaving child j: three factors with exponents <= 0 (nothing overflows; one that underflows bounds a product
-    that is itself below the float range). Each level costs O(f dk) per position in elementwise work and bmm's,
-    never a (c, c, dk) tensor."""
+    that is itself below the float range). A halving (f = 2, every level of a power of two) has one pair and
+    r_1 = e_0, so the block is (q_1 exp(b - e_0)) (k_0 exp(e_0 - b))^T: O(dk) elementwise work per position and
+    one bmm per level, never a (c, c, dk) tensor; other primes take all f^2 pairs (O(f dk) per position)."""
     *batch, C, dk = q.shape
     dtype = q.dtype
     A = (q * k).sum(-1).reshape(*batch, C, 1, 1)  # blocks of one position
@@ -125,6 +126,24 @@ def _gla_intra(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     for f in _block_factors(C):
         P = c * f
         qs, ks, bs = (t.reshape(*batch, C // P, f, c, dk) for t in (q, k, b))
+        if f == 2:  # one pair: the second half reads the first through the gate between them (mid = exp(0))
+            # the gate between the halves (leaving the first = entering the second), e0: exp(b - e0) on the second
+            # half, exp(e0 - b) on the first (exponents <= 0), in one pass over all positions by a constant sign
+            # (not abs(), whose derivative at a zero difference would be 0; and slicing the halves out first would
+            # cost a zero-filled gradient per slice)
+            sign = torch.tensor([-1.0, 1.0], dtype=torch.float64, device=q.device).view(2, 1, 1)
+            decay = _exp((bs - bs[..., :1, -1:, :]) * sign, dtype)  # (..., C/P, 2, c, dk)
+            qg = (qs * decay).unbind(-3)[1]
+            kg = (ks * decay).unbind(-3)[0]
+            if c <= 4:  # small rows: a product and a sum, not tiny matmuls
+                block = (qg.unsqueeze(-2) * kg.unsqueeze(-3)).sum(-1)  # (..., C/P, c, c)
+            else:
+                block = qg @ kg.transpose(-1, -2)
+            A = A.reshape(*batch, C // P, 2, c, c)
+            A0, A1 = A[..., 0, :, :], A[..., 1, :, :]
+            A = torch.cat([torch.cat([A0, torch.zeros_like(A0)], -1), torch.cat([block, A1], -1)], -2)
+            c = P
+            continue
         e = bs[..., -1:, :]  # the gate leaving each child (..., C/P, f, 1, dk)
         r = torch.cat([bs[..., :1, :1, :], e[..., :-1, :, :]], dim=-3)  # entering child i (child 0: its first b)
         earlier = torch.ones(f, f, dtype=torch.bool, device=q.device).tril(-1).unsqueeze(-1)  # j < i

@@ -51,7 +51,7 @@ def delta_inputs(B=2, h=2, L=37, dk=5, dv=3, gate_scale=1.0, seed=0):
     return q, k, r(B, h, L, dv), g, torch.sigmoid(r(B, h, L) * 2), r(B, h, dk, dv)
 
 
-@pytest.mark.parametrize("chunk", [1, 8, 16, 64])
+@pytest.mark.parametrize("chunk", [1, 8, 12, 16, 48, 64])  # 12, 48: blocks branching by 3 as well as halving
 @pytest.mark.parametrize("L", [1, 37, 130])
 def test_gla_chunked_equals_loop(chunk, L):
     q, k, v, g, S0 = gla_inputs(L=L)
@@ -170,3 +170,30 @@ def test_gate_decay_backward_gradcheck():
         D = _gate_decay(*args, keep.unsqueeze(-1), torch.float64)
         want = torch.where(keep.unsqueeze(-1), torch.exp(x.unsqueeze(-2) - y.unsqueeze(-3)), torch.zeros(()))
         torch.testing.assert_close(D, want, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [12, 64])
+def test_gla_extreme_gates_every_block_shape(chunk):
+    """Gates down to -300 per step in float32 through both block branchings (halving, and 3 in 12 = 2 x 2 x 3): every
+    exponent <= 0, so nothing overflows and the result stays at float32 accuracy."""
+    q, k, v, g, S0 = gla_inputs(L=50, gate_scale=100.0, seed=1)
+    want, want_S = loop_gla(q, k, v, g, 0.5, S0)
+    got, got_S = chunk_gla(*(t.float() for t in (q, k, v, g)), scale=0.5, initial_state=S0.float(), chunk_size=chunk)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_S.double(), want_S, rtol=1e-4, atol=1e-4)
+
+
+def test_gla_gradients_with_zero_gates():
+    """Gates exactly 0 (alpha = 1, as a saturated float32 logsigmoid gives) in some positions: the gradients still
+    match the loop's (a zero difference of cumulative gates must keep its derivative)."""
+    q, k, v, g, S0 = gla_inputs(L=40, dk=3, dv=2, seed=2)
+    g = torch.where(torch.rand(g.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) < 0.5,
+                    torch.zeros_like(g), g)
+    args = [t.requires_grad_() for t in (q, k, v, g, S0)]
+    got = chunk_gla(*args[:4], scale=0.8, initial_state=args[4], chunk_size=16)
+    want = loop_gla(*args[:4], 0.8, args[4])
+    w = torch.randn_like(want[0])
+    grads = [torch.autograd.grad((o * w).sum() + S.square().sum(), args) for o, S in (got, want)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

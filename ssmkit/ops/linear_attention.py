@@ -108,6 +108,61 @@ def _block_factors(C: int) -> list[int]:
     return factors
 
 
+def _quadrant(A: torch.Tensor, c: int) -> torch.Tensor:
+    """The lower-left (c, c) quadrant of every diagonal (2c, 2c) block of A (..., C, C): a view (..., C/2c, c, c)."""
+    *batch, C, _ = A.shape
+    P = 2 * c
+    blocks = A.reshape(*batch, C // P, P, C // P, P).diagonal(dim1=-4, dim2=-2).movedim(-1, -3)  # (..., C/P, P, P)
+    return blocks[..., c:, :c]
+
+
+class _GLAIntraHalvings(torch.autograd.Function):
+    """``_gla_intra`` for a power-of-two C with the backward written out: every level writes its quadrant of A in
+    place (no graph), and the backward of A_ts = sum_d q_td k_sd exp(b_td - b_sd) is the same halving structure run
+    on dA: dq_t = sum_s dA_ts exp(b_t - b_s) k_s, dk_s = sum_t dA_ts exp(b_t - b_s) q_t, db = q dq - k dk."""
+
+    @staticmethod
+    def forward(ctx, q, k, b):
+        q, k = q.contiguous(), k.contiguous()
+        *batch, C, dk = q.shape
+        A = q.new_zeros(*batch, C, C)
+        A.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))
+        sign = torch.tensor([-1.0, 1.0], dtype=torch.float64, device=q.device).view(2, 1, 1)
+        decays, c = [], 1
+        while c < C:
+            shape = (*batch, C // (2 * c), 2, c, dk)
+            bs = b.reshape(shape)
+            D = _exp((bs - bs[..., :1, -1:, :]) * sign, q.dtype)  # exp(b - e0) second half, exp(e0 - b) first
+            decays.append(D)
+            qg = q.reshape(shape)[..., 1, :, :] * D[..., 1, :, :]
+            kg = k.reshape(shape)[..., 0, :, :] * D[..., 0, :, :]
+            _quadrant(A, c).copy_(qg @ kg.transpose(-1, -2))
+            c *= 2
+        ctx.save_for_backward(q, k, *decays)
+        ctx.b_dtype = b.dtype
+        return A
+
+    @staticmethod
+    def backward(ctx, dA):
+        q, k, *decays = ctx.saved_tensors
+        *batch, C, dk = q.shape
+        dA = dA.contiguous()
+        diag = dA.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
+        dq, dk_ = diag * k, diag * q
+        c = 1
+        for D in decays:
+            shape = (*batch, C // (2 * c), 2, c, dk)
+            blk = _quadrant(dA, c)  # (..., C/2c, c, c): rows in the second half, columns in the first
+            D0, D1 = D[..., 0, :, :], D[..., 1, :, :]
+            kg = k.reshape(shape)[..., 0, :, :] * D0
+            qg = q.reshape(shape)[..., 1, :, :] * D1
+            dq.view(shape)[..., 1, :, :].addcmul_(D1, blk @ kg)
+            dk_.view(shape)[..., 0, :, :].addcmul_(D0, blk.transpose(-1, -2) @ qg)
+            c *= 2
+        db = (q * dq).sub_(k * dk_).to(ctx.b_dtype)
+        return dq, dk_, db
+
+
 def _gla_intra(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The intra-chunk matrix A[t, s] = sum_d q_td k_sd exp(b_td - b_sd) for s <= t, 0 above: q, k (..., C, dk) in
     their dtype, b (..., C, dk) the float64 cumulative gate -> A (..., C, C).
@@ -120,6 +175,8 @@ def _gla_intra(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     r_1 = e_0, so the block is (q_1 exp(b - e_0)) (k_0 exp(e_0 - b))^T: O(dk) elementwise work per position and
     one bmm per level, never a (c, c, dk) tensor; other primes take all f^2 pairs (O(f dk) per position)."""
     *batch, C, dk = q.shape
+    if C & (C - 1) == 0:
+        return _GLAIntraHalvings.apply(q, k, b)
     dtype = q.dtype
     A = (q * k).sum(-1).reshape(*batch, C, 1, 1)  # blocks of one position
     c = 1

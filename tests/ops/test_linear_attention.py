@@ -197,3 +197,19 @@ def test_gla_gradients_with_zero_gates():
     grads = [torch.autograd.grad((o * w).sum() + S.square().sum(), args) for o, S in (got, want)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("C", [1, 2, 8])
+def test_gla_intra_halvings_against_the_sum_and_gradcheck(C):
+    """The intra-chunk matrix of a power-of-two chunk (``_GLAIntraHalvings``, hand-written backward) against the
+    explicit float64 sum A_ts = sum_d q_td k_sd exp(b_td - b_sd) (s <= t), and its backward by gradcheck."""
+    from ssmkit.ops.linear_attention import _gla_intra
+
+    gen = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(2, C, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    b = F.logsigmoid(torch.randn(2, C, 3, generator=gen, dtype=torch.float64)).cumsum(-2)
+    keep = torch.ones(C, C, dtype=torch.bool).tril()
+    want = torch.einsum("ntd,nsd,ntsd->nts", q, k, torch.exp(b.unsqueeze(-2) - b.unsqueeze(-3))) * keep
+    torch.testing.assert_close(_gla_intra(q, k, b), want, rtol=1e-12, atol=1e-12)
+    args = (q.requires_grad_(), k.requires_grad_(), b.requires_grad_())
+    assert torch.autograd.gradcheck(_gla_intra, args)

@@ -302,7 +302,7 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
         # reads only the strictly lower triangle of A (unitriangular), and its backward gives the rest no gradient
         lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril().unsqueeze(-1)
         decay_ts = _gate_decay(gam.unsqueeze(-1), gam.unsqueeze(-1), lower, dtype).squeeze(-1)  # exp(gam_t - gam_s)
-        A = bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * decay_ts
+        A = ((bc.unsqueeze(-1) * kc) @ kc.transpose(-1, -2)) * decay_ts  # beta on the (C, dk) side: one (C, C) pass less
         eye = torch.eye(C, dtype=dtype, device=q.device)
         rhs = torch.cat([bc.unsqueeze(-1) * vc, (bc * _exp(gam, dtype)).unsqueeze(-1) * kc], dim=-1)
         sol = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)

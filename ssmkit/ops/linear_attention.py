@@ -13,11 +13,13 @@ Chunked form (their section 4.2): positions are cut into chunks of C (64); b_t =
 The output is o = scale [(q exp(b)) S_chunk + A V] with the intra-chunk matrix A_ts = sum_d q_td k_sd exp(b_td - b_sd)
 (s <= t), and the states entering the chunks follow S_{i+1} = diag(exp(b_C)) S_i + (k exp(b_C - b))^T V, a loop
 over the L/C chunks on (dk, dv) slices. A is formed stably without ever computing a growing exponential, bottom-up
-over nested blocks (``_gla_intra``; C factored into 4s, as the paper's secondary chunking applied recursively): the
-diagonal is q_t.k_t, and inside a parent block, for a target child i and an earlier child j, exp(b_t - b_s) =
-exp(b_t - r_i) exp(r_i - e_j) exp(e_j - b_s) with r_i the cumulative gate entering child i and e_j the one leaving
-child j: each factor is <= 1, so nothing overflows, and a factor that underflows bounds a product that is itself
-below the float range. Each level is O(dk) elementwise work per position and one bmm per child, so memory stays
+over nested blocks (``_gla_intra``; C factored into primes, halvings first, as the paper's secondary chunking
+applied recursively): the diagonal is q_t.k_t, and inside a parent block, for a target child i and an earlier child
+j, exp(b_t - b_s) = exp(b_t - r_i) exp(r_i - e_j) exp(e_j - b_s) with r_i the cumulative gate entering child i and
+e_j the one leaving child j: each factor is <= 1, so nothing overflows, and a factor that underflows bounds a
+product that is itself below the float range. For a halving r_1 = e_0 and the middle factor is 1; a power-of-two C
+runs as one autograd Function (``_GLAIntraHalvings``) whose backward is the same halvings on dA. Each level is
+O(dk) elementwise work per position and one bmm, so memory stays
 O(L (C + dk + dv)) plus the L/C chunk states, never (L, L), (c, c, dk) blocks or per-position states. The
 chunk_size rule (<= 16 or a multiple of 16) is kept from the sub-chunked form (the options are unchanged).
 

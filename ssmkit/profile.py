@@ -18,7 +18,7 @@ chosen mixers does: ``--d-state`` (N; unset: each mixer's own default, e.g. 64 f
 mamba2) goes to mixers with a ``d_state`` option (a point records the N it ran with, null for a mixer without
 one), ``--backend`` to those with a ``backend``, ``--output`` (the output
 map; unset: each mixer's own default) to those with an ``output``. Length-bound filters span the input: SGConv's
-``l_max`` and Hyena's implicit filter ``filter_options.seq_len`` are set to L.
+``l_max`` and Hyena's implicit filter ``filter_options.l_max`` are set to L.
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ OUTPUTS = ("glu", "linear", "none")
 def mixer_spec(kernel: str, N: int | None, backend: str, L: int | None = None, output: str | None = None) -> dict:
     """The ``model.mixer`` dict a point builds: the profile's options where mixer ``kernel`` has them (d_state
     ``N``, the mixer's default when None; ``backend``; ``output``, None = the mixer's own default, "none" = no output map), and
-    length-bound filters as long as the input (SGConv's ``l_max``, Hyena's implicit ``filter_options.seq_len``)."""
+    length-bound filters as long as the input (SGConv's ``l_max``, Hyena's implicit ``filter_options.l_max``)."""
     params = mixer_parameters(kernel)
     spec: dict = {"name": kernel}
     if "d_state" in params and N is not None:
@@ -221,7 +221,7 @@ def mixer_spec(kernel: str, N: int | None, backend: str, L: int | None = None, o
     if L is not None and "l_max" in params:
         spec["l_max"] = L  # SGConv: a kernel as long as the input, like the others
     if L is not None and kernel == "hyena":
-        spec["filter_options"] = {"seq_len": L}  # the implicit filter spans the input (no truncation warning)
+        spec["filter_options"] = {"l_max": L}  # the implicit filter spans the input (no truncation warning)
     return spec
 
 

@@ -77,7 +77,7 @@ def test_output_map_is_chosen_and_checked(monkeypatch):
     assert profile.measure_point("s4d", 16, "fwd", "auto", 1, 4, 4, repeat=1, output="none")["status"] == "ok"
     assert isinstance(built[-1].post.out, torch.nn.Identity)  # --output none: no output map
     assert profile.measure_point("hyena", 40, "fwd", "auto", 1, 4, None, repeat=1)["status"] == "ok"
-    assert built[-1].filters.seq_len == 40  # Hyena's implicit filter spans the input too
+    assert built[-1].filters.l_max == 40  # Hyena's implicit filter spans the input too
     result = CliRunner().invoke(app(), ["profile", "--output", "gated"])
     assert isinstance(result.exception, UserError) and "glu, linear, none" in str(result.exception)
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmkit.mixers.base import Mixer
-from ssmkit.mixers.gla import check_chunk, head_rms_norm
+from ssmkit.mixers.gla import check_chunk, head_output, head_rms_norm
 from ssmkit.ops.causal_conv import causal_conv1d_silu, last_inputs
 from ssmkit.ops.linear import channels_first_linear
 from ssmkit.ops.linear_attention import chunk_gated_delta_rule, gated_delta_rule_step
@@ -169,12 +169,7 @@ class GatedDeltaNet(Mixer):
         g, beta = (t.transpose(1, 2) for t in self._gate_values(a.transpose(1, 2), b.transpose(1, 2)))  # (B, n, L)
         o, S = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=None if state is None else state.ssm,
                                       chunk_size=self.chunk_size)  # (B, n, L, dv)
-        o = head_rms_norm(o, self.norm_weight, self.norm_eps).transpose(-1, -2)  # (B, n, dv, L)
-        if out_gate:
-            o = o * F.silu(out_gate[0].unflatten(1, (self.n_heads, -1)).to(o.dtype))
-        o = o.reshape(o.shape[0], self.value_dim, o.shape[-1])
-        y = channels_first_linear(o.to(self.o_proj.weight.dtype) if not torch.is_autocast_enabled() else o,
-                                  self.o_proj.weight)  # (B, H, L)
+        y = head_output(self, o, out_gate[0] if out_gate else None)  # (B, H, L)
         if not return_state:
             return y
         return y, GatedDeltaNetState(last_inputs(qkv_in, prev, self.conv_size - 1), S)

@@ -32,6 +32,18 @@ def head_rms_norm(o: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight.to(x.dtype)
 
 
+def head_output(m: nn.Module, o: torch.Tensor, out_gate: torch.Tensor | None) -> torch.Tensor:
+    """The end of GLA and Gated DeltaNet, channels first: the heads' outputs o (B, n, L, dv) -> per-head RMSNorm
+    (``m.norm_weight``, ``m.norm_eps``) -> times swish(out_gate (B, value_dim, L)) when there is one -> ``m.o_proj``
+    -> (B, H, L)."""
+    o = head_rms_norm(o, m.norm_weight, m.norm_eps).transpose(-1, -2)  # (B, n, dv, L)
+    if out_gate is not None:
+        o = o * F.silu(out_gate.unflatten(1, (m.n_heads, -1)).to(o.dtype))
+    o = o.reshape(o.shape[0], m.value_dim, o.shape[-1])
+    return channels_first_linear(o.to(m.o_proj.weight.dtype) if not torch.is_autocast_enabled() else o,
+                                 m.o_proj.weight)
+
+
 def check_heads(d_model: int, n_heads, expand_k: float, expand_v: float) -> tuple[int, int]:
     """(dk total, dv total), each a positive multiple of n_heads, or a one-line ValueError."""
     if not isinstance(n_heads, int) or n_heads < 1:
@@ -144,12 +156,7 @@ class GatedLinearAttention(Mixer):
         heads = lambda t: t.unflatten(1, (self.n_heads, -1)).transpose(-1, -2)  # noqa: E731  (B, n, L, d), a view
         o, next_state = chunk_gla(heads(q), heads(k), heads(v), heads(g), initial_state=state,
                                   chunk_size=self.chunk_size)  # (B, n, L, dv)
-        o = head_rms_norm(o, self.norm_weight, self.norm_eps).transpose(-1, -2)  # (B, n, dv, L)
-        if out_gate:
-            o = o * F.silu(out_gate[0].unflatten(1, (self.n_heads, -1)).to(o.dtype))
-        o = o.reshape(o.shape[0], self.value_dim, o.shape[-1])
-        y = channels_first_linear(o.to(self.o_proj.weight.dtype) if not torch.is_autocast_enabled() else o,
-                                  self.o_proj.weight)  # (B, H, L)
+        y = head_output(self, o, out_gate[0] if out_gate else None)  # (B, H, L)
         return (y, next_state) if return_state else y
 
     def step(self, u: torch.Tensor, state: torch.Tensor):

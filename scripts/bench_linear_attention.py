@@ -17,12 +17,8 @@ tensors, hand-written backwards included), which is the memory that grows with L
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import torch
-
-from ssmkit.mixers import build_mixer
+from bench_layers import compare
 
 B, H = 8, 128
 CONFIGS = {
@@ -31,20 +27,6 @@ CONFIGS = {
     "gated_deltanet": {"name": "gated_deltanet"},
     "gated_deltanet-hd16": {"name": "gated_deltanet", "head_dim": 16},
 }
-
-
-def saved_mb(fn) -> float:
-    """MB of the tensors autograd saves for the backward during fn() (each storage counted once)."""
-    seen: dict = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(seen.values()) / 2**20
 
 
 def main() -> None:
@@ -59,32 +41,7 @@ def main() -> None:
     for q in filter(None, args.chunks.split(",")):
         for name in ("gla", "gated_deltanet"):
             configs[f"{name}-Q{q}"] = {**CONFIGS[name], "chunk_size": int(q)}
-    if "s4d" not in configs:
-        configs = {"s4d": CONFIGS["s4d"], **configs}
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, H, args.length, requires_grad=True)
-    layers = {name: build_mixer(H, dict(opts)) for name, opts in configs.items()}
-
-    def run(name):
-        layers[name](x).sum().backward()
-
-    memory = {name: saved_mb(lambda name=name: layers[name](x).sum()) for name in layers}
-    for name in layers:
-        run(name)  # warm-up
-    times: dict = {name: [] for name in layers}
-    names = list(layers)
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            run(name)
-            times[name].append(time.perf_counter() - t0)
-    print(f"B={args.batch} H={H} L={args.length}, forward+backward, {torch.get_num_threads()} threads, {args.rounds} "
-          f"interleaved rounds (median)")
-    ref = statistics.median(times["s4d"])
-    print(f"{'layer':20s} {'ms':>9s} {'x s4d':>7s} {'saved MB':>9s}")
-    for name in names:
-        t = statistics.median(times[name])
-        print(f"{name:20s} {1e3 * t:9.1f} {t / ref:7.2f} {memory[name]:9.1f}")
+    compare(configs, args.batch, H, args.length, args.rounds)
 
 
 if __name__ == "__main__":

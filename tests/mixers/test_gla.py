@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from mixer_refs import run_chunks, run_steps
+from mixer_refs import assert_grads_match, assert_lengths_match, run_chunks, run_steps
 
 from ssmkit.mixers.gla import GatedLinearAttention
 from ssmkit.train.optim import param_groups
@@ -122,23 +122,14 @@ def test_padding():
     m = build()
     lengths = torch.tensor([19, 6, 11])
     u = torch.randn(3, H, 19, dtype=torch.float64)
-    y = m(u, lengths=lengths)
-    for i, n in enumerate(lengths.tolist()):
-        torch.testing.assert_close(y[i:i + 1, :, :n], reference(m, u[i:i + 1, :, :n])[0], rtol=1e-10, atol=1e-10)
+    assert_lengths_match(m, u, lengths, lambda x: reference(m, x)[0])
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(output_gate=False, clamp_min=-0.7, gate_logit_normalizer=1.0)])
 def test_gradients_match_loop(kw):
-    m = build(**kw)
+    """Every parameter takes part (the GLA floor clamps about half the gates) and its gradient is the loop's."""
     u = torch.randn(2, H, 13, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, H, 13, dtype=torch.float64)
-    names = ["u"] + [n for n, _ in m.named_parameters()]
-    params = [p for _, p in m.named_parameters()]
-    g = torch.autograd.grad((m(u) * w).sum(), [u, *params])
-    g_ref = torch.autograd.grad((reference(m, u)[0] * w).sum(), [u, *params])
-    for name, a, b in zip(names, g, g_ref):
-        assert b.abs().max() > 0, name  # every parameter takes part (the floor clamps about half the gates)
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
+    assert_grads_match(build(**kw), reference, u, every_parameter=True)
 
 
 def test_shapes_and_param_groups():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import MaxTensor
-from mixer_refs import run_chunks, run_steps
+from mixer_refs import assert_grads_match, assert_lengths_match, run_chunks, run_steps
 
 from ssmkit.mixers.rglru import MAX_SQRT_GRADIENT, RGLRU, input_scale
 from ssmkit.train.optim import param_groups
@@ -96,21 +96,12 @@ def test_padding(bidirectional):
     m = build(bidirectional=bidirectional)
     lengths = torch.tensor([19, 6, 11])
     u = torch.randn(3, 8, 19, dtype=torch.float64)
-    y = m(u, lengths=lengths)
-    for i, n in enumerate(lengths.tolist()):
-        torch.testing.assert_close(y[i:i + 1, :, :n], m(u[i:i + 1, :, :n]), rtol=1e-10, atol=1e-10)
+    assert_lengths_match(m, u, lengths, m)
 
 
 def test_gradients_match_loop():
-    m = build()
     u = torch.randn(2, 8, 13, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 8, 13, dtype=torch.float64)
-    names = ["u"] + [n for n, _ in m.named_parameters()]
-    params = [p for _, p in m.named_parameters()]
-    g = torch.autograd.grad((m(u) * w).sum(), [u, *params])
-    g_ref = torch.autograd.grad((reference(m, u)[0] * w).sum(), [u, *params])
-    for name, a, b in zip(names, g, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
+    assert_grads_match(build(), reference, u)
 
 
 def test_input_scale_stable_and_clipped():

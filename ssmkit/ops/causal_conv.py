@@ -64,23 +64,19 @@ def _self_test_error(name: str, device: torch.device) -> float:
                                        lambda y: y.square().sum())
 
 
-def _example(device: torch.device) -> dispatch.Call:
-    return dispatch.Call(device, frozenset((torch.float32,)))
-
-
 #: the causal convolution's backends, in the order ``auto`` prefers them
 OP = dispatch.Op("causal_conv", "causal-convolution", [
     dispatch.Impl("extension", _extension_conv, "fused C++ convolution + SiLU", devices=("cpu",),
                   probe=backends.extension_kernel("causal_conv_silu_fwd", "causal convolution"),
                   self_test=lambda d: _self_test_error("extension", d), tol=1e-5),
     dispatch.Impl("torch", _torch_conv, "conv1d + silu"),
-], example=_example, example_text="Mamba, float32")
+], example=dispatch.float32_call, example_text="Mamba, float32")
 BACKENDS = OP.names
 
 
 def _extension_reason() -> str | None:
     """None if the extension's fused convolution can run on the CPU, else why not."""
-    return OP.why_not("extension", _example(torch.device("cpu")))
+    return OP.why_not("extension", dispatch.float32_call(torch.device("cpu")))
 
 
 def choose_backend(x: torch.Tensor, backend: str = "auto") -> str:

@@ -75,6 +75,11 @@ class Call:
     size: int = 0
 
 
+def float32_call(device: torch.device) -> Call:
+    """A plain float32 call on ``device``: the ``example`` of the ops whose doctor row needs no size."""
+    return Call(device, frozenset((torch.float32,)))
+
+
 @dataclass(frozen=True)
 class Impl:
     """One implementation of an op (see the module docstring for each field's meaning)."""

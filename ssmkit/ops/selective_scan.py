@@ -266,7 +266,7 @@ _NO_STATE_GRADIENT = frozenset(("mamba_ssm",))
 
 def _extension_reason() -> str | None:
     """None if the extension's CPU scan can run (``OP``'s reason on the CPU), else why not."""
-    return OP.why_not("extension", _example(torch.device("cpu")))
+    return OP.why_not("extension", dispatch.float32_call(torch.device("cpu")))
 
 
 # --- the optional fused backend (mamba_ssm) ---
@@ -280,10 +280,6 @@ def _fused_scan(u, delta, A, B, C, h0, chunk, D=None, z=None):
     return _skip_and_gate(y, u, D, z), last
 
 
-def _example(device: torch.device) -> dispatch.Call:
-    return dispatch.Call(device, frozenset((torch.float32,)))
-
-
 #: the selective scan's backends, in the order ``auto`` prefers them
 OP = dispatch.Op("selective_scan", "selective-scan", [
     dispatch.Impl("extension", _extension_scan, "fused C++ scan", devices=("cpu",),
@@ -293,7 +289,7 @@ OP = dispatch.Op("selective_scan", "selective-scan", [
                   dtypes=(torch.float32, torch.float16, torch.bfloat16), features=frozenset(),
                   self_test=lambda d: _self_test_error("mamba_ssm", d), tol=1e-3),
     dispatch.Impl("torch", _torch_scan, "chunked log-space scan"),
-], needs={"start_state": "it takes no start state"}, example=_example, example_text="Mamba, float32")
+], needs={"start_state": "it takes no start state"}, example=dispatch.float32_call, example_text="Mamba, float32")
 BACKENDS = OP.names
 
 

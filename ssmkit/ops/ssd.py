@@ -288,17 +288,13 @@ def _self_test_error(name: str, device: torch.device) -> float:
                                        [t.to(device) for t in args], lambda y, h: y.square().sum() + h.square().sum())
 
 
-def _example(device: torch.device) -> dispatch.Call:
-    return dispatch.Call(device, frozenset((torch.float32,)))
-
-
 #: the SSD scan's backends, in the order ``auto`` prefers them
 OP = dispatch.Op("ssd", "SSD", [
     dispatch.Impl("mamba_ssm", _fused_ssd, "Triton SSD kernel (mamba_chunk_scan_combined)", devices=("cuda",),
                   probe=probe_mamba_ssm_ssd, dtypes=(torch.float32,),
                   self_test=lambda d: _self_test_error("mamba_ssm", d), tol=1e-3),
     dispatch.Impl("torch", _torch_ssd, "chunked SSD in plain torch"),
-], example=_example, example_text="Mamba-2, float32")
+], example=dispatch.float32_call, example_text="Mamba-2, float32")
 BACKENDS = OP.names
 
 

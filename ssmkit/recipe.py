@@ -629,7 +629,7 @@ def build_task(recipe: Recipe):
 def prepare_data(recipe, asked: bool = False, accelerator=None):
     """The recipe's task, built after fetching its dataset when ``asked`` (``ssmkit train --download``) or the task
     option ``download: true`` is set and its files are missing. The main process downloads first; the others then find
-    the files. Called by the training loop (and ``ssmkit data``) right before ``task.check_data()``."""
+    the files. Called by the training loop right before ``task.check_data()``."""
     options = {k: v for k, v in recipe.task.items() if k != "name"}
     if not (asked or options.get("download") is True):
         return build_task(recipe)
@@ -645,7 +645,6 @@ def prepare_data(recipe, asked: bool = False, accelerator=None):
         except DataError:
             download(source, root)
     return build_task(recipe)  # built again: a task may read its files when it is built
-
 
 
 def build_model(recipe: Recipe, task):
